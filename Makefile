@@ -1,0 +1,45 @@
+# ntk_vs_nn: every target that needs the environment installs it first (.venv, pinned by
+# requirements.lock), so a fresh clone needs no other step.
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+PRESET  ?= quick
+DATASET ?= mnist1d
+OUT     ?= results/$(PRESET)-$(DATASET)
+SET     ?=
+SETARGS := $(foreach s,$(SET),--set $(s))
+
+.PHONY: install table-nn table-ntk tables messages test lint bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c requirements.lock -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+table-nn: $(STAMP)
+	$(PY) -m ntk_vs_nn table nn --preset $(PRESET) --dataset $(DATASET) --out $(OUT) $(SETARGS)
+
+table-ntk: $(STAMP)
+	$(PY) -m ntk_vs_nn table ntk --preset $(PRESET) --dataset $(DATASET) --out $(OUT) $(SETARGS)
+
+tables: table-nn table-ntk
+
+messages: $(STAMP)
+	$(PY) -m ntk_vs_nn messages --out $(OUT) $(SETARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ntk_vs_nn tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/quick_tables_wall.py
+	$(PY) benchmarks/ensemble_members.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,219 @@
+"""Run configuration: frozen dataclasses, presets live in `presets.py`.
+
+Overrides are written ``section.field=value`` (``--set train.lr=0.01``). Values are parsed with
+`ast.literal_eval` (bare words are taken as strings, ``a,b`` as a tuple of strings) and must match
+the field's type; unknown keys are errors. Every choice PROTOCOLS.md leaves open is a field here.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line on stderr, exit code 2."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    n_train: int = 4000  # training samples before the validation split (mnist1d: generated)
+    n_test: int = 1000  # test samples (mnist1d: generated; npz: first n_test, 0 = all)
+    val_fraction: float = 0.1  # share of the training samples carved out for validation
+    generator_seed: int = 42  # mnist1d generator seed (the package's own default)
+    standardize: bool = True  # subtract the train mean, divide by the train std (scalar)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    norm: str = "group"  # group | layer | none; BatchNorm is not offered (see models.py)
+    groups: int = 8  # GroupNorm groups (reduced to gcd(groups, channels))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    optimizer: str = "adam"  # adam | sgd (momentum) | adamw
+    lr: float = 2e-3  # peak learning rate
+    momentum: float = 0.9  # sgd momentum (adam: b1)
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0  # sgd: added to the gradient; adamw: decoupled
+    schedule: str = "cosine"  # constant | cosine | step (x0.2 at 30%, 60%, 80% of training)
+    warmup_epochs: int = 0  # linear warm-up
+    epochs: int = 20
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    members: int = 10  # L: single members, ensemble size, members of the train-sum model
+    ensemble_rule: str = "logits"  # logits (the paper's F = sum f) | probs
+    sum_scale: str = "mean"  # train-sum G = mean or sum of the members' logits
+    kd_alpha: float = 0.9  # weight of the distillation term (1 = pure distillation)
+    kd_tau: float = 0.0  # temperature; 0 = auto: 4 for <= 10 classes, 1 otherwise
+    sd_students: int = 0  # S; 0 = auto: min(L, 5)
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    nn_models: tuple[str, ...] = ("ResNet-10-1",)  # rows of table nn
+    ntk_models: tuple[str, ...] = ("ResNet-10-1",)  # rows of table ntk (x kernel families)
+    ntk_families: tuple[str, ...] = ("ntk", "ntk_prime", "gp")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0  # root seed of every PRNG stream
+    members: str = "auto"  # auto | sequential | unrolled | vmap: how L members execute
+    progress: bool = True  # progress bars (always off when not a terminal or CI=true)
+
+
+@dataclass(frozen=True)
+class MessagesConfig:
+    noise_sigma: float = 0.5  # noise band = max(noise_sigma * sigma_single, noise_floor)
+    noise_floor: float = 0.1  # accuracy points
+
+
+@dataclass(frozen=True)
+class Config:
+    preset: str = "quick"
+    dataset: str = "mnist1d"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    table: TableConfig = field(default_factory=TableConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    messages: MessagesConfig = field(default_factory=MessagesConfig)
+
+    def __post_init__(self):
+        _check_choice("model.norm", self.model.norm, ("group", "layer", "none"))
+        _check_choice("train.optimizer", self.train.optimizer, ("adam", "adamw", "sgd"))
+        _check_choice("train.schedule", self.train.schedule, ("constant", "cosine", "step"))
+        _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
+        _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
+        _check_choice(
+            "run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap")
+        )
+        for name, value in [
+            ("protocol.members", self.protocol.members),
+            ("train.epochs", self.train.epochs),
+            ("train.batch_size", self.train.batch_size),
+            ("train.eval_batch_size", self.train.eval_batch_size),
+            ("data.n_train", self.data.n_train),
+            ("model.groups", self.model.groups),
+        ]:
+            if value < 1:
+                raise UserError(f"{name} must be >= 1, got {value}")
+        if not 0.0 <= self.data.val_fraction < 1.0:
+            raise UserError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
+        if not 0.0 <= self.protocol.kd_alpha <= 1.0:
+            raise UserError(f"protocol.kd_alpha must be in [0, 1], got {self.protocol.kd_alpha}")
+        if self.protocol.kd_tau < 0 or self.protocol.sd_students < 0:
+            raise UserError("protocol.kd_tau and protocol.sd_students must be >= 0")
+        if self.train.lr <= 0:
+            raise UserError(f"train.lr must be > 0, got {self.train.lr}")
+
+    # Derived values -------------------------------------------------------------------------
+    def kd_tau_for(self, num_classes: int) -> float:
+        if self.protocol.kd_tau > 0:
+            return self.protocol.kd_tau
+        return 4.0 if num_classes <= 10 else 1.0
+
+    @property
+    def sd_students(self) -> int:
+        return self.protocol.sd_students or min(self.protocol.members, 5)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def science_hash(self) -> str:
+        """Hash of everything that changes the numbers (not the table layout or execution)."""
+        d = self.to_dict()
+        for key in ("preset", "table", "messages"):
+            d.pop(key)
+        d["run"] = {"seed": self.run.seed}
+        blob = json.dumps(d, sort_keys=True, default=list)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _parse_value(key: str, raw: str, typ):
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = tuple(s.strip() for s in raw.split(",") if s.strip())
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"--set {key}: expected a comma-separated list of names, got {raw!r}")
+        return tuple(value)
+    if typ is str:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        if not isinstance(value, str):
+            value = raw
+        return value
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        raise UserError(f"--set {key}: cannot parse {raw!r} as {typ.__name__}") from None
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"--set {key}: expected True or False, got {raw!r}")
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"--set {key}: expected an integer, got {raw!r}")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"--set {key}: expected a number, got {raw!r}")
+        value = float(value)
+    return value
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.field=value`` overrides with type checks; unknown keys are errors."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        hints = typing.get_type_hints(Config)
+        if len(parts) == 1 and key in ("dataset",):
+            cfg = dataclasses.replace(cfg, **{key: _parse_value(key, raw, str)})
+            continue
+        if len(parts) != 2 or parts[0] not in hints or not dataclasses.is_dataclass(
+            hints[parts[0]]
+        ):
+            raise UserError(f"--set: unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
+        section_name, field_name = parts
+        section = getattr(cfg, section_name)
+        sec_hints = typing.get_type_hints(type(section))
+        if field_name not in sec_hints:
+            raise UserError(f"--set: unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
+        value = _parse_value(key, raw, sec_hints[field_name])
+        cfg = dataclasses.replace(
+            cfg, **{section_name: dataclasses.replace(section, **{field_name: value})}
+        )
+    return cfg
+
+
+def valid_keys() -> list[str]:
+    keys = []
+    for name, typ in typing.get_type_hints(Config).items():
+        if dataclasses.is_dataclass(typ):
+            keys += [f"{name}.{f.name}" for f in dataclasses.fields(typ)]
+    return keys

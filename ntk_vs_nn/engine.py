@@ -1,0 +1,217 @@
+"""Training and prediction: optax optimisers, jitted epochs, L members in one call.
+
+`fit_members` trains M members of one family, each from its own init key and data-order key, on
+its own soft targets (knowledge distillation) or none. How the members execute is a choice
+(``run.members``):
+
+  sequential  one member after another through the same compiled epoch (compiled once);
+  unrolled    all M members inside one compiled step, written as a Python loop in the trace;
+  vmap        one compiled epoch vmapped over a leading member axis.
+
+All three run the same per-member code, so they give the same numbers (a test checks it); which
+is fastest depends on the backend and the network (benchmarks/ensemble_members.py). An epoch is a
+`lax.scan` over its batches with the data on device, so there is no host round-trip per step.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ntk_vs_nn.config import TrainConfig
+from ntk_vs_nn.families import ModelFamily
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optimiser and learning-rate schedule of ``cfg`` over ``cfg.epochs`` epochs."""
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+    if cfg.schedule == "cosine":
+        sched = optax.warmup_cosine_decay_schedule(
+            0.0 if warmup else cfg.lr, cfg.lr, warmup, total
+        )
+    elif cfg.schedule == "step":
+        bounds = {int(total * f): 0.2 for f in (0.3, 0.6, 0.8)}
+        sched = optax.piecewise_constant_schedule(cfg.lr, bounds)
+        if warmup:
+            sched = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), sched], [warmup])
+    else:
+        sched = optax.linear_schedule(0.0, cfg.lr, warmup) if warmup else cfg.lr
+        if warmup:
+            sched = optax.join_schedules([sched, optax.constant_schedule(cfg.lr)], [warmup])
+    if cfg.optimizer == "sgd":
+        return optax.chain(
+            optax.add_decayed_weights(cfg.weight_decay),
+            optax.sgd(sched, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
+        )
+    if cfg.optimizer == "adamw":
+        return optax.adamw(sched, b1=cfg.momentum, weight_decay=cfg.weight_decay)
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(sched, b1=cfg.momentum))
+
+
+def distill_loss(logits, labels, teacher_logits, alpha, tau):
+    """(1 - alpha) CE(student, y) + alpha tau^2 KL(softmax(teacher/tau) || softmax(student/tau)).
+
+    Args:
+      logits: (B, k) student logits. labels: (B,) int. teacher_logits: (B, k).
+      alpha, tau: scalars; alpha = 0 is plain cross-entropy training.
+    Returns: the batch mean, a scalar.
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    log_p_t = jax.nn.log_softmax(teacher_logits / tau)
+    log_p_s = jax.nn.log_softmax(logits / tau)
+    kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
+    return jnp.mean((1.0 - alpha) * ce + alpha * tau**2 * kl)
+
+
+class Members(NamedTuple):
+    variables: list  # M variable dicts
+    losses: np.ndarray  # (M, epochs) mean training loss per epoch
+    wall_s: float
+
+
+def _progress_enabled(flag: bool) -> bool:
+    return flag and os.environ.get("CI", "").lower() not in ("1", "true") and sys.stderr.isatty()
+
+
+class Trainer:
+    """Compiled training and prediction for one family on one dataset (compile once per shape)."""
+
+    def __init__(self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False):
+        self.family, self.cfg = family, cfg
+        self.batch_size = min(cfg.batch_size, n_train)
+        self.steps = n_train // self.batch_size
+        self.tx = make_optimizer(cfg, self.steps)
+        self.progress = _progress_enabled(progress)
+        self._step_cache = {}
+        self._order = self._order_fn()
+        self._predict = jax.jit(family.apply)
+
+    # -- one optimiser step of M members, unrolled in the trace ---------------------------------
+    # The epoch loop stays in Python: on XLA:CPU a lax.scan over steps ran 5.7x slower per step
+    # than the same jitted step called from Python (benchmarks/ensemble_members.py), and the
+    # step only takes device arrays, so the loop never waits for the host.
+    def _step(self, m: int):
+        family, tx = self.family, self.tx
+
+        def step(carries, states, idx, s, x, y, teachers, alpha, tau):
+            new, losses = [], []
+            for i, ((params, opt_state), state) in enumerate(zip(carries, states)):
+                ib = idx[s, i]
+
+                def loss_fn(p, state=state, ib=ib, i=i):
+                    logits = family.apply({"params": p, "state": state}, x[ib])
+                    return distill_loss(logits, y[ib], teachers[i][ib], alpha, tau)
+
+                loss, grads = jax.value_and_grad(loss_fn)(params)
+                updates, opt_state = tx.update(grads, opt_state, params)
+                new.append((optax.apply_updates(params, updates), opt_state))
+                losses.append(loss)
+            return new, jnp.stack(losses)
+
+        return step
+
+    def _compiled(self, m: int, mode: str):
+        key = (m, mode)
+        if key not in self._step_cache:
+            if mode == "vmap":
+                one = self._step(1)
+
+                def fn(carry, state, idx, s, x, y, teachers, alpha, tau):
+                    def single(c, st, ix, t):
+                        out, loss = one([c], [st], ix[:, None], s, x, y, t[None], alpha, tau)
+                        return out[0], loss[0]
+
+                    return jax.vmap(single, in_axes=(0, 0, 1, 0))(carry, state, idx, teachers)
+
+            else:
+                fn = self._step(m)
+            self._step_cache[key] = jax.jit(fn, donate_argnums=0)
+        return self._step_cache[key]
+
+    def _order_fn(self):
+        steps, bs = self.steps, self.batch_size
+
+        def order(data_keys, epoch_index, n):
+            """(steps, M, bs) sample indices: each member's own permutation for this epoch."""
+            return jnp.stack([
+                jax.random.permutation(jax.random.fold_in(k, epoch_index), n)[: steps * bs].reshape(steps, bs)
+                for k in data_keys
+            ], axis=1)
+
+        return jax.jit(order, static_argnums=2)
+
+    def fit(self, init_keys, data_keys, x, y, teachers=None, alpha=0.0, tau=1.0,
+            mode: str = "unrolled", desc: str = "") -> Members:
+        """Train M members.
+
+        Args:
+          init_keys, data_keys: M keys each (member init, member data order).
+          x: (N, ...) inputs, y: (N,) labels (device or host arrays).
+          teachers: (M, N, k) teacher logits per member, or None for plain training.
+          alpha, tau: distillation weight and temperature (alpha = 0: plain cross-entropy).
+          mode: "sequential" | "unrolled" | "vmap".
+        Returns: `Members` (variables per member, per-epoch losses, wall time).
+        """
+        import time
+
+        t0 = time.perf_counter()
+        m = len(init_keys)
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        if teachers is None:
+            probe = jax.eval_shape(self.family.apply, jax.eval_shape(self.family.init, init_keys[0], x[:1]), x[:1])
+            teachers = jnp.zeros((m, x.shape[0], probe.shape[-1]), jnp.float32)
+        teachers = jnp.asarray(teachers)
+        alpha, tau = jnp.float32(alpha), jnp.float32(tau)
+        variables = [self.family.init(k, x[:1]) for k in init_keys]
+        epochs = self.cfg.epochs
+        groups = [[i] for i in range(m)] if mode == "sequential" else [list(range(m))]
+        losses = np.zeros((m, epochs), np.float32)
+        bar = tqdm(total=epochs * len(groups), desc=desc, leave=False, disable=not self.progress)
+        for group in groups:
+            vs = [variables[i] for i in group]
+            dk = [data_keys[i] for i in group]
+            tg = teachers[jnp.asarray(group)]
+            # Params are donated to the step: copy them, since a family's state may alias them
+            # (the ntk anchor starts as the very same arrays).
+            carries = [(jax.tree.map(jnp.copy, v["params"]), self.tx.init(v["params"])) for v in vs]
+            states = [v["state"] for v in vs]
+            if mode == "vmap":
+                stack = lambda t: jax.tree.map(lambda *a: jnp.stack(a), *t)  # noqa: E731
+                carries, states = stack(carries), stack(states)
+            fn = self._compiled(len(group), mode if mode == "vmap" else "unrolled")
+            group_losses = []
+            for e in range(epochs):
+                idx = self._order(dk, e, x.shape[0])
+                epoch_losses = []
+                for s in range(self.steps):
+                    carries, loss = fn(carries, states, idx, s, x, y, tg, alpha, tau)
+                    epoch_losses.append(loss)
+                group_losses.append(jnp.stack(epoch_losses).mean(0))
+                bar.update(1)
+            if mode == "vmap":
+                carries = [jax.tree.map(lambda a, j=j: a[j], carries) for j in range(len(group))]
+            for j, i in enumerate(group):
+                variables[i] = {"params": carries[j][0], "state": variables[i]["state"]}
+            losses[group] = np.asarray(jnp.stack(group_losses, axis=1))
+        bar.close()
+        return Members(variables, losses, time.perf_counter() - t0)
+
+    def predict(self, variables, x) -> np.ndarray:
+        """Logits (N, k) of one member on ``x`` (N, ...), in padded chunks (one compiled shape)."""
+        bs = min(self.cfg.eval_batch_size, len(x))
+        out = []
+        for start in range(0, len(x), bs):
+            chunk = x[start : start + bs]
+            pad = bs - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+            out.append(np.asarray(self._predict(variables, jnp.asarray(chunk)))[: bs - pad])
+        return np.concatenate(out)

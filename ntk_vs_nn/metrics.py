@@ -1,0 +1,36 @@
+"""Metrics on logits and ensembles of logits (pure numpy; accuracies in percent)."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import log_softmax, logsumexp
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Top-1 accuracy in percent. logits (N, k), labels (N,)."""
+    return float(100.0 * np.mean(np.argmax(logits, -1) == labels))
+
+
+def nll(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean negative log-likelihood of the softmax of ``logits``."""
+    logp = log_softmax(logits.astype(np.float64), axis=-1)
+    return float(-np.mean(logp[np.arange(len(labels)), labels]))
+
+
+def combine(member_logits: list[np.ndarray], rule: str = "logits") -> np.ndarray:
+    """Ensemble output as logits (N, k): the mean of the members' logits (the paper's
+    F = sum_l f_l, up to a scale that changes no prediction), or with ``rule="probs"`` the log of
+    the mean of their softmax probabilities."""
+    stack = np.stack(member_logits).astype(np.float64)
+    if rule == "logits":
+        return stack.mean(0)
+    logp = log_softmax(stack, axis=-1)
+    return logsumexp(logp, axis=0) - np.log(len(member_logits))
+
+
+def summary(logits: np.ndarray, labels: np.ndarray) -> dict:
+    return {"acc": accuracy(logits, labels), "nll": nll(logits, labels)}
+
+
+def finite(*arrays) -> bool:
+    return all(np.isfinite(a).all() for a in arrays)

@@ -1,0 +1,193 @@
+"""Flax networks built from names, in 1-D or 2-D depending on the data.
+
+Names (as in the paper):
+  ``ResNet-d-w``   wide ResNet (pre-activation), depth d = 6n+4, widths 16w/32w/64w; ``ResNetd-w``
+                   (the paper's kernel-table spelling) is accepted too.
+  ``ResNet-34``    the CIFAR variant of ResNet-34 (basic blocks 3,4,6,3; widths 64/128/256/512);
+  ``ResNet-34-w``  the same with widths multiplied by w.
+  ``SimpleCNN-d-w`` a plain CNN of d layers: d-1 3-wide convolutions in three stages of widths
+                   16w/32w/64w (stride 2 at each new stage) and a dense head.
+
+Normalisation is a deliberate choice: GroupNorm (default), a LayerNorm-like single group, or
+none. BatchNorm is not offered: it couples the examples of a batch, so a member's output on x
+depends on the rest of the batch; the linearisation f(W0) + J(W0)(W - W0) then has no single
+feature map, and training members in one vmapped or unrolled program would need per-member batch
+statistics. GroupNorm has neither problem and keeps deep nets (and KD at tau^2 = 16) stable.
+
+Every network ends in a Dense layer named ``head``: the gp family trains only that layer.
+
+Example:
+    >>> module = build_model("ResNet-10-1", num_classes=10, ndim=1)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from ntk_vs_nn.config import UserError
+
+VALID_FORMS = "ResNet-d-w (d = 6n+4, e.g. ResNet-10-1, ResNet-28-10), ResNet-34, ResNet-34-w, SimpleCNN-d-w (d >= 2, e.g. SimpleCNN-10-3)"
+
+
+class Norm(nn.Module):
+    kind: str = "group"
+    groups: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        if self.kind == "none":
+            return x
+        channels = x.shape[-1]
+        groups = 1 if self.kind == "layer" else math.gcd(self.groups, channels)
+        return nn.GroupNorm(num_groups=groups)(x)
+
+
+def _conv(features, ndim, stride=1, kernel=3, name=None):
+    return nn.Conv(
+        features,
+        (kernel,) * ndim,
+        strides=(stride,) * ndim,
+        padding="SAME",
+        use_bias=False,
+        name=name,
+    )
+
+
+class PreActBlock(nn.Module):
+    """Wide-ResNet block: norm-relu-conv-norm-relu-conv, 1x1 projection when the shape changes."""
+
+    features: int
+    stride: int
+    ndim: int
+    norm: str
+    groups: int
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(Norm(self.norm, self.groups)(x))
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != self.features:
+            shortcut = _conv(self.features, self.ndim, self.stride, kernel=1)(h)
+        h = _conv(self.features, self.ndim, self.stride)(h)
+        h = nn.relu(Norm(self.norm, self.groups)(h))
+        h = _conv(self.features, self.ndim)(h)
+        return h + shortcut
+
+
+class BasicBlock(nn.Module):
+    """ResNet-34 block (post-activation): conv-norm-relu-conv-norm, + shortcut, relu."""
+
+    features: int
+    stride: int
+    ndim: int
+    norm: str
+    groups: int
+
+    @nn.compact
+    def __call__(self, x):
+        h = _conv(self.features, self.ndim, self.stride)(x)
+        h = nn.relu(Norm(self.norm, self.groups)(h))
+        h = _conv(self.features, self.ndim)(h)
+        h = Norm(self.norm, self.groups)(h)
+        shortcut = x
+        if self.stride != 1 or x.shape[-1] != self.features:
+            shortcut = _conv(self.features, self.ndim, self.stride, kernel=1)(x)
+            shortcut = Norm(self.norm, self.groups)(shortcut)
+        return nn.relu(h + shortcut)
+
+
+def _pool_head(h, num_classes):
+    h = jnp.mean(h, axis=tuple(range(1, h.ndim - 1)))
+    return nn.Dense(num_classes, name="head")(h)
+
+
+class WideResNet(nn.Module):
+    depth: int
+    widen: int
+    num_classes: int
+    ndim: int
+    norm: str = "group"
+    groups: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        n = (self.depth - 4) // 6
+        h = _conv(16, self.ndim)(x)
+        for stage, width in enumerate((16, 32, 64)):
+            for i in range(n):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                h = PreActBlock(width * self.widen, stride, self.ndim, self.norm, self.groups)(h)
+        h = nn.relu(Norm(self.norm, self.groups)(h))
+        return _pool_head(h, self.num_classes)
+
+
+class ResNet34(nn.Module):
+    num_classes: int
+    ndim: int
+    widen: int = 1
+    norm: str = "group"
+    groups: int = 8
+    stages: Sequence[int] = (3, 4, 6, 3)
+
+    @nn.compact
+    def __call__(self, x):
+        h = _conv(64 * self.widen, self.ndim)(x)
+        h = nn.relu(Norm(self.norm, self.groups)(h))
+        for stage, blocks in enumerate(self.stages):
+            width = 64 * self.widen * 2**stage
+            for i in range(blocks):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                h = BasicBlock(width, stride, self.ndim, self.norm, self.groups)(h)
+        return _pool_head(h, self.num_classes)
+
+
+class SimpleCNN(nn.Module):
+    depth: int
+    widen: int
+    num_classes: int
+    ndim: int
+    norm: str = "group"
+    groups: int = 8
+
+    @nn.compact
+    def __call__(self, x):
+        convs = self.depth - 1
+        h = x
+        for i in range(convs):
+            stage = min(3 * i // convs, 2)
+            first_of_stage = i > 0 and stage != min(3 * (i - 1) // convs, 2)
+            h = _conv(16 * self.widen * 2**stage, self.ndim, 2 if first_of_stage else 1)(h)
+            h = nn.relu(Norm(self.norm, self.groups)(h))
+        return _pool_head(h, self.num_classes)
+
+
+def parse_model_name(name: str) -> tuple[str, int, int]:
+    """``(kind, depth, widen)`` from a model name, or a UserError listing the valid forms."""
+    m = re.fullmatch(r"ResNet-?(\d+)(?:-(\d+))?", name)
+    if m:
+        depth, widen = int(m.group(1)), int(m.group(2) or 0)
+        if depth == 34 and (m.group(2) is None or name.startswith("ResNet-34-")):
+            return "resnet34", 34, widen or 1
+        if widen >= 1 and depth >= 10 and (depth - 4) % 6 == 0:
+            return "wrn", depth, widen
+    m = re.fullmatch(r"SimpleCNN-(\d+)-(\d+)", name)
+    if m and int(m.group(1)) >= 2 and int(m.group(2)) >= 1:
+        return "simplecnn", int(m.group(1)), int(m.group(2))
+    raise UserError(f"unknown model {name!r}; valid forms: {VALID_FORMS}")
+
+
+def build_model(name: str, num_classes: int, ndim: int, norm="group", groups=8) -> nn.Module:
+    """The Flax module for ``name`` on inputs with ``ndim`` spatial axes (1 or 2)."""
+    kind, depth, widen = parse_model_name(name)
+    if ndim not in (1, 2):
+        raise UserError(f"model {name}: inputs must have 1 or 2 spatial axes, got {ndim}")
+    if kind == "resnet34":
+        return ResNet34(num_classes, ndim, widen, norm, groups)
+    if kind == "wrn":
+        return WideResNet(depth, widen, num_classes, ndim, norm, groups)
+    return SimpleCNN(depth, widen, num_classes, ndim, norm, groups)

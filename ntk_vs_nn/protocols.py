@@ -1,0 +1,195 @@
+"""The five protocols, written once for every family.
+
+single      L members from seeds 0..L-1 (init stream member i, data stream member i);
+ensemble    the combination of the single members' outputs (logits by default), and its
+            accuracy as a function of the ensemble size 1..L;
+train_sum   one model G = mean (or sum) of L members, trained jointly; member l starts where
+            single member l starts;
+kd          a fresh student (its own seed streams) trained on the ensemble's outputs;
+sd          S fresh students, student s trained on single member s's outputs; also the ensemble
+            of the S students.
+
+Each finished unit is one record in the store (see results.py); a unit already recorded for the
+same config hash is loaded instead of retrained, so a rerun of the same command resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from ntk_vs_nn import metrics, rng
+from ntk_vs_nn.config import Config
+from ntk_vs_nn.data import Dataset
+from ntk_vs_nn.engine import Trainer
+from ntk_vs_nn.families import make_family, param_count, summed
+from ntk_vs_nn.results import Store, now, unit_id
+
+PROTOCOLS = ("single", "ensemble", "train_sum", "kd", "sd")
+SPLITS = ("train", "val", "test")
+
+
+def resolve_members_mode(mode: str) -> str:
+    """``auto`` -> the measured default: sequential on CPU (a vmapped conv ensemble ran 3x slower
+    and an unrolled one 1.4x slower than sequential fits here), vmap on accelerators."""
+    if mode != "auto":
+        return mode
+    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+
+
+def _is_oom(err: Exception) -> bool:
+    return isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in str(err)
+
+
+class Row:
+    """One (family, model) row of a table: trains, records and loads its units."""
+
+    def __init__(self, family: str, model: str, cfg: Config, data: Dataset, store: Store,
+                 prov: dict, log: Callable[[str], None] = lambda s: None):
+        self.family_name, self.model, self.cfg, self.data, self.store = family, model, cfg, data, store
+        self.prov, self.log = prov, log
+        self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg)
+        self.trainer = Trainer(self.fam, cfg.train, len(data.x_train), cfg.run.progress)
+        self.hash = cfg.science_hash()
+        self.root = rng.root_key(cfg.run.seed)
+        self.mode = resolve_members_mode(cfg.run.members)
+        self.known = {r["unit"]: r for r in store.records()}
+
+    # -- records ---------------------------------------------------------------------------
+    def _unit(self, protocol, member):
+        return unit_id(self.hash, self.family_name, self.model, protocol, member)
+
+    def record(self, protocol, member, status, metrics_=None, wall_s=0.0, **extra):
+        rec = {
+            "unit": self._unit(protocol, member), "config_hash": self.hash,
+            "preset": self.cfg.preset, "family": self.family_name, "model": self.model,
+            "dataset": self.data.name, "protocol": protocol, "member": member,
+            "seed": self.cfg.run.seed, "status": status, "metrics": metrics_ or {},
+            "wall_s": round(wall_s, 3), "date": now(), **self.prov, **extra,
+        }
+        self.store.append(rec)
+        self.known[rec["unit"]] = rec
+        return rec
+
+    def _done(self, protocol, member):
+        rec = self.known.get(self._unit(protocol, member))
+        if rec is None or rec["status"] not in ("ok", "diverged"):
+            return None
+        preds = self.store.load_predictions(rec["unit"]) if rec["status"] == "ok" else {}
+        return None if preds is None else (rec, preds)
+
+    # -- training a group of units -----------------------------------------------------------
+    def train(self, units, init_keys, data_keys, trainer=None, teachers=None, alpha=0.0, tau=1.0):
+        """Train the units (protocol, member) not yet done; return {unit: predictions or None}."""
+        trainer = trainer or self.trainer
+        out, todo = {}, []
+        for j, u in enumerate(units):
+            done = self._done(*u)
+            if done is not None:
+                out[u] = done[1] if done[0]["status"] == "ok" else None
+            else:
+                todo.append(j)
+        if not todo:
+            return out
+        pick = lambda seq: [seq[j] for j in todo]  # noqa: E731
+        t_teach = None if teachers is None else np.stack(pick(teachers))
+        desc = f"{self.family_name} {self.model} {units[todo[0]][0]}"
+        t0 = time.perf_counter()
+        try:
+            res = trainer.fit(pick(init_keys), pick(data_keys), self.data.x_train, self.data.y_train,
+                              t_teach, alpha, tau, mode=self.mode, desc=desc)
+        except Exception as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest raises
+            if not _is_oom(err):
+                raise
+            for j in todo:
+                self.record(*units[j], "oom", wall_s=time.perf_counter() - t0)
+                out[units[j]] = None
+            self.log(f"  {desc}: out of memory, recorded as oom")
+            return out
+        n_params = param_count(res.variables[0])
+        for slot, j in enumerate(todo):
+            v = res.variables[slot]
+            preds = {s: trainer.predict(v, getattr(self.data, f"x_{s}")) for s in SPLITS}
+            ok = metrics.finite(res.losses[slot], *preds.values())
+            m = {"final_loss": float(res.losses[slot, -1])}
+            if ok:
+                for s in SPLITS:
+                    m.update({f"{s}_{k}" if s != "test" else k: val
+                              for k, val in metrics.summary(preds[s], getattr(self.data, f"y_{s}")).items()})
+                self.store.save_predictions(self._unit(*units[j]), preds)
+            self.record(*units[j], "ok" if ok else "diverged", m, res.wall_s / len(todo),
+                        n_params=n_params, group_wall_s=round(res.wall_s, 3))
+            out[units[j]] = preds if ok else None
+        self.log(f"  {desc}: {len(todo)} unit(s) in {time.perf_counter() - t0:.1f} s")
+        return out
+
+    # -- the protocols -------------------------------------------------------------------------
+    def single(self):
+        L = self.cfg.protocol.members
+        units = [("single", i) for i in range(L)]
+        got = self.train(units, [rng.member_key(self.root, "init", i) for i in range(L)],
+                         [rng.member_key(self.root, "data", i) for i in range(L)])
+        return [got[u] for u in units]
+
+    def ensemble(self, singles, protocol="ensemble"):
+        """Combine members; record accuracy (and by size 1..L); return the combined predictions."""
+        ok = [p for p in singles if p is not None]
+        if not ok:
+            self.record(protocol, "all", "skipped", {"reason": "no finished members"})
+            return None
+        rule = self.cfg.protocol.ensemble_rule
+        comb = {s: metrics.combine([p[s] for p in ok], rule) for s in SPLITS}
+        m = metrics.summary(comb["test"], self.data.y_test)
+        m["val_acc"] = metrics.accuracy(comb["val"], self.data.y_val)
+        m["acc_by_size"] = [metrics.accuracy(metrics.combine([p["test"] for p in ok[:n]], rule),
+                                             self.data.y_test) for n in range(1, len(ok) + 1)]
+        m["n_members"] = len(ok)
+        prev = self.known.get(self._unit(protocol, "all"))
+        if prev is None or prev.get("metrics") != m:
+            self.record(protocol, "all", "ok", m, rule=rule)
+        return comb
+
+    def train_sum(self):
+        L, p = self.cfg.protocol.members, self.cfg.protocol
+        fam = summed(self.fam, L, p.sum_scale, stacked=self.mode == "vmap")
+        trainer = Trainer(fam, self.cfg.train, len(self.data.x_train), self.cfg.run.progress)
+        # Member l of the sum gets fold_in(stream("init"), l): single member l's init key.
+        got = self.train([("train_sum", 0)], [rng.stream(self.root, "init")],
+                         [rng.member_key(self.root, "data", 0)], trainer=trainer)
+        return got[("train_sum", 0)]
+
+    def students(self, singles, ens):
+        """KD (one student of the ensemble) and SD (student s of single member s), trained together."""
+        units, teachers, init_keys, data_keys = [], [], [], []
+        if ens is not None:
+            units.append(("kd", 0)); teachers.append(ens["train"])  # noqa: E702
+            init_keys.append(rng.member_key(self.root, "kd", 0))
+            data_keys.append(rng.member_key(self.root, "kd_data", 0))
+        for s in range(self.cfg.sd_students):
+            if s < len(singles) and singles[s] is not None:
+                units.append(("sd", s)); teachers.append(singles[s]["train"])  # noqa: E702
+                init_keys.append(rng.member_key(self.root, "sd", s))
+                data_keys.append(rng.member_key(self.root, "sd_data", s))
+        if not units:
+            return {}
+        tau = self.cfg.kd_tau_for(self.data.num_classes)
+        teachers = [np.asarray(t, np.float32) for t in teachers]
+        return self.train(units, init_keys, data_keys, teachers=teachers,
+                          alpha=self.cfg.protocol.kd_alpha, tau=tau)
+
+
+def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, prov: dict,
+            log=lambda s: None) -> None:
+    """All five protocols for one (family, model) row."""
+    row = Row(family, model, cfg, data, store, prov, log)
+    log(f"[{family} {model}] on {data.name}")
+    singles = row.single()
+    ens = row.ensemble(singles)
+    row.train_sum()
+    got = row.students(singles, ens)
+    sd = [got.get(("sd", s)) for s in range(cfg.sd_students)]
+    if any(p is not None for p in sd):
+        row.ensemble(sd, protocol="sd_ensemble")

@@ -1,0 +1,141 @@
+"""The append-only results store of one output folder.
+
+``OUT/records.jsonl`` gets one JSON line per finished unit of work (a member, an ensemble, a
+train-sum model, a student); tables and messages are derived from these lines only. A unit's
+predictions (train / val / test logits) go to ``OUT/units/<config_hash>/<family>/<model>/`` as a
+.npz written to a temporary name and renamed, *before* its record is appended, so a record always
+points at complete predictions and a rerun of the same command skips finished units. Appends hold
+an exclusive `fcntl` lock and are fsynced: concurrent writers never interleave lines.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from importlib import metadata
+
+import numpy as np
+
+from ntk_vs_nn.config import UserError
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def _safe(part) -> str:
+    return _SAFE.sub("_", str(part))
+
+
+class Store:
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+        self.path = os.path.join(out_dir, "records.jsonl")
+
+    @staticmethod
+    def prepare(out_dir: str) -> "Store":
+        """Create ``out_dir`` (or fail with a UserError if it cannot be written)."""
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+            probe = os.path.join(out_dir, f".write-probe-{os.getpid()}")
+            with open(probe, "w") as f:
+                f.write("")
+            os.remove(probe)
+        except OSError as e:
+            raise UserError(f"output folder {out_dir!r} is not writable ({e.strerror})") from None
+        return Store(out_dir)
+
+    def records(self) -> list[dict]:
+        """All well-formed records; a corrupt line (e.g. a write cut by a crash) is skipped."""
+        if not os.path.exists(self.path):
+            return []
+        out, bad = [], 0
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                    if isinstance(rec, dict) and "unit" in rec:
+                        out.append(rec)
+                    else:
+                        bad += 1
+                except json.JSONDecodeError:
+                    bad += 1
+        if bad:
+            print(f"warning: {self.path}: skipped {bad} corrupt line(s)", file=sys.stderr)
+        return out
+
+    def append(self, record: dict) -> None:
+        line = json.dumps(record, sort_keys=True) + "\n"
+        with open(self.path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # -- predictions of a unit -------------------------------------------------------------
+    def unit_path(self, unit: str) -> str:
+        return os.path.join(self.out_dir, "units", *(_safe(p) for p in unit.split("/"))) + ".npz"
+
+    def save_predictions(self, unit: str, arrays: dict) -> None:
+        path = self.unit_path(unit)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}.npz"
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+
+    def load_predictions(self, unit: str) -> dict | None:
+        """The saved arrays of ``unit``, or None when missing or unreadable (then it retrains)."""
+        path = self.unit_path(unit)
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {k: f[k] for k in f.files}
+        except (OSError, ValueError, EOFError, KeyError):
+            return None
+        except Exception:  # zipfile.BadZipFile and friends: a truncated file
+            return None
+
+
+def unit_id(config_hash: str, family: str, model: str, protocol: str, member) -> str:
+    return f"{config_hash}/{family}/{model}/{protocol}-{member}"
+
+
+def _git_sha() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha or "unknown") + ("+dirty" if dirty else "")
+
+
+def provenance() -> dict:
+    """Versions, device, git SHA and host of this process (computed once per run)."""
+    import jax
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("ntk_vs_nn", "jax", "jaxlib", "flax", "optax", "numpy"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    dev = jax.devices()[0]
+    return {
+        "versions": versions,
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')} x{jax.device_count()}",
+        "git_sha": _git_sha(),
+        "host": platform.node(),
+    }
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
