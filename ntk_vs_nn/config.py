@@ -30,7 +30,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    norm: str = "group"  # group | layer | none; BatchNorm is not offered (see models.py)
+    norm: str = "layer"  # layer (GroupNorm, 1 group) | group | none; no BatchNorm (models.py)
     groups: int = 8  # GroupNorm groups (reduced to gcd(groups, channels))
 
 
@@ -43,7 +43,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # sgd: added to the gradient; adamw: decoupled
     schedule: str = "cosine"  # constant | cosine | step (x0.2 at 30%, 60%, 80% of training)
     warmup_epochs: int = 0  # linear warm-up
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 128
     eval_batch_size: int = 1000
 

@@ -8,11 +8,13 @@ Names (as in the paper):
   ``SimpleCNN-d-w`` a plain CNN of d layers: d-1 3-wide convolutions in three stages of widths
                    16w/32w/64w (stride 2 at each new stage) and a dense head.
 
-Normalisation is a deliberate choice: GroupNorm (default), a LayerNorm-like single group, or
-none. BatchNorm is not offered: it couples the examples of a batch, so a member's output on x
+Normalisation is a deliberate choice: ``layer`` (default: GroupNorm with one group, i.e. LayerNorm
+over positions and channels of each example), ``group`` (GroupNorm, ``model.groups`` groups) or
+``none``. The default was measured: on the 2-core CPU a ResNet-10-1 epoch on MNIST-1D took 0.10 s
+(nn) / 0.13 s (ntk) with one group against 0.135 s / 0.186 s with eight, and trained as well. BatchNorm is not offered: it couples the examples of a batch, so a member's output on x
 depends on the rest of the batch; the linearisation f(W0) + J(W0)(W - W0) then has no single
 feature map, and training members in one vmapped or unrolled program would need per-member batch
-statistics. GroupNorm has neither problem and keeps deep nets (and KD at tau^2 = 16) stable.
+statistics. Group/LayerNorm have neither problem and keeps deep nets (and KD at tau^2 = 16) stable.
 
 Every network ends in a Dense layer named ``head``: the gp family trains only that layer.
 
@@ -35,7 +37,7 @@ VALID_FORMS = "ResNet-d-w (d = 6n+4, e.g. ResNet-10-1, ResNet-28-10), ResNet-34,
 
 
 class Norm(nn.Module):
-    kind: str = "group"
+    kind: str = "layer"
     groups: int = 8
 
     @nn.compact
@@ -111,7 +113,7 @@ class WideResNet(nn.Module):
     widen: int
     num_classes: int
     ndim: int
-    norm: str = "group"
+    norm: str = "layer"
     groups: int = 8
 
     @nn.compact
@@ -130,7 +132,7 @@ class ResNet34(nn.Module):
     num_classes: int
     ndim: int
     widen: int = 1
-    norm: str = "group"
+    norm: str = "layer"
     groups: int = 8
     stages: Sequence[int] = (3, 4, 6, 3)
 
@@ -151,7 +153,7 @@ class SimpleCNN(nn.Module):
     widen: int
     num_classes: int
     ndim: int
-    norm: str = "group"
+    norm: str = "layer"
     groups: int = 8
 
     @nn.compact
@@ -181,7 +183,7 @@ def parse_model_name(name: str) -> tuple[str, int, int]:
     raise UserError(f"unknown model {name!r}; valid forms: {VALID_FORMS}")
 
 
-def build_model(name: str, num_classes: int, ndim: int, norm="group", groups=8) -> nn.Module:
+def build_model(name: str, num_classes: int, ndim: int, norm="layer", groups=8) -> nn.Module:
     """The Flax module for ``name`` on inputs with ``ndim`` spatial axes (1 or 2)."""
     kind, depth, widen = parse_model_name(name)
     if ndim not in (1, 2):

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny synthetic dataset and a tiny config, small enough for a 2-core CPU."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from ntk_vs_nn.config import Config
+from ntk_vs_nn.data import Dataset
+
+N_TRAIN, N_VAL, N_TEST = 48, 16, 32
+LENGTH, NUM_CLASSES = 12, 3
+
+
+def make_tiny_dataset(seed: int = 0) -> Dataset:
+    """1-D signals (N, 12, 1); the label is the tercile of the signal's mean, so a conv net with a
+    global mean pool can learn it. Classes are balanced over the pooled samples."""
+    rs = np.random.RandomState(seed)
+    n = N_TRAIN + N_VAL + N_TEST
+    x = rs.randn(n, LENGTH, 1).astype(np.float32)
+    x += rs.randn(n, 1, 1).astype(np.float32)  # a per-sample offset that carries the label
+    score = x.mean(axis=(1, 2))
+    cuts = np.quantile(score, [1 / 3, 2 / 3])
+    y = np.digitize(score, cuts).astype(np.int32)
+    a, b = N_TRAIN, N_TRAIN + N_VAL
+    return Dataset(
+        name="tiny",
+        x_train=x[:a], y_train=y[:a],
+        x_val=x[a:b], y_val=y[a:b],
+        x_test=x[b:], y_test=y[b:],
+        num_classes=NUM_CLASSES,
+    )
+
+
+def make_tiny_config(**train_overrides) -> Config:
+    cfg = Config()
+    train = dataclasses.replace(
+        cfg.train, epochs=2, batch_size=16, eval_batch_size=64, lr=1e-2, schedule="constant",
+        **train_overrides,
+    )
+    return dataclasses.replace(
+        cfg,
+        preset="test",
+        dataset="tiny",
+        data=dataclasses.replace(cfg.data, n_train=N_TRAIN + N_VAL, n_test=N_TEST),
+        train=train,
+        protocol=dataclasses.replace(cfg.protocol, members=3),
+        run=dataclasses.replace(cfg.run, progress=False, members="sequential"),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_data() -> Dataset:
+    return make_tiny_dataset()
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg() -> Config:
+    return make_tiny_config()

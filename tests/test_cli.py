@@ -1,0 +1,130 @@
+"""Every protocol and family end to end through the real CLI at the smoke preset, resume, and
+bad input (one error line, exit code 2, nothing written)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ntk_vs_nn.cli import main
+from ntk_vs_nn.protocols import PROTOCOLS
+
+FAST = ["--set", "data.n_train=160", "--set", "data.n_test=100", "--set", "train.epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("smoke"))
+    assert main(["table", "nn", "--preset", "smoke", "--out", out, *FAST]) == 0
+    assert main(["table", "ntk", "--preset", "smoke", "--out", out, *FAST]) == 0
+    return out
+
+
+def read_records(out):
+    with open(os.path.join(out, "records.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_tables_have_every_protocol_and_family(smoke_out):
+    for which, families in (("nn", {"nn"}), ("ntk", {"ntk", "ntk_prime", "gp"})):
+        df = pd.read_csv(os.path.join(smoke_out, f"table_{which}.csv"))
+        assert {"family", "model", "dataset", "protocol", "n_members", "acc_mean", "acc_std",
+                "acc_best"} <= set(df.columns)
+        assert set(df.family) == families
+        for fam in families:
+            sub = df[df.family == fam]
+            assert list(sub.protocol) == list(PROTOCOLS)
+            assert (sub.status == "ok").all(), sub
+            assert sub.acc_mean.between(0, 100).all()
+        single = df[df.protocol == "single"].iloc[0]
+        assert single.n_members == 3 and single.acc_best >= single.acc_mean
+        md = open(os.path.join(smoke_out, f"table_{which}.md")).read()
+        assert "train-sum" in md and "KD" in md
+
+
+def test_messages_written_for_both_tables(smoke_out):
+    df = pd.read_csv(os.path.join(smoke_out, "messages.csv"))
+    assert {"message", "family", "verdict", "evidence"} <= set(df.columns)
+    assert sorted(df[df.family == "nn"].message) == [4, 5, 6, 7]
+    assert sorted(df[df.family == "gp"].message) == [1, 2, 3]
+    assert set(df.verdict) <= {"holds", "fails", "inconclusive"}
+
+
+def test_records_carry_provenance_and_tables_follow_records(smoke_out):
+    recs = read_records(smoke_out)
+    for key in ("config_hash", "family", "model", "dataset", "protocol", "member", "seed", "metrics",
+                "wall_s", "versions", "device", "git_sha", "date"):
+        assert all(key in r for r in recs), key
+    singles = [r for r in recs if r["family"] == "gp" and r["protocol"] == "single"]
+    accs = [r["metrics"]["acc"] for r in singles]
+    df = pd.read_csv(os.path.join(smoke_out, "table_ntk.csv"))
+    row = df[(df.family == "gp") & (df.protocol == "single")].iloc[0]
+    assert row.acc_mean == pytest.approx(np.mean(accs))
+    assert row.acc_best == pytest.approx(max(accs))
+
+
+def test_rerun_resumes_without_training(smoke_out):
+    before = read_records(smoke_out)
+    assert main(["table", "nn", "--preset", "smoke", "--out", smoke_out, *FAST]) == 0
+    after = read_records(smoke_out)
+    trained = [r for r in after[len(before):] if r["protocol"] not in ("ensemble", "sd_ensemble")]
+    assert trained == []
+
+
+def test_messages_command_rewrites_from_records(smoke_out):
+    os.remove(os.path.join(smoke_out, "messages.csv"))
+    assert main(["messages", "--out", smoke_out]) == 0
+    assert os.path.exists(os.path.join(smoke_out, "messages.csv"))
+
+
+BAD = [
+    (["table", "nn", "--preset", "nope"], "unknown preset"),
+    (["table", "nn", "--preset", "smoke", "--set", "table.nn_models=ResNet-11-1"], "unknown model"),
+    (["table", "nn", "--preset", "smoke", "--dataset", "cifar7"], "unknown dataset"),
+    (["table", "ntk", "--preset", "smoke", "--set", "table.ntk_families=ntk,rbf"], "unknown kernel family"),
+    (["table", "nn", "--preset", "smoke", "--set", "train.lr"], "expects key=value"),
+    (["table", "nn", "--preset", "smoke", "--set", "train.nope=1"], "unknown key"),
+    (["table", "nn", "--preset", "smoke", "--set", "train.epochs=two"], "cannot parse"),
+    (["table", "nn", "--preset", "smoke", "--dataset", "npz:/nonexistent.npz"], "no such file"),
+    (["table", "nope"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BAD)
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, argv, needle):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "ntk_vs_nn", *argv, "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_bad_npz_labels_rejected(tmp_path):
+    path = tmp_path / "bad.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.normal(size=(20, 8)), y_train=np.full(20, -1),
+             x_test=rng.normal(size=(5, 8)), y_test=np.zeros(5, int))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "ntk_vs_nn", "table", "nn", "--preset", "smoke",
+                           "--dataset", f"npz:{path}", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "labels" in proc.stderr and not out.exists()
+
+
+def test_npz_dataset_end_to_end(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(140, 16)).astype(np.float32)
+    y = (x[:, :8].sum(1) > 0).astype(np.int64)
+    path = tmp_path / "toy.npz"
+    np.savez(path, x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
+    out = str(tmp_path / "out")
+    assert main(["table", "nn", "--preset", "smoke", "--dataset", f"npz:{path}", "--out", out,
+                 "--set", "train.epochs=1"]) == 0
+    df = pd.read_csv(os.path.join(out, "table_nn.csv"))
+    assert set(df.dataset) == {"npz-toy"} and (df.status == "ok").all()

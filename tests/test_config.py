@@ -1,0 +1,130 @@
+"""`--set` overrides: type checks, unknown keys, choices; what the science hash covers."""
+
+import pytest
+
+from ntk_vs_nn.config import Config, UserError, apply_overrides
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "train.epochs=abc",  # int field, not a number
+        "train.epochs=1.5",  # int field, a float
+        "train.epochs=True",  # int field, a bool (bool is an int subclass in Python)
+        "run.progress=1",  # bool field, an int
+        "run.progress=yes",  # bool field, a bare word
+        "train.lr=abc",  # float field, not a number
+        "train.lr=True",  # float field, a bool
+    ],
+)
+def test_override_with_wrong_type_is_a_user_error(item):
+    with pytest.raises(UserError):
+        apply_overrides(Config(), [item])
+
+
+def test_int_override_sets_an_int():
+    cfg = apply_overrides(Config(), ["train.epochs=7"])
+    assert cfg.train.epochs == 7 and type(cfg.train.epochs) is int
+
+
+def test_bool_override_accepts_python_literals():
+    assert apply_overrides(Config(), ["run.progress=False"]).run.progress is False
+    off = apply_overrides(Config(), ["run.progress=False"])
+    assert apply_overrides(off, ["run.progress=True"]).run.progress is True
+
+
+def test_float_field_accepts_an_int_and_stores_a_float():
+    cfg = apply_overrides(Config(), ["train.lr=1"])
+    assert cfg.train.lr == 1.0 and type(cfg.train.lr) is float
+
+
+def test_tuple_field_from_comma_separated_names():
+    cfg = apply_overrides(Config(), ["table.nn_models=ResNet-10-1,ResNet-28-10"])
+    assert cfg.table.nn_models == ("ResNet-10-1", "ResNet-28-10")
+    cfg = apply_overrides(Config(), ["table.ntk_families=a,b"])
+    assert cfg.table.ntk_families == ("a", "b")
+
+
+def test_tuple_field_from_a_single_name_is_a_one_tuple():
+    cfg = apply_overrides(Config(), ["table.ntk_models=SimpleCNN-10-3"])
+    assert cfg.table.ntk_models == ("SimpleCNN-10-3",)
+
+
+def test_string_field_keeps_a_bare_word():
+    cfg = apply_overrides(Config(), ["train.optimizer=sgd", "dataset=npz:/tmp/x.npz"])
+    assert cfg.train.optimizer == "sgd"
+    assert cfg.dataset == "npz:/tmp/x.npz"
+
+
+def test_overrides_apply_in_order_and_leave_other_fields():
+    base = Config()
+    cfg = apply_overrides(base, ["train.lr=0.5", "train.lr=0.25"])
+    assert cfg.train.lr == 0.25
+    assert cfg.train.epochs == base.train.epochs
+    assert base.train.lr != 0.25  # the input config is not mutated
+
+
+@pytest.mark.parametrize("item", ["train.nosuchfield=1", "nosuchsection.lr=1", "lr=1", "train.lr.x=1"])
+def test_unknown_key_is_a_user_error_listing_valid_keys(item):
+    with pytest.raises(UserError) as err:
+        apply_overrides(Config(), [item])
+    msg = str(err.value)
+    assert item.split("=")[0] in msg
+    assert "train.lr" in msg and "protocol.members" in msg and "run.seed" in msg
+
+
+def test_override_without_equals_sign_is_a_user_error():
+    with pytest.raises(UserError):
+        apply_overrides(Config(), ["train.lr"])
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "train.optimizer=foo",
+        "train.schedule=linear",
+        "model.norm=batch",
+        "protocol.ensemble_rule=median",
+        "protocol.sum_scale=max",
+        "run.members=threads",
+    ],
+)
+def test_bad_choice_is_a_user_error_naming_the_choices(item):
+    key, value = item.split("=")
+    with pytest.raises(UserError) as err:
+        apply_overrides(Config(), [item])
+    assert key in str(err.value) and value in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "item",
+    ["train.epochs=0", "protocol.members=0", "train.lr=0", "data.val_fraction=1.0", "protocol.kd_alpha=1.5"],
+)
+def test_out_of_range_value_is_a_user_error(item):
+    with pytest.raises(UserError):
+        apply_overrides(Config(), [item])
+
+
+@pytest.mark.parametrize(
+    "item", ["train.lr=0.01", "run.seed=1", "train.epochs=3", "data.n_train=100", "protocol.kd_alpha=0.5"]
+)
+def test_science_hash_changes_with_what_changes_the_numbers(item):
+    assert apply_overrides(Config(), [item]).science_hash() != Config().science_hash()
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "table.nn_models=ResNet-28-10",
+        "table.ntk_families=ntk",
+        "run.progress=False",
+        "run.members=vmap",
+        "run.members=sequential",
+    ],
+)
+def test_science_hash_ignores_table_layout_and_execution(item):
+    assert apply_overrides(Config(), [item]).science_hash() == Config().science_hash()
+
+
+def test_science_hash_is_stable_across_instances():
+    assert Config().science_hash() == Config().science_hash()

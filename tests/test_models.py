@@ -1,0 +1,165 @@
+"""Model names, output shapes and parameter counts against hand-derived closed forms."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from ntk_vs_nn.config import UserError
+from ntk_vs_nn.models import build_model, parse_model_name
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("ResNet-10-1", ("wrn", 10, 1)),
+        ("ResNet10-2", ("wrn", 10, 2)),  # the paper's kernel-table spelling
+        ("ResNet-28-10", ("wrn", 28, 10)),
+        ("ResNet-16-4", ("wrn", 16, 4)),
+        ("ResNet-34", ("resnet34", 34, 1)),
+        ("ResNet-34-2", ("resnet34", 34, 2)),
+        ("SimpleCNN-10-3", ("simplecnn", 10, 3)),
+        ("SimpleCNN-2-1", ("simplecnn", 2, 1)),
+    ],
+)
+def test_parse_model_name_accepts_the_paper_names(name, expected):
+    assert parse_model_name(name) == expected
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ResNet-11-1",  # 11 is not 6n+4
+        "ResNet-10",  # a wide ResNet needs a widen factor
+        "ResNet-4-1",  # 6n+4 with n = 0 blocks
+        "ResNet-10-0",  # widen factor 0
+        "ResNet-34-0",  # widen factor 0 of the ResNet-34 variant
+        "Foo",
+        "SimpleCNN-1-1",  # a plain CNN needs at least one conv and the head
+        "SimpleCNN-3-0",
+        "SimpleCNN-3",
+        "resnet-10-1",
+    ],
+)
+def test_parse_model_name_rejects_bad_names_listing_valid_forms(name):
+    with pytest.raises(UserError) as err:
+        parse_model_name(name)
+    msg = str(err.value)
+    assert repr(name) in msg or name in msg
+    assert "ResNet-d-w" in msg and "SimpleCNN-d-w" in msg and "ResNet-34" in msg
+
+
+def test_build_model_rejects_three_spatial_axes():
+    with pytest.raises(UserError):
+        build_model("ResNet-10-1", num_classes=3, ndim=3)
+
+
+def _init_shapes(module, x_shape):
+    """Parameter shapes and output shape without running the network (jax.eval_shape)."""
+    x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+    variables = jax.eval_shape(module.init, jax.random.key(0), x)
+    out = jax.eval_shape(module.apply, variables, x)
+    return variables["params"], out
+
+
+def _count(params):
+    return sum(int(a.size) for a in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize(
+    "name, x_shape",
+    [
+        ("ResNet-10-1", (5, 12, 1)),
+        ("ResNet-10-1", (5, 8, 8, 1)),
+        ("SimpleCNN-3-1", (5, 12, 1)),
+        ("SimpleCNN-3-1", (5, 8, 8, 3)),
+        ("ResNet-34", (5, 8, 8, 1)),
+        ("ResNet-34", (5, 12, 2)),
+    ],
+)
+def test_models_give_logits_of_shape_batch_by_classes_and_have_a_head(name, x_shape):
+    module = build_model(name, num_classes=7, ndim=len(x_shape) - 2)
+    params, out = _init_shapes(module, x_shape)
+    assert out.shape == (5, 7)
+    assert "head" in params
+    assert params["head"]["kernel"].shape[-1] == 7 and params["head"]["bias"].shape == (7,)
+
+
+def test_real_forward_pass_is_finite_and_input_dependent():
+    ndim, x_shape = 1, (3, 12, 1)
+    # A real (not shape-only) pass; SimpleCNN keeps the eager init cheap on CPU.
+    module = build_model("SimpleCNN-3-1", num_classes=3, ndim=ndim)
+    x = jax.random.normal(jax.random.key(1), x_shape)
+    variables = module.init(jax.random.key(0), x)
+    out = module.apply(variables, x)
+    assert out.shape == (3, 3)
+    assert bool(jnp.all(jnp.isfinite(out)))
+    assert float(jnp.abs(out[0] - out[1]).max()) > 0  # different inputs, different logits
+
+
+def test_param_count_resnet_10_1_1d_without_norm_matches_hand_count():
+    # ResNet-10-1 has n = (10 - 4) / 6 = 1 pre-activation block per stage; conv kernels are 3
+    # wide (1x1 for the projection shortcut) and have no bias; the Dense head has a bias.
+    stem = 3 * 1 * 16
+    stage1 = 3 * 16 * 16 + 3 * 16 * 16  # 16 -> 16, stride 1: no projection
+    stage2 = 1 * 16 * 32 + 3 * 16 * 32 + 3 * 32 * 32  # projection + two convs
+    stage3 = 1 * 32 * 64 + 3 * 32 * 64 + 3 * 64 * 64
+    head = 64 * 3 + 3
+    module = build_model("ResNet-10-1", num_classes=3, ndim=1, norm="none")
+    params, _ = _init_shapes(module, (2, 12, 1))
+    assert _count(params) == stem + stage1 + stage2 + stage3 + head  # = 27379
+
+
+def test_param_count_resnet_10_1_1d_with_group_norm_adds_scale_and_bias_per_channel():
+    no_norm = 27379  # the hand count above
+    # Each block normalises its input (in channels) and its middle (width); one final norm.
+    norms = 2 * (16 + 16) + 2 * (16 + 32) + 2 * (32 + 64) + 2 * 64
+    module = build_model("ResNet-10-1", num_classes=3, ndim=1, norm="group")
+    params, _ = _init_shapes(module, (2, 12, 1))
+    assert _count(params) == no_norm + norms  # = 27859
+
+
+def wrn_param_count(depth, widen, in_channels, num_classes, ndim, norm):
+    """Closed-form parameter count of the pre-activation wide ResNet described in models.py."""
+    n = (depth - 4) // 6
+    k = 3**ndim
+    norm_params = (lambda c: 0) if norm == "none" else (lambda c: 2 * c)
+    total = k * in_channels * 16  # stem: 16 channels whatever the widen factor
+    prev = 16
+    for stage, base in enumerate((16, 32, 64)):
+        width = base * widen
+        for i in range(n):
+            stride = 2 if stage > 0 and i == 0 else 1
+            total += norm_params(prev) + k * prev * width + norm_params(width) + k * width * width
+            if stride != 1 or prev != width:
+                total += prev * width  # 1x1 projection (kernel size 1 in every axis)
+            prev = width
+    return total + norm_params(prev) + prev * num_classes + num_classes
+
+
+@pytest.mark.parametrize(
+    "name, depth, widen, x_shape, norm",
+    [
+        ("ResNet-16-2", 16, 2, (2, 8, 8, 3), "group"),
+        ("ResNet-16-1", 16, 1, (2, 12, 1), "none"),
+        ("ResNet-10-1", 10, 1, (2, 8, 8, 1), "layer"),
+    ],
+)
+def test_param_count_of_wide_resnets_matches_closed_form(name, depth, widen, x_shape, norm):
+    module = build_model(name, num_classes=5, ndim=len(x_shape) - 2, norm=norm)
+    params, _ = _init_shapes(module, x_shape)
+    assert _count(params) == wrn_param_count(depth, widen, x_shape[-1], 5, len(x_shape) - 2, norm)
+
+
+def test_param_count_simplecnn_3_1_matches_hand_count():
+    # SimpleCNN-3-1: 2 convs (16 then 32 channels), each followed by a GroupNorm, then the head.
+    expected = (3 * 1 * 16 + 2 * 16) + (3 * 16 * 32 + 2 * 32) + (32 * 4 + 4)
+    module = build_model("SimpleCNN-3-1", num_classes=4, ndim=1)
+    params, _ = _init_shapes(module, (2, 12, 1))
+    assert _count(params) == expected
+
+
+def test_group_norm_groups_that_do_not_divide_channels_are_reduced():
+    # 6 groups do not divide 16 channels; models.py reduces them to gcd(6, 16) = 2.
+    module = build_model("ResNet-10-1", num_classes=3, ndim=1, groups=6)
+    _, out = _init_shapes(module, (2, 12, 1))
+    assert out.shape == (2, 3)
