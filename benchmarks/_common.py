@@ -17,9 +17,17 @@ def device() -> str:
 
 def write(name: str, value: float, unit: str, goal: float, ratio: float, holds: bool, **extra) -> dict:
     """Write results/benchmarks/<name>.json with the fields every benchmark reports."""
-    rec = {"name": name, "value": value, "unit": unit, "ratio": ratio, "goal": goal, "holds": holds,
-           "device": device(), "command": " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
-           **extra}
+    rec = {
+        "name": name,
+        "value": value,
+        "unit": unit,
+        "ratio": ratio,
+        "goal": goal,
+        "holds": holds,
+        "device": device(),
+        "command": " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+        **extra,
+    }
     os.makedirs(OUT, exist_ok=True)
     with open(os.path.join(OUT, f"{name}.json"), "w") as f:
         json.dump(rec, f, indent=1)

@@ -16,8 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 import optax
-
 from _common import write
+
 from ntk_vs_nn import rng
 from ntk_vs_nn.data import load_dataset
 from ntk_vs_nn.engine import Trainer
@@ -66,7 +66,9 @@ def time_scan_vs_loop(model: str) -> dict:
         p, o = c
         loss, g = jax.value_and_grad(
             lambda p: optax.softmax_cross_entropy_with_integer_labels(
-                fam.apply({"params": p, "state": v["state"]}, x[ib]), y[ib]).mean())(p)
+                fam.apply({"params": p, "state": v["state"]}, x[ib]), y[ib]
+            ).mean()
+        )(p)
         u, o = tx.update(g, o, p)
         return (optax.apply_updates(p, u), o), loss
 
@@ -97,9 +99,21 @@ def main():
     seq = members["nn/sequential"]["run_s"]
     best_mode = min(("unrolled", "vmap"), key=lambda m: members[f"nn/{m}"]["run_s"])
     ratio = members[f"nn/{best_mode}"]["run_s"] / seq
-    write("ensemble_members", members[f"nn/{best_mode}"]["run_s"], "s", 1.0, round(ratio, 3), ratio <= 1.0,
-          model=model, members=L, epochs=EPOCHS, best_fused_mode=best_mode, strategies=members,
-          scan_vs_loop=scan, default_on_this_backend="sequential" if ratio > 1.0 else best_mode)
+    write(
+        "ensemble_members",
+        members[f"nn/{best_mode}"]["run_s"],
+        "s",
+        1.0,
+        round(ratio, 3),
+        ratio <= 1.0,
+        model=model,
+        members=L,
+        epochs=EPOCHS,
+        best_fused_mode=best_mode,
+        strategies=members,
+        scan_vs_loop=scan,
+        default_on_this_backend="sequential" if ratio > 1.0 else best_mode,
+    )
 
 
 if __name__ == "__main__":

@@ -21,12 +21,15 @@ def main():
     with tempfile.TemporaryDirectory() as out:
         for which in ("nn", "ntk"):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "ntk_vs_nn", "table", which, "--preset", "quick",
-                            "--out", out, *extra], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [sys.executable, "-m", "ntk_vs_nn", "table", which, "--preset", "quick", "--out", out, *extra],
+                cwd=ROOT,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             times[which] = round(time.perf_counter() - t0, 1)
     total = sum(times.values())
-    write("quick_tables_wall", total, "s", GOAL_S, round(total / GOAL_S, 3), total <= GOAL_S,
-          per_table_s=times)
+    write("quick_tables_wall", total, "s", GOAL_S, round(total / GOAL_S, 3), total <= GOAL_S, per_table_s=times)
 
 
 if __name__ == "__main__":

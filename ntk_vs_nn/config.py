@@ -96,9 +96,7 @@ class Config:
         _check_choice("train.schedule", self.train.schedule, ("constant", "cosine", "step"))
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
-        _check_choice(
-            "run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap")
-        )
+        _check_choice("run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap"))
         for name, value in [
             ("protocol.members", self.protocol.members),
             ("train.epochs", self.train.epochs),
@@ -195,9 +193,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if len(parts) == 1 and key in ("dataset",):
             cfg = dataclasses.replace(cfg, **{key: _parse_value(key, raw, str)})
             continue
-        if len(parts) != 2 or parts[0] not in hints or not dataclasses.is_dataclass(
-            hints[parts[0]]
-        ):
+        if len(parts) != 2 or parts[0] not in hints or not dataclasses.is_dataclass(hints[parts[0]]):
             raise UserError(f"--set: unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
         section_name, field_name = parts
         section = getattr(cfg, section_name)
@@ -205,9 +201,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if field_name not in sec_hints:
             raise UserError(f"--set: unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
         value = _parse_value(key, raw, sec_hints[field_name])
-        cfg = dataclasses.replace(
-            cfg, **{section_name: dataclasses.replace(section, **{field_name: value})}
-        )
+        cfg = dataclasses.replace(cfg, **{section_name: dataclasses.replace(section, **{field_name: value})})
     return cfg
 
 

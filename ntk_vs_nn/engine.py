@@ -34,9 +34,7 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
     total = max(cfg.epochs * steps_per_epoch, 1)
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
     if cfg.schedule == "cosine":
-        sched = optax.warmup_cosine_decay_schedule(
-            0.0 if warmup else cfg.lr, cfg.lr, warmup, total
-        )
+        sched = optax.warmup_cosine_decay_schedule(0.0 if warmup else cfg.lr, cfg.lr, warmup, total)
     elif cfg.schedule == "step":
         bounds = {int(total * f): 0.2 for f in (0.3, 0.6, 0.8)}
         sched = optax.piecewise_constant_schedule(cfg.lr, bounds)
@@ -141,15 +139,19 @@ class Trainer:
 
         def order(data_keys, epoch_index, n):
             """(steps, M, bs) sample indices: each member's own permutation for this epoch."""
-            return jnp.stack([
-                jax.random.permutation(jax.random.fold_in(k, epoch_index), n)[: steps * bs].reshape(steps, bs)
-                for k in data_keys
-            ], axis=1)
+            return jnp.stack(
+                [
+                    jax.random.permutation(jax.random.fold_in(k, epoch_index), n)[: steps * bs].reshape(steps, bs)
+                    for k in data_keys
+                ],
+                axis=1,
+            )
 
         return jax.jit(order, static_argnums=2)
 
-    def fit(self, init_keys, data_keys, x, y, teachers=None, alpha=0.0, tau=1.0,
-            mode: str = "unrolled", desc: str = "") -> Members:
+    def fit(
+        self, init_keys, data_keys, x, y, teachers=None, alpha=0.0, tau=1.0, mode: str = "unrolled", desc: str = ""
+    ) -> Members:
         """Train M members.
 
         Args:

@@ -112,10 +112,7 @@ def summed(family: ModelFamily, n: int, scale: str = "mean", stacked: bool = Fal
                 variables["params"], variables["state"]
             )
             return factor * out.sum(0)
-        outs = [
-            family.apply({"params": p, "state": s}, x)
-            for p, s in zip(variables["params"], variables["state"])
-        ]
+        outs = [family.apply({"params": p, "state": s}, x) for p, s in zip(variables["params"], variables["state"])]
         return factor * sum(outs)
 
     return ModelFamily(f"{family.name}_sum{n}", init, apply)

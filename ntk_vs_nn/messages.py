@@ -51,8 +51,15 @@ def _values(sub: pd.DataFrame) -> dict:
             return nan
         return float(r[col])
 
-    return dict(mean=val("single"), best=val("single", "acc_best"), sigma=val("single", "acc_std"),
-                ens=val("ensemble"), sum=val("train_sum"), kd=val("kd"), sd=val("sd"))
+    return dict(
+        mean=val("single"),
+        best=val("single", "acc_best"),
+        sigma=val("single", "acc_std"),
+        ens=val("ensemble"),
+        sum=val("train_sum"),
+        kd=val("kd"),
+        sd=val("sd"),
+    )
 
 
 def evaluate(message: int, v: dict, cfg: MessagesConfig):
@@ -75,8 +82,7 @@ def evaluate(message: int, v: dict, cfg: MessagesConfig):
     else:
         parts = [("ens - mean - 3σ", ens - mean - 3 * sigma, True)]
     verdicts = [compare(d, m, strict) for _, d, strict in parts]
-    shown = {"single-mean": mean, "single-best": best, "σ": sigma, "ens": ens, "train-sum": tsum,
-             "KD": kd, "SD": sd}
+    shown = {"single-mean": mean, "single-best": best, "σ": sigma, "ens": ens, "train-sum": tsum, "KD": kd, "SD": sd}
     missing = [k for k, x in shown.items() if math.isnan(x)]
     evidence = ", ".join(f"{name} = {d:+.2f}" for name, d, _ in parts) + f" (band ±{m:.2f})"
     evidence += "; " + ", ".join(f"{k} {x:.2f}" for k, x in shown.items() if not math.isnan(x))
@@ -97,10 +103,19 @@ def messages(table: pd.DataFrame, cfg: MessagesConfig, kernel_families=("ntk", "
             if mkind != kind:
                 continue
             verdict, evidence = evaluate(msg, v, cfg)
-            rows.append(dict(message=msg, family=fam, model=model, dataset=dataset, claim=claim,
-                             test=test, verdict=verdict, evidence=evidence))
-    return pd.DataFrame(rows, columns=["message", "family", "model", "dataset", "claim", "test",
-                                       "verdict", "evidence"])
+            rows.append(
+                dict(
+                    message=msg,
+                    family=fam,
+                    model=model,
+                    dataset=dataset,
+                    claim=claim,
+                    test=test,
+                    verdict=verdict,
+                    evidence=evidence,
+                )
+            )
+    return pd.DataFrame(rows, columns=["message", "family", "model", "dataset", "claim", "test", "verdict", "evidence"])
 
 
 def markdown(df: pd.DataFrame, header: str = "") -> str:
@@ -108,10 +123,14 @@ def markdown(df: pd.DataFrame, header: str = "") -> str:
     lines = ["# Messages ①–⑦ (Allen-Zhu & Li)", ""]
     if header:
         lines += [header, ""]
-    lines += ["| # | family | model | claim | test | verdict | evidence |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "| # | family | model | claim | test | verdict | evidence |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for _, r in df.sort_values(["message", "family", "model"], kind="stable").iterrows():
-        lines.append(f"| {circled[r['message'] - 1]} | {r['family']} | {r['model']} | {r['claim']} | "
-                     f"{r['test']} | **{r['verdict']}** | {r['evidence']} |")
+        lines.append(
+            f"| {circled[r['message'] - 1]} | {r['family']} | {r['model']} | {r['claim']} | "
+            f"{r['test']} | **{r['verdict']}** | {r['evidence']} |"
+        )
     lines += ["", __doc__.split("\n\n", 1)[1].strip()]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,8 @@ Names (as in the paper):
 Normalisation is a deliberate choice: ``layer`` (default: GroupNorm with one group, i.e. LayerNorm
 over positions and channels of each example), ``group`` (GroupNorm, ``model.groups`` groups) or
 ``none``. The default was measured: on the 2-core CPU a ResNet-10-1 epoch on MNIST-1D took 0.10 s
-(nn) / 0.13 s (ntk) with one group against 0.135 s / 0.186 s with eight, and trained as well. BatchNorm is not offered: it couples the examples of a batch, so a member's output on x
+(nn) / 0.13 s (ntk) with one group against 0.135 s / 0.186 s with eight, and trained as well.
+BatchNorm is not offered: it couples the examples of a batch, so a member's output on x
 depends on the rest of the batch; the linearisation f(W0) + J(W0)(W - W0) then has no single
 feature map, and training members in one vmapped or unrolled program would need per-member batch
 statistics. Group/LayerNorm have neither problem and keeps deep nets (and KD at tau^2 = 16) stable.
@@ -33,7 +34,10 @@ import jax.numpy as jnp
 
 from ntk_vs_nn.config import UserError
 
-VALID_FORMS = "ResNet-d-w (d = 6n+4, e.g. ResNet-10-1, ResNet-28-10), ResNet-34, ResNet-34-w, SimpleCNN-d-w (d >= 2, e.g. SimpleCNN-10-3)"
+VALID_FORMS = (
+    "ResNet-d-w (d = 6n+4, e.g. ResNet-10-1, ResNet-28-10), ResNet-34, ResNet-34-w, "
+    "SimpleCNN-d-w (d >= 2, e.g. SimpleCNN-10-3)"
+)
 
 
 class Norm(nn.Module):

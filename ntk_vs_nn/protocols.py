@@ -47,8 +47,16 @@ def _is_oom(err: Exception) -> bool:
 class Row:
     """One (family, model) row of a table: trains, records and loads its units."""
 
-    def __init__(self, family: str, model: str, cfg: Config, data: Dataset, store: Store,
-                 prov: dict, log: Callable[[str], None] = lambda s: None):
+    def __init__(
+        self,
+        family: str,
+        model: str,
+        cfg: Config,
+        data: Dataset,
+        store: Store,
+        prov: dict,
+        log: Callable[[str], None] = lambda s: None,
+    ):
         self.family_name, self.model, self.cfg, self.data, self.store = family, model, cfg, data, store
         self.prov, self.log = prov, log
         self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg)
@@ -64,11 +72,21 @@ class Row:
 
     def record(self, protocol, member, status, metrics_=None, wall_s=0.0, **extra):
         rec = {
-            "unit": self._unit(protocol, member), "config_hash": self.hash,
-            "preset": self.cfg.preset, "family": self.family_name, "model": self.model,
-            "dataset": self.data.name, "protocol": protocol, "member": member,
-            "seed": self.cfg.run.seed, "status": status, "metrics": metrics_ or {},
-            "wall_s": round(wall_s, 3), "date": now(), **self.prov, **extra,
+            "unit": self._unit(protocol, member),
+            "config_hash": self.hash,
+            "preset": self.cfg.preset,
+            "family": self.family_name,
+            "model": self.model,
+            "dataset": self.data.name,
+            "protocol": protocol,
+            "member": member,
+            "seed": self.cfg.run.seed,
+            "status": status,
+            "metrics": metrics_ or {},
+            "wall_s": round(wall_s, 3),
+            "date": now(),
+            **self.prov,
+            **extra,
         }
         self.store.append(rec)
         self.known[rec["unit"]] = rec
@@ -99,8 +117,17 @@ class Row:
         desc = f"{self.family_name} {self.model} {units[todo[0]][0]}"
         t0 = time.perf_counter()
         try:
-            res = trainer.fit(pick(init_keys), pick(data_keys), self.data.x_train, self.data.y_train,
-                              t_teach, alpha, tau, mode=self.mode, desc=desc)
+            res = trainer.fit(
+                pick(init_keys),
+                pick(data_keys),
+                self.data.x_train,
+                self.data.y_train,
+                t_teach,
+                alpha,
+                tau,
+                mode=self.mode,
+                desc=desc,
+            )
         except Exception as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest raises
             if not _is_oom(err):
                 raise
@@ -117,11 +144,21 @@ class Row:
             m = {"final_loss": float(res.losses[slot, -1])}
             if ok:
                 for s in SPLITS:
-                    m.update({f"{s}_{k}" if s != "test" else k: val
-                              for k, val in metrics.summary(preds[s], getattr(self.data, f"y_{s}")).items()})
+                    m.update(
+                        {
+                            f"{s}_{k}" if s != "test" else k: val
+                            for k, val in metrics.summary(preds[s], getattr(self.data, f"y_{s}")).items()
+                        }
+                    )
                 self.store.save_predictions(self._unit(*units[j]), preds)
-            self.record(*units[j], "ok" if ok else "diverged", m, res.wall_s / len(todo),
-                        n_params=n_params, group_wall_s=round(res.wall_s, 3))
+            self.record(
+                *units[j],
+                "ok" if ok else "diverged",
+                m,
+                res.wall_s / len(todo),
+                n_params=n_params,
+                group_wall_s=round(res.wall_s, 3),
+            )
             out[units[j]] = preds if ok else None
         self.log(f"  {desc}: {len(todo)} unit(s) in {time.perf_counter() - t0:.1f} s")
         return out
@@ -130,8 +167,11 @@ class Row:
     def single(self):
         L = self.cfg.protocol.members
         units = [("single", i) for i in range(L)]
-        got = self.train(units, [rng.member_key(self.root, "init", i) for i in range(L)],
-                         [rng.member_key(self.root, "data", i) for i in range(L)])
+        got = self.train(
+            units,
+            [rng.member_key(self.root, "init", i) for i in range(L)],
+            [rng.member_key(self.root, "data", i) for i in range(L)],
+        )
         return [got[u] for u in units]
 
     def ensemble(self, singles, protocol="ensemble"):
@@ -144,8 +184,10 @@ class Row:
         comb = {s: metrics.combine([p[s] for p in ok], rule) for s in SPLITS}
         m = metrics.summary(comb["test"], self.data.y_test)
         m["val_acc"] = metrics.accuracy(comb["val"], self.data.y_val)
-        m["acc_by_size"] = [metrics.accuracy(metrics.combine([p["test"] for p in ok[:n]], rule),
-                                             self.data.y_test) for n in range(1, len(ok) + 1)]
+        m["acc_by_size"] = [
+            metrics.accuracy(metrics.combine([p["test"] for p in ok[:n]], rule), self.data.y_test)
+            for n in range(1, len(ok) + 1)
+        ]
         m["n_members"] = len(ok)
         prev = self.known.get(self._unit(protocol, "all"))
         if prev is None or prev.get("metrics") != m:
@@ -157,32 +199,33 @@ class Row:
         fam = summed(self.fam, L, p.sum_scale, stacked=self.mode == "vmap")
         trainer = Trainer(fam, self.cfg.train, len(self.data.x_train), self.cfg.run.progress)
         # Member l of the sum gets fold_in(stream("init"), l): single member l's init key.
-        got = self.train([("train_sum", 0)], [rng.stream(self.root, "init")],
-                         [rng.member_key(self.root, "data", 0)], trainer=trainer)
+        got = self.train(
+            [("train_sum", 0)], [rng.stream(self.root, "init")], [rng.member_key(self.root, "data", 0)], trainer=trainer
+        )
         return got[("train_sum", 0)]
 
     def students(self, singles, ens):
         """KD (one student of the ensemble) and SD (student s of single member s), trained together."""
         units, teachers, init_keys, data_keys = [], [], [], []
         if ens is not None:
-            units.append(("kd", 0)); teachers.append(ens["train"])  # noqa: E702
+            units.append(("kd", 0))
+            teachers.append(ens["train"])  # noqa: E702
             init_keys.append(rng.member_key(self.root, "kd", 0))
             data_keys.append(rng.member_key(self.root, "kd_data", 0))
         for s in range(self.cfg.sd_students):
             if s < len(singles) and singles[s] is not None:
-                units.append(("sd", s)); teachers.append(singles[s]["train"])  # noqa: E702
+                units.append(("sd", s))
+                teachers.append(singles[s]["train"])  # noqa: E702
                 init_keys.append(rng.member_key(self.root, "sd", s))
                 data_keys.append(rng.member_key(self.root, "sd_data", s))
         if not units:
             return {}
         tau = self.cfg.kd_tau_for(self.data.num_classes)
         teachers = [np.asarray(t, np.float32) for t in teachers]
-        return self.train(units, init_keys, data_keys, teachers=teachers,
-                          alpha=self.cfg.protocol.kd_alpha, tau=tau)
+        return self.train(units, init_keys, data_keys, teachers=teachers, alpha=self.cfg.protocol.kd_alpha, tau=tau)
 
 
-def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, prov: dict,
-            log=lambda s: None) -> None:
+def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, prov: dict, log=lambda s: None) -> None:
     """All five protocols for one (family, model) row."""
     row = Row(family, model, cfg, data, store, prov, log)
     log(f"[{family} {model}] on {data.name}")

@@ -15,8 +15,21 @@ import pandas as pd
 
 from ntk_vs_nn.protocols import PROTOCOLS
 
-COLUMNS = ["family", "model", "dataset", "protocol", "n_members", "acc_mean", "acc_std",
-           "acc_best", "nll_mean", "acc_ensemble", "acc_by_size", "status", "wall_s"]
+COLUMNS = [
+    "family",
+    "model",
+    "dataset",
+    "protocol",
+    "n_members",
+    "acc_mean",
+    "acc_std",
+    "acc_best",
+    "nll_mean",
+    "acc_ensemble",
+    "acc_by_size",
+    "status",
+    "wall_s",
+]
 
 
 def _status(recs, expected):
@@ -37,8 +50,7 @@ def _stats(accs):
     return float(np.mean(accs)), std, float(np.max(accs))
 
 
-def tidy(records: list[dict], config_hash: str, families, models, members: int,
-         sd_students: int) -> pd.DataFrame:
+def tidy(records: list[dict], config_hash: str, families, models, members: int, sd_students: int) -> pd.DataFrame:
     """The tidy table of ``families`` x ``models`` for one config hash."""
     by = {}
     for r in records:
@@ -48,12 +60,21 @@ def tidy(records: list[dict], config_hash: str, families, models, members: int,
     rows = []
     for model in models:
         for fam in families:
+
             def get(protocol, _f=fam, _m=model):
                 return list(by.get((_f, _m, protocol), {}).values())
 
             for protocol in PROTOCOLS:
-                row = dict(family=fam, model=model, dataset=dataset, protocol=protocol,
-                           acc_std=math.nan, acc_ensemble=math.nan, acc_by_size="", nll_mean=math.nan)
+                row = dict(
+                    family=fam,
+                    model=model,
+                    dataset=dataset,
+                    protocol=protocol,
+                    acc_std=math.nan,
+                    acc_ensemble=math.nan,
+                    acc_by_size="",
+                    nll_mean=math.nan,
+                )
                 if protocol in ("single", "sd"):
                     expected = members if protocol == "single" else sd_students
                     recs = get(protocol)
@@ -71,10 +92,17 @@ def tidy(records: list[dict], config_hash: str, families, models, members: int,
                     r = recs[0] if recs else None
                     ok = r is not None and r["status"] == "ok"
                     acc = r["metrics"]["acc"] if ok else math.nan
-                    row.update(acc_mean=acc, acc_best=acc, status=_status(recs, 1),
-                               nll_mean=r["metrics"]["nll"] if ok else math.nan)
-                    row["n_members"] = {"ensemble": r["metrics"].get("n_members", 0) if ok else 0,
-                                        "train_sum": members, "kd": 1}[protocol]
+                    row.update(
+                        acc_mean=acc,
+                        acc_best=acc,
+                        status=_status(recs, 1),
+                        nll_mean=r["metrics"]["nll"] if ok else math.nan,
+                    )
+                    row["n_members"] = {
+                        "ensemble": r["metrics"].get("n_members", 0) if ok else 0,
+                        "train_sum": members,
+                        "kd": 1,
+                    }[protocol]
                     if protocol == "ensemble" and ok:
                         row["acc_by_size"] = " ".join(f"{a:.2f}" for a in r["metrics"]["acc_by_size"])
                 row["wall_s"] = round(sum(r.get("wall_s", 0.0) for r in recs), 1)
@@ -100,22 +128,35 @@ def _cell(row, family, protocol) -> str:
 
 def markdown(df: pd.DataFrame, title: str, header: str = "") -> str:
     """The paper's layout: rows = (model, family), columns = the five protocols."""
-    names = {"single": "single", "ensemble": "ensemble", "train_sum": "train-sum",
-             "kd": "KD", "sd": "SD (students; ensemble)"}
+    names = {
+        "single": "single",
+        "ensemble": "ensemble",
+        "train_sum": "train-sum",
+        "kd": "KD",
+        "sd": "SD (students; ensemble)",
+    }
     lines = [f"# {title}", ""]
     if header:
         lines += [header, ""]
-    lines += ["| model | family | " + " | ".join(names[p] for p in PROTOCOLS) + " |",
-              "|" + " --- |" * (2 + len(PROTOCOLS))]
+    lines += [
+        "| model | family | " + " | ".join(names[p] for p in PROTOCOLS) + " |",
+        "|" + " --- |" * (2 + len(PROTOCOLS)),
+    ]
     keys = list(dict.fromkeys(zip(df["model"], df["family"])))
     for model, fam in keys:
         sub = {r["protocol"]: r for _, r in df[(df.model == model) & (df.family == fam)].iterrows()}
         cells = [_cell(sub.get(p), fam, p) for p in PROTOCOLS]
         lines.append(f"| {model} | {fam} | " + " | ".join(cells) + " |")
-    lines += ["", "Test accuracy in %. Nets: single = mean ± std over the members; kernels: single = "
-              "best of the members (as in the paper). The CSV has mean, std and best for every row.",
-              "", "## Accuracy vs ensemble size", "",
-              "| model | family | accuracy of the first 1..L members |", "| --- | --- | --- |"]
+    lines += [
+        "",
+        "Test accuracy in %. Nets: single = mean ± std over the members; kernels: single = "
+        "best of the members (as in the paper). The CSV has mean, std and best for every row.",
+        "",
+        "## Accuracy vs ensemble size",
+        "",
+        "| model | family | accuracy of the first 1..L members |",
+        "| --- | --- | --- |",
+    ]
     for model, fam in keys:
         ens = df[(df.model == model) & (df.family == fam) & (df.protocol == "ensemble")]
         sizes = ens["acc_by_size"].iloc[0] if len(ens) else ""
