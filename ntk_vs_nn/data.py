@@ -63,7 +63,10 @@ def _npz(path: str, cfg: DataConfig):
     if not os.path.isfile(path):
         raise UserError(f"npz dataset {path!r}: no such file")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UserError(f"npz dataset {path!r}: not an .npz archive (a single .npy array?)")
+        with loaded as f:
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
             if missing:
                 raise UserError(f"npz dataset {path!r}: missing arrays {', '.join(missing)}")
@@ -118,14 +121,14 @@ def load_dataset(spec: str, cfg: DataConfig, seed: int) -> Dataset:
     x_tr, x_te = x_tr.astype(np.float32), x_te.astype(np.float32)
     if x_tr.ndim == 2:
         x_tr, x_te = x_tr[..., None], x_te[..., None]
-    if cfg.standardize:
-        mean, std = x_tr.mean(), x_tr.std() + 1e-8
-        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
     n_val = int(round(cfg.val_fraction * len(x_tr)))
     if len(x_tr) - n_val < 2:
         raise UserError(f"{spec}: too few training samples ({len(x_tr)}) for val_fraction {cfg.val_fraction}")
     perm = np.asarray(jax.random.permutation(rng.stream(rng.root_key(seed), "split"), len(x_tr)))
-    val, train = perm[:n_val], np.sort(perm[n_val:])
+    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    if cfg.standardize:  # statistics of the training part only: validation stays unseen
+        mean, std = x_tr[train].mean(), x_tr[train].std() + 1e-8
+        x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
     return Dataset(
         name=name,
         x_train=x_tr[train],

@@ -177,7 +177,7 @@ def parse_model_name(name: str) -> tuple[str, int, int]:
     m = re.fullmatch(r"ResNet-?(\d+)(?:-(\d+))?", name)
     if m:
         depth, widen = int(m.group(1)), int(m.group(2) or 0)
-        if depth == 34 and (m.group(2) is None or name.startswith("ResNet-34-")):
+        if depth == 34 and (m.group(2) is None or (name.startswith("ResNet-34-") and widen >= 1)):
             return "resnet34", 34, widen or 1
         if widen >= 1 and depth >= 10 and (depth - 4) % 6 == 0:
             return "wrn", depth, widen

@@ -25,9 +25,12 @@ def make_tiny_dataset(seed: int = 0) -> Dataset:
     a, b = N_TRAIN, N_TRAIN + N_VAL
     return Dataset(
         name="tiny",
-        x_train=x[:a], y_train=y[:a],
-        x_val=x[a:b], y_val=y[a:b],
-        x_test=x[b:], y_test=y[b:],
+        x_train=x[:a],
+        y_train=y[:a],
+        x_val=x[a:b],
+        y_val=y[a:b],
+        x_test=x[b:],
+        y_test=y[b:],
         num_classes=NUM_CLASSES,
     )
 
@@ -35,7 +38,12 @@ def make_tiny_dataset(seed: int = 0) -> Dataset:
 def make_tiny_config(**train_overrides) -> Config:
     cfg = Config()
     train = dataclasses.replace(
-        cfg.train, epochs=2, batch_size=16, eval_batch_size=64, lr=1e-2, schedule="constant",
+        cfg.train,
+        epochs=2,
+        batch_size=16,
+        eval_batch_size=64,
+        lr=1e-2,
+        schedule="constant",
         **train_overrides,
     )
     return dataclasses.replace(

@@ -32,8 +32,9 @@ def read_records(out):
 def test_tables_have_every_protocol_and_family(smoke_out):
     for which, families in (("nn", {"nn"}), ("ntk", {"ntk", "ntk_prime", "gp"})):
         df = pd.read_csv(os.path.join(smoke_out, f"table_{which}.csv"))
-        assert {"family", "model", "dataset", "protocol", "n_members", "acc_mean", "acc_std",
-                "acc_best"} <= set(df.columns)
+        assert {"family", "model", "dataset", "protocol", "n_members", "acc_mean", "acc_std", "acc_best"} <= set(
+            df.columns
+        )
         assert set(df.family) == families
         for fam in families:
             sub = df[df.family == fam]
@@ -56,8 +57,21 @@ def test_messages_written_for_both_tables(smoke_out):
 
 def test_records_carry_provenance_and_tables_follow_records(smoke_out):
     recs = read_records(smoke_out)
-    for key in ("config_hash", "family", "model", "dataset", "protocol", "member", "seed", "metrics",
-                "wall_s", "versions", "device", "git_sha", "date"):
+    for key in (
+        "config_hash",
+        "family",
+        "model",
+        "dataset",
+        "protocol",
+        "member",
+        "seed",
+        "metrics",
+        "wall_s",
+        "versions",
+        "device",
+        "git_sha",
+        "date",
+    ):
         assert all(key in r for r in recs), key
     singles = [r for r in recs if r["family"] == "gp" and r["protocol"] == "single"]
     accs = [r["metrics"]["acc"] for r in singles]
@@ -71,7 +85,7 @@ def test_rerun_resumes_without_training(smoke_out):
     before = read_records(smoke_out)
     assert main(["table", "nn", "--preset", "smoke", "--out", smoke_out, *FAST]) == 0
     after = read_records(smoke_out)
-    trained = [r for r in after[len(before):] if r["protocol"] not in ("ensemble", "sd_ensemble")]
+    trained = [r for r in after[len(before) :] if r["protocol"] not in ("ensemble", "sd_ensemble")]
     assert trained == []
 
 
@@ -97,8 +111,9 @@ BAD = [
 @pytest.mark.parametrize("argv,needle", BAD)
 def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, argv, needle):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "ntk_vs_nn", *argv, "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ntk_vs_nn", *argv, "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
@@ -108,12 +123,32 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, argv, needle):
 def test_bad_npz_labels_rejected(tmp_path):
     path = tmp_path / "bad.npz"
     rng = np.random.default_rng(0)
-    np.savez(path, x_train=rng.normal(size=(20, 8)), y_train=np.full(20, -1),
-             x_test=rng.normal(size=(5, 8)), y_test=np.zeros(5, int))
+    np.savez(
+        path,
+        x_train=rng.normal(size=(20, 8)),
+        y_train=np.full(20, -1),
+        x_test=rng.normal(size=(5, 8)),
+        y_test=np.zeros(5, int),
+    )
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "ntk_vs_nn", "table", "nn", "--preset", "smoke",
-                           "--dataset", f"npz:{path}", "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ntk_vs_nn",
+            "table",
+            "nn",
+            "--preset",
+            "smoke",
+            "--dataset",
+            f"npz:{path}",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "labels" in proc.stderr and not out.exists()
 
 
@@ -124,7 +159,9 @@ def test_npz_dataset_end_to_end(tmp_path):
     path = tmp_path / "toy.npz"
     np.savez(path, x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
     out = str(tmp_path / "out")
-    assert main(["table", "nn", "--preset", "smoke", "--dataset", f"npz:{path}", "--out", out,
-                 "--set", "train.epochs=1"]) == 0
+    assert (
+        main(["table", "nn", "--preset", "smoke", "--dataset", f"npz:{path}", "--out", out, "--set", "train.epochs=1"])
+        == 0
+    )
     df = pd.read_csv(os.path.join(out, "table_nn.csv"))
     assert set(df.dataset) == {"npz-toy"} and (df.status == "ok").all()

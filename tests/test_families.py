@@ -185,7 +185,8 @@ def test_gp_gradient_is_the_nets_head_gradient(tiny_cfg, tiny_data):
 
     def loss(apply, state):
         return lambda p: optax.softmax_cross_entropy_with_integer_labels(
-            apply({"params": p, "state": state}, x), y).mean()
+            apply({"params": p, "state": state}, x), y
+        ).mean()
 
     g_gp = jax.jit(jax.grad(loss(gp.apply, v_gp["state"])))(v_gp["params"])
     g_nn = jax.jit(jax.grad(loss(nn.apply, v_nn["state"])))(v_nn["params"])
@@ -230,7 +231,8 @@ def test_summed_output_is_mean_or_sum_of_member_outputs(scale, tiny_cfg, tiny_da
     fam = family("nn", tiny_cfg)
     key = jax.random.key(22)
     fam3 = summed(fam, 3, scale)
-    outs = [np.asarray(fam.apply(fam.init(jax.random.fold_in(key, i), x[:1]), x), np.float64) for i in range(3)]
+    members = [fam.init(jax.random.fold_in(key, i), x[:1]) for i in range(3)]
+    outs = [np.asarray(fam.apply(v, x), np.float64) for v in members]
     expected = sum(outs) / (3 if scale == "mean" else 1)
     np.testing.assert_allclose(fam3.apply(fam3.init(key, x[:1]), x), expected, rtol=1e-5, atol=1e-6)
     assert np.abs(outs[0] - outs[1]).max() > 1e-2  # the members really differ
@@ -246,11 +248,13 @@ def test_summed_stacked_equals_unstacked_at_perturbed_params(tiny_cfg, tiny_data
     for name in ("params", "state"):
         restacked = jax.tree.map(lambda *a: jnp.stack(a), *v_list[name])
         assert trees_equal(restacked, v_stack[name])
+
     # move every member away from its anchor, by the same amounts in both layouts
-    deltas = [
-        jax.tree.map(lambda a, i=i: 0.1 * jax.random.normal(jax.random.fold_in(jax.random.key(9), i), a.shape), p)
-        for i, p in enumerate(v_list["params"])
-    ]
+    def noise(tree, i):
+        key = jax.random.fold_in(jax.random.key(9), i)
+        return jax.tree.map(lambda a: 0.1 * jax.random.normal(key, a.shape), tree)
+
+    deltas = [noise(p, i) for i, p in enumerate(v_list["params"])]
     p_list = [jax.tree.map(jnp.add, p, d) for p, d in zip(v_list["params"], deltas)]
     p_stack = jax.tree.map(jnp.add, v_stack["params"], jax.tree.map(lambda *a: jnp.stack(a), *deltas))
     out_list = np.asarray(listed.apply({"params": p_list, "state": v_list["state"]}, x))

@@ -15,11 +15,25 @@ def table(family, mean, std, best, ens, tsum, kd, sd, status=None):
     status = status or {}
     rows = []
     for protocol, (m, s, b) in {
-        "single": (mean, std, best), "ensemble": (ens, math.nan, ens), "train_sum": (tsum, math.nan, tsum),
-        "kd": (kd, math.nan, kd), "sd": (sd, 0.3, sd),
+        "single": (mean, std, best),
+        "ensemble": (ens, math.nan, ens),
+        "train_sum": (tsum, math.nan, tsum),
+        "kd": (kd, math.nan, kd),
+        "sd": (sd, 0.3, sd),
     }.items():
-        rows.append(dict(family=family, model="M", dataset="d", protocol=protocol, n_members=10,
-                         acc_mean=m, acc_std=s, acc_best=b, status=status.get(protocol, "ok")))
+        rows.append(
+            dict(
+                family=family,
+                model="M",
+                dataset="d",
+                protocol=protocol,
+                n_members=10,
+                acc_mean=m,
+                acc_std=s,
+                acc_best=b,
+                status=status.get(protocol, "ok"),
+            )
+        )
     return pd.DataFrame(rows)
 
 
@@ -67,8 +81,12 @@ def test_all_verdicts_covered_for_all_messages():
 
 
 def test_kernel_families_get_messages_1_to_3_and_nets_4_to_7():
-    df = pd.concat([table("nn", **BASE_N, ens=94, tsum=91, kd=92, sd=92),
-                    table("ntk_prime", **BASE_K, ens=66, tsum=66, kd=62, sd=61)])
+    df = pd.concat(
+        [
+            table("nn", **BASE_N, ens=94, tsum=91, kd=92, sd=92),
+            table("ntk_prime", **BASE_K, ens=66, tsum=66, kd=62, sd=61),
+        ]
+    )
     out = messages(df, CFG)
     assert sorted(out[out.family == "nn"].message) == [4, 5, 6, 7]
     assert sorted(out[out.family == "ntk_prime"].message) == [1, 2, 3]

@@ -1,0 +1,306 @@
+"""The training engine: the distillation loss, optimisers and schedules, and `Trainer.fit`
+(execution modes agree, KD at alpha = 0 is plain training, a one-member sum is a single member)."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy.special import log_softmax
+
+from ntk_vs_nn.config import TrainConfig
+from ntk_vs_nn.engine import Trainer, distill_loss, make_optimizer
+from ntk_vs_nn.families import make_family, summed
+
+MODEL, K = "SimpleCNN-3-1", 3
+
+
+def init_keys(m, base=100):
+    return [jax.random.key(base + i) for i in range(m)]
+
+
+def data_keys(m, base=200):
+    return [jax.random.key(base + i) for i in range(m)]
+
+
+def max_abs_diff(a, b):
+    return max(
+        float(np.abs(np.asarray(u) - np.asarray(v)).max()) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
+
+
+# -- distill_loss -----------------------------------------------------------------------------------
+def _random_batch(seed, b=8, k=5):
+    rs = np.random.RandomState(seed)
+    logits = rs.randn(b, k).astype(np.float32) * 2
+    teacher = rs.randn(b, k).astype(np.float32) * 2
+    labels = rs.randint(0, k, size=b).astype(np.int32)
+    return jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(teacher)
+
+
+@pytest.mark.parametrize("tau", [1.0, 4.0])
+def test_distill_loss_with_alpha_0_is_cross_entropy(tau):
+    logits, labels, teacher = _random_batch(0)
+    expected = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    np.testing.assert_allclose(distill_loss(logits, labels, teacher, 0.0, tau), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0, 4.0])
+def test_distill_loss_with_hard_one_hot_teacher_is_tau_squared_ce_of_tempered_student(tau):
+    # softmax(teacher / tau) is one-hot on class c (a margin of 200 / tau), so
+    # KL(onehot_c || softmax(s / tau)) = -log softmax(s / tau)_c, and at alpha = 1 the loss is
+    # tau^2 * CE(s / tau, c), whatever the true labels are.
+    logits, labels, _ = _random_batch(1)
+    c = (labels + 1) % logits.shape[1]  # a teacher that disagrees with the labels
+    teacher = 200.0 * jax.nn.one_hot(c, logits.shape[1])
+    expected = tau**2 * optax.softmax_cross_entropy_with_integer_labels(logits / tau, c).mean()
+    np.testing.assert_allclose(distill_loss(logits, labels, teacher, 1.0, tau), expected, rtol=1e-5)
+
+
+def test_distill_loss_with_one_hot_teacher_on_the_labels_is_ce_for_every_alpha():
+    logits, labels, _ = _random_batch(2)
+    teacher = 200.0 * jax.nn.one_hot(labels, logits.shape[1])
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    for alpha in (0.0, 0.3, 0.9, 1.0):
+        np.testing.assert_allclose(distill_loss(logits, labels, teacher, alpha, 1.0), ce, rtol=1e-5)
+
+
+def test_distill_loss_matches_a_numpy_reimplementation():
+    logits, labels, teacher = _random_batch(3)
+    alpha, tau = 0.7, 3.0
+    s, t = np.asarray(logits, np.float64), np.asarray(teacher, np.float64)
+    ce = -log_softmax(s, -1)[np.arange(len(s)), np.asarray(labels)]
+    log_pt, log_ps = log_softmax(t / tau, -1), log_softmax(s / tau, -1)
+    kl = (np.exp(log_pt) * (log_pt - log_ps)).sum(-1)
+    expected = np.mean((1 - alpha) * ce + alpha * tau**2 * kl)
+    np.testing.assert_allclose(distill_loss(logits, labels, teacher, alpha, tau), expected, rtol=1e-5)
+
+
+def test_distill_loss_pure_distillation_of_itself_is_zero():
+    logits, labels, _ = _random_batch(4)
+    np.testing.assert_allclose(distill_loss(logits, labels, logits, 1.0, 4.0), 0.0, atol=1e-6)
+
+
+# -- make_optimizer ---------------------------------------------------------------------------------
+def _lr_trace(cfg, steps_per_epoch, steps):
+    """The learning rate actually applied at each step: plain SGD on loss sum(w) has update -lr."""
+    tx = make_optimizer(cfg, steps_per_epoch)
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    grads = {"w": jnp.ones(2)}
+    update = jax.jit(tx.update)
+    lrs = []
+    for _ in range(steps):
+        upd, state = update(grads, state, params)
+        lrs.append(-float(upd["w"][0]))
+    return np.array(lrs)
+
+
+def _sgd(**kw):
+    """Plain SGD (no momentum, no decay), lr 0.1, 10 epochs; ``kw`` overrides."""
+    base = dict(optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=0.1, epochs=10)
+    return dataclasses.replace(TrainConfig(), **{**base, **kw})
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_every_optimizer_and_schedule_gives_finite_descending_updates(optimizer, schedule, warmup):
+    cfg = dataclasses.replace(
+        TrainConfig(),
+        optimizer=optimizer,
+        schedule=schedule,
+        lr=0.05,
+        epochs=4,
+        warmup_epochs=warmup,
+        weight_decay=1e-4,
+    )
+    tx = make_optimizer(cfg, steps_per_epoch=5)
+    target = jnp.array([1.0, -2.0, 0.5])
+    loss = lambda p: 0.5 * jnp.sum((p["w"] - target) ** 2)
+
+    @jax.jit
+    def run(params):
+        def body(carry, _):
+            p, s = carry
+            upd, s = tx.update(jax.grad(loss)(p), s, p)
+            return (optax.apply_updates(p, upd), s), upd["w"]
+
+        (p, _), upds = jax.lax.scan(body, (params, tx.init(params)), None, length=20)
+        return p, upds
+
+    p0 = {"w": jnp.zeros(3)}
+    p, upds = run(p0)
+    assert bool(jnp.all(jnp.isfinite(upds)))
+    assert float(jnp.abs(upds).max()) > 0
+    assert float(loss(p)) < float(loss(p0))
+
+
+def test_constant_schedule_keeps_the_learning_rate():
+    np.testing.assert_allclose(_lr_trace(_sgd(schedule="constant"), 10, 100), 0.1, rtol=1e-6)
+
+
+def test_step_schedule_multiplies_by_0_2_at_30_60_80_percent():
+    lrs = _lr_trace(_sgd(schedule="step"), 10, 100)  # 100 steps in all
+    expected = [(0, 1.0), (25, 1.0), (35, 0.2), (55, 0.2), (65, 0.04), (75, 0.04), (85, 0.008), (99, 0.008)]
+    for step, factor in expected:
+        np.testing.assert_allclose(lrs[step], 0.1 * factor, rtol=1e-5, err_msg=f"step {step}")
+
+
+def test_cosine_schedule_starts_at_lr_halves_at_midpoint_and_decays_to_zero():
+    lrs = _lr_trace(_sgd(schedule="cosine"), 10, 100)
+    np.testing.assert_allclose(lrs[0], 0.1, rtol=1e-6)
+    np.testing.assert_allclose(lrs[50], 0.05, rtol=1e-4)
+    assert lrs[99] < 0.001
+    assert (np.diff(lrs) <= 1e-9).all()  # never increases
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "step"])
+def test_warmup_rises_linearly_from_zero_to_lr(schedule):
+    lrs = _lr_trace(_sgd(schedule=schedule, warmup_epochs=2), 10, 100)  # 20 warm-up steps
+    np.testing.assert_allclose(lrs[0], 0.0, atol=1e-8)
+    np.testing.assert_allclose(lrs[10], 0.05, rtol=1e-4)
+    np.testing.assert_allclose(lrs[20], 0.1, rtol=1e-4)
+
+
+def test_sgd_weight_decay_is_added_to_the_gradient_and_adamw_decouples_it():
+    params = {"w": jnp.array([2.0, -4.0])}
+    zero = {"w": jnp.zeros(2)}
+    sgd = make_optimizer(_sgd(weight_decay=0.01), 10)
+    upd, _ = sgd.update(zero, sgd.init(params), params)
+    np.testing.assert_allclose(upd["w"], -0.1 * 0.01 * params["w"], rtol=1e-5)
+    adamw = make_optimizer(dataclasses.replace(_sgd(weight_decay=0.01), optimizer="adamw"), 10)
+    upd, _ = adamw.update(zero, adamw.init(params), params)
+    # decoupled: with a zero gradient the Adam part is zero, only -lr * wd * w is left
+    np.testing.assert_allclose(upd["w"], -0.1 * 0.01 * params["w"], rtol=1e-5)
+
+
+# -- Trainer.fit --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def engine_setup(tiny_cfg, tiny_data):
+    cfg = dataclasses.replace(tiny_cfg.train, epochs=3, batch_size=16, lr=1e-2, schedule="constant")
+    fam = make_family("nn", MODEL, K, 1, tiny_cfg)
+    trainer = Trainer(fam, cfg, len(tiny_data.x_train))
+    x, y = tiny_data.x_train, tiny_data.y_train
+
+    @functools.cache
+    def fit_mode(mode):
+        return trainer.fit(init_keys(3), data_keys(3), x, y, mode=mode)
+
+    return dict(cfg=cfg, fam=fam, trainer=trainer, x=x, y=y, fit_mode=fit_mode)
+
+
+@pytest.mark.parametrize("mode", ["unrolled", "vmap"])
+def test_members_modes_agree_with_sequential(mode, engine_setup):
+    seq = engine_setup["fit_mode"]("sequential")
+    other = engine_setup["fit_mode"](mode)
+    assert len(other.variables) == 3 and other.losses.shape == (3, engine_setup["cfg"].epochs)
+    for a, b in zip(seq.variables, other.variables):
+        assert jax.tree.structure(a) == jax.tree.structure(b)
+        assert max_abs_diff(a["params"], b["params"]) < 1e-4
+    np.testing.assert_allclose(other.losses, seq.losses, rtol=1e-4, atol=1e-5)
+
+
+def test_members_differ_from_each_other(engine_setup):
+    res = engine_setup["fit_mode"]("sequential")
+    v = [m["params"] for m in res.variables]
+    assert max_abs_diff(v[0], v[1]) > 1e-2 and max_abs_diff(v[1], v[2]) > 1e-2
+    assert not np.allclose(res.losses[0], res.losses[1])
+
+
+def test_member_is_independent_of_its_companions(engine_setup):
+    # Member 1 of a 3-member fit equals a fit of that member alone (its own init and data keys).
+    res = engine_setup["fit_mode"]("sequential")
+    alone = engine_setup["trainer"].fit(
+        init_keys(3)[1:2], data_keys(3)[1:2], engine_setup["x"], engine_setup["y"], mode="sequential"
+    )
+    assert max_abs_diff(alone.variables[0]["params"], res.variables[1]["params"]) < 1e-6
+
+
+def test_losses_decrease_over_epochs(engine_setup):
+    res = engine_setup["fit_mode"]("sequential")
+    assert np.isfinite(res.losses).all()
+    assert (res.losses[:, -1] < res.losses[:, 0]).all(), res.losses
+
+
+def test_fit_starts_from_the_family_init_of_each_key(engine_setup):
+    # A trained member stays near its own init more than near another member's init.
+    fam, x = engine_setup["fam"], engine_setup["x"]
+    res = engine_setup["fit_mode"]("sequential")
+    inits = [fam.init(k, x[:1])["params"] for k in init_keys(3)]
+    for i, m in enumerate(res.variables):
+        own = max_abs_diff(m["params"], inits[i])
+        assert all(own < max_abs_diff(m["params"], inits[j]) for j in range(3) if j != i)
+
+
+def test_kd_with_alpha_0_is_exactly_plain_training(engine_setup):
+    t, x, y = engine_setup["trainer"], engine_setup["x"], engine_setup["y"]
+    teachers = np.random.RandomState(0).randn(2, len(x), K).astype(np.float32) * 3
+    plain = t.fit(init_keys(2), data_keys(2), x, y, teachers=None, mode="sequential")
+    kd0 = t.fit(init_keys(2), data_keys(2), x, y, teachers=teachers, alpha=0.0, tau=4.0, mode="sequential")
+    for a, b in zip(plain.variables, kd0.variables):
+        for u, v in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    # ... while the teachers do matter once alpha > 0 (so the equality above is not vacuous)
+    kd = t.fit(init_keys(2), data_keys(2), x, y, teachers=teachers, alpha=0.5, tau=4.0, mode="sequential")
+    assert max_abs_diff(kd.variables[0]["params"], plain.variables[0]["params"]) > 1e-3
+
+
+def test_kd_uses_each_members_own_teacher(engine_setup):
+    # Three members with the same keys but different teachers, trained in one unrolled program:
+    # they end up different, and reversing the teachers reverses the members.
+    t, x, y = engine_setup["trainer"], engine_setup["x"], engine_setup["y"]
+    teachers = np.random.RandomState(1).randn(3, len(x), K).astype(np.float32) * 3
+    same_init, same_data = [jax.random.key(5)] * 3, [jax.random.key(6)] * 3
+    a = t.fit(same_init, same_data, x, y, teachers=teachers, alpha=1.0, tau=2.0, mode="unrolled")
+    b = t.fit(same_init, same_data, x, y, teachers=teachers[::-1], alpha=1.0, tau=2.0, mode="unrolled")
+    assert max_abs_diff(a.variables[0]["params"], a.variables[2]["params"]) > 1e-3
+    assert max_abs_diff(a.variables[0]["params"], b.variables[2]["params"]) < 1e-5
+    assert max_abs_diff(a.variables[2]["params"], b.variables[0]["params"]) < 1e-5
+
+
+def test_train_sum_of_one_member_is_single_member_with_fold_in_0(engine_setup, tiny_cfg):
+    fam, cfg, x, y = engine_setup["fam"], engine_setup["cfg"], engine_setup["x"], engine_setup["y"]
+    key, dkey = jax.random.key(42), jax.random.key(43)
+    sum_trainer = Trainer(summed(fam, 1), cfg, len(x))
+    got = sum_trainer.fit([key], [dkey], x, y, mode="sequential")
+    single = engine_setup["trainer"].fit([jax.random.fold_in(key, 0)], [dkey], x, y, mode="sequential")
+    leaves_sum = jax.tree.leaves(got.variables[0]["params"])
+    leaves_one = jax.tree.leaves(single.variables[0]["params"])
+    assert len(leaves_sum) == len(leaves_one)
+    for u, v in zip(leaves_sum, leaves_one):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got.losses, single.losses, rtol=1e-6)
+
+
+def test_predict_in_padded_chunks_equals_one_full_apply(engine_setup, tiny_data):
+    fam = engine_setup["fam"]
+    cfg = dataclasses.replace(engine_setup["cfg"], eval_batch_size=20)  # 48 = 20 + 20 + 8 (padded)
+    trainer = Trainer(fam, cfg, len(tiny_data.x_train))
+    variables = engine_setup["fit_mode"]("sequential").variables[0]
+    x = tiny_data.x_train
+    got = trainer.predict(variables, x)
+    assert got.shape == (len(x), K)
+    np.testing.assert_allclose(got, np.asarray(fam.apply(variables, jnp.asarray(x))), rtol=1e-5, atol=1e-5)
+
+
+def test_data_order_changes_with_epoch_and_member(tiny_data, tiny_cfg):
+    """Each epoch reshuffles, and each member has its own order (a bug that ignored the epoch
+    index would train on one fixed order)."""
+    from ntk_vs_nn import rng
+    from ntk_vs_nn.engine import Trainer
+    from ntk_vs_nn.families import make_family
+
+    fam = make_family("nn", "SimpleCNN-3-1", tiny_data.num_classes, tiny_data.spatial_ndim, tiny_cfg)
+    trainer = Trainer(fam, tiny_cfg.train, len(tiny_data.x_train))
+    keys = [rng.member_key(rng.root_key(0), "data", i) for i in range(2)]
+    n = len(tiny_data.x_train)
+    e0, e1 = np.asarray(trainer._order(keys, 0, n)), np.asarray(trainer._order(keys, 1, n))
+    assert e0.shape == (trainer.steps, 2, trainer.batch_size)
+    assert not np.array_equal(e0, e1)
+    assert not np.array_equal(e0[:, 0], e0[:, 1])
+    for order in (e0[:, 0], e1[:, 1]):  # a permutation: no sample twice within an epoch
+        assert len(np.unique(order)) == order.size
