@@ -70,6 +70,7 @@ class RunConfig:
     seed: int = 0  # root seed of every PRNG stream
     members: str = "auto"  # auto | sequential | unrolled | vmap: how L members execute
     progress: bool = True  # progress bars (always off when not a terminal or CI=true)
+    checkpoints: bool = True  # save each finished unit's params (orbax) beside its predictions
 
 
 @dataclass(frozen=True)

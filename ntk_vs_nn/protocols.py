@@ -99,9 +99,13 @@ class Row:
         preds = self.store.load_predictions(rec["unit"]) if rec["status"] == "ok" else {}
         return None if preds is None else (rec, preds)
 
-    # -- training a group of units -----------------------------------------------------------
+    # -- training units -------------------------------------------------------------------------
     def train(self, units, init_keys, data_keys, trainer=None, teachers=None, alpha=0.0, tau=1.0):
-        """Train the units (protocol, member) not yet done; return {unit: predictions or None}."""
+        """Train the units (protocol, member) not yet done; return {unit: predictions or None}.
+
+        Sequentially run members are fitted and recorded one at a time, so a run killed at any
+        moment loses at most the member in flight; fused modes record their group together.
+        """
         trainer = trainer or self.trainer
         out, todo = {}, []
         for j, u in enumerate(units):
@@ -110,19 +114,29 @@ class Row:
                 out[u] = done[1] if done[0]["status"] == "ok" else None
             else:
                 todo.append(j)
-        if not todo:
-            return out
-        pick = lambda seq: [seq[j] for j in todo]  # noqa: E731
-        t_teach = None if teachers is None else np.stack(pick(teachers))
-        desc = f"{self.family_name} {self.model} {units[todo[0]][0]}"
+        groups = [[j] for j in todo] if self.mode == "sequential" else [todo] if todo else []
+        t0 = time.perf_counter()
+        for group in groups:
+            pick = lambda seq, g=group: [seq[j] for j in g]  # noqa: E731
+            t_teach = None if teachers is None else np.stack(pick(teachers))
+            out.update(self._fit_group(trainer, pick(units), pick(init_keys), pick(data_keys), t_teach, alpha, tau))
+        if todo:
+            what = ", ".join(dict.fromkeys(units[j][0] for j in todo))
+            self.log(
+                f"  {self.family_name} {self.model} {what}: {len(todo)} unit(s) in {time.perf_counter() - t0:.1f} s"
+            )
+        return out
+
+    def _fit_group(self, trainer, units, init_keys, data_keys, teachers, alpha, tau):
+        desc = f"{self.family_name} {self.model} {units[0][0]} {units[0][1]}"
         t0 = time.perf_counter()
         try:
             res = trainer.fit(
-                pick(init_keys),
-                pick(data_keys),
+                init_keys,
+                data_keys,
                 self.data.x_train,
                 self.data.y_train,
-                t_teach,
+                teachers,
                 alpha,
                 tau,
                 mode=self.mode,
@@ -131,36 +145,38 @@ class Row:
         except Exception as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest raises
             if not _is_oom(err):
                 raise
-            for j in todo:
-                self.record(*units[j], "oom", wall_s=time.perf_counter() - t0)
-                out[units[j]] = None
+            for u in units:
+                self.record(*u, "oom", wall_s=time.perf_counter() - t0)
             self.log(f"  {desc}: out of memory, recorded as oom")
-            return out
+            return {u: None for u in units}
+        out = {}
         n_params = param_count(res.variables[0])
-        for slot, j in enumerate(todo):
+        for slot, u in enumerate(units):
             v = res.variables[slot]
             preds = {s: trainer.predict(v, getattr(self.data, f"x_{s}")) for s in SPLITS}
             ok = metrics.finite(res.losses[slot], *preds.values())
             m = {"final_loss": float(res.losses[slot, -1])}
             if ok:
                 for s in SPLITS:
+                    y = getattr(self.data, f"y_{s}")
                     m.update(
-                        {
-                            f"{s}_{k}" if s != "test" else k: val
-                            for k, val in metrics.summary(preds[s], getattr(self.data, f"y_{s}")).items()
-                        }
+                        {(k if s == "test" else f"{s}_{k}"): val for k, val in metrics.summary(preds[s], y).items()}
                     )
-                self.store.save_predictions(self._unit(*units[j]), preds)
+                # predictions and params first, the record last: a record always has both
+                self.store.save_predictions(self._unit(*u), preds)
+                if self.cfg.run.checkpoints:
+                    self.store.save_checkpoint(self._unit(*u), v["params"])
+            else:
+                self.log(f"  {desc}: non-finite loss or outputs, recorded as diverged")
             self.record(
-                *units[j],
+                *u,
                 "ok" if ok else "diverged",
                 m,
-                res.wall_s / len(todo),
+                res.wall_s / len(units),
                 n_params=n_params,
                 group_wall_s=round(res.wall_s, 3),
             )
-            out[units[j]] = preds if ok else None
-        self.log(f"  {desc}: {len(todo)} unit(s) in {time.perf_counter() - t0:.1f} s")
+            out[u] = preds if ok else None
         return out
 
     # -- the protocols -------------------------------------------------------------------------
@@ -205,23 +221,24 @@ class Row:
         return got[("train_sum", 0)]
 
     def students(self, singles, ens):
-        """KD (one student of the ensemble) and SD (student s of single member s), trained together."""
+        """KD (one student of the ensemble) and SD (student s of single member s), trained together.
+
+        A student whose teacher is missing (diverged, oom) is recorded as skipped."""
         units, teachers, init_keys, data_keys = [], [], [], []
-        if ens is not None:
-            units.append(("kd", 0))
-            teachers.append(ens["train"])  # noqa: E702
-            init_keys.append(rng.member_key(self.root, "kd", 0))
-            data_keys.append(rng.member_key(self.root, "kd_data", 0))
-        for s in range(self.cfg.sd_students):
-            if s < len(singles) and singles[s] is not None:
-                units.append(("sd", s))
-                teachers.append(singles[s]["train"])  # noqa: E702
-                init_keys.append(rng.member_key(self.root, "sd", s))
-                data_keys.append(rng.member_key(self.root, "sd_data", s))
+        candidates = [("kd", 0, ens)] + [
+            ("sd", s, singles[s] if s < len(singles) else None) for s in range(self.cfg.sd_students)
+        ]
+        for protocol, i, teacher in candidates:
+            if teacher is None:
+                self.record(protocol, i, "skipped", {"reason": "teacher did not finish"})
+                continue
+            units.append((protocol, i))
+            teachers.append(np.asarray(teacher["train"], np.float32))
+            init_keys.append(rng.member_key(self.root, protocol, i))
+            data_keys.append(rng.member_key(self.root, f"{protocol}_data", i))
         if not units:
             return {}
         tau = self.cfg.kd_tau_for(self.data.num_classes)
-        teachers = [np.asarray(t, np.float32) for t in teachers]
         return self.train(units, init_keys, data_keys, teachers=teachers, alpha=self.cfg.protocol.kd_alpha, tau=tau)
 
 

@@ -70,10 +70,15 @@ class Store:
 
     def append(self, record: dict) -> None:
         line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.path, "a") as f:
+        with open(self.path, "a+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                f.write(line)
+                f.seek(0, os.SEEK_END)
+                if f.tell():  # a line cut short by a crash must not swallow this record
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        f.write(b"\n")
+                f.write(line.encode())
                 f.flush()
                 os.fsync(f.fileno())
             finally:
@@ -90,6 +95,18 @@ class Store:
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, path)
 
+    def checkpoint_path(self, unit: str) -> str:
+        return self.unit_path(unit)[: -len(".npz")] + ".ckpt"
+
+    def save_checkpoint(self, unit: str, params) -> None:
+        """The unit's trained params as an orbax checkpoint (tensorstore arrays: no pickle)."""
+        import orbax.checkpoint as ocp
+
+        path = os.path.abspath(self.checkpoint_path(unit))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with ocp.StandardCheckpointer() as ckpt:  # writes to a temporary folder, then renames
+            ckpt.save(path, params, force=True)
+
     def load_predictions(self, unit: str) -> dict | None:
         """The saved arrays of ``unit``, or None when missing or unreadable (then it retrains)."""
         path = self.unit_path(unit)
@@ -100,6 +117,22 @@ class Store:
             return None
         except Exception:  # zipfile.BadZipFile and friends: a truncated file
             return None
+
+
+def load_checkpoint(path: str):
+    """Restore params saved by `Store.save_checkpoint` (as numpy-backed jax arrays)."""
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as ckpt:
+        return ckpt.restore(os.path.abspath(path))
+
+
+def atomic_write(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: readers never see half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def unit_id(config_hash: str, family: str, model: str, protocol: str, member) -> str:

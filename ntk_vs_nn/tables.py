@@ -113,7 +113,8 @@ def tidy(records: list[dict], config_hash: str, families, models, members: int, 
 def _cell(row, family, protocol) -> str:
     if row is None:
         return "missing"
-    if row["status"] != "ok" and not row["n_members"]:
+    partial = protocol in ("single", "sd") and row["n_members"]  # some members finished
+    if row["status"] != "ok" and not partial:
         return row["status"]
     note = "" if row["status"] == "ok" else f" [{row['status']}]"
     if protocol == "single":
