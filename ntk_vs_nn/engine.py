@@ -75,7 +75,8 @@ class Members(NamedTuple):
     wall_s: float
 
 
-def _progress_enabled(flag: bool) -> bool:
+def progress_enabled(flag: bool) -> bool:
+    """Progress bars only on a terminal, never under CI=true."""
     return flag and os.environ.get("CI", "").lower() not in ("1", "true") and sys.stderr.isatty()
 
 
@@ -87,7 +88,7 @@ class Trainer:
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps = n_train // self.batch_size
         self.tx = make_optimizer(cfg, self.steps)
-        self.progress = _progress_enabled(progress)
+        self.progress = progress_enabled(progress)
         self._step_cache = {}
         self._order = self._order_fn()
         self._predict = jax.jit(family.apply)

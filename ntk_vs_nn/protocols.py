@@ -20,11 +20,12 @@ from typing import Callable
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from ntk_vs_nn import metrics, rng
 from ntk_vs_nn.config import Config
 from ntk_vs_nn.data import Dataset
-from ntk_vs_nn.engine import Trainer
+from ntk_vs_nn.engine import Trainer, progress_enabled
 from ntk_vs_nn.families import make_family, param_count, summed
 from ntk_vs_nn.results import Store, now, unit_id
 
@@ -116,12 +117,20 @@ class Row:
                 todo.append(j)
         groups = [[j] for j in todo] if self.mode == "sequential" else [todo] if todo else []
         t0 = time.perf_counter()
+        what = ", ".join(dict.fromkeys(units[j][0] for j in todo))
+        bar = tqdm(
+            total=len(todo),
+            desc=f"{self.family_name} {self.model} {what}",
+            unit="member",
+            disable=not progress_enabled(self.cfg.run.progress) or len(groups) < 2,
+        )
         for group in groups:
             pick = lambda seq, g=group: [seq[j] for j in g]  # noqa: E731
             t_teach = None if teachers is None else np.stack(pick(teachers))
             out.update(self._fit_group(trainer, pick(units), pick(init_keys), pick(data_keys), t_teach, alpha, tau))
+            bar.update(len(group))
+        bar.close()
         if todo:
-            what = ", ".join(dict.fromkeys(units[j][0] for j in todo))
             self.log(
                 f"  {self.family_name} {self.model} {what}: {len(todo)} unit(s) in {time.perf_counter() - t0:.1f} s"
             )

@@ -1,0 +1,93 @@
+"""Which empirical-NTK implementation should be the default? jacobian_contraction vs ntk_vector_products.
+
+Command: ``PYTHONPATH=. .venv/bin/python benchmarks/kernels_impl.py`` (from the repo root). Builds
+SimpleCNN-4-1 on 16x16x1 inputs with 10 classes (24,058 params) and times ``empirical_ntk_fn`` on
+N = 128 random inputs (one 128x128 tile), traced (N, N) and full (N, N, 10, 10), in float32, best of
+REPEATS runs after a warm-up call that compiles. Each implementation runs in its own spawned
+process, so its peak RSS (resource.getrusage) is its own. Writes
+results/benchmarks/empirical_ntk_impls.json: value = seconds of the faster implementation (traced),
+ratio = jacobian_contraction / ntk_vector_products (traced seconds; < 1 means the default wins).
+
+Measured in two runs (2-core CPU, jax 0.10.2, ~2 min each): jacobian_contraction 0.69-0.73 s traced,
+2.0-2.2 s full (peak RSS 1.15 GiB); ntk_vector_products 7.6-8.2 s traced, 7.6-8.0 s full (0.65 GiB);
+ratio 0.09; the two kernels agree to 7e-7 relative (float32). Compile ~3 s per call shape.
+"""
+
+import multiprocessing
+import resource
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+from _common import write
+
+MODEL, SHAPE, CLASSES, N, REPEATS = "SimpleCNN-4-1", (16, 16, 1), 10, 128, 3
+
+
+def time_impl(impl: str) -> dict:
+    import jax
+
+    from ntk_vs_nn.kernels import empirical_ntk_fn
+    from ntk_vs_nn.models import build_model
+
+    module = build_model(MODEL, CLASSES, len(SHAPE) - 1)
+    x = jax.random.normal(jax.random.key(0), (N, *SHAPE))
+    params = module.init(jax.random.key(1), x[:1])["params"]
+    f = lambda p, xb: module.apply({"params": p}, xb)
+    out = {"params": sum(a.size for a in jax.tree.leaves(params))}
+    for name, trace_axes in [("traced", (-1,)), ("full", ())]:
+        fn = empirical_ntk_fn(f, trace_axes=trace_axes, implementation=impl)
+        t0 = time.perf_counter()
+        kern = fn(x, None, params)  # compiles; returns host numpy, so it has finished
+        first = time.perf_counter() - t0
+        runs = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            kern = fn(x, None, params)
+            runs.append(time.perf_counter() - t0)
+        out[f"{name}_s"] = round(min(runs), 4)
+        out[f"{name}_runs_s"] = [round(r, 4) for r in runs]
+        out[f"{name}_compile_s"] = round(first - min(runs), 3)
+        out[f"{name}_kernel"] = kern
+        print(impl, name, out[f"{name}_runs_s"], flush=True)
+    out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return out
+
+
+def main() -> dict:
+    ctx = multiprocessing.get_context("spawn")  # fresh process per impl: clean peak RSS, no forked JAX
+    res = {}
+    for impl in ("jacobian_contraction", "ntk_vector_products"):
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            res[impl] = pool.submit(time_impl, impl).result()
+    jc, vp = res["jacobian_contraction"], res["ntk_vector_products"]
+    agree = {
+        name: float(np.max(np.abs(jc[f"{name}_kernel"] - vp[f"{name}_kernel"])) / np.max(np.abs(jc[f"{name}_kernel"])))
+        for name in ("traced", "full")
+    }
+    timings = {impl: {k: v for k, v in r.items() if not k.endswith("_kernel")} for impl, r in res.items()}
+    best = min(res, key=lambda i: res[i]["traced_s"])
+    print(f"{MODEL} on {SHAPE}: {jc['params']} params; max rel. difference between impls {agree}", file=sys.stderr)
+    return write(
+        "empirical_ntk_impls",
+        value=res[best]["traced_s"],
+        unit="s",
+        goal=None,
+        ratio=round(jc["traced_s"] / vp["traced_s"], 4),
+        holds=None,
+        best_impl=best,
+        model=MODEL,
+        input_shape=list(SHAPE),
+        num_classes=CLASSES,
+        n=N,
+        params=jc["params"],
+        dtype="float32",
+        repeats=REPEATS,
+        max_rel_diff_between_impls=agree,
+        timings=timings,
+    )
+
+
+if __name__ == "__main__":
+    main()
