@@ -163,3 +163,60 @@ def test_group_norm_groups_that_do_not_divide_channels_are_reduced():
     module = build_model("ResNet-10-1", num_classes=3, ndim=1, groups=6)
     _, out = _init_shapes(module, (2, 12, 1))
     assert out.shape == (2, 3)
+
+
+def resnet34_param_count(widen, in_channels, num_classes, stages=(3, 4, 6, 3)):
+    """Closed form for the CIFAR ResNet-34 of models.py (post-activation basic blocks, norms with
+    scale and bias, 1x1 projection + norm on the shortcut when the shape changes)."""
+    total = 9 * in_channels * 64 * widen + 2 * 64 * widen
+    prev = 64 * widen
+    for stage, blocks in enumerate(stages):
+        width = 64 * widen * 2**stage
+        for i in range(blocks):
+            total += 9 * prev * width + 2 * width + 9 * width * width + 2 * width
+            if (stage > 0 and i == 0) or prev != width:
+                total += prev * width + 2 * width
+            prev = width
+    return total + prev * num_classes + num_classes
+
+
+def simplecnn_param_count(depth, widen, in_channels, num_classes):
+    """Closed form for SimpleCNN-d-w: d-1 3x3 convs in three equal stages of 16w/32w/64w channels."""
+    convs, total, prev = depth - 1, 0, in_channels
+    for i in range(convs):
+        width = 16 * widen * 2 ** min(3 * i // convs, 2)
+        total += 9 * prev * width + 2 * width
+        prev = width
+    return total + prev * num_classes + num_classes
+
+
+PAPER_NETS = ["ResNet-28-2", "ResNet-34", "ResNet-34-2", "ResNet-16-10", "ResNet-22-10", "ResNet-28-10"]
+PAPER_KERNELS = ["SimpleCNN-10-3", "ResNet10-2", "ResNet16-2", "ResNet16-5", "ResNet10-10", "SimpleCNN-10-6",
+                 "ResNet10-4"]
+
+
+@pytest.mark.parametrize("name", PAPER_NETS + PAPER_KERNELS)
+def test_paper_architectures_match_their_closed_form_count_on_cifar(name):
+    module = build_model(name, num_classes=10, ndim=2)
+    params, out = _init_shapes(module, (2, 32, 32, 3))
+    assert out.shape == (2, 10)
+    kind, depth, widen = parse_model_name(name)
+    expected = {
+        "wrn": lambda: wrn_param_count(depth, widen, 3, 10, 2, "layer"),
+        "resnet34": lambda: resnet34_param_count(widen, 3, 10),
+        "simplecnn": lambda: simplecnn_param_count(depth, widen, 3, 10),
+    }[kind]()
+    assert _count(params) == expected
+
+
+@pytest.mark.parametrize(
+    "name, published",
+    [
+        ("ResNet-28-10", 36_479_194),  # WRN-28-10 on CIFAR-10 (Zagoruyko & Komodakis: 36.5M)
+        ("ResNet-34", 21_282_122),  # the common CIFAR ResNet-34 (3x3 stem, BN affine params)
+    ],
+)
+def test_paper_nets_have_their_published_parameter_counts(name, published):
+    """Independent anchors: normalisation layers carry scale and bias like BatchNorm's affine part."""
+    params, _ = _init_shapes(build_model(name, num_classes=10, ndim=2), (1, 32, 32, 3))
+    assert _count(params) == published
