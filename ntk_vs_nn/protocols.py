@@ -34,8 +34,9 @@ SPLITS = ("train", "val", "test")
 
 
 def resolve_members_mode(mode: str) -> str:
-    """``auto`` -> the measured default: sequential on CPU (a vmapped conv ensemble ran 3x slower
-    and an unrolled one 1.4x slower than sequential fits here), vmap on accelerators."""
+    """``auto`` -> the measured default: sequential on CPU (10 vmapped conv members ran 2.6x slower
+    and unrolled ones 1.25x slower than sequential fits here: results/benchmarks/ensemble_members.json),
+    vmap on accelerators."""
     if mode != "auto":
         return mode
     return "sequential" if jax.default_backend() == "cpu" else "vmap"
