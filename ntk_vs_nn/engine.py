@@ -28,6 +28,8 @@ from tqdm.auto import tqdm
 from ntk_vs_nn.config import TrainConfig
 from ntk_vs_nn.families import ModelFamily
 
+_AUGMENT_TAG = 0xA06  # augmentation keys: fold_in(fold_in(data_key, epoch), tag), then the step index
+
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimiser and learning-rate schedule of ``cfg`` over ``cfg.epochs`` epochs."""
@@ -83,8 +85,10 @@ def progress_enabled(flag: bool) -> bool:
 class Trainer:
     """Compiled training and prediction for one family on one dataset (compile once per shape)."""
 
-    def __init__(self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False):
-        self.family, self.cfg = family, cfg
+    def __init__(self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False, augment=None):
+        """``augment(key, x_batch) -> x_batch``: optional on-device augmentation of each training batch
+        (e.g. `images.augment`); distillation targets stay those of the un-augmented example."""
+        self.family, self.cfg, self.augment = family, cfg, augment
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps = n_train // self.batch_size
         self.tx = make_optimizer(cfg, self.steps)
@@ -94,19 +98,20 @@ class Trainer:
         self._predict = jax.jit(family.apply)
 
     # -- one optimiser step of M members, unrolled in the trace ---------------------------------
-    # The epoch loop stays in Python: on XLA:CPU a lax.scan over steps ran 5.7x slower per step
+    # The epoch loop stays in Python: on XLA:CPU a lax.scan over steps ran ~12x slower per step
     # than the same jitted step called from Python (benchmarks/ensemble_members.py), and the
     # step only takes device arrays, so the loop never waits for the host.
     def _step(self, m: int):
-        family, tx = self.family, self.tx
+        family, tx, augment = self.family, self.tx, self.augment
 
-        def step(carries, states, idx, s, x, y, teachers, alpha, tau):
+        def step(carries, states, idx, s, x, y, teachers, alpha, tau, aug_keys):
             new, losses = [], []
             for i, ((params, opt_state), state) in enumerate(zip(carries, states)):
                 ib = idx[s, i]
+                xb = x[ib] if augment is None else augment(jax.random.fold_in(aug_keys[i], s), x[ib])
 
-                def loss_fn(p, state=state, ib=ib, i=i):
-                    logits = family.apply({"params": p, "state": state}, x[ib])
+                def loss_fn(p, state=state, ib=ib, i=i, xb=xb):
+                    logits = family.apply({"params": p, "state": state}, xb)
                     return distill_loss(logits, y[ib], teachers[i][ib], alpha, tau)
 
                 loss, grads = jax.value_and_grad(loss_fn)(params)
@@ -123,12 +128,12 @@ class Trainer:
             if mode == "vmap":
                 one = self._step(1)
 
-                def fn(carry, state, idx, s, x, y, teachers, alpha, tau):
-                    def single(c, st, ix, t):
-                        out, loss = one([c], [st], ix[:, None], s, x, y, t[None], alpha, tau)
+                def fn(carry, state, idx, s, x, y, teachers, alpha, tau, aug_keys):
+                    def single(c, st, ix, t, k):
+                        out, loss = one([c], [st], ix[:, None], s, x, y, t[None], alpha, tau, [k])
                         return out[0], loss[0]
 
-                    return jax.vmap(single, in_axes=(0, 0, 1, 0))(carry, state, idx, teachers)
+                    return jax.vmap(single, in_axes=(0, 0, 1, 0, 0))(carry, state, idx, teachers, aug_keys)
 
             else:
                 fn = self._step(m)
@@ -193,9 +198,14 @@ class Trainer:
             group_losses = []
             for e in range(epochs):
                 idx = self._order(dk, e, x.shape[0])
+                aug = dk  # unused without augmentation
+                if self.augment is not None:  # per member and epoch; the step folds in its index
+                    aug = [jax.random.fold_in(jax.random.fold_in(k, e), _AUGMENT_TAG) for k in dk]
+                if mode == "vmap":
+                    aug = jnp.stack(aug)
                 epoch_losses = []
                 for s in range(self.steps):
-                    carries, loss = fn(carries, states, idx, s, x, y, tg, alpha, tau)
+                    carries, loss = fn(carries, states, idx, s, x, y, tg, alpha, tau, aug)
                     epoch_losses.append(loss)
                 group_losses.append(jnp.stack(epoch_losses).mean(0))
                 bar.update(1)
