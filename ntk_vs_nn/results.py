@@ -123,8 +123,14 @@ def load_checkpoint(path: str):
     """Restore params saved by `Store.save_checkpoint` (as numpy-backed jax arrays)."""
     import orbax.checkpoint as ocp
 
-    with ocp.StandardCheckpointer() as ckpt:
-        return ckpt.restore(os.path.abspath(path))
+    if not os.path.isdir(path):
+        raise UserError(f"checkpoint {path!r}: not found")
+    try:
+        with ocp.StandardCheckpointer() as ckpt:
+            return ckpt.restore(os.path.abspath(path))
+    except Exception as e:  # noqa: BLE001 - orbax/tensorstore raise many types for damaged files
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path!r} is unreadable ({first}); retrain the unit") from None
 
 
 def atomic_write(path: str, text: str) -> None:

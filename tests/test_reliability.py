@@ -202,3 +202,24 @@ def test_concurrent_appends_never_interleave(tmp_path):
         p.join(60)
     recs = Store(out).records()
     assert len(recs) == 800 and len({r["unit"] for r in recs}) == 800
+
+
+def test_corrupt_checkpoint_is_one_clear_error(reference, tmp_path):
+    import shutil
+
+    from ntk_vs_nn.config import UserError
+
+    rec = next(r for r in records(reference) if r["protocol"] == "kd")
+    src = Store(reference).checkpoint_path(rec["unit"])
+    broken = str(tmp_path / "broken.ckpt")
+    shutil.copytree(src, broken)
+    for root, _, files in os.walk(broken):  # damage every data file, keep the layout
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "r+b") as f:
+                size = os.path.getsize(path)
+                f.truncate(max(size // 3, 1))
+    with pytest.raises(UserError, match="unreadable"):
+        load_checkpoint(broken)
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(str(tmp_path / "nothing.ckpt"))
