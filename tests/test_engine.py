@@ -304,3 +304,37 @@ def test_data_order_changes_with_epoch_and_member(tiny_data, tiny_cfg):
     assert not np.array_equal(e0[:, 0], e0[:, 1])
     for order in (e0[:, 0], e1[:, 1]):  # a permutation: no sample twice within an epoch
         assert len(np.unique(order)) == order.size
+
+
+def _fit_with(tiny_data, tiny_cfg, augment, mode="sequential"):
+    from ntk_vs_nn import rng
+
+    fam = make_family("nn", "SimpleCNN-3-1", tiny_data.num_classes, tiny_data.spatial_ndim, tiny_cfg)
+    trainer = Trainer(fam, tiny_cfg.train, len(tiny_data.x_train), augment=augment)
+    root = rng.root_key(0)
+    res = trainer.fit(
+        [rng.member_key(root, "init", i) for i in range(2)],
+        [rng.member_key(root, "data", i) for i in range(2)],
+        tiny_data.x_train,
+        tiny_data.y_train,
+        mode=mode,
+    )
+    return [jax.flatten_util.ravel_pytree(v["params"])[0] for v in res.variables]
+
+
+def test_augmentation_is_applied_per_step_and_identical_across_member_modes(tiny_data, tiny_cfg):
+    import jax.flatten_util  # noqa: F401
+
+    plain = _fit_with(tiny_data, tiny_cfg, None)
+    identity = _fit_with(tiny_data, tiny_cfg, lambda key, x: x)
+    np.testing.assert_array_equal(np.asarray(plain[0]), np.asarray(identity[0]))
+
+    def noisy(key, x):  # a key-dependent augmentation: different per member, epoch and step
+        return x + 0.5 * jax.random.normal(key, x.shape)
+
+    aug_seq = _fit_with(tiny_data, tiny_cfg, noisy, "sequential")
+    assert float(jnp.abs(aug_seq[0] - plain[0]).max()) > 1e-4
+    for mode in ("unrolled", "vmap"):
+        other = _fit_with(tiny_data, tiny_cfg, noisy, mode)
+        for a, b in zip(aug_seq, other):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
