@@ -38,8 +38,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check ntk_vs_nn tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/quick_tables_wall.py
-	$(PY) benchmarks/ensemble_members.py
+	cd benchmarks && ../$(PY) ensemble_members.py
+	cd benchmarks && ../$(PY) linearized_step.py
+	cd benchmarks && ../$(PY) train_throughput.py
+	cd benchmarks && ../$(PY) kernels_impl.py
+	cd benchmarks && ../$(PY) quick_tables_wall.py
+	cd benchmarks && ../$(PY) summary.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
