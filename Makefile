@@ -10,7 +10,7 @@ OUT     ?= results/$(PRESET)-$(DATASET)
 SET     ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install table-nn table-ntk tables messages test lint bench clean
+.PHONY: install table-nn table-ntk tables messages report test lint bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ tables: table-nn table-ntk
 
 messages: $(STAMP)
 	$(PY) -m ntk_vs_nn messages --out $(OUT) $(SETARGS)
+
+report: $(STAMP)
+	$(PY) -m ntk_vs_nn report --out $(OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -35,6 +35,8 @@ def _parser():
     m = sub.add_parser("messages", help="rewrite tables and messages from the records in --out")
     m.add_argument("--out", required=True)
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r = sub.add_parser("report", help="report.md/.html + figures: our tables beside the paper's")
+    r.add_argument("--out", required=True)
     sub.add_parser("presets", help="list presets")
     return p
 
@@ -145,6 +147,14 @@ def cmd_messages(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from ntk_vs_nn.report import write_report
+
+    paths = write_report(args.out)
+    print(f"wrote {paths['md']}, {paths['html']} and {len(paths['figures'])} figure(s)")
+    return 0
+
+
 def cmd_presets(args) -> int:
     from ntk_vs_nn import presets
 
@@ -155,7 +165,9 @@ def cmd_presets(args) -> int:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"table": cmd_table, "messages": cmd_messages, "presets": cmd_presets}[args.command](args)
+        return {"table": cmd_table, "messages": cmd_messages, "report": cmd_report, "presets": cmd_presets}[
+            args.command
+        ](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
