@@ -10,7 +10,7 @@ OUT     ?= results/$(PRESET)-$(DATASET)
 SET     ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install table-nn table-ntk tables messages report test lint bench clean
+.PHONY: install table-nn table-ntk tables messages report data-fashion-mnist test lint bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ tables: table-nn table-ntk
 
 messages: $(STAMP)
 	$(PY) -m ntk_vs_nn messages --out $(OUT) $(SETARGS)
+
+data-fashion-mnist:
+	bash scripts/get_fashion_mnist.sh
 
 report: $(STAMP)
 	$(PY) -m ntk_vs_nn report --out $(OUT)

@@ -164,6 +164,12 @@ def cmd_presets(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    try:  # tensorflow-datasets logs through absl; keep errors to our one line
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:
+        pass
     try:
         return {"table": cmd_table, "messages": cmd_messages, "report": cmd_report, "presets": cmd_presets}[
             args.command

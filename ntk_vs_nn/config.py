@@ -21,11 +21,14 @@ class UserError(Exception):
 
 @dataclass(frozen=True)
 class DataConfig:
-    n_train: int = 4000  # training samples before the validation split (mnist1d: generated)
-    n_test: int = 1000  # test samples (mnist1d: generated; npz: first n_test, 0 = all)
+    n_train: int = 4000  # training samples before the validation split (mnist1d: generated;
+    #                      images: the first n_train, 0 = all)
+    n_test: int = 1000  # test samples (mnist1d: generated; npz and images: the first n_test, 0 = all)
     val_fraction: float = 0.1  # share of the training samples carved out for validation
     generator_seed: int = 42  # mnist1d generator seed (the package's own default)
     standardize: bool = True  # subtract the train mean, divide by the train std (scalar)
+    source: str = "auto"  # cifar: auto | binary (official archives) | tfds (tensorflow-datasets)
+    data_dir: str = ""  # fashion-mnist IDX / cifar archive folder / tfds data_dir ("" = default)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
     eval_batch_size: int = 1000
+    augment: str = "none"  # none | crop_flip (4-pixel pad crop + horizontal flip, images only)
+    augment_kernels: bool = False  # also augment the kernel families (PROTOCOLS: off by default)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,8 @@ class Config:
         _check_choice("model.norm", self.model.norm, ("group", "layer", "none"))
         _check_choice("train.optimizer", self.train.optimizer, ("adam", "adamw", "sgd"))
         _check_choice("train.schedule", self.train.schedule, ("constant", "cosine", "step"))
+        _check_choice("train.augment", self.train.augment, ("none", "crop_flip"))
+        _check_choice("data.source", self.data.source, ("auto", "binary", "tfds"))
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
         _check_choice("run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap"))
@@ -103,11 +110,12 @@ class Config:
             ("train.epochs", self.train.epochs),
             ("train.batch_size", self.train.batch_size),
             ("train.eval_batch_size", self.train.eval_batch_size),
-            ("data.n_train", self.data.n_train),
             ("model.groups", self.model.groups),
         ]:
             if value < 1:
                 raise UserError(f"{name} must be >= 1, got {value}")
+        if self.data.n_train < 0 or self.data.n_test < 0:
+            raise UserError("data.n_train and data.n_test must be >= 0 (0 = all, for files)")
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise UserError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
         if not 0.0 <= self.protocol.kd_alpha <= 1.0:

@@ -23,7 +23,7 @@ import numpy as np
 from ntk_vs_nn import rng
 from ntk_vs_nn.config import DataConfig, UserError
 
-DATASETS = ("mnist1d", "npz:PATH")
+DATASETS = ("mnist1d", "fashion_mnist", "cifar10", "cifar100", "npz:PATH")
 
 
 class Dataset(NamedTuple):
@@ -45,6 +45,8 @@ def _mnist1d(cfg: DataConfig):
     # make_dataset generates the data locally; get_dataset would download and unpickle a file.
     from mnist1d.data import get_dataset_args, make_dataset
 
+    if cfg.n_train < 1 or cfg.n_test < 1:
+        raise UserError("mnist1d is generated: data.n_train and data.n_test must be >= 1")
     args = get_dataset_args()
     args.num_samples = cfg.n_train + cfg.n_test
     args.train_split = cfg.n_train / args.num_samples
@@ -81,6 +83,29 @@ def _npz(path: str, cfg: DataConfig):
     return x_tr, y_tr, x_te, y_te
 
 
+def _images(spec: str, cfg: DataConfig):
+    """Fashion-MNIST or CIFAR as (arrays, n_val_fixed). Images scale to [0, 1] before standardising.
+
+    ``data.n_train`` / ``data.n_test`` take the first n images (0 = all). CIFAR keeps its official
+    split (last 5,000 of the 50,000 training images validate) when all training images are used;
+    a subset is split at random by ``data.val_fraction`` like every other dataset."""
+    from ntk_vs_nn import images
+
+    folder = cfg.data_dir or None
+    if spec == "fashion_mnist":
+        raw = images.fashion_mnist(folder)
+    else:
+        raw = images.cifar(spec, source=cfg.source, data_dir=folder)
+    x_tr, y_tr, x_te, y_te = raw.x_train, raw.y_train, raw.x_test, raw.y_test
+    n_val_fixed = raw.n_val_last
+    if cfg.n_train and cfg.n_train < len(x_tr):
+        x_tr, y_tr, n_val_fixed = x_tr[: cfg.n_train], y_tr[: cfg.n_train], None
+    if cfg.n_test and cfg.n_test < len(x_te):
+        x_te, y_te = x_te[: cfg.n_test], y_te[: cfg.n_test]
+    scale = np.float32(1 / 255)
+    return (x_tr.astype(np.float32) * scale, y_tr, x_te.astype(np.float32) * scale, y_te), n_val_fixed
+
+
 def _validate(name, x_tr, y_tr, x_te, y_te):
     for split, x, y in (("train", x_tr, y_tr), ("test", x_te, y_te)):
         if x.dtype.kind not in "fiub":
@@ -109,8 +134,11 @@ def _validate(name, x_tr, y_tr, x_te, y_te):
 
 def load_dataset(spec: str, cfg: DataConfig, seed: int) -> Dataset:
     """Load, validate, standardise and split the dataset named by ``spec``."""
+    n_val_fixed = None
     if spec == "mnist1d":
         name, arrays = "mnist1d", _mnist1d(cfg)
+    elif spec in ("fashion_mnist", "cifar10", "cifar100"):
+        name, arrays, n_val_fixed = spec, *_images(spec, cfg)
     elif spec.startswith("npz:") and len(spec) > 4:
         stem = os.path.splitext(os.path.basename(spec[4:]))[0]
         name, arrays = f"npz-{stem}", _npz(spec[4:], cfg)
@@ -121,11 +149,14 @@ def load_dataset(spec: str, cfg: DataConfig, seed: int) -> Dataset:
     x_tr, x_te = x_tr.astype(np.float32), x_te.astype(np.float32)
     if x_tr.ndim == 2:
         x_tr, x_te = x_tr[..., None], x_te[..., None]
-    n_val = int(round(cfg.val_fraction * len(x_tr)))
-    if len(x_tr) - n_val < 2:
-        raise UserError(f"{spec}: too few training samples ({len(x_tr)}) for val_fraction {cfg.val_fraction}")
-    perm = np.asarray(jax.random.permutation(rng.stream(rng.root_key(seed), "split"), len(x_tr)))
-    val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    if n_val_fixed is not None:  # the official split (CIFAR: the last 5,000 training images validate)
+        train, val = np.arange(len(x_tr) - n_val_fixed), np.arange(len(x_tr) - n_val_fixed, len(x_tr))
+    else:
+        n_val = int(round(cfg.val_fraction * len(x_tr)))
+        if len(x_tr) - n_val < 2:
+            raise UserError(f"{spec}: too few training samples ({len(x_tr)}) for val_fraction {cfg.val_fraction}")
+        perm = np.asarray(jax.random.permutation(rng.stream(rng.root_key(seed), "split"), len(x_tr)))
+        val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
     if cfg.standardize:  # statistics of the training part only: validation stays unseen
         mean, std = x_tr[train].mean(), x_tr[train].std() + 1e-8
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std

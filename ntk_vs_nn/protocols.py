@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ntk_vs_nn import metrics, rng
-from ntk_vs_nn.config import Config
+from ntk_vs_nn.config import Config, UserError
 from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.engine import Trainer, progress_enabled
 from ntk_vs_nn.families import make_family, param_count, summed
@@ -62,7 +62,16 @@ class Row:
         self.family_name, self.model, self.cfg, self.data, self.store = family, model, cfg, data, store
         self.prov, self.log = prov, log
         self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg)
-        self.trainer = Trainer(self.fam, cfg.train, len(data.x_train), cfg.run.progress)
+        self.augment = None
+        if cfg.train.augment == "crop_flip" and (family == "nn" or cfg.train.augment_kernels):
+            if data.spatial_ndim != 2:
+                raise UserError(
+                    f"train.augment=crop_flip needs 2-D images; {data.name} inputs are {data.spatial_ndim}-D"
+                )
+            from ntk_vs_nn.images import augment
+
+            self.augment = augment
+        self.trainer = Trainer(self.fam, cfg.train, len(data.x_train), cfg.run.progress, self.augment)
         self.hash = cfg.science_hash()
         self.root = rng.root_key(cfg.run.seed)
         self.mode = resolve_members_mode(cfg.run.members)
@@ -223,7 +232,7 @@ class Row:
     def train_sum(self):
         L, p = self.cfg.protocol.members, self.cfg.protocol
         fam = summed(self.fam, L, p.sum_scale, stacked=self.mode == "vmap")
-        trainer = Trainer(fam, self.cfg.train, len(self.data.x_train), self.cfg.run.progress)
+        trainer = Trainer(fam, self.cfg.train, len(self.data.x_train), self.cfg.run.progress, self.augment)
         # Member l of the sum gets fold_in(stream("init"), l): single member l's init key.
         got = self.train(
             [("train_sum", 0)], [rng.stream(self.root, "init")], [rng.member_key(self.root, "data", 0)], trainer=trainer

@@ -165,3 +165,40 @@ def test_npz_dataset_end_to_end(tmp_path):
     )
     df = pd.read_csv(os.path.join(out, "table_nn.csv"))
     assert set(df.dataset) == {"npz-toy"} and (df.status == "ok").all()
+
+
+@pytest.mark.parametrize(
+    "dataset,env", [("cifar10", "NTK_VS_NN_CIFAR_DIR"), ("fashion_mnist", "NTK_VS_NN_FASHION_MNIST")]
+)
+def test_missing_image_data_says_how_to_get_it(tmp_path, dataset, env):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ntk_vs_nn",
+            "table",
+            "nn",
+            "--preset",
+            "smoke",
+            "--dataset",
+            dataset,
+            "--set",
+            f"data.data_dir={empty}",
+            "--set",
+            "data.source=binary" if dataset == "cifar10" else "data.n_test=0",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, env: str(empty)},
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert ("cifar-10-binary.tar.gz" in lines[0]) if dataset == "cifar10" else ("get_fashion_mnist" in lines[0])
+    assert not out.exists()
