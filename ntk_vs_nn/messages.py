@@ -84,7 +84,8 @@ def evaluate(message: int, v: dict, cfg: MessagesConfig):
     verdicts = [compare(d, m, strict) for _, d, strict in parts]
     shown = {"single-mean": mean, "single-best": best, "σ": sigma, "ens": ens, "train-sum": tsum, "KD": kd, "SD": sd}
     missing = [k for k, x in shown.items() if math.isnan(x)]
-    evidence = ", ".join(f"{name} = {d:+.2f}" for name, d, _ in parts) + f" (band ±{m:.2f})"
+    evidence = ", ".join(f"{name} = {'n/a' if math.isnan(d) else f'{d:+.2f}'}" for name, d, _ in parts)
+    evidence += f" (band ±{m:.2f})"
     evidence += "; " + ", ".join(f"{k} {x:.2f}" for k, x in shown.items() if not math.isnan(x))
     if missing:
         evidence += "; missing: " + ", ".join(missing)
