@@ -179,7 +179,11 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished units are recorded; rerun the same command to resume", file=sys.stderr)
-        return 130
+        sys.stderr.flush()
+        sys.stdout.flush()
+        # Records are fsynced; exit now rather than wait for worker threads (orbax's) that an
+        # interrupt may have left blocked.
+        os._exit(130)
 
 
 if __name__ == "__main__":

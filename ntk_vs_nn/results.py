@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -104,8 +105,23 @@ class Store:
 
         path = os.path.abspath(self.checkpoint_path(unit))
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with ocp.StandardCheckpointer() as ckpt:  # writes to a temporary folder, then renames
-            ckpt.save(path, params, force=True)
+        # Our own temporary folder per process, renamed into place: two runs writing the same
+        # unit never share a folder orbax is writing (a shared path hung a concurrent test in CI).
+        tmp = f"{path}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with ocp.StandardCheckpointer() as ckpt:
+            ckpt.save(tmp, params)
+        try:
+            os.rename(tmp, path)
+        except OSError:  # an older checkpoint (or another writer's) is there: replace it
+            aside = f"{path}.old-{os.getpid()}"
+            try:
+                os.rename(path, aside)
+                os.rename(tmp, path)
+            except OSError:
+                pass  # another writer won the race: same unit, same params
+            shutil.rmtree(aside, ignore_errors=True)
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def load_predictions(self, unit: str) -> dict | None:
         """The saved arrays of ``unit``, or None when missing or unreadable (then it retrains)."""

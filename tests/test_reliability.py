@@ -180,7 +180,9 @@ def test_two_runs_into_one_folder_do_not_corrupt_it(tmp_path):
     out = str(tmp_path / "shared")
     argv = [sys.executable, "-m", "ntk_vs_nn", "table", "nn", *SMOKE, "--set", "train.epochs=1", "--out", out]
     procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    for p in procs:
+        p.communicate(timeout=300)  # read stderr while waiting: a full pipe must not block a child
+    assert [p.returncode for p in procs] == [0, 0]
     lines = open(os.path.join(out, "records.jsonl")).read().splitlines()
     assert all(json.loads(line)["unit"] for line in lines)  # every line whole
     df = pd.read_csv(os.path.join(out, "table_nn.csv"))
