@@ -52,7 +52,7 @@ def _families(cfg, which):
     return tuple(cfg.table.ntk_families), cfg.table.ntk_models
 
 
-def write_outputs(cfg, out: str, log=print) -> dict:
+def write_outputs(cfg, out: str) -> dict:
     """Tables (for whichever of nn / ntk have records) and messages, from OUT/records.jsonl."""
     import pandas as pd
 

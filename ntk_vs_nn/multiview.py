@@ -50,7 +50,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pandas as pd
+
+from ntk_vs_nn.engine import distill_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,13 +270,9 @@ def loss(
         Scalar loss.
     """
     s = logits(W, x, cfg)
-    ce = -jnp.take_along_axis(jax.nn.log_softmax(s), y[:, None], axis=1).mean()
     if teacher_logits is None:
-        return ce
-    log_pt = jax.nn.log_softmax(teacher_logits / tau)
-    log_ps = jax.nn.log_softmax(s / tau)
-    kl = (jnp.exp(log_pt) * (log_pt - log_ps)).sum(axis=1).mean()
-    return (1.0 - alpha) * ce + alpha * tau**2 * kl
+        return optax.softmax_cross_entropy_with_integer_labels(s, y).mean()
+    return distill_loss(s, y, teacher_logits, alpha, tau)  # the suite's one KD loss
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))

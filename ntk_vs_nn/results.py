@@ -129,9 +129,7 @@ class Store:
         try:
             with np.load(path, allow_pickle=False) as f:
                 return {k: f[k] for k in f.files}
-        except (OSError, ValueError, EOFError, KeyError):
-            return None
-        except Exception:  # zipfile.BadZipFile and friends: a truncated file
+        except Exception:  # noqa: BLE001 - OSError, ValueError, zipfile.BadZipFile...: a damaged file
             return None
 
 
