@@ -43,12 +43,14 @@ def _parser():
 
 def _families(cfg, which):
     from ntk_vs_nn.families import KERNEL_FAMILIES
+    from ntk_vs_nn.function_space import INFINITE_FAMILIES
 
     if which == "nn":
         return ("nn",), cfg.table.nn_models
+    valid = KERNEL_FAMILIES + INFINITE_FAMILIES
     for fam in cfg.table.ntk_families:
-        if fam not in KERNEL_FAMILIES:
-            raise UserError(f"unknown kernel family {fam!r} in table.ntk_families; valid: {', '.join(KERNEL_FAMILIES)}")
+        if fam not in valid:
+            raise UserError(f"unknown kernel family {fam!r} in table.ntk_families; valid: {', '.join(valid)}")
     return tuple(cfg.table.ntk_families), cfg.table.ntk_models
 
 
@@ -58,6 +60,7 @@ def write_outputs(cfg, out: str) -> dict:
 
     from ntk_vs_nn import messages as msgs
     from ntk_vs_nn import tables
+    from ntk_vs_nn.function_space import INFINITE_FAMILIES
     from ntk_vs_nn.results import Store, atomic_write
 
     records = Store(out).records()
@@ -81,7 +84,8 @@ def write_outputs(cfg, out: str) -> dict:
         frames.append(df)
         written[which] = md
     if frames:
-        mdf = msgs.messages(pd.concat(frames), cfg.messages, tuple(cfg.table.ntk_families))
+        finite = tuple(f for f in cfg.table.ntk_families if f not in INFINITE_FAMILIES)  # deterministic: no message
+        mdf = msgs.messages(pd.concat(frames), cfg.messages, finite)
         atomic_write(os.path.join(out, "messages.csv"), mdf.to_csv(index=False))
         header = f"Dataset `{cfg.dataset}`, preset `{cfg.preset}`, config `{h}`."
         atomic_write(os.path.join(out, "messages.md"), msgs.markdown(mdf, header))

@@ -64,6 +64,25 @@ class ProtocolConfig:
 
 
 @dataclass(frozen=True)
+class KernelConfig:
+    """How the kernel families are solved (PROTOCOLS §1; ntk_vs_nn/function_space.py).
+
+    weights: the linearised model is trained like the net (same optimiser, data order, epochs).
+    function: the empirical kernel (traced NTK; gp: phi phi^T + 1) is built on the training set and
+    the model is solved in function space; nt: the same with neural-tangents' empirical kernel.
+    The infinite-width families (ntk_inf, nngp_inf) are always solved in function space.
+    """
+
+    backend: str = "weights"  # weights | function | nt
+    solver: str = "xent"  # xent: full-batch GD on the (distillation) cross-entropy | mse: GD on
+    #                       squared error to one-hot (KD/SD: mixed soft) targets | ridge: kernel ridge
+    lr: float = 1.0  # GD step in units of n / lambda_max(kernel): < 2 is stable for mse
+    steps: int = 3000  # full-batch GD steps (xent, mse)
+    ridge: float = 1e-3  # ridge solver: added to the diagonal, in units of mean(diag(kernel))
+    tile_size: int = 256  # kernel tiles (examples per side)
+
+
+@dataclass(frozen=True)
 class TableConfig:
     nn_models: tuple[str, ...] = ("ResNet-10-1",)  # rows of table nn
     ntk_models: tuple[str, ...] = ("ResNet-10-1",)  # rows of table ntk (x kernel families)
@@ -92,6 +111,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
     table: TableConfig = field(default_factory=TableConfig)
     run: RunConfig = field(default_factory=RunConfig)
     messages: MessagesConfig = field(default_factory=MessagesConfig)
@@ -105,6 +125,10 @@ class Config:
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
         _check_choice("run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap"))
+        _check_choice("kernel.backend", self.kernel.backend, ("weights", "function", "nt"))
+        _check_choice("kernel.solver", self.kernel.solver, ("xent", "mse", "ridge"))
+        if self.kernel.lr <= 0 or self.kernel.steps < 1 or self.kernel.ridge < 0 or self.kernel.tile_size < 1:
+            raise UserError("kernel.lr > 0, kernel.steps >= 1, kernel.ridge >= 0 and kernel.tile_size >= 1 required")
         for name, value in [
             ("protocol.members", self.protocol.members),
             ("train.epochs", self.train.epochs),
@@ -144,8 +168,20 @@ class Config:
         for key in ("preset", "table", "messages"):
             d.pop(key)
         d["run"] = {"seed": self.run.seed}
+        if self.kernel.backend == "weights":  # the kernel section changes no weight-space number
+            d.pop("kernel")
+        else:
+            d["kernel"].pop("tile_size")
+        for (section, name), neutral in _ADDED_LATER.items():  # hashes of older runs stay valid
+            if d.get(section, {}).get(name, None) == neutral:
+                d[section].pop(name)
         blob = json.dumps(d, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Fields added after results were first recorded, with the value that reproduces the older
+# behaviour: at that value they are left out of the science hash, so existing records still match.
+_ADDED_LATER: dict[tuple[str, str], object] = {}
 
 
 def _check_choice(name, value, choices):

@@ -34,23 +34,31 @@ IMPLEMENTATIONS = ("jacobian_contraction", "ntk_vector_products")
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 in our contractions on GPUs
 
 
-def _jacobian_contraction(f, vmap_axes, traced):
-    """Tile kernel from per-example Jacobians, contracted leaf by leaf (never one (n k, P) matrix)."""
+def _flat_jacobian(f, vmap_axes):
+    """(params, x (t, ...), kw) -> J (t, k, P): per-example Jacobians, leaves flattened and joined."""
 
-    def jac(params, x, kw):  # leaves (t, k, *leaf.shape)
+    def jac(params, x, kw):
         g = jax.jacrev(lambda p, xb: f(p, xb, **kw))
         if vmap_axes is None:
-            return g(params, x)
-        return jax.vmap(lambda xi: jax.tree.map(lambda a: a[0], g(params, xi[None])))(x)
+            leaves = jax.tree.leaves(g(params, x))
+        else:
+            leaves = jax.tree.leaves(jax.vmap(lambda xi: jax.tree.map(lambda a: a[0], g(params, xi[None])))(x))
+        return jnp.concatenate([a.reshape(a.shape[:2] + (-1,)) for a in leaves], axis=-1)
 
-    def tile(x1, x2, params, kw):
-        j1, j2 = jax.tree.leaves(jac(params, x1, kw)), jax.tree.leaves(jac(params, x2, kw))
-        flat = lambda a: a.reshape(a.shape[:2] + (-1,))  # (t, k, P_leaf)
-        spec = "iap,jap->ij" if traced else "iap,jbp->ijab"
-        out = sum(jnp.einsum(spec, flat(a), flat(b), precision=_HIGHEST) for a, b in zip(j1, j2))
-        return out / j1[0].shape[1] if traced else out
+    return jac
 
-    return tile
+
+def _contract(traced):
+    """(J1 (t1, k, P), J2 (t2, k, P)) -> (t1, t2) mean over the diagonal, or (t1, t2, k, k): one GEMM."""
+
+    def contract(j1, j2):
+        (t1, k, p), t2 = j1.shape, j2.shape[0]
+        if traced:  # sum_a sum_p J1[i,a,p] J2[j,a,p]: contract (a, p) together
+            return jnp.dot(j1.reshape(t1, k * p), j2.reshape(t2, k * p).T, precision=_HIGHEST) / k
+        out = jnp.dot(j1.reshape(t1 * k, p), j2.reshape(t2 * k, p).T, precision=_HIGHEST)
+        return out.reshape(t1, k, t2, k).transpose(0, 2, 1, 3)
+
+    return contract
 
 
 def _ntk_vector_products(f, vmap_axes, traced):
@@ -93,6 +101,7 @@ def empirical_ntk_fn(
     implementation: str = "jacobian_contraction",
     tile_size: int = 256,
     progress: bool = False,
+    cache_bytes: int = 8 << 30,
 ) -> Callable:
     """The empirical NTK of ``f``, tiled over both inputs, as host numpy arrays.
 
@@ -102,60 +111,128 @@ def empirical_ntk_fn(
         diagonal entries into (n1, n2) (the mean, as neural-tangents, not the sum).
       vmap_axes: 0 when the examples of a batch are independent (per-example Jacobians, vmapped);
         None to differentiate each tile as one batch (for batch-coupled f, use tile_size >= n).
-      implementation: ``"jacobian_contraction"`` (default: ≈ 2·tile_size·k backward passes and a
-        tile² k² P contraction per tile, memory ≈ 2·tile_size·k·P) or ``"ntk_vector_products"``
-        (no Jacobian stored: ≈ tile²·k jvps per tile, memory ≈ k·P + k·tile_size activations; for
-        nets whose Jacobians do not fit). Measured by benchmarks/kernels_impl.py (SimpleCNN-4-1,
-        24k params, 128 inputs, 2-core CPU): 0.7 s vs 7.6-8.2 s traced, 2.0-2.2 s vs 7.6-8 s full.
-      tile_size: examples per tile on each side; the last tile is padded to the same shape, so the
-        tile function compiles once, and memory is bounded by the tile, not by n (SimpleCNN-4-1,
-        tile 256, traced: 1.65 GiB peak RSS at n = 256, 1.70 GiB at n = 1024).
+      implementation: ``"jacobian_contraction"`` (default): the Jacobian J (n2, k, P) of the second
+        input is computed once, tile by tile, and kept (in memory up to ``cache_bytes``, beyond that
+        in a temporary file on disk); each tile of the first input is differentiated once and
+        contracted with every kept tile by one matrix product (traced: (t, kP) x (kP, t)). Cost
+        ≈ (n1 + n2)·k backward passes + 2·n1·n2·k·P flops (x k for the full kernel).
+        ``"ntk_vector_products"``: no Jacobian stored (≈ tile²·k jvps per tile pair, memory
+        ≈ k·P + k·tile_size activations), for nets whose Jacobian tiles do not fit.
+        benchmarks/kernels_impl.py compares them.
+      tile_size: examples per tile; the last tile is padded to the same shape, so every tile
+        function compiles once and device memory is bounded by the tile, not by n.
       progress: show a tqdm bar over tiles.
+      cache_bytes: most bytes of kept Jacobian tiles held in memory (jacobian_contraction).
 
     Returns:
       ``fn(x1 (n1, ...), x2 (n2, ...) | None, params, **kwargs) -> np.ndarray`` of shape (n1, n2) or
       (n1, n2, k, k), float32 or float64 as f computes. ``x2=None`` means x2 = x1 and only the upper
       tile triangle is computed (the rest by symmetry). ``kwargs`` go to f, undifferentiated.
+      ``fn.train_test(x_train, x_test, params, **kwargs) -> (Θ(train, train), Θ(test, train))``
+      shares the training Jacobian between the two blocks.
     """
     axes = {a % 2 for a in tuple(trace_axes)}
     if not axes <= {1}:
         raise ValueError(f"trace_axes must be () or (-1,) for outputs of shape (B, k), got {trace_axes!r}")
     if vmap_axes not in (0, None):
         raise ValueError(f"vmap_axes must be 0 or None, got {vmap_axes!r}")
-    makers = {"jacobian_contraction": _jacobian_contraction, "ntk_vector_products": _ntk_vector_products}
-    if implementation not in makers:
+    if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; valid: {', '.join(IMPLEMENTATIONS)}")
     traced = bool(axes)
-    tile_fn = jax.jit(makers[implementation](f, vmap_axes, traced))
+    if implementation == "jacobian_contraction":
+        jac_fn, contract = jax.jit(_flat_jacobian(f, vmap_axes)), jax.jit(_contract(traced))
+    else:
+        pair_fn = jax.jit(_ntk_vector_products(f, vmap_axes, traced))
 
-    def ntk_fn(x1, x2, params, **kwargs):
-        symmetric = x2 is None
-        x2 = x1 if symmetric else x2
-        n1, n2 = len(x1), len(x2)
-        t1, t2 = min(tile_size, n1), min(tile_size, n2)
-        p1, p2 = _pad(x1, t1), (None if symmetric else _pad(x2, t2))
-        blocks = [(i, j) for i in range(0, n1, t1) for j in range(0, n2, t2) if not symmetric or j >= i]
-        out = None
+    def blocks(x_cols, row_sets, params, kwargs):
+        """Θ(rows, x_cols) for each rows in row_sets (None: rows = x_cols, symmetric)."""
+        n2 = len(x_cols)
+        t = min(tile_size, max([n2] + [len(r) for r in row_sets if r is not None]))
+        cols = _pad(x_cols, t)
+        starts2 = range(0, n2, t)
+        todo = []
+        for r, rows in enumerate(row_sets):
+            n1 = n2 if rows is None else len(rows)
+            todo += [(r, i, j) for i in range(0, n1, t) for j in starts2 if rows is not None or j >= i]
+        bar = tqdm(
+            total=len(todo) + (len(starts2) if implementation == "jacobian_contraction" else 0),
+            desc="ntk tiles",
+            disable=not progress,
+        )
+        if implementation == "jacobian_contraction":
+            kept = _JacobianStore(cache_bytes)
+            for j in starts2:
+                kept.add(jac_fn(params, cols[j : j + t], kwargs))
+                bar.update()
+        outs = [None] * len(row_sets)
 
-        def store(i, j, res):  # device -> host, drop the padding, mirror the lower triangle
-            nonlocal out
+        def store(r, i, j, res):  # device -> host, drop the padding, mirror the lower triangle
+            n1 = n2 if row_sets[r] is None else len(row_sets[r])
             blk = np.asarray(res)[: n1 - i, : n2 - j]
-            if out is None:
-                out = np.empty((n1, n2) + blk.shape[2:], blk.dtype)
-            out[i : i + blk.shape[0], j : j + blk.shape[1]] = blk
-            if symmetric and j != i:
-                out[j : j + blk.shape[1], i : i + blk.shape[0]] = blk.transpose((1, 0, 3, 2)[: blk.ndim])
+            if outs[r] is None:
+                outs[r] = np.empty((n1, n2) + blk.shape[2:], blk.dtype)
+            outs[r][i : i + blk.shape[0], j : j + blk.shape[1]] = blk
+            if row_sets[r] is None and j != i:
+                outs[r][j : j + blk.shape[1], i : i + blk.shape[0]] = blk.transpose((1, 0, 3, 2)[: blk.ndim])
 
-        pending = None  # copy tile b-1 to the host while tile b computes (async dispatch)
-        for i, j in tqdm(blocks, desc="ntk tiles", disable=not progress):
-            res = tile_fn(p1[i : i + t1], (p1 if symmetric else p2)[j : j + t2], params, kwargs)
+        pending, cur = None, (None, None, None)  # copy tile b-1 to the host while tile b computes
+        for r, i, j in todo:
+            rows = cols if row_sets[r] is None else _pad(row_sets[r], t) if cur[0] != r else cur[2]
+            if implementation == "jacobian_contraction":
+                if (r, i) != cur[:2]:
+                    j1 = kept.get(i // t) if row_sets[r] is None else jac_fn(params, rows[i : i + t], kwargs)
+                res = contract(j1, kept.get(j // t))
+            else:
+                res = pair_fn(rows[i : i + t], cols[j : j + t], params, kwargs)
+            cur = (r, i, rows)
             if pending is not None:
                 store(*pending)
-            pending = (i, j, res)
-        store(*pending)
-        return out
+            pending = (r, i, j, res)
+            bar.update()
+        if pending is not None:
+            store(*pending)
+        bar.close()
+        return outs
 
+    def ntk_fn(x1, x2, params, **kwargs):
+        if x2 is None:
+            return blocks(x1, [None], params, kwargs)[0]
+        return blocks(x2, [x1], params, kwargs)[0]
+
+    def train_test(x_train, x_test, params, **kwargs):
+        k_tt, k_st = blocks(x_train, [None, x_test], params, kwargs)
+        return k_tt, k_st
+
+    ntk_fn.train_test = train_test
     return ntk_fn
+
+
+class _JacobianStore:
+    """Jacobian tiles kept for reuse: device arrays up to ``cache_bytes``, then a temporary file."""
+
+    def __init__(self, cache_bytes: int):
+        self.budget, self.used, self.tiles = cache_bytes, 0, []
+        self._dir = None
+
+    def add(self, tile):
+        size = tile.size * tile.dtype.itemsize
+        if self.used + size <= self.budget:
+            self.tiles.append(tile)
+            self.used += size
+            return
+        import tempfile
+
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="ntk_jacobian_")
+        mm = np.lib.format.open_memmap(
+            f"{self._dir.name}/{len(self.tiles)}.npy", mode="w+", dtype=tile.dtype, shape=tile.shape
+        )
+        mm[...] = np.asarray(tile)
+        mm.flush()
+        self.tiles.append(mm)
+
+    def get(self, b):
+        return self.tiles[b]
 
 
 def family_ntk_fn(family, variables, **kw) -> Callable:

@@ -17,6 +17,21 @@ def nll(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(logp[np.arange(len(labels)), labels]))
 
 
+def ece(logits: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error in percent: the |accuracy - confidence| gap of the top-1
+    prediction, averaged over ``bins`` equal-width confidence bins weighted by their share of
+    examples (Guo et al. 2017; 15 bins as in Nam et al.)."""
+    p = np.exp(log_softmax(logits.astype(np.float64), axis=-1))
+    conf, pred = p.max(-1), p.argmax(-1)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            gap += sel.mean() * abs(np.mean(pred[sel] == labels[sel]) - conf[sel].mean())
+    return float(100.0 * gap)
+
+
 def combine(member_logits: list[np.ndarray], rule: str = "logits") -> np.ndarray:
     """Ensemble output as logits (N, k): the mean of the members' logits (the paper's
     F = sum_l f_l, up to a scale that changes no prediction), or with ``rule="probs"`` the log of
@@ -29,7 +44,7 @@ def combine(member_logits: list[np.ndarray], rule: str = "logits") -> np.ndarray
 
 
 def summary(logits: np.ndarray, labels: np.ndarray) -> dict:
-    return {"acc": accuracy(logits, labels), "nll": nll(logits, labels)}
+    return {"acc": accuracy(logits, labels), "nll": nll(logits, labels), "ece": ece(logits, labels)}
 
 
 def finite(*arrays) -> bool:

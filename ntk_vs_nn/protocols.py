@@ -26,7 +26,9 @@ from ntk_vs_nn import metrics, rng
 from ntk_vs_nn.config import Config, UserError
 from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.engine import Trainer, progress_enabled
-from ntk_vs_nn.families import make_family, param_count, summed
+from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, param_count, summed
+from ntk_vs_nn.function_space import INFINITE_FAMILIES
+from ntk_vs_nn.models import parse_model_name
 from ntk_vs_nn.results import Store, now, unit_id
 
 PROTOCOLS = ("single", "ensemble", "train_sum", "kd", "sd")
@@ -61,8 +63,22 @@ class Row:
     ):
         self.family_name, self.model, self.cfg, self.data, self.store = family, model, cfg, data, store
         self.prov, self.log = prov, log
-        self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg)
+        self.backend = cfg.kernel.backend if family in KERNEL_FAMILIES else "weights"
+        if family in INFINITE_FAMILIES:
+            self.backend = "function"
         self.augment = None
+        self.hash = cfg.science_hash()
+        self.root = rng.root_key(cfg.run.seed)
+        self.mode = resolve_members_mode(cfg.run.members)
+        self.known = {r["unit"]: r for r in store.records()}
+        if self.backend != "weights":  # function space: no network training, no augmentation
+            from ntk_vs_nn.function_space import FunctionTrainer
+
+            parse_model_name(model)
+            self.fam = None
+            self.trainer = FunctionTrainer(family, model, cfg, data)
+            return
+        self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg)
         if cfg.train.augment == "crop_flip" and (family == "nn" or cfg.train.augment_kernels):
             if data.spatial_ndim != 2:
                 raise UserError(
@@ -72,10 +88,6 @@ class Row:
 
             self.augment = augment
         self.trainer = Trainer(self.fam, cfg.train, len(data.x_train), cfg.run.progress, self.augment)
-        self.hash = cfg.science_hash()
-        self.root = rng.root_key(cfg.run.seed)
-        self.mode = resolve_members_mode(cfg.run.members)
-        self.known = {r["unit"]: r for r in store.records()}
 
     # -- records ---------------------------------------------------------------------------
     def _unit(self, protocol, member):
@@ -93,6 +105,7 @@ class Row:
             "member": member,
             "seed": self.cfg.run.seed,
             "status": status,
+            "backend": self.backend,
             "metrics": metrics_ or {},
             "wall_s": round(wall_s, 3),
             "date": now(),
@@ -172,7 +185,10 @@ class Row:
         n_params = param_count(res.variables[0])
         for slot, u in enumerate(units):
             v = res.variables[slot]
-            preds = {s: trainer.predict(v, getattr(self.data, f"x_{s}")) for s in SPLITS}
+            if hasattr(trainer, "predict_splits"):
+                preds = trainer.predict_splits(v, self.data)
+            else:
+                preds = {s: trainer.predict(v, getattr(self.data, f"x_{s}")) for s in SPLITS}
             ok = metrics.finite(res.losses[slot], *preds.values())
             m = {"final_loss": float(res.losses[slot, -1])}
             if ok:
@@ -183,7 +199,7 @@ class Row:
                     )
                 # predictions and params first, the record last: a record always has both
                 self.store.save_predictions(self._unit(*u), preds)
-                if self.cfg.run.checkpoints:
+                if self.cfg.run.checkpoints and getattr(trainer, "checkpointable", True):
                     self.store.save_checkpoint(self._unit(*u), v["params"])
             else:
                 self.log(f"  {desc}: non-finite loss or outputs, recorded as diverged")
@@ -199,8 +215,8 @@ class Row:
         return out
 
     # -- the protocols -------------------------------------------------------------------------
-    def single(self):
-        L = self.cfg.protocol.members
+    def single(self, L=None):
+        L = L or self.cfg.protocol.members
         units = [("single", i) for i in range(L)]
         got = self.train(
             units,
@@ -231,8 +247,13 @@ class Row:
 
     def train_sum(self):
         L, p = self.cfg.protocol.members, self.cfg.protocol
-        fam = summed(self.fam, L, p.sum_scale, stacked=self.mode == "vmap")
-        trainer = Trainer(fam, self.cfg.train, len(self.data.x_train), self.cfg.run.progress, self.augment)
+        if self.backend != "weights":
+            from ntk_vs_nn.function_space import FunctionTrainer
+
+            trainer = FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
+        else:
+            fam = summed(self.fam, L, p.sum_scale, stacked=self.mode == "vmap")
+            trainer = Trainer(fam, self.cfg.train, len(self.data.x_train), self.cfg.run.progress, self.augment)
         # Member l of the sum gets fold_in(stream("init"), l): single member l's init key.
         got = self.train(
             [("train_sum", 0)], [rng.stream(self.root, "init")], [rng.member_key(self.root, "data", 0)], trainer=trainer
@@ -264,7 +285,14 @@ class Row:
 def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, prov: dict, log=lambda s: None) -> None:
     """All five protocols for one (family, model) row."""
     row = Row(family, model, cfg, data, store, prov, log)
-    log(f"[{family} {model}] on {data.name}")
+    log(f"[{family} {model}] on {data.name} ({row.backend} backend)")
+    if family in INFINITE_FAMILIES:  # deterministic: one member; ensembles and students equal it
+        row.ensemble(row.single(1))
+        for protocol, members in [("train_sum", [0]), ("kd", [0]), ("sd", range(cfg.sd_students))]:
+            for i in members:
+                if row.known.get(row._unit(protocol, i)) is None:
+                    row.record(protocol, i, "skipped", {"reason": "deterministic infinite-width kernel = single"})
+        return
     singles = row.single()
     ens = row.ensemble(singles)
     row.train_sum()

@@ -2,7 +2,8 @@
 
 The CSV has one row per (family, model, dataset, protocol), protocol in single, ensemble,
 train_sum, kd, sd, with n_members, acc_mean, acc_std (sample std, ddof=1), acc_best, nll_mean,
-acc_ensemble (sd: the ensemble of the S students), acc_by_size (ensemble: accuracy of the first
+ece_mean (expected calibration error, %, 15 bins; n/a in records made
+before it was added), acc_ensemble (sd: the ensemble of the S students), acc_by_size (ensemble: accuracy of the first
 1..L members) and status (ok, or what went wrong: oom, diverged, missing, skipped).
 """
 
@@ -25,6 +26,7 @@ COLUMNS = [
     "acc_std",
     "acc_best",
     "nll_mean",
+    "ece_mean",
     "acc_ensemble",
     "acc_by_size",
     "status",
@@ -74,6 +76,7 @@ def tidy(records: list[dict], config_hash: str, families, models, members: int, 
                     acc_ensemble=math.nan,
                     acc_by_size="",
                     nll_mean=math.nan,
+                    ece_mean=math.nan,
                 )
                 if protocol in ("single", "sd"):
                     expected = members if protocol == "single" else sd_students
@@ -82,6 +85,7 @@ def tidy(records: list[dict], config_hash: str, families, models, members: int, 
                     row["acc_mean"], row["acc_std"], row["acc_best"] = _stats([r["metrics"]["acc"] for r in ok])
                     if ok:
                         row["nll_mean"] = float(np.mean([r["metrics"]["nll"] for r in ok]))
+                        row["ece_mean"] = float(np.mean([r["metrics"].get("ece", math.nan) for r in ok]))
                     row["n_members"], row["status"] = len(ok), _status(recs, expected)
                     if protocol == "sd":
                         ens = get("sd_ensemble")
@@ -97,6 +101,7 @@ def tidy(records: list[dict], config_hash: str, families, models, members: int, 
                         acc_best=acc,
                         status=_status(recs, 1),
                         nll_mean=r["metrics"]["nll"] if ok else math.nan,
+                        ece_mean=r["metrics"].get("ece", math.nan) if ok else math.nan,
                     )
                     row["n_members"] = {
                         "ensemble": r["metrics"].get("n_members", 0) if ok else 0,

@@ -131,6 +131,18 @@ def test_tiling_matches_untiled(net, impl):
     assert rel_err(traced(x1, None, params), diag_mean(ref[:10, :10])) < EXACT
 
 
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("cache_bytes", [8 << 30, 0])  # 0: every kept Jacobian tile goes to disk
+def test_train_test_blocks_share_the_training_jacobian(net, impl, cache_bytes):
+    _, f, params, x, ref = net
+    x_train, x_test = x[:7], x[7:12]  # 7 = 4 + 3 training rows, 5 = 4 + 1 test rows with tile_size 4
+    for trace_axes, view in [((), lambda a: a), ((-1,), diag_mean)]:
+        fn = empirical_ntk_fn(f, trace_axes=trace_axes, implementation=impl, tile_size=4, cache_bytes=cache_bytes)
+        k_tt, k_st = fn.train_test(x_train, x_test, params)
+        assert rel_err(k_tt, view(ref[:7, :7])) < EXACT
+        assert rel_err(k_st, view(ref[7:12, :7])) < EXACT
+
+
 def test_ntk_family_kernel_is_nn_kernel_at_init(problem):
     p = problem
     ntk_fam = linearized(p["nn"])

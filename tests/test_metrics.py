@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from ntk_vs_nn import metrics
 from ntk_vs_nn.metrics import accuracy, combine, finite, nll, summary
 
 
@@ -83,3 +84,15 @@ def test_summary_and_finite():
     assert finite(logits, labels)
     assert not finite(logits, np.array([0.0, np.nan]))
     assert not finite(np.array([np.inf]))
+
+
+def test_ece_hand_computed_and_bounds():
+    # two bins used: confidence 0.9 (2 examples, 1 right: gap |0.5 - 0.9|) and 0.6 (2 right: |1 - 0.6|)
+    p_hi, p_lo = np.log([0.9, 0.1]), np.log([0.6, 0.4])
+    logits = np.stack([p_hi, p_hi, p_lo, p_lo])
+    labels = np.array([0, 1, 0, 0])
+    assert metrics.ece(logits, labels) == pytest.approx(100 * (0.5 * 0.4 + 0.5 * 0.4))
+    # perfectly calibrated: confidence 0.5 on two classes, half right
+    half = np.zeros((4, 2))
+    assert metrics.ece(half, np.array([0, 1, 0, 1])) == pytest.approx(0.0, abs=1e-9)
+    assert "ece" in metrics.summary(logits, labels)

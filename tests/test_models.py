@@ -191,8 +191,15 @@ def simplecnn_param_count(depth, widen, in_channels, num_classes):
 
 
 PAPER_NETS = ["ResNet-28-2", "ResNet-34", "ResNet-34-2", "ResNet-16-10", "ResNet-22-10", "ResNet-28-10"]
-PAPER_KERNELS = ["SimpleCNN-10-3", "ResNet10-2", "ResNet16-2", "ResNet16-5", "ResNet10-10", "SimpleCNN-10-6",
-                 "ResNet10-4"]
+PAPER_KERNELS = [
+    "SimpleCNN-10-3",
+    "ResNet10-2",
+    "ResNet16-2",
+    "ResNet16-5",
+    "ResNet10-10",
+    "SimpleCNN-10-6",
+    "ResNet10-4",
+]
 
 
 @pytest.mark.parametrize("name", PAPER_NETS + PAPER_KERNELS)

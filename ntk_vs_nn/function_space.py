@@ -1,0 +1,225 @@
+"""Function-space backend of the kernel families (``--set kernel.backend=function|nt``).
+
+Instead of training the linearised model's weights, each member is solved on its kernel matrix:
+
+  family     kernel of member (init key)                        outputs at init f0
+  ntk        empirical NTK of the net at W0, traced (mean of     f(W0; x)
+             the k diagonal blocks, used as Θ ⊗ I_k)
+  ntk_prime  the same kernel                                     0
+  gp         φ_W0(x) φ_W0(x')^T + 1 (the trainable head's        f(W0; x)
+             exact NTK, φ = last-layer features)
+  ntk_inf,   the infinite-width NTK / NNGP of the architecture   0
+  nngp_inf   (neural-tangents stax; deterministic: one member)
+
+Solvers (``kernel.solver``), all from f0 on the n training points, predictions on train/val/test:
+  xent   full-batch GD on the mean loss (1−α)·CE(f, y) + α·τ²·KL(softmax(t/τ) ‖ softmax(f/τ))
+         (α = 0 for plain training; the KD/SD loss of the weight-space trainer), in function space:
+         f(X) ← f(X) − (η/n) Θ(X, X_train) ∂loss/∂f(X_train), for ``kernel.steps`` steps.
+  mse    GD on (1/2n)‖f − Y‖² to the same step count, in closed form (kernels.gradient_descent_mse);
+         Y = one-hot, or (1−α)·one-hot + α·softmax(t/τ) for KD/SD.
+  ridge  kernel ridge regression from f0: f = f0 + Θ(·, X)(Θ + r·mean(diag Θ)·I)^{-1}(Y − f0(X)).
+The step is η = ``kernel.lr`` · n / λ_max(Θ_train), so one setting fits every kernel scale (mse is
+stable for ``kernel.lr`` < 2). The traced kernel drops the NTK's off-diagonal output blocks: exact
+for gp (and the infinite-width kernels), an approximation for ntk/ntk_prime, whose cross-check with
+the weight-space backend is a table (results/quick-mnist1d/kernel-function/); for the exact full
+kernel see kernels.gradient_descent_xent (tested equal to weight-space GD).
+
+train_sum: G = c·Σ_l f_l (c = 1/L for ``sum_scale=mean``) is linear in the concatenated weights,
+so its kernel is c²·Σ_l Θ_l and f0 = c·Σ_l f0_l; it reuses the single members' kernels.
+
+Kernels are cached in memory per (kind, model, dataset, init key) for the process, so ntk and
+ntk_prime, and train_sum, compute no kernel twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntk_vs_nn.config import Config, UserError
+from ntk_vs_nn.engine import Members, progress_enabled
+
+INFINITE_FAMILIES = ("ntk_inf", "nngp_inf")
+_KIND = {"ntk": "ntk", "ntk_prime": "ntk", "gp": "gp", "ntk_inf": "ntk_inf", "nngp_inf": "nngp_inf"}
+_OFFSET = {"ntk": True, "ntk_prime": False, "gp": True, "ntk_inf": False, "nngp_inf": False}
+_CACHE: dict = {}
+
+
+def _chunked(fn, x, bs=1000):
+    out = []
+    for i in range(0, len(x), bs):
+        chunk = x[i : i + bs]
+        pad = bs - len(chunk) if len(x) > bs else 0
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+        out.append(np.asarray(fn(jnp.asarray(chunk)))[: len(chunk) - pad])
+    return np.concatenate(out)
+
+
+class FunctionTrainer:
+    """Drop-in for `engine.Trainer` in the protocols: ``fit`` returns `engine.Members` whose
+    variables carry the predictions on every split (``predict_splits``); no weights, no checkpoint."""
+
+    checkpointable = False
+
+    def __init__(self, family: str, model: str, cfg: Config, data, n_sum: int = 1):
+        from ntk_vs_nn.models import build_model
+
+        self.family, self.model, self.cfg, self.data = family, model, cfg, data
+        self.kind = _KIND[family]
+        if cfg.kernel.backend == "nt" and self.kind == "ntk":
+            self.kind = "nt"
+        self.n_sum, self.scale = n_sum, (1.0 / n_sum if cfg.protocol.sum_scale == "mean" else 1.0)
+        self.module = build_model(model, data.num_classes, data.spatial_ndim, cfg.model.norm, cfg.model.groups)
+        self.x_other = np.concatenate([data.x_val, data.x_test])
+        self.progress = progress_enabled(cfg.run.progress)
+
+    # -- kernels -------------------------------------------------------------------------------
+    def _member(self, key):
+        """(Θ_train (n, n), Θ_other (m, n), f0_train (n, k), f0_other (m, k)) of one member."""
+        deterministic = self.kind in INFINITE_FAMILIES
+        kb = b"" if deterministic else np.asarray(jax.random.key_data(key)).tobytes()
+        ck = (self.kind, self.model, id(self.data), self.cfg.model, kb)
+        if ck not in _CACHE:
+            _CACHE[ck] = self._kernel(key)
+        k_tt, k_ot, f0_tr, f0_ot = _CACHE[ck]
+        if not _OFFSET[self.family]:
+            f0_tr, f0_ot = np.zeros_like(f0_tr), np.zeros_like(f0_ot)
+        return k_tt, k_ot, f0_tr, f0_ot
+
+    def _kernel(self, key):
+        x_tr, x_ot, k = self.data.x_train, self.x_other, self.data.num_classes
+        if self.kind in INFINITE_FAMILIES:
+            from ntk_vs_nn import nt_backend
+
+            k_tt, k_ot = nt_backend.infinite_kernels(
+                self.model, k, self.data.spatial_ndim, x_tr, x_ot, kind=self.kind.split("_")[0]
+            )
+            zeros = np.zeros((len(x_tr), k), np.float32), np.zeros((len(x_ot), k), np.float32)
+            return np.asarray(k_tt, np.float32), np.asarray(k_ot, np.float32), *zeros
+        params = self.module.init(key, x_tr[:1])["params"]
+        apply = jax.jit(lambda x: self.module.apply({"params": params}, x))
+        f0_tr, f0_ot = _chunked(apply, x_tr), _chunked(apply, x_ot)
+        f = lambda p, x: self.module.apply({"params": p}, x)  # noqa: E731
+        if self.kind == "gp":
+            from ntk_vs_nn.kernels import head_features
+
+            phi = jax.jit(lambda x: head_features(self.module, params, x))
+            p_tr, p_ot = _chunked(phi, x_tr).astype(np.float64), _chunked(phi, x_ot).astype(np.float64)
+            k_tt, k_ot = p_tr @ p_tr.T + 1.0, p_ot @ p_tr.T + 1.0
+        elif self.kind == "nt":
+            from ntk_vs_nn import nt_backend
+
+            fn = nt_backend.nt_empirical_ntk_fn(f, trace_axes=(-1,))
+            k_tt, k_ot = fn(x_tr, None, params), fn(x_ot, x_tr, params)
+        else:
+            from ntk_vs_nn.kernels import empirical_ntk_fn
+
+            fn = empirical_ntk_fn(f, trace_axes=(-1,), tile_size=self.cfg.kernel.tile_size, progress=self.progress)
+            k_tt, k_ot = fn.train_test(x_tr, x_ot, params)
+        return np.asarray(k_tt, np.float32), np.asarray(k_ot, np.float32), f0_tr, f0_ot
+
+    def _sum_kernel(self, key):
+        if self.n_sum == 1:
+            return self._member(key)
+        parts = [self._member(jax.random.fold_in(key, i)) for i in range(self.n_sum)]
+        c = self.scale
+        return tuple(c ** (2 if j < 2 else 1) * sum(p[j].astype(np.float64) for p in parts) for j in range(4))
+
+    # -- the Trainer interface -----------------------------------------------------------------
+    def fit(self, init_keys, data_keys, x, y, teachers=None, alpha=0.0, tau=1.0, mode=None, desc=""):
+        del data_keys, x, mode, desc  # full-batch and deterministic; x is the data's training set
+        t0 = time.perf_counter()
+        variables, losses = [], []
+        for i, key in enumerate(init_keys):
+            k_tt, k_ot, f0_tr, f0_ot = self._sum_kernel(key)
+            teacher = None if teachers is None else np.asarray(teachers[i], np.float64)
+            f_tr, f_ot, loss = solve(k_tt, k_ot, f0_tr, f0_ot, np.asarray(y), teacher, alpha, tau, self.cfg.kernel)
+            nv = len(self.data.x_val)
+            preds = {"train": f_tr, "val": f_ot[:nv], "test": f_ot[nv:]}
+            variables.append({"params": {}, "state": {}, "preds": {s: p.astype(np.float32) for s, p in preds.items()}})
+            losses.append(loss)
+        return Members(variables, np.asarray(losses, np.float64), time.perf_counter() - t0)
+
+    def predict_splits(self, variables, data) -> dict:
+        return variables["preds"]
+
+
+def _lambda_max(k_tt: np.ndarray) -> float:
+    import scipy.linalg
+
+    n = len(k_tt)
+    return float(scipy.linalg.eigh(k_tt.astype(np.float64), eigvals_only=True, subset_by_index=[n - 1, n - 1])[0])
+
+
+def _targets(y, k, teacher, alpha, tau):
+    onehot = np.eye(k)[y]
+    if teacher is None or alpha == 0:
+        return onehot
+    from scipy.special import softmax
+
+    return (1 - alpha) * onehot + alpha * softmax(teacher / tau, axis=-1)
+
+
+def solve(k_tt, k_ot, f0_tr, f0_ot, y, teacher, alpha, tau, kc):
+    """Function-space training of one model; returns (f_train (n, k), f_other (m, k), losses)."""
+    n, k = f0_tr.shape
+    if not (np.isfinite(k_tt).all() and np.isfinite(k_ot).all()):
+        return np.full_like(f0_tr, np.nan), np.full_like(f0_ot, np.nan), np.array([np.nan])
+    if kc.solver == "ridge":
+        reg = kc.ridge * float(np.mean(np.diag(k_tt)))
+        a = np.linalg.solve(k_tt.astype(np.float64) + reg * np.eye(n), _targets(y, k, teacher, alpha, tau) - f0_tr)
+        f_tr, f_ot = f0_tr + k_tt @ a, f0_ot + k_ot @ a
+        return f_tr, f_ot, np.array([0.5 * np.mean(np.sum((f_tr - _targets(y, k, teacher, alpha, tau)) ** 2, -1))])
+    eta = kc.lr * n / _lambda_max(k_tt)
+    if kc.solver == "mse":
+        from ntk_vs_nn.kernels import gradient_descent_mse
+
+        targets = _targets(y, k, teacher, alpha, tau)
+        predict = gradient_descent_mse(k_tt, targets, learning_rate=eta, n_steps=kc.steps)
+        f_tr, f_ot = predict(f0_tr, f0_ot, k_ot)
+        return f_tr, f_ot, np.array([0.5 * np.mean(np.sum((f_tr - targets) ** 2, -1))])
+    dt = jnp.asarray(k_tt).dtype  # float32 kernels: the whole loop in float32
+    teacher_p = jnp.zeros((n, k), dt) if teacher is None else jax.nn.softmax(jnp.asarray(teacher, dt) / tau)
+    f_tr, f_ot, loss = _xent_gd(
+        jnp.asarray(k_tt, dt), jnp.asarray(k_ot, dt), jnp.asarray(f0_tr, dt), jnp.asarray(f0_ot, dt),
+        jnp.asarray(y), teacher_p, float(alpha if teacher is not None else 0.0), float(tau), float(eta), int(kc.steps),
+    )  # fmt: skip
+    return np.asarray(f_tr, np.float64), np.asarray(f_ot, np.float64), np.asarray(loss, np.float64)
+
+
+@functools.partial(jax.jit, static_argnames=("steps",))
+def _xent_gd(k_tt, k_ot, f_tr, f_ot, y, teacher_p, alpha, tau, eta, steps):
+    """GD on the distillation loss in function space; the loss recorded at 30 evenly spaced steps."""
+    n, k = f_tr.shape
+    onehot = jax.nn.one_hot(y, k, dtype=f_tr.dtype)
+    every = max(steps // 30, 1)
+
+    def loss_and_grad(f):
+        logp, logp_t = jax.nn.log_softmax(f), jax.nn.log_softmax(f / tau)
+        ce = -jnp.sum(onehot * logp, -1)
+        kl = jnp.sum(teacher_p * (jnp.log(jnp.maximum(teacher_p, 1e-30)) - logp_t), -1)
+        loss = jnp.mean((1 - alpha) * ce + alpha * tau**2 * kl)
+        grad = (1 - alpha) * (jnp.exp(logp) - onehot) + alpha * tau * (jnp.exp(logp_t) - teacher_p)
+        return loss, grad
+
+    def body(s, carry):  # the test rows move by K_ot · (sum of the gradients): applied once at the end
+        f_tr, g_sum, losses = carry
+        loss, g = loss_and_grad(f_tr)
+        losses = jax.lax.cond(s % every == 0, lambda: losses.at[s // every].set(loss), lambda: losses)
+        return f_tr - (eta / n) * (k_tt @ g), g_sum + g, losses
+
+    losses = jnp.full(((steps - 1) // every + 2,), jnp.nan, f_tr.dtype)
+    f_tr, g_sum, losses = jax.lax.fori_loop(0, steps, body, (f_tr, jnp.zeros_like(f_tr), losses))
+    return f_tr, f_ot - (eta / n) * (k_ot @ g_sum), losses.at[-1].set(loss_and_grad(f_tr)[0])
+
+
+def check_backend(cfg: Config, family: str) -> None:
+    """One clear error for families the chosen backend cannot solve."""
+    if family in INFINITE_FAMILIES or cfg.kernel.backend != "weights":
+        if family == "nn":
+            raise UserError("kernel.backend=function|nt applies to kernel families, not to nn")

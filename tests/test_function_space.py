@@ -1,0 +1,181 @@
+"""The function-space backend equals weight-space training where both are exact.
+
+The gp family (only the Dense head trains) is linear in its params and its NTK is exactly
+(φφ^T + 1) ⊗ I_k, so the traced kernel the backend uses is exact for it: full-batch gradient
+descent of the gp family's weights with step η (optax.sgd) on cross-entropy, on the KD loss, on MSE,
+and for a train-sum of members, must give the same train and test outputs as `function_space`
+(float64, relative 1e-8). The ntk family's traced kernel is only an approximation (off-diagonal
+output blocks dropped), so for it we check the kernel equals the nn NTK and the protocol runs.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ntk_vs_nn import function_space
+from ntk_vs_nn.config import KernelConfig
+from ntk_vs_nn.engine import distill_loss
+from ntk_vs_nn.families import last_layer, network, summed
+from ntk_vs_nn.function_space import FunctionTrainer, solve
+from ntk_vs_nn.kernels import empirical_ntk_fn
+from ntk_vs_nn.models import build_model
+
+MODEL, STEPS, TOL = "SimpleCNN-3-1", 40, 1e-8
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.fixture(scope="module")
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def weight_space(fam, key, x_tr, x_te, loss_fn, eta, steps):
+    """Full-batch SGD of a family's params; outputs on train and test after ``steps`` steps."""
+    v = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), fam.init(key, x_tr[:1]))
+    opt = optax.sgd(eta)
+    state = opt.init(v["params"])
+
+    @jax.jit
+    def step(p, s):
+        g = jax.grad(lambda q: loss_fn(fam.apply({"params": q, "state": v["state"]}, x_tr)))(p)
+        u, s = opt.update(g, s)
+        return optax.apply_updates(p, u), s
+
+    p = v["params"]
+    for _ in range(steps):
+        p, state = step(p, state)
+    out = lambda x: np.asarray(fam.apply({"params": p, "state": v["state"]}, x))  # noqa: E731
+    return out(x_tr), out(x_te), fam.apply(v, x_tr), fam.apply(v, x_te)
+
+
+def gp_kernel(module, key, x_tr, x_te):
+    from ntk_vs_nn.kernels import head_features
+
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), module.init(key, x_tr[:1])["params"])
+    p_tr = np.asarray(head_features(module, params, x_tr), np.float64)
+    p_te = np.asarray(head_features(module, params, x_te), np.float64)
+    return p_tr @ p_tr.T + 1, p_te @ p_tr.T + 1
+
+
+@pytest.fixture(scope="module")
+def setup(x64, tiny_data):
+    d = tiny_data
+    module = build_model(MODEL, d.num_classes, 1)
+    x_tr, x_te = jnp.asarray(d.x_train, jnp.float64), jnp.asarray(d.x_test, jnp.float64)
+    return module, x_tr, x_te, jnp.asarray(d.y_train)
+
+
+def kc(solver, eta_scale, k_tt, n):
+    """A KernelConfig whose normalised step gives the plain step eta = eta_scale."""
+    lam = function_space._lambda_max(k_tt)
+    return KernelConfig(backend="function", solver=solver, lr=eta_scale * lam / n, steps=STEPS)
+
+
+@pytest.mark.parametrize("case", ["xent", "kd", "mse"])
+def test_gp_weight_space_equals_function_space(setup, case):
+    module, x_tr, x_te, y = setup
+    fam, key, k = last_layer(network(module)), jax.random.key(3), 3
+    n, eta = len(x_tr), 0.5
+    k_tt, k_te = gp_kernel(module, key, x_tr, x_te)
+    teacher = np.asarray(jax.random.normal(jax.random.key(9), (n, k)), np.float64) * 3
+    alpha, tau = (0.7, 2.0) if case == "kd" else (0.0, 1.0)
+    if case == "mse":
+        onehot = jax.nn.one_hot(y, k, dtype=jnp.float64)
+        loss_fn = lambda f: 0.5 * jnp.mean(jnp.sum((f - onehot) ** 2, -1))  # noqa: E731
+    else:
+        loss_fn = lambda f: distill_loss(f, y, jnp.asarray(teacher), alpha, tau)  # noqa: E731
+    w_tr, w_te, f0_tr, f0_te = weight_space(fam, key, x_tr, x_te, loss_fn, eta, STEPS)
+    f_tr, f_te, losses = solve(
+        k_tt,
+        k_te,
+        np.asarray(f0_tr),
+        np.asarray(f0_te),
+        np.asarray(y),
+        teacher if case == "kd" else None,
+        alpha,
+        tau,
+        kc("mse" if case == "mse" else "xent", eta, k_tt, n),
+    )
+    assert rel_err(f_tr, w_tr) < TOL and rel_err(f_te, w_te) < TOL
+    # the check has teeth: a step count off by one, or no training, is far off
+    assert rel_err(f_te, np.asarray(f0_te)) > 1e-3
+    if case != "mse":
+        assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_train_sum_kernel_is_the_scaled_sum_of_member_kernels(setup, tiny_data, tiny_cfg):
+    """Weight-space joint training of G = mean of 3 gp members = function space with c²·ΣΘ_l."""
+    module, x_tr, x_te, y = setup
+    L, n, eta = 3, len(x_tr), 0.5
+    key = jax.random.key(5)
+    fam = summed(last_layer(network(module)), L, "mean")
+    loss_fn = lambda f: distill_loss(f, y, jnp.zeros((n, 3)), 0.0, 1.0)  # noqa: E731
+    w_tr, w_te, f0_tr, f0_te = weight_space(fam, key, x_tr, x_te, loss_fn, eta, STEPS)
+    cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="function", steps=STEPS))
+    trainer = FunctionTrainer("gp", MODEL, cfg, tiny_data, n_sum=L)
+    k_tt, k_ot, g0_tr, g0_ot = trainer._sum_kernel(key)
+    assert rel_err(g0_tr, f0_tr) < 1e-6  # the sum's outputs at init (float32 kernels in the trainer)
+    refs = [gp_kernel(module, jax.random.fold_in(key, i), x_tr, x_te) for i in range(L)]
+    assert rel_err(k_tt, sum(r[0] for r in refs) / L**2) < 1e-6
+    f_tr, f_te, _ = solve(
+        sum(r[0] for r in refs) / L**2,
+        sum(r[1] for r in refs) / L**2,
+        np.asarray(f0_tr),
+        np.asarray(f0_te),
+        np.asarray(y),
+        None,
+        0.0,
+        1.0,
+        kc("xent", eta, sum(r[0] for r in refs) / L**2, n),
+    )
+    assert rel_err(f_tr, w_tr) < TOL and rel_err(f_te, w_te) < TOL
+
+
+def test_trainer_kernels_and_offsets(tiny_data, tiny_cfg):
+    """ntk and ntk_prime share the nn NTK at W0 (computed once); ntk starts at f(W0), ntk′ at 0."""
+    cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="function", steps=20))
+    function_space._CACHE.clear()
+    key = jax.random.key(11)
+    ntk = FunctionTrainer("ntk", MODEL, cfg, tiny_data)._member(key)
+    assert len(function_space._CACHE) == 1
+    prime = FunctionTrainer("ntk_prime", MODEL, cfg, tiny_data)._member(key)
+    assert len(function_space._CACHE) == 1  # reused, not recomputed
+    module = build_model(MODEL, tiny_data.num_classes, 1)
+    params = module.init(key, tiny_data.x_train[:1])["params"]
+    f = lambda p, x: module.apply({"params": p}, x)  # noqa: E731
+    ref = empirical_ntk_fn(f)(tiny_data.x_train, None, params)
+    assert rel_err(ntk[0], ref) < 1e-5 and np.array_equal(ntk[0], prime[0])
+    assert rel_err(ntk[2], f(params, tiny_data.x_train)) < 1e-5
+    assert not prime[2].any() and not prime[3].any()
+    res = FunctionTrainer("ntk", MODEL, cfg, tiny_data).fit([key], [key], tiny_data.x_train, tiny_data.y_train)
+    preds = res.variables[0]["preds"]
+    assert {s: p.shape for s, p in preds.items()} == {
+        "train": (len(tiny_data.x_train), 3),
+        "val": (len(tiny_data.x_val), 3),
+        "test": (len(tiny_data.x_test), 3),
+    }
+    assert res.losses[0, -1] < res.losses[0, 0]
+
+
+def test_ridge_is_kernel_ridge_from_f0(setup):
+    """f = f0 + Θ(·, X)(Θ + r·mean(diag Θ)·I)^{-1}(Y − f0(X)), via kernels.kernel_ridge on Y − f0."""
+    from ntk_vs_nn.kernels import kernel_ridge
+
+    module, x_tr, x_te, y = setup
+    k_tt, k_te = gp_kernel(module, jax.random.key(3), x_tr, x_te)
+    rs = np.random.RandomState(0)
+    f0_tr, f0_te = rs.randn(len(x_tr), 3), rs.randn(len(x_te), 3)
+    onehot = np.eye(3)[np.asarray(y)]
+    cfg = KernelConfig(backend="function", solver="ridge", ridge=0.1)
+    f_tr, f_te, _ = solve(k_tt, k_te, f0_tr, f0_te, np.asarray(y), None, 0.0, 1.0, cfg)
+    r_tr, r_te = kernel_ridge(k_tt, onehot - f0_tr, k_te, ridge=0.1 * np.mean(np.diag(k_tt)))
+    assert rel_err(f_tr, f0_tr + r_tr) < TOL and rel_err(f_te, f0_te + r_te) < TOL
