@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk_vs_nn.config import Config, UserError
+from ntk_vs_nn.config import Config
 from ntk_vs_nn.engine import Members, progress_enabled
 
 INFINITE_FAMILIES = ("ntk_inf", "nngp_inf")
@@ -135,25 +135,40 @@ class FunctionTrainer:
         del data_keys, x, mode, desc  # full-batch and deterministic; x is the data's training set
         t0 = time.perf_counter()
         variables, losses = [], []
+        nv = len(self.data.x_val)
         for i, key in enumerate(init_keys):
             k_tt, k_ot, f0_tr, f0_ot = self._sum_kernel(key)
             teacher = None if teachers is None else np.asarray(teachers[i], np.float64)
-            f_tr, f_ot, loss = solve(k_tt, k_ot, f0_tr, f0_ot, np.asarray(y), teacher, alpha, tau, self.cfg.kernel)
-            nv = len(self.data.x_val)
+            eig = _EIG.get(id(k_tt))
+            if eig is None and self.cfg.kernel.solver != "ridge":
+                eig = _eigh(k_tt, None)
+                if self.n_sum == 1:  # a cached member kernel: ntk_prime and the students reuse it
+                    _EIG[id(k_tt)] = eig
+            f_tr, f_ot, loss, steps = solve(
+                k_tt, k_ot, f0_tr, f0_ot, np.asarray(y), teacher, alpha, tau, self.cfg.kernel, self.data.y_val, eig
+            )
             preds = {"train": f_tr, "val": f_ot[:nv], "test": f_ot[nv:]}
-            variables.append({"params": {}, "state": {}, "preds": {s: p.astype(np.float32) for s, p in preds.items()}})
+            preds = {s: p.astype(np.float32) for s, p in preds.items()}
+            variables.append({"params": {}, "state": {}, "steps": steps, "preds": preds})
             losses.append(loss)
+        width = max(len(v) for v in losses)
+        losses = [np.pad(v, (width - len(v), 0), mode="edge") for v in losses]
         return Members(variables, np.asarray(losses, np.float64), time.perf_counter() - t0)
 
     def predict_splits(self, variables, data) -> dict:
         return variables["preds"]
 
 
-def _lambda_max(k_tt: np.ndarray) -> float:
-    import scipy.linalg
+_EIG: dict = {}  # id(cached kernel) -> its eigendecomposition (kernels live in _CACHE, ids stay valid)
+AUTO_STEPS = tuple(int(10**e) for e in np.arange(0, 6.01, 0.5))  # mse: t grid for kernel.steps = 0
+XENT_DEFAULT_STEPS = 3000
 
-    n = len(k_tt)
-    return float(scipy.linalg.eigh(k_tt.astype(np.float64), eigvals_only=True, subset_by_index=[n - 1, n - 1])[0])
+
+def _eigh(k_tt, eig):
+    if eig is not None:
+        return eig
+    k = np.asarray(k_tt, np.float64)
+    return np.linalg.eigh((k + k.T) / 2)
 
 
 def _targets(y, k, teacher, alpha, tau):
@@ -165,31 +180,62 @@ def _targets(y, k, teacher, alpha, tau):
     return (1 - alpha) * onehot + alpha * softmax(teacher / tau, axis=-1)
 
 
-def solve(k_tt, k_ot, f0_tr, f0_ot, y, teacher, alpha, tau, kc):
-    """Function-space training of one model; returns (f_train (n, k), f_other (m, k), losses)."""
+def solve(k_tt, k_ot, f0_tr, f0_ot, y, teacher, alpha, tau, kc, y_val=None, eig=None):
+    """Function-space training of one model.
+
+    Args:
+      k_tt (n, n), k_ot (m, n): traced kernels; the first ``len(y_val)`` rows of k_ot are the
+        validation points (used only when ``kc.steps == 0`` to pick the mse training time).
+      f0_tr, f0_ot: outputs at init. y: (n,) labels. teacher: (n, k) logits or None.
+      alpha, tau: distillation weight and temperature. kc: `KernelConfig`.
+      eig: the eigendecomposition of k_tt, if known.
+
+    Returns:
+      (f_train (n, k), f_other (m, k), losses (T,), steps used (int; 0 for ridge)).
+    """
     n, k = f0_tr.shape
     if not (np.isfinite(k_tt).all() and np.isfinite(k_ot).all()):
-        return np.full_like(f0_tr, np.nan), np.full_like(f0_ot, np.nan), np.array([np.nan])
+        nan = np.full_like(f0_tr, np.nan), np.full_like(f0_ot, np.nan)
+        return *nan, np.array([np.nan]), 0
+    targets = _targets(y, k, teacher, alpha, tau)
+    mse = lambda f: np.array([0.5 * np.mean(np.sum((f - targets) ** 2, -1))])  # noqa: E731
     if kc.solver == "ridge":
         reg = kc.ridge * float(np.mean(np.diag(k_tt)))
-        a = np.linalg.solve(k_tt.astype(np.float64) + reg * np.eye(n), _targets(y, k, teacher, alpha, tau) - f0_tr)
+        a = np.linalg.solve(np.asarray(k_tt, np.float64) + reg * np.eye(n), targets - f0_tr)
         f_tr, f_ot = f0_tr + k_tt @ a, f0_ot + k_ot @ a
-        return f_tr, f_ot, np.array([0.5 * np.mean(np.sum((f_tr - _targets(y, k, teacher, alpha, tau)) ** 2, -1))])
-    eta = kc.lr * n / _lambda_max(k_tt)
+        return f_tr, f_ot, mse(f_tr), 0
     if kc.solver == "mse":
         from ntk_vs_nn.kernels import gradient_descent_mse
 
-        targets = _targets(y, k, teacher, alpha, tau)
-        predict = gradient_descent_mse(k_tt, targets, learning_rate=eta, n_steps=kc.steps)
-        f_tr, f_ot = predict(f0_tr, f0_ot, k_ot)
-        return f_tr, f_ot, np.array([0.5 * np.mean(np.sum((f_tr - targets) ** 2, -1))])
+        evals, evecs = eig = _eigh(k_tt, eig)
+        eta = kc.lr * n / float(evals[-1])
+        grid = (kc.steps,) if kc.steps > 0 else AUTO_STEPS
+        best = None
+        nv = 0 if y_val is None else len(y_val)
+        for steps in grid:  # one eigendecomposition, any number of training times
+            predict = gradient_descent_mse(k_tt, targets, learning_rate=eta, n_steps=steps, eigh=eig)
+            f_tr, f_ot = predict(f0_tr, f0_ot, k_ot)
+            score = np.mean(np.argmax(f_ot[:nv], -1) == y_val) if nv else 0.0
+            if best is None or score > best[0]:
+                best = (score, f_tr, f_ot, steps)
+        _, f_tr, f_ot, steps = best
+        return f_tr, f_ot, mse(f_tr), steps
+    eta = kc.lr * n / float(_eigh(k_tt, eig)[0][-1] if eig is not None else _lambda_max(k_tt))
+    steps = kc.steps or XENT_DEFAULT_STEPS
     dt = jnp.asarray(k_tt).dtype  # float32 kernels: the whole loop in float32
     teacher_p = jnp.zeros((n, k), dt) if teacher is None else jax.nn.softmax(jnp.asarray(teacher, dt) / tau)
     f_tr, f_ot, loss = _xent_gd(
         jnp.asarray(k_tt, dt), jnp.asarray(k_ot, dt), jnp.asarray(f0_tr, dt), jnp.asarray(f0_ot, dt),
-        jnp.asarray(y), teacher_p, float(alpha if teacher is not None else 0.0), float(tau), float(eta), int(kc.steps),
+        jnp.asarray(y), teacher_p, float(alpha if teacher is not None else 0.0), float(tau), float(eta), int(steps),
     )  # fmt: skip
-    return np.asarray(f_tr, np.float64), np.asarray(f_ot, np.float64), np.asarray(loss, np.float64)
+    return np.asarray(f_tr, np.float64), np.asarray(f_ot, np.float64), np.asarray(loss, np.float64), steps
+
+
+def _lambda_max(k_tt: np.ndarray) -> float:
+    import scipy.linalg
+
+    n = len(k_tt)
+    return float(scipy.linalg.eigh(k_tt.astype(np.float64), eigvals_only=True, subset_by_index=[n - 1, n - 1])[0])
 
 
 @functools.partial(jax.jit, static_argnames=("steps",))
@@ -216,10 +262,3 @@ def _xent_gd(k_tt, k_ot, f_tr, f_ot, y, teacher_p, alpha, tau, eta, steps):
     losses = jnp.full(((steps - 1) // every + 2,), jnp.nan, f_tr.dtype)
     f_tr, g_sum, losses = jax.lax.fori_loop(0, steps, body, (f_tr, jnp.zeros_like(f_tr), losses))
     return f_tr, f_ot - (eta / n) * (k_ot @ g_sum), losses.at[-1].set(loss_and_grad(f_tr)[0])
-
-
-def check_backend(cfg: Config, family: str) -> None:
-    """One clear error for families the chosen backend cannot solve."""
-    if family in INFINITE_FAMILIES or cfg.kernel.backend != "weights":
-        if family == "nn":
-            raise UserError("kernel.backend=function|nt applies to kernel families, not to nn")

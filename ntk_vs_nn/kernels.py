@@ -330,7 +330,12 @@ def _vec(y, full: bool) -> np.ndarray:
 
 
 def gradient_descent_mse(
-    k_train_train, y_train, learning_rate: float, n_steps: int | None = None, t: float | None = None
+    k_train_train,
+    y_train,
+    learning_rate: float,
+    n_steps: int | None = None,
+    t: float | None = None,
+    eigh: tuple | None = None,
 ) -> Callable:
     """Closed-form predictions of a linear-in-weights model under full-batch GD on MSE.
 
@@ -346,6 +351,8 @@ def gradient_descent_mse(
       y_train: (n, k) targets.
       learning_rate: η.
       n_steps, t: discrete GD steps, or gradient-flow time (may be ``np.inf``); give exactly one.
+      eigh: ``(evals, evecs)`` of the (flattened, symmetrised) kernel if already known, so that many
+        times or targets on one kernel cost one decomposition.
 
     Returns:
       ``predict(fx_train_0 (n, k), fx_test_0 (m, k) | None = None, k_test_train (m, n[, k, k]) | None
@@ -355,7 +362,7 @@ def gradient_descent_mse(
         raise ValueError("give exactly one of n_steps (discrete GD) and t (gradient flow)")
     full = np.ndim(k_train_train) == 4
     mat = _mat(k_train_train)
-    evals, evecs = np.linalg.eigh((mat + mat.T) / 2)
+    evals, evecs = np.linalg.eigh((mat + mat.T) / 2) if eigh is None else eigh
     n = np.shape(y_train)[0]
     x = learning_rate * evals / n
     cut = len(evals) * np.finfo(np.float64).eps * max(evals.max(), 0.0) if t == np.inf else 0.0

@@ -191,6 +191,8 @@ class Row:
                 preds = {s: trainer.predict(v, getattr(self.data, f"x_{s}")) for s in SPLITS}
             ok = metrics.finite(res.losses[slot], *preds.values())
             m = {"final_loss": float(res.losses[slot, -1])}
+            if "steps" in v:  # function space: the training time used (mse: picked on validation)
+                m["kernel_steps"] = int(v["steps"])
             if ok:
                 for s in SPLITS:
                     y = getattr(self.data, f"y_{s}")

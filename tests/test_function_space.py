@@ -94,7 +94,7 @@ def test_gp_weight_space_equals_function_space(setup, case):
     else:
         loss_fn = lambda f: distill_loss(f, y, jnp.asarray(teacher), alpha, tau)  # noqa: E731
     w_tr, w_te, f0_tr, f0_te = weight_space(fam, key, x_tr, x_te, loss_fn, eta, STEPS)
-    f_tr, f_te, losses = solve(
+    f_tr, f_te, losses, _ = solve(
         k_tt,
         k_te,
         np.asarray(f0_tr),
@@ -126,7 +126,7 @@ def test_train_sum_kernel_is_the_scaled_sum_of_member_kernels(setup, tiny_data, 
     assert rel_err(g0_tr, f0_tr) < 1e-6  # the sum's outputs at init (float32 kernels in the trainer)
     refs = [gp_kernel(module, jax.random.fold_in(key, i), x_tr, x_te) for i in range(L)]
     assert rel_err(k_tt, sum(r[0] for r in refs) / L**2) < 1e-6
-    f_tr, f_te, _ = solve(
+    f_tr, f_te, _, _ = solve(
         sum(r[0] for r in refs) / L**2,
         sum(r[1] for r in refs) / L**2,
         np.asarray(f0_tr),
@@ -142,7 +142,7 @@ def test_train_sum_kernel_is_the_scaled_sum_of_member_kernels(setup, tiny_data, 
 
 def test_trainer_kernels_and_offsets(tiny_data, tiny_cfg):
     """ntk and ntk_prime share the nn NTK at W0 (computed once); ntk starts at f(W0), ntk′ at 0."""
-    cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="function", steps=20))
+    cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="function", solver="xent", steps=20))
     function_space._CACHE.clear()
     key = jax.random.key(11)
     ntk = FunctionTrainer("ntk", MODEL, cfg, tiny_data)._member(key)
@@ -176,6 +176,24 @@ def test_ridge_is_kernel_ridge_from_f0(setup):
     f0_tr, f0_te = rs.randn(len(x_tr), 3), rs.randn(len(x_te), 3)
     onehot = np.eye(3)[np.asarray(y)]
     cfg = KernelConfig(backend="function", solver="ridge", ridge=0.1)
-    f_tr, f_te, _ = solve(k_tt, k_te, f0_tr, f0_te, np.asarray(y), None, 0.0, 1.0, cfg)
+    f_tr, f_te, _, _ = solve(k_tt, k_te, f0_tr, f0_te, np.asarray(y), None, 0.0, 1.0, cfg)
     r_tr, r_te = kernel_ridge(k_tt, onehot - f0_tr, k_te, ridge=0.1 * np.mean(np.diag(k_tt)))
     assert rel_err(f_tr, f0_tr + r_tr) < TOL and rel_err(f_te, f0_te + r_te) < TOL
+
+
+def test_mse_auto_steps_picks_the_best_validation_time(setup, tiny_data):
+    """kernel.steps = 0: the training time of the grid with the best validation accuracy (first on ties)."""
+    module, x_tr, x_te, y = setup
+    d = tiny_data
+    x_ot = jnp.concatenate([jnp.asarray(d.x_val, jnp.float64), x_te])
+    k_tt, k_ot = gp_kernel(module, jax.random.key(3), x_tr, x_ot)
+    f0_tr, f0_ot = np.zeros((len(x_tr), 3)), np.zeros((len(x_ot), 3))
+    args = (k_tt, k_ot, f0_tr, f0_ot, np.asarray(y), None, 0.0, 1.0)
+    auto = solve(*args, KernelConfig(backend="function", solver="mse", steps=0), d.y_val)
+    nv = len(d.y_val)
+    scores = {}
+    for s in function_space.AUTO_STEPS:
+        _, f_ot, _, _ = solve(*args, KernelConfig(backend="function", solver="mse", steps=s))
+        scores[s] = np.mean(np.argmax(f_ot[:nv], -1) == d.y_val)
+    assert auto[3] == max(scores, key=lambda s: (scores[s], -s))
+    assert len(set(scores.values())) > 1  # the grid matters on this problem
