@@ -526,6 +526,34 @@ def _provenance_markdown(cfg: dict, info: dict) -> str:
     return "\n".join(["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
 
 
+def backend_markdown(weights: pd.DataFrame, function: pd.DataFrame) -> str:
+    """Weight-space vs function-space kernel tables, cell by cell, against the seed noise.
+
+    For each (model, family, protocol) present in both: the weights-backend accuracy (single: best
+    member, as the table), the function-backend accuracy, their difference, and whether it lies within
+    2σ of the weights-backend single members (σ = their std), the seed noise of one member.
+    """
+    lines = [
+        "| model | family | protocol | weights | function | function − weights | 2σ (weights singles) | within |",
+        "|" + " --- |" * 8,
+    ]
+    w = {(r["model"], r["family"], r["protocol"]): r for _, r in weights.iterrows()}
+    for _, f in function.iterrows():
+        key = (f["model"], f["family"], f["protocol"])
+        if key not in w or key[1] in ("ntk_inf", "nngp_inf"):
+            continue
+        r, single = w[key], w.get((key[0], key[1], "single"))
+        pick = "acc_best" if key[2] == "single" else "acc_mean"
+        a, b = r[pick], f[pick]
+        noise = 2 * single["acc_std"] if single is not None else float("nan")
+        if _nan(a) or _nan(b):
+            continue
+        d = b - a
+        within = "yes" if abs(d) <= noise else "no"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {a:.2f} | {b:.2f} | {d:+.2f} | {noise:.2f} | {within} |")
+    return "\n".join(lines)
+
+
 def report_markdown(
     run: RunData, paper_tidy: pd.DataFrame, paper_msgs: pd.DataFrame, ours_msgs: pd.DataFrame, figures: dict
 ) -> str:
@@ -592,6 +620,22 @@ def report_markdown(
         else:
             why = "different dataset" if not same_data else "no model in common"
             lines += [f"None: no row of the paper has our setting ({why}).", ""]
+    fn_path = os.path.join(run.out_dir, "kernel-function", "table_ntk.csv")
+    if "ntk" in run.tables and os.path.isfile(fn_path):
+        fn = pd.read_csv(fn_path, dtype={"acc_by_size": str})
+        lines += [
+            "## Kernel backends: weight space vs function space",
+            "",
+            "The same kernel families solved two ways (PROTOCOLS §1): trained in weight space like the nets "
+            "(this table_ntk), and in function space on the empirical kernel (`kernel.backend=function`, "
+            "`kernel-function/table_ntk.md`). The two use different losses and optimisers (weights: the "
+            "nets' optimiser on cross-entropy; function: the configured kernel.solver), so they agree only "
+            "as well as their training budgets match; the last column says whether each cell is within 2σ "
+            "of the weight-space singles.",
+            "",
+            backend_markdown(run.tables["ntk"], fn),
+            "",
+        ]
     lines += [
         "## Messages ①–⑦: ours vs the paper",
         "",

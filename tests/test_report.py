@@ -253,3 +253,28 @@ def test_markdown_to_html_subset():
     html = markdown_to_html("# T `x`\n\npara **b** <i>\nmore\n\n| a | b |\n| --- | --- |\n| 1 | 2 |\n\n- one\n- two\n")
     assert "<h1>T <code>x</code></h1>" in html and "<p>para <strong>b</strong> &lt;i&gt; more</p>" in html
     assert "<th>a</th><th>b</th>" in html and "<td>1</td><td>2</td>" in html and "<li>two</li>" in html
+
+
+def test_backend_comparison_cells_and_noise():
+    from ntk_vs_nn.report import backend_markdown
+
+    def table(single_best, std, ens):
+        return pd.DataFrame(
+            [
+                dict(
+                    model="M",
+                    family="ntk",
+                    protocol="single",
+                    acc_mean=single_best - 1,
+                    acc_std=std,
+                    acc_best=single_best,
+                ),
+                dict(model="M", family="ntk", protocol="ensemble", acc_mean=ens, acc_std=float("nan"), acc_best=ens),
+            ]
+        )
+
+    md = backend_markdown(table(70.0, 1.5, 80.0), table(71.0, 9.0, 75.0))
+    rows = [line for line in md.splitlines() if line.startswith("| M |")]
+    # single compares the best member (+1.00, inside 2σ = 3.00 of the weights singles); ensemble -5.00 is outside
+    assert rows[0].split(" | ")[3:] == ["70.00", "71.00", "+1.00", "3.00", "yes |"]
+    assert rows[1].split(" | ")[3:] == ["80.00", "75.00", "-5.00", "3.00", "no |"]
