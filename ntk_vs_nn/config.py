@@ -166,6 +166,14 @@ class Config:
 
     def science_hash(self) -> str:
         """Hash of everything that changes the numbers (not the table layout or execution)."""
+        return self._hash(legacy=False)
+
+    def science_hashes(self) -> tuple[str, ...]:
+        """The hash, then the older form that left out fields added later (`_ADDED_LATER`) while
+        they hold their neutral value: records of either form belong to this config."""
+        return tuple(dict.fromkeys((self._hash(legacy=False), self._hash(legacy=True))))
+
+    def _hash(self, legacy: bool) -> str:
         d = self.to_dict()
         for key in ("preset", "table", "messages"):
             d.pop(key)
@@ -174,16 +182,22 @@ class Config:
             d.pop("kernel")
         else:
             d["kernel"].pop("tile_size")
-        for (section, name), neutral in _ADDED_LATER.items():  # hashes of older runs stay valid
-            if d.get(section, {}).get(name, None) == neutral:
-                d[section].pop(name)
+        if legacy:
+            for (section, name), neutral in _ADDED_LATER.items():
+                if d.get(section, {}).get(name, None) == neutral:
+                    d[section].pop(name)
         blob = json.dumps(d, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-# Fields added after results were first recorded, with the value that reproduces the older
-# behaviour: at that value they are left out of the science hash, so existing records still match.
-_ADDED_LATER: dict[tuple[str, str], object] = {}
+# Fields added after results were first recorded (results/quick-mnist1d, commit 9b9151a), with the
+# value that reproduces the older behaviour: the legacy hash leaves them out at that value.
+_ADDED_LATER: dict[tuple[str, str], object] = {
+    ("data", "source"): "auto",
+    ("data", "data_dir"): "",
+    ("train", "augment"): "none",
+    ("train", "augment_kernels"): False,
+}
 
 
 def _check_choice(name, value, choices):

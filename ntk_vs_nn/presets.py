@@ -100,7 +100,8 @@ def from_dict(d: dict) -> Config:
         for f in dataclasses.fields(Config):
             if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
                 typ = f.default_factory
-                vals = {k: tuple(v) if isinstance(v, list) else v for k, v in d[f.name].items()}
+                # a section saved by an older version may lack fields added since: their defaults
+                vals = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get(f.name, {}).items()}
                 sections[f.name] = typ(**vals)
             else:
                 sections[f.name] = d[f.name]

@@ -118,6 +118,8 @@ class Row:
 
     def _done(self, protocol, member):
         rec = self.known.get(self._unit(protocol, member))
+        for h in self.cfg.science_hashes()[1:]:  # a unit recorded under the legacy hash counts too
+            rec = rec or self.known.get(unit_id(h, self.family_name, self.model, protocol, member))
         if rec is None or rec["status"] not in ("ok", "diverged"):
             return None
         preds = self.store.load_predictions(rec["unit"]) if rec["status"] == "ok" else {}

@@ -107,7 +107,9 @@ def config_hash(cfg: dict, records: list) -> str:
     from ntk_vs_nn.presets import from_dict
 
     try:
-        return from_dict(cfg).science_hash()
+        forms = from_dict(cfg).science_hashes()
+        present = {r.get("config_hash") for r in records}
+        return next((h for h in forms if h in present), forms[0])
     except (UserError, TypeError, ValueError, KeyError):
         hashes = Counter(r.get("config_hash") for r in records)
         return hashes.most_common(1)[0][0] if hashes else "unknown"

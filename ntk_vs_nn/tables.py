@@ -52,13 +52,14 @@ def _stats(accs):
     return float(np.mean(accs)), std, float(np.max(accs))
 
 
-def tidy(records: list[dict], config_hash: str, families, models, members: int, sd_students: int) -> pd.DataFrame:
-    """The tidy table of ``families`` x ``models`` for one config hash."""
+def tidy(records: list[dict], config_hash, families, models, members: int, sd_students: int) -> pd.DataFrame:
+    """The tidy table of ``families`` x ``models`` for one config hash (or a tuple of its forms)."""
+    hashes = (config_hash,) if isinstance(config_hash, str) else tuple(config_hash)
     by = {}
     for r in records:
-        if r.get("config_hash") == config_hash:
+        if r.get("config_hash") in hashes:
             by.setdefault((r["family"], r["model"], r["protocol"]), {})[str(r["member"])] = r
-    dataset = next((r["dataset"] for r in records if r.get("config_hash") == config_hash), "")
+    dataset = next((r["dataset"] for r in records if r.get("config_hash") in hashes), "")
     rows = []
     for model in models:
         for fam in families:

@@ -128,3 +128,34 @@ def test_science_hash_ignores_table_layout_and_execution(item):
 
 def test_science_hash_is_stable_across_instances():
     assert Config().science_hash() == Config().science_hash()
+
+
+def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
+    import dataclasses
+
+    from ntk_vs_nn.config import Config
+
+    cfg = Config()
+    new, legacy = cfg.science_hashes()
+    assert new == cfg.science_hash() and legacy != new
+    # a non-neutral value of a later field changes both forms (it changes the numbers)
+    tfds = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="tfds"))
+    assert set(tfds.science_hashes()).isdisjoint(cfg.science_hashes())
+    # the kernel section only enters the hash when a kernel backend other than weights is chosen
+    tiles = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, steps=5))
+    assert tiles.science_hashes() == cfg.science_hashes()
+    fn = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, backend="function"))
+    assert fn.science_hash() != cfg.science_hash()
+    assert (
+        dataclasses.replace(fn, kernel=dataclasses.replace(fn.kernel, tile_size=7)).science_hash() == fn.science_hash()
+    )
+
+
+def test_saved_config_of_an_older_version_loads_with_defaults():
+    from ntk_vs_nn.config import Config
+    from ntk_vs_nn.presets import from_dict
+
+    d = Config().to_dict()
+    d.pop("kernel")
+    d["data"].pop("source")
+    assert from_dict(d) == Config()
