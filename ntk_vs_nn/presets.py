@@ -33,7 +33,7 @@ def smoke() -> Config:
 def fmnist() -> Config:
     """Fashion-MNIST, 10,000 training images (1,000 validate), the full 10,000 test images,
     SimpleCNN-4-1 (2-D, 3 convolutions of 16/32/64 channels), 5 epochs; kernel families ntk and gp
-    (ntk_prime tracked ntk within 0.4 points in every quick run, and a third kernel row does not fit
+    (ntk_prime tracked ntk within 0.4 points in every cell of the quick MNIST-1D run; a third row does not fit
     the CPU budget; add it with --set table.ntk_families=ntk,ntk_prime,gp). Sized from a measured
     epoch (4,500 images: nn 2.1 s, ntk 2.8 s on the 2-core CPU) to about 36 min for both tables;
     the committed run (results/fmnist-fashion_mnist) took longer because it shared the CPU."""
