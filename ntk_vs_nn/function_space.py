@@ -97,7 +97,13 @@ class FunctionTrainer:
             from ntk_vs_nn import nt_backend
 
             k_tt, k_ot = nt_backend.infinite_kernels(
-                self.model, k, self.data.spatial_ndim, x_tr, x_ot, kind=self.kind.split("_")[0]
+                self.model,
+                k,
+                self.data.spatial_ndim,
+                x_tr,
+                x_ot,
+                kind=self.kind.split("_")[0],
+                norm=self.cfg.model.norm,
             )
             zeros = np.zeros((len(x_tr), k), np.float32), np.zeros((len(x_ot), k), np.float32)
             return np.asarray(k_tt, np.float32), np.asarray(k_ot, np.float32), *zeros

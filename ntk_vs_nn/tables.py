@@ -81,6 +81,8 @@ def tidy(records: list[dict], config_hash, families, models, members: int, sd_st
                 )
                 if protocol in ("single", "sd"):
                     expected = members if protocol == "single" else sd_students
+                    if fam in ("ntk_inf", "nngp_inf") and protocol == "single":  # deterministic: one member
+                        expected = 1
                     recs = get(protocol)
                     ok = [r for r in recs if r["status"] == "ok"]
                     row["acc_mean"], row["acc_std"], row["acc_best"] = _stats([r["metrics"]["acc"] for r in ok])
