@@ -10,7 +10,7 @@ OUT     ?= results/$(PRESET)-$(DATASET)
 SET     ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install install-nt table-nn table-ntk tables messages report data-fashion-mnist test lint bench clean table-gaussian table-channels table-multiview
+.PHONY: install install-nt table-nn table-ntk tables messages report data-fashion-mnist test lint bench clean table-gaussian table-channels
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,10 @@ data-fashion-mnist:
 report: $(STAMP)
 	$(PY) -m ntk_vs_nn report --out $(OUT)
 
-test: $(STAMP)
+install-nt: $(STAMP)
+	bash scripts/install_nt.sh $(VENV)
+
+test: $(STAMP) install-nt
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

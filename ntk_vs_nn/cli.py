@@ -64,13 +64,13 @@ def write_outputs(cfg, out: str) -> dict:
     from ntk_vs_nn.results import Store, atomic_write
 
     records = Store(out).records()
-    h = cfg.science_hash()
+    h, hashes = cfg.science_hash(), cfg.science_hashes()
     frames, written = [], {}
     for which in TABLES:
         families, models = _families(cfg, which)
-        if not any(r.get("config_hash") == h and r["family"] in families for r in records):
+        if not any(r.get("config_hash") in hashes and r["family"] in families for r in records):
             continue
-        df = tables.tidy(records, h, families, models, cfg.protocol.members, cfg.sd_students)
+        df = tables.tidy(records, hashes, families, models, cfg.protocol.members, cfg.sd_students)
         header = (
             f"Dataset `{cfg.dataset}`, preset `{cfg.preset}`, config `{h}`, "
             f"L = {cfg.protocol.members}, S = {cfg.sd_students}, seed {cfg.run.seed}. "

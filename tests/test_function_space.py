@@ -197,3 +197,30 @@ def test_mse_auto_steps_picks_the_best_validation_time(setup, tiny_data):
         scores[s] = np.mean(np.argmax(f_ot[:nv], -1) == d.y_val)
     assert auto[3] == max(scores, key=lambda s: (scores[s], -s))
     assert len(set(scores.values())) > 1  # the grid matters on this problem
+
+
+def test_infinite_width_row_is_one_deterministic_member(tmp_path, tiny_data, tiny_cfg):
+    """ntk_inf: one member solved on the stax kernel; the other protocols are recorded as skipped."""
+    from ntk_vs_nn import nt_backend
+    from ntk_vs_nn.protocols import run_row
+    from ntk_vs_nn.results import Store
+
+    if not nt_backend.available():
+        pytest.skip("neural-tangents not installed (make install-nt)")
+    cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="weights", solver="ridge"))
+    store = Store.prepare(str(tmp_path))
+    run_row("ntk_inf", MODEL, cfg, tiny_data, store, {})
+    recs = {(r["protocol"], str(r["member"])): r for r in store.records()}
+    assert recs[("single", "0")]["status"] == "ok" and recs[("single", "0")]["backend"] == "function"
+    assert ("single", "1") not in recs
+    assert recs[("ensemble", "all")]["metrics"]["acc"] == recs[("single", "0")]["metrics"]["acc"]
+    assert all(recs[(p, "0")]["status"] == "skipped" for p in ("train_sum", "kd", "sd"))
+    # the prediction is kernel ridge on the infinite-width kernel from f0 = 0
+    k_tt, k_ot = nt_backend.infinite_kernels(
+        MODEL, 3, 1, tiny_data.x_train, np.concatenate([tiny_data.x_val, tiny_data.x_test]), kind="ntk"
+    )
+    reg = cfg.kernel.ridge * np.mean(np.diag(k_tt))
+    a = np.linalg.solve(k_tt + reg * np.eye(len(k_tt)), np.eye(3)[tiny_data.y_train])
+    test = (k_ot @ a)[len(tiny_data.x_val) :]
+    acc = 100 * np.mean(np.argmax(test, -1) == tiny_data.y_test)
+    assert recs[("single", "0")]["metrics"]["acc"] == pytest.approx(acc)
