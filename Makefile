@@ -10,7 +10,7 @@ OUT     ?= results/$(PRESET)-$(DATASET)
 SET     ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install install-nt table-nn table-ntk tables messages report data-fashion-mnist test lint bench clean table-gaussian table-channels
+.PHONY: install install-nt test-nt table-nn table-ntk tables messages report data-fashion-mnist test lint bench clean table-gaussian table-channels
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -46,17 +46,21 @@ report: $(STAMP)
 install-nt: $(STAMP)
 	bash scripts/install_nt.sh $(VENV)
 
+test-nt: install-nt
+	VENV=$(VENV) bash scripts/test_nt.sh
+
 test: $(STAMP) install-nt
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ntk_vs_nn tests benchmarks
 
-bench: $(STAMP)
+bench: $(STAMP) install-nt
 	cd benchmarks && ../$(PY) ensemble_members.py
 	cd benchmarks && ../$(PY) linearized_step.py
 	cd benchmarks && ../$(PY) train_throughput.py
 	cd benchmarks && ../$(PY) kernels_impl.py
+	cd benchmarks && ../$(PY) kernels.py
 	cd benchmarks && ../$(PY) quick_tables_wall.py
 	cd benchmarks && ../$(PY) summary.py
 
