@@ -10,7 +10,7 @@ OUT     ?= results/$(PRESET)-$(DATASET)
 SET     ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install install-nt test-nt table-nn table-ntk tables messages report data-fashion-mnist test lint bench clean table-gaussian table-channels
+.PHONY: install install-nt test-nt table-nn table-ntk tables messages report data-fashion-mnist test lint bench clean table-gaussian table-channels table-multiview
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ tables: table-nn table-ntk
 
 messages: $(STAMP)
 	$(PY) -m ntk_vs_nn messages --out $(OUT) $(SETARGS)
+
+table-multiview: $(STAMP)
+	$(PY) -m ntk_vs_nn.multiview --out results/multiview $(SETARGS)
 
 table-gaussian: $(STAMP)
 	$(PY) -m ntk_vs_nn.gaussian --out results/gaussian $(SETARGS)
