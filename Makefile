@@ -20,6 +20,16 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+# optional extras, each installed once (a stamp): Ray for --executor ray (make test runs its tests),
+# torch for benchmarks/peer_pytorch.py only
+$(VENV)/.installed-ray: $(STAMP)
+	$(VENV)/bin/pip install -q -c requirements.lock -e ".[ray]"
+	touch $@
+
+$(VENV)/.installed-bench: $(STAMP)
+	$(VENV)/bin/pip install -q -c requirements.lock -e ".[bench]"
+	touch $@
+
 table-nn: $(STAMP)
 	$(PY) -m ntk_vs_nn table nn --preset $(PRESET) --dataset $(DATASET) --out $(OUT) $(SETARGS)
 
@@ -52,18 +62,19 @@ install-nt: $(STAMP)
 test-nt: install-nt
 	VENV=$(VENV) bash scripts/test_nt.sh
 
-test: $(STAMP) install-nt
+test: $(STAMP) install-nt $(VENV)/.installed-ray
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ntk_vs_nn tests benchmarks
 
-bench: $(STAMP) install-nt
+bench: $(STAMP) install-nt $(VENV)/.installed-bench
 	cd benchmarks && ../$(PY) ensemble_members.py
 	cd benchmarks && ../$(PY) linearized_step.py
 	cd benchmarks && ../$(PY) train_throughput.py
 	cd benchmarks && ../$(PY) kernels_impl.py
 	cd benchmarks && ../$(PY) kernels.py
+	cd benchmarks && ../$(PY) peer_pytorch.py
 	cd benchmarks && ../$(PY) quick_tables_wall.py
 	cd benchmarks && ../$(PY) summary.py
 

@@ -32,6 +32,15 @@ def _parser():
     t.add_argument("--dataset", default=None, help="mnist1d (default) or npz:PATH")
     t.add_argument("--out", default=None, help="output folder (default results/<preset>-<dataset>)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where the (model, family) rows run: this process, or Ray tasks (pip install -e '.[ray]')",
+    )
+    t.add_argument("--ray-address", default=None, help="existing Ray cluster (default $RAY_ADDRESS, else a local one)")
+    t.add_argument("--ray-max-retries", type=int, default=3, help="retries of a row whose worker died (default 3)")
+    t.add_argument("--ray-cpus-per-task", type=float, default=1.0, help="CPUs Ray reserves per row (default 1)")
     m = sub.add_parser("messages", help="rewrite tables and messages from the records in --out")
     m.add_argument("--out", required=True)
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -107,22 +116,39 @@ def cmd_table(args) -> int:
         parse_model_name(model)
     out = args.out or os.path.join("results", f"{cfg.preset}-{cfg.dataset.replace(':', '-').replace('/', '_')}")
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.executor == "ray":
+        from ntk_vs_nn.executors import import_ray
+
+        import_ray()  # a missing extra is an error before anything is written
+    from ntk_vs_nn.sharding import maybe_initialize_distributed
+
+    maybe_initialize_distributed()  # multi-host (JAX_COORDINATOR_ADDRESS set): before any other jax call
     t0 = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.data, cfg.run.seed)
 
-    from ntk_vs_nn.protocols import run_row
-    from ntk_vs_nn.results import Store, atomic_write, provenance
+    from ntk_vs_nn.executors import run_rows
+    from ntk_vs_nn.results import Store, atomic_write
 
     store = Store.prepare(out)  # only now, after every input was validated
     log(
         f"{cfg.dataset}: {len(data.x_train)} train, {len(data.x_val)} val, {len(data.x_test)} test, "
         f"input {data.x_train.shape[1:]}, {data.num_classes} classes"
     )
-    atomic_write(os.path.join(out, "config.json"), json.dumps(cfg.to_dict(), indent=1, default=list))
-    prov = provenance()
-    for model in models:
-        for fam in families:
-            run_row(fam, model, cfg, data, store, prov, log)
+    if store.writer:
+        atomic_write(os.path.join(out, "config.json"), json.dumps(cfg.to_dict(), indent=1, default=list))
+    run_rows(
+        [(fam, model) for model in models for fam in families],
+        cfg,
+        data,
+        store.out_dir,
+        log,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        max_retries=args.ray_max_retries,
+        cpus_per_task=args.ray_cpus_per_task,
+    )
+    if not store.writer:  # another process of a multi-host run: process 0 writes the tables
+        return 0
     written = write_outputs(cfg, out)
     print(written[args.which])
     mdf = written["messages"]

@@ -94,7 +94,7 @@ class TableConfig:
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = 0  # root seed of every PRNG stream
-    members: str = "auto"  # auto | sequential | unrolled | vmap: how L members execute
+    members: str = "auto"  # auto | sequential | unrolled | vmap | shard: how L members execute
     progress: bool = True  # progress bars (always off when not a terminal or CI=true)
     checkpoints: bool = True  # save each finished unit's params (orbax) beside its predictions
 
@@ -126,7 +126,7 @@ class Config:
         _check_choice("data.source", self.data.source, ("auto", "binary", "tfds"))
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
-        _check_choice("run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap"))
+        _check_choice("run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap", "shard"))
         _check_choice("kernel.backend", self.kernel.backend, ("weights", "function", "nt"))
         _check_choice("kernel.solver", self.kernel.solver, ("xent", "mse", "ridge"))
         if self.kernel.lr <= 0 or self.kernel.steps < 0 or self.kernel.ridge < 0 or self.kernel.tile_size < 1:

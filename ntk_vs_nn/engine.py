@@ -6,11 +6,14 @@ its own soft targets (knowledge distillation) or none. How the members execute i
 
   sequential  one member after another through the same compiled epoch (compiled once);
   unrolled    all M members inside one compiled step, written as a Python loop in the trace;
-  vmap        one compiled epoch vmapped over a leading member axis.
+  vmap        one compiled step vmapped over a leading member axis;
+  shard       the vmap step with the member axis split over the devices of a mesh
+              (ntk_vs_nn/sharding.py: NamedSharding(mesh, P("member")), data replicated).
 
-All three run the same per-member code, so they give the same numbers (a test checks it); which
-is fastest depends on the backend and the network (benchmarks/ensemble_members.py). An epoch is a
-`lax.scan` over its batches with the data on device, so there is no host round-trip per step.
+All run the same per-member code, so they give the same numbers (tests check it, the sharded mode
+in tests/test_sharding.py); which is fastest depends on the backend and the network
+(benchmarks/ensemble_members.py). An epoch is a Python loop over one jitted, buffer-donating step
+with the data on device: nothing waits for the host inside an epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from ntk_vs_nn import sharding
 from ntk_vs_nn.config import TrainConfig
 from ntk_vs_nn.families import ModelFamily
 
@@ -85,10 +89,13 @@ def progress_enabled(flag: bool) -> bool:
 class Trainer:
     """Compiled training and prediction for one family on one dataset (compile once per shape)."""
 
-    def __init__(self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False, augment=None):
+    def __init__(
+        self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False, augment=None, mesh=None
+    ):
         """``augment(key, x_batch) -> x_batch``: optional on-device augmentation of each training batch
-        (e.g. `images.augment`); distillation targets stay those of the un-augmented example."""
-        self.family, self.cfg, self.augment = family, cfg, augment
+        (e.g. `images.augment`); distillation targets stay those of the un-augmented example.
+        ``mesh``: the device mesh of ``mode="shard"`` (default: `sharding.member_mesh()`, all devices)."""
+        self.family, self.cfg, self.augment, self.mesh = family, cfg, augment, mesh
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps = n_train // self.batch_size
         self.tx = make_optimizer(cfg, self.steps)
@@ -165,7 +172,7 @@ class Trainer:
           x: (N, ...) inputs, y: (N,) labels (device or host arrays).
           teachers: (M, N, k) teacher logits per member, or None for plain training.
           alpha, tau: distillation weight and temperature (alpha = 0: plain cross-entropy).
-          mode: "sequential" | "unrolled" | "vmap".
+          mode: "sequential" | "unrolled" | "vmap" | "shard".
         Returns: `Members` (variables per member, per-epoch losses, wall time).
         """
         import time
@@ -181,39 +188,63 @@ class Trainer:
         variables = [self.family.init(k, x[:1]) for k in init_keys]
         epochs = self.cfg.epochs
         groups = [[i] for i in range(m)] if mode == "sequential" else [list(range(m))]
+        stacked = mode in ("vmap", "shard")
+        mesh = (self.mesh or sharding.member_mesh()) if mode == "shard" else None
         losses = np.zeros((m, epochs), np.float32)
         bar = tqdm(total=epochs * len(groups), desc=desc, leave=False, disable=not self.progress)
         for group in groups:
-            vs = [variables[i] for i in group]
-            dk = [data_keys[i] for i in group]
-            tg = teachers[jnp.asarray(group)]
+            # shard: members padded to a multiple of the device count (copies of the last one,
+            # dropped at the end), or, for a single stacked train-sum model, its own member axis
+            # split over the devices (member_axis 1 of the stacked carry)
+            member_axis = 0
+            if mode == "shard" and len(group) == 1 and sharding.stacked_sum_size(
+                self.family, variables[group[0]]["params"]
+            ):
+                member_axis = 1
+            run = group
+            if mode == "shard" and member_axis == 0:
+                run = sharding.pad_members(group, sharding.padded_count(len(group), mesh))
+            vs = [variables[i] for i in run]
+            dk = [data_keys[i] for i in run]
+            tg = teachers[jnp.asarray(run)]
             # Params are donated to the step: copy them, since a family's state may alias them
             # (the ntk anchor starts as the very same arrays).
             carries = [(jax.tree.map(jnp.copy, v["params"]), self.tx.init(v["params"])) for v in vs]
             states = [v["state"] for v in vs]
-            if mode == "vmap":
+            if stacked:
                 stack = lambda t: jax.tree.map(lambda *a: jnp.stack(a), *t)  # noqa: E731
                 carries, states = stack(carries), stack(states)
-            fn = self._compiled(len(group), mode if mode == "vmap" else "unrolled")
+            if mesh is not None:
+                carries, states = sharding.shard(carries, mesh, member_axis), sharding.shard(states, mesh, member_axis)
+                tg = sharding.shard(tg, mesh) if member_axis == 0 else sharding.replicate(tg, mesh)
+                x, y = sharding.replicate((x, y), mesh)
+            fn = self._compiled(len(run), "vmap" if stacked else "unrolled")
             group_losses = []
             for e in range(epochs):
                 idx = self._order(dk, e, x.shape[0])
                 aug = dk  # unused without augmentation
                 if self.augment is not None:  # per member and epoch; the step folds in its index
                     aug = [jax.random.fold_in(jax.random.fold_in(k, e), _AUGMENT_TAG) for k in dk]
-                if mode == "vmap":
+                if stacked:
                     aug = jnp.stack(aug)
+                if mesh is not None:
+                    if member_axis == 0:
+                        idx, aug = sharding.shard(idx, mesh, 1), sharding.shard(aug, mesh)
+                    else:
+                        idx, aug = sharding.replicate((idx, aug), mesh)
                 epoch_losses = []
                 for s in range(self.steps):
                     carries, loss = fn(carries, states, idx, s, x, y, tg, alpha, tau, aug)
                     epoch_losses.append(loss)
                 group_losses.append(jnp.stack(epoch_losses).mean(0))
                 bar.update(1)
-            if mode == "vmap":
+            if stacked:
+                if mesh is not None:  # back to ordinary single-device arrays, as the other modes give
+                    carries = jax.tree.map(jnp.asarray, sharding.gather(carries))
                 carries = [jax.tree.map(lambda a, j=j: a[j], carries) for j in range(len(group))]
             for j, i in enumerate(group):
                 variables[i] = {"params": carries[j][0], "state": variables[i]["state"]}
-            losses[group] = np.asarray(jnp.stack(group_losses, axis=1))
+            losses[group] = np.asarray(sharding.gather(jnp.stack(group_losses, axis=1)))[: len(group)]
         bar.close()
         return Members(variables, losses, time.perf_counter() - t0)
 

@@ -36,12 +36,14 @@ SPLITS = ("train", "val", "test")
 
 
 def resolve_members_mode(mode: str) -> str:
-    """``auto`` -> the measured default: sequential on CPU (10 vmapped conv members ran 2.6x slower
-    and unrolled ones 1.25x slower than sequential fits here: results/benchmarks/ensemble_members.json),
-    vmap on accelerators."""
+    """``auto`` -> the measured default: sequential on CPU (10 members of a conv net, the only model
+    kind tables use, ran 1.6x slower fused in one program than as separate fits here:
+    results/benchmarks/ensemble_members.json), vmap on one accelerator, shard over several."""
     if mode != "auto":
         return mode
-    return "sequential" if jax.default_backend() == "cpu" else "vmap"
+    if jax.default_backend() == "cpu":
+        return "sequential"
+    return "shard" if jax.device_count() > 1 else "vmap"
 
 
 def _is_oom(err: Exception) -> bool:
@@ -256,7 +258,7 @@ class Row:
 
             trainer = FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
         else:
-            fam = summed(self.fam, L, p.sum_scale, stacked=self.mode == "vmap")
+            fam = summed(self.fam, L, p.sum_scale, stacked=self.mode in ("vmap", "shard"))
             trainer = Trainer(fam, self.cfg.train, len(self.data.x_train), self.cfg.run.progress, self.augment)
         # Member l of the sum gets fold_in(stream("init"), l): single member l's init key.
         got = self.train(

@@ -32,10 +32,21 @@ def _safe(part) -> str:
     return _SAFE.sub("_", str(part))
 
 
+def _is_writer() -> bool:
+    """False on processes other than 0 of a multi-host run (`sharding.maybe_initialize_distributed`):
+    every process trains its share of the members, process 0 alone writes the store."""
+    if not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    import jax
+
+    return jax.process_index() == 0
+
+
 class Store:
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
         self.path = os.path.join(out_dir, "records.jsonl")
+        self.writer = _is_writer()
 
     @staticmethod
     def prepare(out_dir: str) -> "Store":
@@ -70,6 +81,8 @@ class Store:
         return out
 
     def append(self, record: dict) -> None:
+        if not self.writer:
+            return
         line = json.dumps(record, sort_keys=True) + "\n"
         with open(self.path, "a+b") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -90,6 +103,8 @@ class Store:
         return os.path.join(self.out_dir, "units", *(_safe(p) for p in unit.split("/"))) + ".npz"
 
     def save_predictions(self, unit: str, arrays: dict) -> None:
+        if not self.writer:
+            return
         path = self.unit_path(unit)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}.npz"
@@ -101,6 +116,9 @@ class Store:
 
     def save_checkpoint(self, unit: str, params) -> None:
         """The unit's trained params as an orbax checkpoint (tensorstore arrays: no pickle)."""
+        if not self.writer:
+            return
+        import jax
         import orbax.checkpoint as ocp
 
         path = os.path.abspath(self.checkpoint_path(unit))
@@ -109,7 +127,11 @@ class Store:
         # unit never share a folder orbax is writing (a shared path hung a concurrent test in CI).
         tmp = f"{path}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
-        with ocp.StandardCheckpointer() as ckpt:
+        kw = {}
+        if os.environ.get("JAX_COORDINATOR_ADDRESS"):  # multi-host: process 0 saves alone, no global barrier
+            kw["multiprocessing_options"] = ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0})
+            params = jax.tree.map(np.asarray, params)
+        with ocp.StandardCheckpointer(**kw) as ckpt:
             ckpt.save(tmp, params)
         try:
             os.rename(tmp, path)

@@ -1,0 +1,284 @@
+"""run.members=shard: members (and the stacked train-sum model) split over a device mesh give the
+same numbers as one device.
+
+The device count must be fixed before jax starts, so the multi-device checks run in a subprocess
+with XLA_FLAGS=--xla_force_host_platform_device_count=4 (4 CPU "devices" on this host).
+Tolerance: predictions agree to 1e-5 absolute (logits of order 1; measured ~5e-7, float32
+reassociation in the partitioned program), per-epoch losses to 1e-5 relative."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ntk_vs_nn import sharding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ATOL = 1e-5
+
+SCRIPT = r"""
+import dataclasses, json, sys
+sys.path.insert(0, "tests")
+import jax, numpy as np
+from conftest import make_tiny_config, make_tiny_dataset
+from ntk_vs_nn.engine import Trainer
+from ntk_vs_nn.families import make_family, summed
+
+assert jax.device_count() == 4, jax.devices()
+data, cfg = make_tiny_dataset(), make_tiny_config()
+tc = dataclasses.replace(cfg.train, epochs=2, batch_size=16)
+out = {}
+
+
+def spy(trainer):
+    # record how the stacked carry reaches the compiled step: how many devices hold each leaf
+    seen = []
+    real = trainer._compiled
+
+    def compiled(m, mode):
+        fn = real(m, mode)
+
+        def wrapped(carries, *rest):
+            leaf = max(jax.tree.leaves(carries), key=lambda a: a.size)
+            seen.append([len(leaf.sharding.device_set), str(leaf.sharding.spec), leaf.shape[0]])
+            return fn(carries, *rest)
+
+        return wrapped
+
+    trainer._compiled = compiled
+    return seen
+
+
+for fam_name in ("nn", "ntk"):
+    fam = make_family(fam_name, "SimpleCNN-3-1", data.num_classes, data.spatial_ndim, cfg)
+    for m in (4, 3):  # 3 members: padded to 4, the copy dropped
+        ik = [jax.random.key(100 + i) for i in range(m)]
+        dk = [jax.random.key(200 + i) for i in range(m)]
+        one = Trainer(fam, tc, len(data.x_train))
+        ref = one.fit(ik, dk, data.x_train, data.y_train, mode="sequential")
+        sh = Trainer(fam, tc, len(data.x_train))
+        seen = spy(sh)
+        got = sh.fit(ik, dk, data.x_train, data.y_train, mode="shard")
+        pr = [one.predict(v, data.x_test) for v in ref.variables]
+        pg = [sh.predict(v, data.x_test) for v in got.variables]
+        out[f"{fam_name}/{m}"] = {
+            "n_members": len(got.variables),
+            "pred_diff": max(float(np.abs(a - b).max()) for a, b in zip(pr, pg)),
+            "loss_rel": float(np.max(np.abs(ref.losses - got.losses) / np.abs(ref.losses))),
+            "members_differ": float(np.abs(pg[0] - pg[1]).max()),
+            "placement": seen[0],
+        }
+
+# the train-sum model of 4 members: stacked and sharded on its member axis vs the unrolled list
+fam = make_family("nn", "SimpleCNN-3-1", data.num_classes, data.spatial_ndim, cfg)
+ref_t = Trainer(summed(fam, 4), tc, len(data.x_train))
+ref = ref_t.fit([jax.random.key(7)], [jax.random.key(8)], data.x_train, data.y_train, mode="sequential")
+sh_t = Trainer(summed(fam, 4, stacked=True), tc, len(data.x_train))
+seen = spy(sh_t)
+got = sh_t.fit([jax.random.key(7)], [jax.random.key(8)], data.x_train, data.y_train, mode="shard")
+a = ref_t.predict(ref.variables[0], data.x_test)
+b = sh_t.predict(got.variables[0], data.x_test)
+out["train_sum"] = {
+    "pred_diff": float(np.abs(a - b).max()),
+    "loss_rel": float(np.max(np.abs(ref.losses - got.losses) / np.abs(ref.losses))),
+    "placement": seen[0],
+}
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def four_devices():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+@pytest.mark.parametrize("case", ["nn/4", "ntk/4", "nn/3", "ntk/3"])
+def test_sharded_members_equal_single_device_members(four_devices, case):
+    r = four_devices[case]
+    m = int(case.split("/")[1])
+    assert r["n_members"] == m
+    assert r["pred_diff"] < ATOL, r
+    assert r["loss_rel"] < 1e-5, r
+    assert r["members_differ"] > 1e-3  # distinct members, so the equality is not vacuous
+    devices, spec, stacked = r["placement"]
+    assert devices == 4 and "member" in spec  # really split over the 4 devices
+    assert stacked == 4  # 3 members padded to one per device
+
+
+def test_sharded_train_sum_equals_the_unrolled_sum(four_devices):
+    r = four_devices["train_sum"]
+    assert r["pred_diff"] < ATOL and r["loss_rel"] < 1e-5, r
+    devices, spec, _ = r["placement"]
+    assert devices == 4 and spec == str(sharding.spec(1))  # the sum's own member axis is split
+
+
+MULTI_PROCESS = r"""
+import os, sys
+sys.path.insert(0, "tests")
+from ntk_vs_nn import sharding
+assert sharding.maybe_initialize_distributed()
+import dataclasses, jax, numpy as np
+from conftest import make_tiny_config, make_tiny_dataset
+from ntk_vs_nn.engine import Trainer
+from ntk_vs_nn.families import make_family
+
+assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
+data, cfg = make_tiny_dataset(), make_tiny_config()
+tc = dataclasses.replace(cfg.train, epochs=2, batch_size=16)
+fam = make_family("nn", "SimpleCNN-3-1", data.num_classes, data.spatial_ndim, cfg)
+ik = [jax.random.key(100 + i) for i in range(4)]
+dk = [jax.random.key(200 + i) for i in range(4)]
+t = Trainer(fam, tc, len(data.x_train))  # the mesh of all 4 devices, 2 per process
+got = t.fit(ik, dk, data.x_train, data.y_train, mode="shard")
+local = sharding.member_mesh(jax.local_devices()[:1])  # the same program on one device of this process
+ref = Trainer(fam, tc, len(data.x_train), mesh=local).fit(ik, dk, data.x_train, data.y_train, mode="shard")
+diff = max(float(np.abs(t.predict(a, data.x_test) - t.predict(b, data.x_test)).max())
+           for a, b in zip(got.variables, ref.variables))
+print(f"RESULT {jax.process_index()} {diff}", flush=True)
+"""
+
+
+def test_two_processes_share_one_mesh_and_match_one_device(tmp_path):
+    """Multi-host in miniature: 2 processes x 2 CPU devices joined by jax.distributed (gloo)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for pid in range(2):
+        env = {
+            **os.environ,
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "JAX_PLATFORMS": "cpu",
+            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(pid),
+        }
+        log = open(tmp_path / f"p{pid}.log", "w+")
+        cmd = [sys.executable, "-c", MULTI_PROCESS]
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    for proc, _ in procs:
+        try:
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    for pid, (proc, log) in enumerate(procs):
+        log.seek(0)
+        text = log.read()
+        assert proc.returncode == 0, text[-3000:]
+        line = next(line for line in text.splitlines() if line.startswith("RESULT "))
+        _, index, diff = line.split()
+        assert int(index) == pid and float(diff) < ATOL, line
+
+
+# -- helpers, in this process (one device) -------------------------------------------------------------
+def test_padded_count_and_pad_members():
+    mesh = sharding.member_mesh()
+    d = mesh.size
+    assert sharding.padded_count(1, mesh) == d
+    assert sharding.padded_count(d, mesh) == d
+    assert sharding.padded_count(d + 1, mesh) == 2 * d
+    assert sharding.pad_members([1, 2, 3], 5) == [1, 2, 3, 3, 3]
+
+
+def test_shard_replicates_what_cannot_be_split():
+    mesh = sharding.member_mesh()
+    tree = {"w": np.ones((mesh.size * 2, 3), np.float32), "count": np.zeros((), np.int32)}
+    placed = sharding.shard(tree, mesh)
+    assert placed["w"].sharding.spec == sharding.spec(0)
+    assert placed["count"].sharding.spec == jax.sharding.PartitionSpec()
+    np.testing.assert_array_equal(sharding.gather(placed)["w"], tree["w"])
+
+
+def test_stacked_sum_size_recognises_only_stacked_sums(tiny_cfg):
+    from ntk_vs_nn.families import make_family, summed
+
+    fam = make_family("nn", "SimpleCNN-3-1", 3, 1, tiny_cfg)
+    x = np.zeros((1, 12, 1), np.float32)
+    stacked = summed(fam, 3, stacked=True)
+    assert sharding.stacked_sum_size(stacked, stacked.init(jax.random.key(0), x)["params"]) == 3
+    listed = summed(fam, 3)
+    assert sharding.stacked_sum_size(listed, listed.init(jax.random.key(0), x)["params"]) == 0
+    assert sharding.stacked_sum_size(fam, fam.init(jax.random.key(0), x)["params"]) == 0
+
+
+def test_distributed_is_not_initialised_without_a_coordinator(monkeypatch):
+    monkeypatch.delenv("JAX_COORDINATOR_ADDRESS", raising=False)
+    assert sharding.maybe_initialize_distributed() is False
+
+
+SMOKE_TABLE = ["table", "nn", "--preset", "smoke", "--set", "data.n_train=160", "--set", "data.n_test=100",
+               "--set", "train.epochs=1", "--set", "table.nn_models=SimpleCNN-2-1"]
+
+
+def test_multi_host_cli_table_equals_one_process_and_only_process_0_writes(tmp_path):
+    """`ntk-vs-nn table --set run.members=shard` on 2 processes x 2 CPU devices (jax.distributed via
+    JAX_COORDINATOR_ADDRESS): one records file written by process 0 alone (no duplicate unit), and the
+    table equals a one-process run's."""
+    import socket
+
+    import pandas as pd
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    procs = []
+    for pid in range(2):
+        env = {
+            **os.environ,
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+            "JAX_PLATFORMS": "cpu",
+            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+            "JAX_NUM_PROCESSES": "2",
+            "JAX_PROCESS_ID": str(pid),
+        }
+        log = open(tmp_path / f"cli{pid}.log", "w+")
+        cmd = [sys.executable, "-m", "ntk_vs_nn", *SMOKE_TABLE, "--set", "run.members=shard", "--out", str(multi)]
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    for proc, _ in procs:
+        try:
+            proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, log in procs:
+        log.seek(0)
+        assert proc.returncode == 0, log.read()[-3000:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COORDINATOR")}
+    done = subprocess.run([sys.executable, "-m", "ntk_vs_nn", *SMOKE_TABLE, "--set", "run.members=sequential",
+                           "--out", str(single)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(multi / "records.jsonl") as f:
+        units = [json.loads(line)["unit"] for line in f]
+    assert units and len(units) == len(set(units))
+    a = pd.read_csv(multi / "table_nn.csv").drop(columns=["wall_s"])
+    b = pd.read_csv(single / "table_nn.csv").drop(columns=["wall_s"])
+    pd.testing.assert_frame_equal(a, b, check_exact=False, atol=0.2)  # accuracies in %; text columns exact
+
+
+def test_store_does_not_write_on_processes_other_than_0(tmp_path, monkeypatch):
+    from ntk_vs_nn.results import Store
+
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    store = Store(str(tmp_path))
+    store.append({"unit": "u"})
+    store.save_predictions("u", {"test": np.zeros(3)})
+    assert not store.writer and os.listdir(tmp_path) == []
+    monkeypatch.setattr(jax, "process_index", lambda: 0)
+    store = Store(str(tmp_path))
+    store.append({"unit": "u"})
+    assert store.writer and store.records() == [{"unit": "u"}]
