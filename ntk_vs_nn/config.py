@@ -35,6 +35,8 @@ class DataConfig:
 class ModelConfig:
     norm: str = "layer"  # layer (GroupNorm, 1 group) | group | none; no BatchNorm (models.py)
     groups: int = 8  # GroupNorm groups (reduced to gcd(groups, channels))
+    dtype: str = "float32"  # compute dtype of weight-space training: float32 | bfloat16 (GPUs; params,
+    # logits, losses stay float32). Kernels (function backend) are always computed in float32.
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ class Config:
         _check_choice("data.source", self.data.source, ("auto", "binary", "tfds"))
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
+        _check_choice("model.dtype", self.model.dtype, ("float32", "bfloat16"))
         _check_choice("run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap", "shard"))
         _check_choice("kernel.backend", self.kernel.backend, ("weights", "function", "nt"))
         _check_choice("kernel.solver", self.kernel.solver, ("xent", "mse", "ridge"))
@@ -166,14 +169,16 @@ class Config:
 
     def science_hash(self) -> str:
         """Hash of everything that changes the numbers (not the table layout or execution)."""
-        return self._hash(legacy=False)
+        return self._hash(len(_ADDED_LATER))
 
     def science_hashes(self) -> tuple[str, ...]:
-        """The hash, then the older form that left out fields added later (`_ADDED_LATER`) while
-        they hold their neutral value: records of either form belong to this config."""
-        return tuple(dict.fromkeys((self._hash(legacy=False), self._hash(legacy=True))))
+        """The hash, then the older forms: for each generation g of `_ADDED_LATER`, the hash that
+        leaves out the fields added in generation g and later while they hold their neutral value.
+        Records under any of these hashes belong to this config."""
+        return tuple(dict.fromkeys(self._hash(g) for g in range(len(_ADDED_LATER), -1, -1)))
 
-    def _hash(self, legacy: bool) -> str:
+    def _hash(self, generations: int) -> str:
+        """The hash as it was when only the first ``generations`` generations of fields existed."""
         d = self.to_dict()
         for key in ("preset", "table", "messages"):
             d.pop(key)
@@ -182,22 +187,27 @@ class Config:
             d.pop("kernel")
         else:
             d["kernel"].pop("tile_size")
-        if legacy:
-            for (section, name), neutral in _ADDED_LATER.items():
+        for added in _ADDED_LATER[generations:]:
+            for (section, name), neutral in added.items():
                 if d.get(section, {}).get(name, None) == neutral:
                     d[section].pop(name)
         blob = json.dumps(d, sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-# Fields added after results were first recorded (results/quick-mnist1d, commit 9b9151a), with the
-# value that reproduces the older behaviour: the legacy hash leaves them out at that value.
-_ADDED_LATER: dict[tuple[str, str], object] = {
-    ("data", "source"): "auto",
-    ("data", "data_dir"): "",
-    ("train", "augment"): "none",
-    ("train", "augment_kernels"): False,
-}
+# Fields added after results were recorded, by generation, with the value that reproduces the
+# older behaviour: the hash of an older generation leaves them out at that value, so records of
+# results/quick-mnist1d (commit 9b9151a, before generation 0) and results/fmnist-fashion_mnist
+# (before generation 1) still belong to their configs.
+_ADDED_LATER: list[dict[tuple[str, str], object]] = [
+    {
+        ("data", "source"): "auto",
+        ("data", "data_dir"): "",
+        ("train", "augment"): "none",
+        ("train", "augment_kernels"): False,
+    },
+    {("model", "dtype"): "float32"},
+]
 
 
 def _check_choice(name, value, choices):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ VALID_FORMS = (
 class Norm(nn.Module):
     kind: str = "layer"
     groups: int = 8
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
@@ -50,10 +51,10 @@ class Norm(nn.Module):
             return x
         channels = x.shape[-1]
         groups = 1 if self.kind == "layer" else math.gcd(self.groups, channels)
-        return nn.GroupNorm(num_groups=groups)(x)
+        return nn.GroupNorm(num_groups=groups, dtype=self.dtype)(x)
 
 
-def _conv(features, ndim, stride=1, kernel=3, name=None):
+def _conv(features, ndim, stride=1, kernel=3, name=None, dtype=None):
     return nn.Conv(
         features,
         (kernel,) * ndim,
@@ -61,6 +62,7 @@ def _conv(features, ndim, stride=1, kernel=3, name=None):
         padding="SAME",
         use_bias=False,
         name=name,
+        dtype=dtype,
     )
 
 
@@ -72,16 +74,17 @@ class PreActBlock(nn.Module):
     ndim: int
     norm: str
     groups: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
-        h = nn.relu(Norm(self.norm, self.groups)(x))
+        h = nn.relu(Norm(self.norm, self.groups, self.dtype)(x))
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = _conv(self.features, self.ndim, self.stride, kernel=1)(h)
-        h = _conv(self.features, self.ndim, self.stride)(h)
-        h = nn.relu(Norm(self.norm, self.groups)(h))
-        h = _conv(self.features, self.ndim)(h)
+            shortcut = _conv(self.features, self.ndim, self.stride, kernel=1, dtype=self.dtype)(h)
+        h = _conv(self.features, self.ndim, self.stride, dtype=self.dtype)(h)
+        h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
+        h = _conv(self.features, self.ndim, dtype=self.dtype)(h)
         return h + shortcut
 
 
@@ -93,23 +96,31 @@ class BasicBlock(nn.Module):
     ndim: int
     norm: str
     groups: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
-        h = _conv(self.features, self.ndim, self.stride)(x)
-        h = nn.relu(Norm(self.norm, self.groups)(h))
-        h = _conv(self.features, self.ndim)(h)
-        h = Norm(self.norm, self.groups)(h)
+        h = _conv(self.features, self.ndim, self.stride, dtype=self.dtype)(x)
+        h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
+        h = _conv(self.features, self.ndim, dtype=self.dtype)(h)
+        h = Norm(self.norm, self.groups, self.dtype)(h)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = _conv(self.features, self.ndim, self.stride, kernel=1)(x)
-            shortcut = Norm(self.norm, self.groups)(shortcut)
+            shortcut = _conv(self.features, self.ndim, self.stride, kernel=1, dtype=self.dtype)(x)
+            shortcut = Norm(self.norm, self.groups, self.dtype)(shortcut)
         return nn.relu(h + shortcut)
 
 
-def _pool_head(h, num_classes):
+def _cast(x, dtype):
+    return x if dtype is None else x.astype(dtype)
+
+
+def _pool_head(h, num_classes, dtype=None):
+    """Global average pool and the linear head; with a compute dtype (bfloat16) the logits come
+    back in float32, so losses, softmax and metrics stay in full precision."""
     h = jnp.mean(h, axis=tuple(range(1, h.ndim - 1)))
-    return nn.Dense(num_classes, name="head")(h)
+    out = nn.Dense(num_classes, name="head", dtype=dtype)(h)
+    return out if dtype is None else out.astype(jnp.float32)
 
 
 class WideResNet(nn.Module):
@@ -119,17 +130,18 @@ class WideResNet(nn.Module):
     ndim: int
     norm: str = "layer"
     groups: int = 8
+    dtype: Any = None  # compute dtype: None = that of inputs and params; bfloat16 on GPUs
 
     @nn.compact
     def __call__(self, x):
         n = (self.depth - 4) // 6
-        h = _conv(16, self.ndim)(x)
+        h = _conv(16, self.ndim, dtype=self.dtype)(_cast(x, self.dtype))
         for stage, width in enumerate((16, 32, 64)):
             for i in range(n):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                h = PreActBlock(width * self.widen, stride, self.ndim, self.norm, self.groups)(h)
-        h = nn.relu(Norm(self.norm, self.groups)(h))
-        return _pool_head(h, self.num_classes)
+                h = PreActBlock(width * self.widen, stride, self.ndim, self.norm, self.groups, self.dtype)(h)
+        h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
+        return _pool_head(h, self.num_classes, self.dtype)
 
 
 class ResNet34(nn.Module):
@@ -139,17 +151,18 @@ class ResNet34(nn.Module):
     norm: str = "layer"
     groups: int = 8
     stages: Sequence[int] = (3, 4, 6, 3)
+    dtype: Any = None  # compute dtype: None = that of inputs and params; bfloat16 on GPUs
 
     @nn.compact
     def __call__(self, x):
-        h = _conv(64 * self.widen, self.ndim)(x)
-        h = nn.relu(Norm(self.norm, self.groups)(h))
+        h = _conv(64 * self.widen, self.ndim, dtype=self.dtype)(_cast(x, self.dtype))
+        h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
         for stage, blocks in enumerate(self.stages):
             width = 64 * self.widen * 2**stage
             for i in range(blocks):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                h = BasicBlock(width, stride, self.ndim, self.norm, self.groups)(h)
-        return _pool_head(h, self.num_classes)
+                h = BasicBlock(width, stride, self.ndim, self.norm, self.groups, self.dtype)(h)
+        return _pool_head(h, self.num_classes, self.dtype)
 
 
 class SimpleCNN(nn.Module):
@@ -159,17 +172,18 @@ class SimpleCNN(nn.Module):
     ndim: int
     norm: str = "layer"
     groups: int = 8
+    dtype: Any = None  # compute dtype: None = that of inputs and params; bfloat16 on GPUs
 
     @nn.compact
     def __call__(self, x):
         convs = self.depth - 1
-        h = x
+        h = _cast(x, self.dtype)
         for i in range(convs):
             stage = min(3 * i // convs, 2)
             first_of_stage = i > 0 and stage != min(3 * (i - 1) // convs, 2)
-            h = _conv(16 * self.widen * 2**stage, self.ndim, 2 if first_of_stage else 1)(h)
-            h = nn.relu(Norm(self.norm, self.groups)(h))
-        return _pool_head(h, self.num_classes)
+            h = _conv(16 * self.widen * 2**stage, self.ndim, 2 if first_of_stage else 1, dtype=self.dtype)(h)
+            h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
+        return _pool_head(h, self.num_classes, self.dtype)
 
 
 def parse_model_name(name: str) -> tuple[str, int, int]:
@@ -187,13 +201,20 @@ def parse_model_name(name: str) -> tuple[str, int, int]:
     raise UserError(f"unknown model {name!r}; valid forms: {VALID_FORMS}")
 
 
-def build_model(name: str, num_classes: int, ndim: int, norm="layer", groups=8) -> nn.Module:
-    """The Flax module for ``name`` on inputs with ``ndim`` spatial axes (1 or 2)."""
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # float32: no cast (float64 tests stay float64)
+
+
+def build_model(name: str, num_classes: int, ndim: int, norm="layer", groups=8, dtype="float32") -> nn.Module:
+    """The Flax module for ``name`` on inputs with ``ndim`` spatial axes (1 or 2); ``dtype``: the
+    compute dtype (``float32``, or ``bfloat16``: mixed precision, params and logits stay float32)."""
     kind, depth, widen = parse_model_name(name)
+    if dtype not in DTYPES:
+        raise UserError(f"model dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    dt = DTYPES[dtype]
     if ndim not in (1, 2):
         raise UserError(f"model {name}: inputs must have 1 or 2 spatial axes, got {ndim}")
     if kind == "resnet34":
-        return ResNet34(num_classes, ndim, widen, norm, groups)
+        return ResNet34(num_classes, ndim, widen, norm, groups, dtype=dt)
     if kind == "wrn":
-        return WideResNet(depth, widen, num_classes, ndim, norm, groups)
-    return SimpleCNN(depth, widen, num_classes, ndim, norm, groups)
+        return WideResNet(depth, widen, num_classes, ndim, norm, groups, dtype=dt)
+    return SimpleCNN(depth, widen, num_classes, ndim, norm, groups, dtype=dt)

@@ -50,7 +50,8 @@ def _paper(dataset: str) -> Config:
     """The paper's setting (GPU scale): all 50,000 training images (the last 5,000 validate),
     SGD momentum 0.9, lr 0.1, batch 128, 200 epochs, step decay, weight decay 5e-4, crop + flip
     for nets; KD alpha 0.9, tau 4 (10 classes) or 1 (100 classes). The kernel rows are the union
-    of the paper's NTK, NTK' and GP rows, each with all three kernel families."""
+    of the paper's NTK, NTK' and GP rows, each with all three kernel families. On GPUs,
+    ``--set model.dtype=bfloat16`` trains in mixed precision (bf16 compute, float32 params)."""
     return Config(
         preset=f"paper-{dataset}",
         dataset=dataset,

@@ -338,3 +338,16 @@ def test_augmentation_is_applied_per_step_and_identical_across_member_modes(tiny
         other = _fit_with(tiny_data, tiny_cfg, noisy, mode)
         for a, b in zip(aug_seq, other):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["nn", "ntk"])
+def test_bfloat16_members_train_and_keep_float32_params(tiny_cfg, tiny_data, family):
+    """model.dtype=bfloat16: the families train (loss falls), params and optimiser state stay float32."""
+    cfg = dataclasses.replace(tiny_cfg, model=dataclasses.replace(tiny_cfg.model, dtype="bfloat16"))
+    fam = make_family(family, "SimpleCNN-3-1", tiny_data.num_classes, 1, cfg)
+    tc = dataclasses.replace(cfg.train, epochs=4)
+    trainer = Trainer(fam, tc, len(tiny_data.x_train))
+    got = trainer.fit([jax.random.key(3)], [jax.random.key(4)], tiny_data.x_train, tiny_data.y_train)
+    assert {a.dtype for a in jax.tree.leaves(got.variables[0]["params"])} == {jnp.dtype("float32")}
+    assert np.all(np.isfinite(got.losses)) and got.losses[0, -1] < got.losses[0, 0]
+    assert trainer.predict(got.variables[0], tiny_data.x_test).dtype == jnp.float32

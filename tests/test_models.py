@@ -227,3 +227,35 @@ def test_paper_nets_have_their_published_parameter_counts(name, published):
     """Independent anchors: normalisation layers carry scale and bias like BatchNorm's affine part."""
     params, _ = _init_shapes(build_model(name, num_classes=10, ndim=2), (1, 32, 32, 3))
     assert _count(params) == published
+
+
+# -- bfloat16 compute (model.dtype, the GPU option of the paper presets) --------------------------------
+@pytest.mark.parametrize("name", ["ResNet-10-1", "ResNet-34", "SimpleCNN-3-1"])
+def test_bfloat16_computes_in_bf16_keeps_float32_params_and_logits_and_tracks_float32(name):
+    x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
+    m32 = build_model(name, 10, 2)
+    m16 = build_model(name, 10, 2, dtype="bfloat16")
+    params = m32.init(jax.random.key(1), x)
+    assert jax.tree.structure(params) == jax.tree.structure(m16.init(jax.random.key(1), x))
+    assert {a.dtype for a in jax.tree.leaves(m16.init(jax.random.key(1), x))} == {jnp.dtype("float32")}
+    # the convolutions really run in bfloat16 (operands), the logits come back in float32
+    jaxpr = str(jax.make_jaxpr(lambda p: m16.apply(p, x))(params))
+    assert "conv_general_dilated" in jaxpr and "bf16[4,16,16" in jaxpr
+    y32, y16 = m32.apply(params, x), m16.apply(params, x)
+    assert y16.dtype == jnp.float32 and y16.shape == y32.shape
+    rel = float(jnp.linalg.norm(y16 - y32) / jnp.linalg.norm(y32))
+    assert 1e-5 < rel < 5e-2  # bf16 rounding (8-bit mantissa) is visible, but small
+
+
+def test_float32_default_leaves_the_input_dtype_alone():
+    # no cast in the default: float64 inputs and params (the kernels' exactness tests) stay float64
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (2, 12, 1), dtype=jnp.float64)
+        m = build_model("SimpleCNN-3-1", 3, 1)
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), m.init(jax.random.key(1), x))
+        assert m.apply(params, x).dtype == jnp.float64
+
+
+def test_unknown_model_dtype_is_a_user_error():
+    with pytest.raises(UserError, match="dtype"):
+        build_model("SimpleCNN-3-1", 3, 1, dtype="float16")
