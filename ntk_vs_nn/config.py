@@ -80,6 +80,8 @@ class KernelConfig:
     #                      teacher) targets, closed form | xent: full-batch GD on the (distillation)
     #                      cross-entropy (a loop over steps: slow for n in the thousands) | ridge
     lr: float = 1.0  # GD step in units of n / lambda_max(kernel): < 2 is stable for mse
+    lr_units: str = "lambda_max"  # lambda_max (above) | absolute: eta = lr, the step of weight-space GD
+    #                               on the mean loss (kernel.lr = train.lr matches an SGD weights run)
     steps: int = 0  # full-batch GD steps; 0 = mse: the best of 1, 3, 10, ..., 1e6 on validation
     #                 accuracy (early stopping in closed form), xent: 3000
     ridge: float = 1e-3  # ridge solver: added to the diagonal, in units of mean(diag(kernel))
@@ -129,6 +131,7 @@ class Config:
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
         _check_choice("model.dtype", self.model.dtype, ("float32", "bfloat16"))
+        _check_choice("kernel.lr_units", self.kernel.lr_units, ("lambda_max", "absolute"))
         _check_choice("run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap", "shard"))
         _check_choice("kernel.backend", self.kernel.backend, ("weights", "function", "nt"))
         _check_choice("kernel.solver", self.kernel.solver, ("xent", "mse", "ridge"))
@@ -206,7 +209,7 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
         ("train", "augment"): "none",
         ("train", "augment_kernels"): False,
     },
-    {("model", "dtype"): "float32"},
+    {("model", "dtype"): "float32", ("kernel", "lr_units"): "lambda_max"},
 ]
 
 

@@ -19,7 +19,9 @@ Solvers (``kernel.solver``), all from f0 on the n training points, predictions o
          Y = one-hot, or (1−α)·one-hot + α·softmax(t/τ) for KD/SD.
   ridge  kernel ridge regression from f0: f = f0 + Θ(·, X)(Θ + r·mean(diag Θ)·I)^{-1}(Y − f0(X)).
 The step is η = ``kernel.lr`` · n / λ_max(Θ_train), so one setting fits every kernel scale (mse is
-stable for ``kernel.lr`` < 2). The traced kernel drops the NTK's off-diagonal output blocks: exact
+stable for ``kernel.lr`` < 2), or with ``kernel.lr_units=absolute`` η = ``kernel.lr``: the learning
+rate of weight-space GD, so ``kernel.lr=train.lr kernel.steps=epochs·(n/batch)`` replays a plain-SGD
+(momentum 0, constant schedule) weights run in function space (the backend cross-check). The traced kernel drops the NTK's off-diagonal output blocks: exact
 for gp (and the infinite-width kernels), an approximation for ntk/ntk_prime, whose cross-check with
 the weight-space backend is a table (results/quick-mnist1d/kernel-function/); for the exact full
 kernel see kernels.gradient_descent_xent (tested equal to weight-space GD).
@@ -121,7 +123,7 @@ class FunctionTrainer:
             from ntk_vs_nn import nt_backend
 
             fn = nt_backend.nt_empirical_ntk_fn(f, trace_axes=(-1,))
-            k_tt, k_ot = fn(x_tr, None, params), fn(x_ot, x_tr, params)
+            k_tt, k_ot = nt_backend.nt_train_test(fn, x_tr, x_ot, params, self.cfg.kernel.tile_size)
         else:
             from ntk_vs_nn.kernels import empirical_ntk_fn
 
@@ -214,7 +216,7 @@ def solve(k_tt, k_ot, f0_tr, f0_ot, y, teacher, alpha, tau, kc, y_val=None, eig=
         from ntk_vs_nn.kernels import gradient_descent_mse
 
         evals, evecs = eig = _eigh(k_tt, eig)
-        eta = kc.lr * n / float(evals[-1])
+        eta = _step(kc, n, lambda: float(evals[-1]))
         grid = (kc.steps,) if kc.steps > 0 else AUTO_STEPS
         best = None
         nv = 0 if y_val is None else len(y_val)
@@ -226,7 +228,7 @@ def solve(k_tt, k_ot, f0_tr, f0_ot, y, teacher, alpha, tau, kc, y_val=None, eig=
                 best = (score, f_tr, f_ot, steps)
         _, f_tr, f_ot, steps = best
         return f_tr, f_ot, mse(f_tr), steps
-    eta = kc.lr * n / float(_eigh(k_tt, eig)[0][-1] if eig is not None else _lambda_max(k_tt))
+    eta = _step(kc, n, lambda: float(_eigh(k_tt, eig)[0][-1] if eig is not None else _lambda_max(k_tt)))
     steps = kc.steps or XENT_DEFAULT_STEPS
     dt = jnp.asarray(k_tt).dtype  # float32 kernels: the whole loop in float32
     teacher_p = jnp.zeros((n, k), dt) if teacher is None else jax.nn.softmax(jnp.asarray(teacher, dt) / tau)
@@ -235,6 +237,13 @@ def solve(k_tt, k_ot, f0_tr, f0_ot, y, teacher, alpha, tau, kc, y_val=None, eig=
         jnp.asarray(y), teacher_p, float(alpha if teacher is not None else 0.0), float(tau), float(eta), int(steps),
     )  # fmt: skip
     return np.asarray(f_tr, np.float64), np.asarray(f_ot, np.float64), np.asarray(loss, np.float64), steps
+
+
+def _step(kc, n: int, lambda_max) -> float:
+    """The GD step η of f ← f − (η/n) Θ ∂loss/∂f: ``kc.lr`` · n / λ_max, or ``kc.lr`` itself with
+    ``kernel.lr_units=absolute`` (then η is the learning rate of weight-space GD on the mean loss:
+    for the linearised net, one such step moves f by −(lr/n) J Jᵀ ∂loss/∂f = the step above)."""
+    return float(kc.lr) if kc.lr_units == "absolute" else kc.lr * n / lambda_max()
 
 
 def _lambda_max(k_tt: np.ndarray) -> float:

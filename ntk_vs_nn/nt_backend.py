@@ -253,6 +253,23 @@ def nt_empirical_ntk_fn(f: Callable, trace_axes=(-1,), implementation="jacobian_
     return jax.jit(nt.empirical_ntk_fn(f, trace_axes=tuple(trace_axes), vmap_axes=vmap_axes, implementation=impl))
 
 
+def nt_train_test(fn: Callable, x_train, x_other, params, tile_size: int = 256):
+    """``(fn(x_train, None), fn(x_other, x_train))`` of an `nt_empirical_ntk_fn` kernel, computed by
+    neural-tangents' ``nt.batch`` in (tile_size x tile_size) blocks copied to the host, so memory
+    stays at one block's Jacobians (the whole training set in one call needed ~4 GB for ResNet-10-1
+    on 3,600 MNIST-1D inputs). Inputs are padded to a multiple of the tile (copies of the last row,
+    cropped from the result). Returns host (numpy) arrays."""
+    nt = import_neural_tangents()
+    x_train, x_other = np.asarray(x_train), np.asarray(x_other)
+    n, m = len(x_train), len(x_other)
+    b = max(1, min(int(tile_size), n))
+    batched = nt.batch(fn, batch_size=b, device_count=0, store_on_device=False)
+    xt = _pad_rows(x_train, b)
+    k_tt = np.asarray(batched(xt, None, params))[:n, :n]
+    k_ot = np.asarray(batched(_pad_rows(x_other, b), xt, params))[:m, :n] if m else np.zeros((0, n) + k_tt.shape[2:])
+    return k_tt, k_ot
+
+
 # ------------------------------------------------------------------------ infinite width
 
 

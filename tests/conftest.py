@@ -65,3 +65,10 @@ def tiny_data() -> Dataset:
 @pytest.fixture(scope="session")
 def tiny_cfg() -> Config:
     return make_tiny_config()
+
+
+def rel_err(a, b) -> float:
+    """max |a - b| / max |b| in float64; the shapes must match (the kernel and backend cross-checks)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import rel_err
 
 from ntk_vs_nn import function_space
 from ntk_vs_nn.config import KernelConfig
@@ -25,11 +26,6 @@ from ntk_vs_nn.kernels import empirical_ntk_fn
 from ntk_vs_nn.models import build_model
 
 MODEL, STEPS, TOL = "SimpleCNN-3-1", 40, 1e-8
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +220,25 @@ def test_infinite_width_row_is_one_deterministic_member(tmp_path, tiny_data, tin
     test = (k_ot @ a)[len(tiny_data.x_val) :]
     acc = 100 * np.mean(np.argmax(test, -1) == tiny_data.y_test)
     assert recs[("single", "0")]["metrics"]["acc"] == pytest.approx(acc)
+
+
+@pytest.mark.parametrize("solver", ["xent", "mse"])
+def test_absolute_lr_units_replay_weight_space_gd_with_the_same_learning_rate(setup, solver):
+    """kernel.lr_units=absolute: kernel.lr is the weight-space learning rate itself (no λ_max scaling)."""
+    module, x_tr, x_te, y = setup
+    fam, key, k = last_layer(network(module)), jax.random.key(5), 3
+    eta = 0.3
+    k_tt, k_te = gp_kernel(module, key, x_tr, x_te)
+    onehot = jax.nn.one_hot(y, k, dtype=jnp.float64)
+    if solver == "mse":
+        loss_fn = lambda f: 0.5 * jnp.mean(jnp.sum((f - onehot) ** 2, -1))  # noqa: E731
+    else:
+        loss_fn = lambda f: distill_loss(f, y, jnp.zeros((len(y), k), jnp.float64), 0.0, 1.0)  # noqa: E731
+    w_tr, w_te, f0_tr, f0_te = weight_space(fam, key, x_tr, x_te, loss_fn, eta, STEPS)
+    cfg = KernelConfig(backend="function", solver=solver, lr=eta, lr_units="absolute", steps=STEPS)
+    f_tr, f_te, _, _ = solve(k_tt, k_te, np.asarray(f0_tr), np.asarray(f0_te), np.asarray(y), None, 0.0, 1.0, cfg)
+    assert rel_err(f_tr, w_tr) < TOL and rel_err(f_te, w_te) < TOL
+    # with the default units the same number is a different step (lr · n / λ_max): not equal
+    other = solve(k_tt, k_te, np.asarray(f0_tr), np.asarray(f0_te), np.asarray(y), None, 0.0, 1.0,
+                  KernelConfig(backend="function", solver=solver, lr=eta, steps=STEPS))  # fmt: skip
+    assert rel_err(other[1], w_te) > 1e-3

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import rel_err
 from jax.flatten_util import ravel_pytree
 
 from ntk_vs_nn.families import last_layer, linearized, network
@@ -34,12 +35,6 @@ from ntk_vs_nn.models import build_model
 MODEL, K, N_TRAIN, N_TEST, STEPS = "SimpleCNN-3-1", 3, 8, 4, 30
 TOL = 1e-8  # relative (max-abs over max-abs) agreement of exact identities in float64
 EXACT = 1e-12  # two float64 computations of the same kernel
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def f64(tree):

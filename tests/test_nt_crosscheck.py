@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import rel_err
 from flax import traverse_util
 
 from ntk_vs_nn import nt_backend
@@ -46,12 +47,6 @@ needs_nt = pytest.mark.skipif(NT_ERROR is not None, reason=f"neural-tangents not
 
 K = 3
 EXACT = 1e-10  # two float64 computations of the same quantity
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def f64(tree):
@@ -110,6 +105,25 @@ def test_empirical_ntk_equals_neural_tangents(x64, name, trace_axes):
     # neural-tangents differentiating the batch as a whole (vmap_axes=None) gives the same kernel
     whole_batch = nt_backend.nt_empirical_ntk_fn(f, trace_axes, "jacobian_contraction", vmap_axes=None)
     assert rel_err(whole_batch(x1, x2, params), theirs["jacobian_contraction"]) < EXACT
+
+
+@pytest.mark.parametrize("trace_axes", [(), (-1,)], ids=["full", "traced"])
+@pytest.mark.nt
+@needs_nt
+def test_nt_train_test_in_tiles_equals_one_call(x64, trace_axes):
+    """The nt backend's tiled path (nt.batch, tiles that do not divide n, padded rows cropped)
+    gives the one-call kernels; and equals our train_test."""
+    module = _network("SimpleCNN-3-1")
+    x = jax.random.normal(jax.random.key(2), (12, 8, 1), jnp.float64)
+    params = f64(jax.jit(module.init)(jax.random.key(0), x[:1])["params"])
+    f = lambda p, xb: module.apply({"params": p}, xb)  # noqa: E731
+    x_tr, x_ot = x[:7], x[7:]
+    fn = nt_backend.nt_empirical_ntk_fn(f, trace_axes)
+    k_tt, k_ot = nt_backend.nt_train_test(fn, x_tr, x_ot, params, tile_size=3)
+    assert k_tt.shape[:2] == (7, 7) and k_ot.shape[:2] == (5, 7)
+    assert rel_err(k_tt, fn(x_tr, None, params)) < EXACT and rel_err(k_ot, fn(x_ot, x_tr, params)) < EXACT
+    ours_tt, ours_ot = empirical_ntk_fn(f, trace_axes=trace_axes, tile_size=3).train_test(x_tr, x_ot, params)
+    assert rel_err(k_tt, ours_tt) < EXACT and rel_err(k_ot, ours_ot) < EXACT
 
 
 @pytest.mark.nt
