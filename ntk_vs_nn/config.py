@@ -256,32 +256,42 @@ def _parse_value(key: str, raw: str, typ):
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``section.field=value`` overrides with type checks; unknown keys are errors."""
-    for item in overrides:
+    """Apply ``section.field=value`` overrides (and ``dataset=...``) with type checks; unknown keys are errors."""
+    return override(cfg, overrides, top_level=("dataset",))
+
+
+def override(cfg, items: list[str], top_level: tuple[str, ...] | None = None):
+    """Apply ``section.field=value`` (or top-level ``field=value``) items to any frozen dataclass
+    config whose sections are dataclasses (Config, and the experiment configs of gaussian.py and
+    channels.py). Values are parsed by `_parse_value` (literal_eval, type-checked; bare words are
+    strings, ``a,b`` a tuple of strings). ``top_level``: the top-level fields that may be set (default:
+    every field that is not a section). Unknown keys are a UserError listing the valid ones."""
+    hints = typing.get_type_hints(type(cfg))
+    settable = tuple(k for k, t in hints.items() if not dataclasses.is_dataclass(t)) if top_level is None else top_level
+    for item in items:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        key = key.strip()
+        key, raw = (s.strip() for s in item.split("=", 1))
         parts = key.split(".")
-        hints = typing.get_type_hints(Config)
-        if len(parts) == 1 and key in ("dataset",):
-            cfg = dataclasses.replace(cfg, **{key: _parse_value(key, raw, str)})
+        if len(parts) == 1 and key in settable:
+            cfg = dataclasses.replace(cfg, **{key: _parse_value(key, raw, hints[key])})
             continue
+        unknown = UserError(f"--set: unknown key {key!r}; valid keys: {', '.join(valid_keys(cfg, settable))}")
         if len(parts) != 2 or parts[0] not in hints or not dataclasses.is_dataclass(hints[parts[0]]):
-            raise UserError(f"--set: unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
-        section_name, field_name = parts
-        section = getattr(cfg, section_name)
+            raise unknown
+        section = getattr(cfg, parts[0])
         sec_hints = typing.get_type_hints(type(section))
-        if field_name not in sec_hints:
-            raise UserError(f"--set: unknown key {key!r}; valid keys: {', '.join(valid_keys())}")
-        value = _parse_value(key, raw, sec_hints[field_name])
-        cfg = dataclasses.replace(cfg, **{section_name: dataclasses.replace(section, **{field_name: value})})
+        if parts[1] not in sec_hints:
+            raise unknown
+        value = _parse_value(key, raw, sec_hints[parts[1]])
+        cfg = dataclasses.replace(cfg, **{parts[0]: dataclasses.replace(section, **{parts[1]: value})})
     return cfg
 
 
-def valid_keys() -> list[str]:
+def valid_keys(cfg=None, top_level: tuple[str, ...] = ()) -> list[str]:
+    """``section.field`` keys of ``cfg``'s type (default: Config), then the settable top-level fields."""
     keys = []
-    for name, typ in typing.get_type_hints(Config).items():
+    for name, typ in typing.get_type_hints(type(cfg) if cfg is not None else Config).items():
         if dataclasses.is_dataclass(typ):
             keys += [f"{name}.{f.name}" for f in dataclasses.fields(typ)]
-    return keys
+    return keys + list(top_level)

@@ -21,7 +21,8 @@ Solvers (``kernel.solver``), all from f0 on the n training points, predictions o
 The step is η = ``kernel.lr`` · n / λ_max(Θ_train), so one setting fits every kernel scale (mse is
 stable for ``kernel.lr`` < 2), or with ``kernel.lr_units=absolute`` η = ``kernel.lr``: the learning
 rate of weight-space GD, so ``kernel.lr=train.lr kernel.steps=epochs·(n/batch)`` replays a plain-SGD
-(momentum 0, constant schedule) weights run in function space (the backend cross-check). The traced kernel drops the NTK's off-diagonal output blocks: exact
+(momentum 0, constant schedule) weights run in function space (the backend cross-check).
+The traced kernel drops the NTK's off-diagonal output blocks: exact
 for gp (and the infinite-width kernels), an approximation for ntk/ntk_prime, whose cross-check with
 the weight-space backend is a table (results/quick-mnist1d/kernel-function/); for the exact full
 kernel see kernels.gradient_descent_xent (tested equal to weight-space GD).

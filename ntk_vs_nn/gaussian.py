@@ -56,7 +56,6 @@ import json
 import os
 import sys
 import time
-import typing
 from dataclasses import dataclass, field
 
 import flax.linen as nn
@@ -64,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk_vs_nn.config import TrainConfig, UserError, _parse_value
+from ntk_vs_nn.config import TrainConfig, UserError, override
 
 TEACHERS = ("linear", "fc2", "fc3", "res3", "conv2", "conv3", "resconv3")
 _TOKENS = (("nomargin", "margin"), ("clean", "noise"), ("uniform", "rejection"), ("gaussian", "mixture"))
@@ -195,42 +194,6 @@ def parse_setting(s: str) -> dict:
         valid = "/".join("|".join(o) for o in _TOKENS)
         raise UserError(f"grid.settings: bad setting {s!r}; expected {valid} (or 'all')")
     return dict(zip(("margin", "noise", "sampling", "input"), parts))
-
-
-def override(cfg, items: list[str]):
-    """Apply ``section.field=value`` (or top-level ``field=value``) to a frozen dataclass config.
-
-    Values are parsed as by `ntk_vs_nn.config.apply_overrides` (literal_eval, type-checked; bare
-    words are strings, ``a,b`` a tuple of strings); unknown keys are a UserError listing the valid ones.
-    """
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--set expects key=value, got {item!r}")
-        key, raw = (s.strip() for s in item.split("=", 1))
-        parts, hints = key.split("."), typing.get_type_hints(type(cfg))
-        valid = ", ".join(valid_keys(cfg))
-        if len(parts) == 1 and parts[0] in hints and not dataclasses.is_dataclass(hints[parts[0]]):
-            cfg = dataclasses.replace(cfg, **{key: _parse_value(key, raw, hints[key])})
-            continue
-        if len(parts) != 2 or parts[0] not in hints or not dataclasses.is_dataclass(hints[parts[0]]):
-            raise UserError(f"--set: unknown key {key!r}; valid keys: {valid}")
-        section = getattr(cfg, parts[0])
-        sec_hints = typing.get_type_hints(type(section))
-        if parts[1] not in sec_hints:
-            raise UserError(f"--set: unknown key {key!r}; valid keys: {valid}")
-        value = _parse_value(key, raw, sec_hints[parts[1]])
-        cfg = dataclasses.replace(cfg, **{parts[0]: dataclasses.replace(section, **{parts[1]: value})})
-    return cfg
-
-
-def valid_keys(cfg) -> list[str]:
-    keys = []
-    for name, typ in typing.get_type_hints(type(cfg)).items():
-        if dataclasses.is_dataclass(typ):
-            keys += [f"{name}.{f.name}" for f in dataclasses.fields(typ)]
-        else:
-            keys.append(name)
-    return keys
 
 
 def config_from_sets(items: list[str], presets: dict) -> object:
