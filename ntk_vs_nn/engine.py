@@ -190,6 +190,11 @@ class Trainer:
         groups = [[i] for i in range(m)] if mode == "sequential" else [list(range(m))]
         stacked = mode in ("vmap", "shard")
         mesh = (self.mesh or sharding.member_mesh()) if mode == "shard" else None
+        # sequential / unrolled on a host split into several CPU devices: each batch is split over
+        # them (data parallel); params replicated, back on one device at the end
+        dp = None if stacked else sharding.data_mesh(self.batch_size)
+        if dp is not None:
+            x, y, teachers = sharding.replicate((jnp.asarray(x), jnp.asarray(y), teachers), dp)
         losses = np.zeros((m, epochs), np.float32)
         bar = tqdm(total=epochs * len(groups), desc=desc, leave=False, disable=not self.progress)
         for group in groups:
@@ -211,6 +216,8 @@ class Trainer:
             # (the ntk anchor starts as the very same arrays).
             carries = [(jax.tree.map(jnp.copy, v["params"]), self.tx.init(v["params"])) for v in vs]
             states = [v["state"] for v in vs]
+            if dp is not None:
+                carries, states = sharding.replicate((carries, states), dp)
             if stacked:
                 stack = lambda t: jax.tree.map(lambda *a: jnp.stack(a), *t)  # noqa: E731
                 carries, states = stack(carries), stack(states)
@@ -227,6 +234,8 @@ class Trainer:
                     aug = [jax.random.fold_in(jax.random.fold_in(k, e), _AUGMENT_TAG) for k in dk]
                 if stacked:
                     aug = jnp.stack(aug)
+                if dp is not None:  # (steps, M, batch): the batch axis over the data devices
+                    idx, aug = sharding.shard(idx, dp, 2), sharding.replicate(aug, dp)
                 if mesh is not None:
                     if member_axis == 0:
                         idx, aug = sharding.shard(idx, mesh, 1), sharding.shard(aug, mesh)
@@ -242,6 +251,8 @@ class Trainer:
                 if mesh is not None:  # back to ordinary single-device arrays, as the other modes give
                     carries = jax.tree.map(jnp.asarray, sharding.gather(carries))
                 carries = [jax.tree.map(lambda a, j=j: a[j], carries) for j in range(len(group))]
+            if dp is not None:  # ordinary single-device arrays again, as the other modes give
+                carries = jax.device_put(carries, jax.local_devices()[0])
             for j, i in enumerate(group):
                 variables[i] = {"params": carries[j][0], "state": variables[i]["state"]}
             losses[group] = np.asarray(sharding.gather(jnp.stack(group_losses, axis=1)))[: len(group)]

@@ -47,9 +47,9 @@ def padded_count(m: int, mesh: Mesh) -> int:
     return -(-m // d) * d
 
 
-def spec(axis: int = 0) -> P:
-    """The partition spec that shards array axis ``axis`` over the member axis."""
-    return P(*([None] * axis), AXIS)
+def spec(axis: int = 0, name: str = AXIS) -> P:
+    """The partition spec that shards array axis ``axis`` over the mesh axis ``name``."""
+    return P(*([None] * axis), name)
 
 
 def place(a, sharding: NamedSharding):
@@ -64,7 +64,7 @@ def place(a, sharding: NamedSharding):
 
 
 def shard(tree, mesh: Mesh, axis: int = 0):
-    """Place every leaf of ``tree`` with its axis ``axis`` split over the mesh's member axis.
+    """Place every leaf of ``tree`` with its axis ``axis`` split over the mesh's (only) axis.
 
     Leaves with fewer dimensions, or whose size on ``axis`` is not a multiple of the mesh size
     (e.g. Adam's step count), are replicated."""
@@ -72,7 +72,7 @@ def shard(tree, mesh: Mesh, axis: int = 0):
     def put(a):
         a = jax.numpy.asarray(a)
         ok = a.ndim > axis and a.shape[axis] % mesh.size == 0
-        return place(a, NamedSharding(mesh, spec(axis) if ok else P()))
+        return place(a, NamedSharding(mesh, spec(axis, mesh.axis_names[0]) if ok else P()))
 
     return jax.tree.map(put, tree)
 
@@ -110,6 +110,19 @@ def stacked_sum_size(family, params) -> int:
     if not leaves or any(getattr(a, "ndim", 0) < 1 or a.shape[0] != n for a in leaves):
         return 0
     return n
+
+
+DATA_AXIS = "data"
+def data_mesh(batch_size: int) -> Mesh | None:
+    """A one-axis mesh ``data`` over the CPU devices of this process when there are several and
+    they divide ``batch_size`` (each device then takes an equal slice of every batch; params and
+    optimiser state are replicated and the gradient is summed across them by XLA), else None."""
+    if jax.process_count() > 1 or jax.default_backend() != "cpu":
+        return None
+    devices = jax.local_devices()
+    if len(devices) <= 1 or batch_size % len(devices):
+        return None
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def maybe_initialize_distributed() -> bool:

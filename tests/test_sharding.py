@@ -282,3 +282,76 @@ def test_store_does_not_write_on_processes_other_than_0(tmp_path, monkeypatch):
     store = Store(str(tmp_path))
     store.append({"unit": "u"})
     assert store.writer and store.records() == [{"unit": "u"}]
+
+
+DATA_PARALLEL = r"""
+import dataclasses, json, sys
+sys.path.insert(0, "tests")
+import jax, numpy as np
+from conftest import make_tiny_config, make_tiny_dataset
+from ntk_vs_nn import sharding
+from ntk_vs_nn.engine import Trainer
+from ntk_vs_nn.families import make_family
+
+data, cfg = make_tiny_dataset(), make_tiny_config()
+tc = dataclasses.replace(cfg.train, epochs=2, batch_size=16)
+out = {"devices": jax.device_count(), "mesh": sharding.data_mesh(16) is not None}
+for fam_name in ("nn", "ntk"):
+    fam = make_family(fam_name, "SimpleCNN-3-1", data.num_classes, data.spatial_ndim, cfg)
+    t = Trainer(fam, tc, len(data.x_train))
+    seen = []
+    real = t._compiled
+    def compiled(m, mode, real=real, seen=seen):
+        fn = real(m, mode)
+        def wrapped(carries, states, idx, *rest):
+            seen.append([len(jax.tree.leaves(carries)[0].sharding.device_set), str(getattr(idx.sharding, "spec", "-"))])
+            return fn(carries, states, idx, *rest)
+        return wrapped
+    t._compiled = compiled
+    got = t.fit([jax.random.key(1), jax.random.key(2)], [jax.random.key(3), jax.random.key(4)],
+                data.x_train, data.y_train, mode="sequential")
+    leaf = jax.tree.leaves(got.variables[0]["params"])[0]
+    out[fam_name] = {
+        "pred": [np.asarray(t.predict(v, data.x_test)).tolist() for v in got.variables],
+        "losses": got.losses.tolist(),
+        "placement": seen[0],
+        "params_devices": len(leaf.sharding.device_set),
+    }
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _run_data_parallel(devices: int) -> dict:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", DATA_PARALLEL], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT ") :])
+
+
+def test_data_parallel_members_over_cpu_devices_equal_one_device():
+    """Sequential members on a host split into 2 CPU devices: each batch is split over them (params
+    replicated, the batch axis sharded), the trained params come back on one device, and predictions
+    and losses equal a one-device process's (float32 reassociation only)."""
+    one, two = _run_data_parallel(1), _run_data_parallel(2)
+    assert (one["devices"], one["mesh"], two["devices"], two["mesh"]) == (1, False, 2, True)
+    for fam in ("nn", "ntk"):
+        assert one[fam]["placement"] == [1, "-"]
+        assert two[fam]["placement"] == [2, "P(None, None, 'data')"]
+        assert two[fam]["params_devices"] == 1
+        a, b = np.asarray(one[fam]["pred"]), np.asarray(two[fam]["pred"])
+        assert np.abs(a - b).max() < ATOL * 10 and np.abs(a[0] - a[1]).max() > 1e-2  # members differ
+        np.testing.assert_allclose(two[fam]["losses"], one[fam]["losses"], rtol=1e-5)
+
+
+def test_host_devices_are_configured_only_before_jax_starts(monkeypatch):
+    from ntk_vs_nn import cli
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert cli.host_device_count(0) == max(1, min(os.cpu_count() or 1, 8)) and cli.host_device_count(3) == 3
+    assert cli.configure_host_devices(2) is False and "XLA_FLAGS" not in os.environ  # jax is imported here
+    monkeypatch.delitem(sys.modules, "jax")  # as in a fresh `ntk-vs-nn table` process
+    assert cli.configure_host_devices(2) is True
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+    assert cli.configure_host_devices(4) is False  # an explicit count is left alone
