@@ -41,6 +41,8 @@ XLA_OPTIONS = {
     "default": "",
     "ynn_convolution": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution",
     "single_thread": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    # one XLA device per core, each batch split over them (what `ntk-vs-nn table` does: run.cpu_devices)
+    "device_per_core": f"--xla_force_host_platform_device_count={os.cpu_count() or 1}",
 }
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 from ntk_vs_nn.config import UserError, apply_overrides
@@ -177,6 +179,10 @@ def cmd_table(args) -> int:
     )
     if not store.writer:  # another process of a multi-host run: process 0 writes the tables
         return 0
+    from ntk_vs_nn.results import INTERRUPTED
+
+    if INTERRUPTED.is_set():  # an interrupt swallowed after the last record
+        raise KeyboardInterrupt
     written = write_outputs(cfg, out)
     print(written[args.which])
     mdf = written["messages"]
@@ -220,8 +226,27 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _on_sigint(signum, frame):
+    from ntk_vs_nn.results import INTERRUPTED
+
+    INTERRUPTED.set()  # in case a library swallows the KeyboardInterrupt: the store raises it again
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if in_main else None
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        return _run(args)
+    finally:
+        if previous is signal.default_int_handler:  # in-process callers (tests) get theirs back
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(args) -> int:
     try:  # tensorflow-datasets logs through absl; keep errors to our one line
         import absl.logging
 

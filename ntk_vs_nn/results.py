@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 from importlib import metadata
 
 import numpy as np
@@ -26,6 +27,11 @@ import numpy as np
 from ntk_vs_nn.config import UserError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+# Set by the command line's SIGINT handler. Ctrl-C normally raises KeyboardInterrupt at once, but a
+# library can swallow it (an interrupt landing inside orbax's checkpoint threads did); the store
+# raises it again after the next record, so an interrupted run always stops at a unit boundary.
+INTERRUPTED = threading.Event()
 
 
 def _safe(part) -> str:
@@ -97,6 +103,8 @@ class Store:
                 os.fsync(f.fileno())
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+        if INTERRUPTED.is_set():
+            raise KeyboardInterrupt
 
     # -- predictions of a unit -------------------------------------------------------------
     def unit_path(self, unit: str) -> str:

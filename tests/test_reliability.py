@@ -225,3 +225,17 @@ def test_corrupt_checkpoint_is_one_clear_error(reference, tmp_path):
         load_checkpoint(broken)
     with pytest.raises(UserError, match="not found"):
         load_checkpoint(str(tmp_path / "nothing.ckpt"))
+
+
+def test_an_interrupt_swallowed_by_a_library_still_stops_at_the_next_unit(tmp_path, monkeypatch):
+    """SIGINT sets results.INTERRUPTED; if the KeyboardInterrupt is swallowed (as one landing in
+    orbax's checkpoint threads was), the store raises it again right after the next record."""
+    from ntk_vs_nn import results
+
+    store = results.Store(str(tmp_path))
+    store.append({"unit": "a"})
+    monkeypatch.setattr(results, "INTERRUPTED", __import__("threading").Event())
+    results.INTERRUPTED.set()
+    with pytest.raises(KeyboardInterrupt):
+        store.append({"unit": "b"})
+    assert [r["unit"] for r in store.records()] == ["a", "b"]  # the record is kept, then it stops
