@@ -57,7 +57,15 @@ def reference(tmp_path_factory):
 def test_killed_run_resumes_without_retraining_and_matches(reference, tmp_path, sig):
     out = str(tmp_path / "run")
     argv = [sys.executable, "-m", "ntk_vs_nn", "table", "nn", *SMOKE, "--set", "train.epochs=4", "--out", out]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIG_DFL in the child: a test run from a background job inherits SIGINT ignored (the shell's rule
+    # for `&`), and Python then leaves Ctrl-C ignored, as the user of such a shell asked
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     wait_for_records(out, proc, 1)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
