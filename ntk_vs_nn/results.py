@@ -28,9 +28,9 @@ from ntk_vs_nn.config import UserError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
-# Set by the command line's SIGINT handler. Ctrl-C normally raises KeyboardInterrupt at once, but a
-# library can swallow it (an interrupt landing inside orbax's checkpoint threads did); the store
-# raises it again after the next record, so an interrupted run always stops at a unit boundary.
+# Set by the command line's SIGINT handler. Ctrl-C normally raises KeyboardInterrupt at once, but
+# library code that catches BaseException could swallow it; the store raises it again after the next
+# record, so an interrupted run still stops at a unit boundary (a defence, not an observed failure).
 INTERRUPTED = threading.Event()
 
 

@@ -236,8 +236,8 @@ def test_corrupt_checkpoint_is_one_clear_error(reference, tmp_path):
 
 
 def test_an_interrupt_swallowed_by_a_library_still_stops_at_the_next_unit(tmp_path, monkeypatch):
-    """SIGINT sets results.INTERRUPTED; if the KeyboardInterrupt is swallowed (as one landing in
-    orbax's checkpoint threads was), the store raises it again right after the next record."""
+    """SIGINT sets results.INTERRUPTED; if the KeyboardInterrupt were swallowed by library code, the
+    store raises it again right after the next record."""
     from ntk_vs_nn import results
 
     store = results.Store(str(tmp_path))
