@@ -242,3 +242,30 @@ def test_absolute_lr_units_replay_weight_space_gd_with_the_same_learning_rate(se
     other = solve(k_tt, k_te, np.asarray(f0_tr), np.asarray(f0_te), np.asarray(y), None, 0.0, 1.0,
                   KernelConfig(backend="function", solver=solver, lr=eta, steps=STEPS))  # fmt: skip
     assert rel_err(other[1], w_te) > 1e-3
+
+
+def test_infinite_rows_share_one_stax_pass(tmp_path, tiny_data, tiny_cfg, monkeypatch):
+    """ntk_inf and nngp_inf of a table come from one infinite_kernels call (kind=("ntk", "nngp")),
+    and each row gets its own kind's kernel."""
+    from ntk_vs_nn import nt_backend
+    from ntk_vs_nn.protocols import run_row
+    from ntk_vs_nn.results import Store
+
+    if not nt_backend.available():
+        pytest.skip("neural-tangents not installed (make install-nt)")
+    calls, real = [], nt_backend.infinite_kernels
+    monkeypatch.setattr(nt_backend, "infinite_kernels", lambda *a, **kw: calls.append(kw["kind"]) or real(*a, **kw))
+    monkeypatch.setattr(function_space, "_CACHE", {})
+    cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="weights", solver="ridge"))
+    store = Store.prepare(str(tmp_path))
+    for fam in ("ntk_inf", "nngp_inf"):
+        run_row(fam, MODEL, cfg, tiny_data, store, {})
+    assert calls == [("ntk", "nngp")]
+    x_ot = np.concatenate([tiny_data.x_val, tiny_data.x_test])
+    for fam, kind in (("ntk_inf", "ntk"), ("nngp_inf", "nngp")):
+        k_tt, k_ot = real(MODEL, 3, 1, tiny_data.x_train, x_ot, kind=kind)
+        reg = cfg.kernel.ridge * np.mean(np.diag(k_tt))
+        a = np.linalg.solve(k_tt + reg * np.eye(len(k_tt)), np.eye(3)[tiny_data.y_train])
+        acc = 100 * np.mean(np.argmax((k_ot @ a)[len(tiny_data.x_val) :], -1) == tiny_data.y_test)
+        rec = next(r for r in store.records() if r["family"] == fam and r["protocol"] == "single")
+        assert rec["metrics"]["acc"] == pytest.approx(acc)
