@@ -91,15 +91,19 @@ print("RESULT " + json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def four_devices():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+def _run_script(script: str, devices: int, *args: str) -> dict:
+    """The JSON after "RESULT " printed by ``script`` run on ``devices`` forced CPU devices."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    return json.loads(line[len("RESULT ") :])
+    return json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT ") :])
+
+
+@pytest.fixture(scope="module")
+def four_devices():
+    return _run_script(SCRIPT, 4)
 
 
 @pytest.mark.parametrize("case", ["nn/4", "ntk/4", "nn/3", "ntk/3"])
@@ -148,8 +152,9 @@ print(f"RESULT {jax.process_index()} {diff}", flush=True)
 """
 
 
-def test_two_processes_share_one_mesh_and_match_one_device(tmp_path):
-    """Multi-host in miniature: 2 processes x 2 CPU devices joined by jax.distributed (gloo)."""
+def _two_processes(tmp_path, name: str, argv: list[str], timeout: int) -> list[str]:
+    """Run ``python *argv`` as 2 processes x 2 CPU devices joined by jax.distributed (gloo); both
+    must exit 0. Returns each process's output."""
     import socket
 
     with socket.socket() as s:
@@ -165,19 +170,26 @@ def test_two_processes_share_one_mesh_and_match_one_device(tmp_path):
             "JAX_NUM_PROCESSES": "2",
             "JAX_PROCESS_ID": str(pid),
         }
-        log = open(tmp_path / f"p{pid}.log", "w+")
-        cmd = [sys.executable, "-c", MULTI_PROCESS]
+        log = open(tmp_path / f"{name}{pid}.log", "w+")
+        cmd = [sys.executable, *argv]
         procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     for proc, _ in procs:
         try:
-            proc.wait(timeout=300)
+            proc.wait(timeout=timeout)
         finally:
             if proc.poll() is None:
                 proc.kill()
-    for pid, (proc, log) in enumerate(procs):
+    texts = []
+    for proc, log in procs:
         log.seek(0)
-        text = log.read()
-        assert proc.returncode == 0, text[-3000:]
+        texts.append(log.read())
+        assert proc.returncode == 0, texts[-1][-3000:]
+    return texts
+
+
+def test_two_processes_share_one_mesh_and_match_one_device(tmp_path):
+    """Multi-host in miniature: 2 processes x 2 CPU devices joined by jax.distributed (gloo)."""
+    for pid, text in enumerate(_two_processes(tmp_path, "p", ["-c", MULTI_PROCESS], timeout=300)):
         line = next(line for line in text.splitlines() if line.startswith("RESULT "))
         _, index, diff = line.split()
         assert int(index) == pid and float(diff) < ATOL, line
@@ -227,36 +239,11 @@ def test_multi_host_cli_table_equals_one_process_and_only_process_0_writes(tmp_p
     """`ntk-vs-nn table --set run.members=shard` on 2 processes x 2 CPU devices (jax.distributed via
     JAX_COORDINATOR_ADDRESS): one records file written by process 0 alone (no duplicate unit), and the
     table equals a one-process run's."""
-    import socket
-
     import pandas as pd
 
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
     multi, single = tmp_path / "multi", tmp_path / "single"
-    procs = []
-    for pid in range(2):
-        env = {
-            **os.environ,
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-            "JAX_PLATFORMS": "cpu",
-            "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-            "JAX_NUM_PROCESSES": "2",
-            "JAX_PROCESS_ID": str(pid),
-        }
-        log = open(tmp_path / f"cli{pid}.log", "w+")
-        cmd = [sys.executable, "-m", "ntk_vs_nn", *SMOKE_TABLE, "--set", "run.members=shard", "--out", str(multi)]
-        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    for proc, _ in procs:
-        try:
-            proc.wait(timeout=600)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    for proc, log in procs:
-        log.seek(0)
-        assert proc.returncode == 0, log.read()[-3000:]
+    argv = ["-m", "ntk_vs_nn", *SMOKE_TABLE, "--set", "run.members=shard", "--out", str(multi)]
+    _two_processes(tmp_path, "cli", argv, timeout=600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COORDINATOR")}
     done = subprocess.run([sys.executable, "-m", "ntk_vs_nn", *SMOKE_TABLE, "--set", "run.members=sequential",
                            "--out", str(single)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -321,15 +308,6 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _run_data_parallel(devices: int, model: str) -> dict:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-c", DATA_PARALLEL, model], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT ") :])
-
-
 @pytest.mark.parametrize("model", ["SimpleCNN-3-1", "ResNet-10-1"])
 def test_data_parallel_members_over_cpu_devices_equal_one_device(model):
     """Sequential members on a host split into 2 CPU devices: each batch is split over them (params
@@ -337,7 +315,7 @@ def test_data_parallel_members_over_cpu_devices_equal_one_device(model):
     and losses equal a one-device process's (float32 reassociation only). (Per-example Jacobians,
     i.e. a vmapped conv weight-gradient, came out wrong when split this way on XLA:CPU, jax 0.10.2:
     the kernels stay on one device.)"""
-    one, two = _run_data_parallel(1, model), _run_data_parallel(2, model)
+    one, two = _run_script(DATA_PARALLEL, 1, model), _run_script(DATA_PARALLEL, 2, model)
     assert (one["devices"], one["mesh"], two["devices"], two["mesh"]) == (1, False, 2, True)
     for fam in ("nn", "ntk"):
         assert one[fam]["placement"] == [1, "-"]
