@@ -70,8 +70,8 @@ class KernelConfig:
     """How the kernel families are solved (PROTOCOLS §1; ntk_vs_nn/function_space.py).
 
     weights: the linearised model is trained like the net (same optimiser, data order, epochs).
-    function: the empirical kernel (traced NTK; gp: phi phi^T + 1) is built on the training set and
-    the model is solved in function space; nt: the same with neural-tangents' empirical kernel.
+    function: the empirical kernel (NTK, traced or full; gp: phi phi^T + 1) is built on the training
+    set and the model is solved in function space; nt: the same with neural-tangents' empirical kernel.
     The infinite-width families (ntk_inf, nngp_inf) are always solved in function space.
     """
 
@@ -86,6 +86,11 @@ class KernelConfig:
     #                 accuracy (early stopping in closed form), xent: 3000
     ridge: float = 1e-3  # ridge solver: added to the diagonal, in units of mean(diag(kernel))
     tile_size: int = 256  # kernel tiles (examples per side)
+    trace: bool = True  # ntk/ntk_prime in function space: True = the traced NTK used as Theta (x) I_k
+    #                     (n x n: cheap, an approximation for a narrow net); False = the full
+    #                     (n k x n k) NTK: exact (equals weight-space GD), k^2 x the memory (spilled to
+    #                     a temporary file beyond 1 GiB) and ~k x the kernel time. gp and the
+    #                     infinite-width kernels are exact either way (block-diagonal by construction)
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,7 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
         ("train", "augment_kernels"): False,
     },
     {("model", "dtype"): "float32", ("kernel", "lr_units"): "lambda_max"},
+    {("kernel", "trace"): True},
 ]
 
 

@@ -356,7 +356,9 @@ def gradient_descent_mse(
 
     Returns:
       ``predict(fx_train_0 (n, k), fx_test_0 (m, k) | None = None, k_test_train (m, n[, k, k]) | None
-      = None) -> (fx_train_t (n, k), fx_test_t (m, k) | None)`` as float64 numpy.
+      = None) -> (fx_train_t (n, k), fx_test_t (m, k) | None)`` as float64 numpy. ``k_test_train``
+      may also be a function v ↦ Θ(test, train) v (v: (n·k, 1) full, (n, k) traced), for a test
+      kernel that is never formed (function_space applies it as J_test (J_trainᵀ v)).
     """
     if (n_steps is None) == (t is None):
         raise ValueError("give exactly one of n_steps (discrete GD) and t (gradient flow)")
@@ -385,7 +387,8 @@ def gradient_descent_mse(
         fx_train = np.asarray(fx_train_0, np.float64) - (evecs @ (done[:, None] * coef)).reshape(np.shape(fx_train_0))
         if fx_test_0 is None:
             return fx_train, None
-        step = _mat(k_test_train) @ (evecs @ (g[:, None] * coef))
+        v = evecs @ (g[:, None] * coef)
+        step = k_test_train(v) if callable(k_test_train) else _mat(k_test_train) @ v
         return fx_train, np.asarray(fx_test_0, np.float64) - step.reshape(np.shape(fx_test_0))
 
     return predict

@@ -20,9 +20,9 @@ from conftest import rel_err
 from ntk_vs_nn import function_space
 from ntk_vs_nn.config import KernelConfig
 from ntk_vs_nn.engine import distill_loss
-from ntk_vs_nn.families import last_layer, network, summed
+from ntk_vs_nn.families import last_layer, linearized, network, summed
 from ntk_vs_nn.function_space import FunctionTrainer, solve
-from ntk_vs_nn.kernels import empirical_ntk_fn
+from ntk_vs_nn.kernels import empirical_ntk_fn, kernel_ridge
 from ntk_vs_nn.models import build_model
 
 MODEL, STEPS, TOL = "SimpleCNN-3-1", 40, 1e-8
@@ -269,3 +269,95 @@ def test_infinite_rows_share_one_stax_pass(tmp_path, tiny_data, tiny_cfg, monkey
         acc = 100 * np.mean(np.argmax((k_ot @ a)[len(tiny_data.x_val) :], -1) == tiny_data.y_test)
         rec = next(r for r in store.records() if r["family"] == fam and r["protocol"] == "single")
         assert rec["metrics"]["acc"] == pytest.approx(acc)
+
+
+# ----------------------------------------------------------------------- the full kernel (trace=false)
+
+
+def full_ntk(module, params, x_tr, x_te):
+    """Reference full NTK blocks from explicit per-example Jacobians (float64): (n, n, k, k), (m, n, k, k)."""
+    f = lambda p, x: module.apply({"params": p}, x)  # noqa: E731
+
+    def jac(x):
+        leaves = jax.tree.leaves(jax.vmap(lambda xi: jax.jacrev(lambda p: f(p, xi[None])[0])(params))(x))
+        return jnp.concatenate([a.reshape(a.shape[:2] + (-1,)) for a in leaves], -1)  # (B, k, P)
+
+    j_tr, j_te = jac(x_tr), jac(x_te)
+    return np.asarray(jnp.einsum("iap,jbp->ijab", j_tr, j_tr)), np.asarray(jnp.einsum("iap,jbp->ijab", j_te, j_tr))
+
+
+@pytest.mark.parametrize("case", ["xent", "kd", "mse", "ridge"])
+@pytest.mark.parametrize("offset", [True, False], ids=["ntk", "ntk_prime"])
+def test_full_ntk_function_space_equals_weight_space_gd(setup, case, offset):
+    """The linearised net trained by full-batch GD in weight space = `solve` on the full NTK, with
+    Θ(test, train) applied as J_test (J_trainᵀ a) (`_jacobian_operator`), in float64. The traced
+    kernel, on the same problem, is far off (the check can tell the two apart)."""
+    module, x_tr, x_te, y = setup
+    fam, key, k, n, eta = linearized(network(module), offset), jax.random.key(7), 3, len(x_tr), 0.3
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), module.init(key, x_tr[:1])["params"])
+    teacher = np.asarray(jax.random.normal(jax.random.key(9), (n, k)), np.float64) * 3
+    alpha, tau = (0.7, 2.0) if case == "kd" else (0.0, 1.0)
+    onehot = jax.nn.one_hot(y, k, dtype=jnp.float64)
+    if case in ("mse", "ridge"):
+        loss_fn = lambda f: 0.5 * jnp.mean(jnp.sum((f - onehot) ** 2, -1))  # noqa: E731
+    else:
+        loss_fn = lambda f: distill_loss(f, y, jnp.asarray(teacher), alpha, tau)  # noqa: E731
+    w_tr, w_te, f0_tr, f0_te = weight_space(fam, key, x_tr, x_te, loss_fn, eta, STEPS)
+    k4_tt, k4_te = full_ntk(module, params, x_tr, x_te)
+    if case == "ridge":  # no weight-space counterpart: kernel ridge from f0 on the explicit full kernel
+        reg = 1e-3 * np.mean(np.einsum("iiaa->ia", k4_tt))
+        d_tr, d_te = kernel_ridge(k4_tt, np.asarray(onehot) - np.asarray(f0_tr), k4_te, ridge=reg)
+        w_tr, w_te = np.asarray(f0_tr) + d_tr, np.asarray(f0_te) + d_te
+    f = lambda p, x: module.apply({"params": p}, x)  # noqa: E731
+    op = function_space._jacobian_operator(f, params, np.asarray(x_tr), np.asarray(x_te), bs=7)
+    a = np.asarray(jax.random.normal(jax.random.key(2), (n, k)), np.float64)
+    assert rel_err(op(a), np.einsum("ijab,jb->ia", k4_te, a)) < 1e-10  # chunks of 7: padding tested
+    solver = "ridge" if case == "ridge" else "mse" if case == "mse" else "xent"
+    cfg = KernelConfig(backend="function", solver=solver, lr=eta, lr_units="absolute", steps=STEPS, ridge=1e-3)
+    args = (np.asarray(f0_tr), np.asarray(f0_te), np.asarray(y), teacher if case == "kd" else None, alpha, tau, cfg)
+    f_tr, f_te, _, _ = solve(k4_tt, op, *args)
+    assert rel_err(f_tr, w_tr) < TOL and rel_err(f_te, w_te) < TOL
+    assert np.abs(f_te - np.asarray(f0_te)).max() > 1e-2 * np.abs(f_te).max()  # it trained
+    flat = k4_tt.transpose(0, 2, 1, 3).reshape(n * k, n * k)  # the flattened layout, an explicit test kernel
+    g_tr, g_te, _, _ = solve(flat, k4_te, *args)
+    assert rel_err(g_tr, f_tr) < 1e-10 and rel_err(g_te, f_te) < 1e-10
+    traced = solve(np.einsum("ijaa->ij", k4_tt) / k, np.einsum("ijaa->ij", k4_te) / k, *args)
+    assert rel_err(traced[1], w_te) > 1e-2
+
+
+def test_full_kernel_trainer_members_sum_and_spill(tiny_data, tiny_cfg, monkeypatch):
+    """FunctionTrainer with kernel.trace=false: the member kernel is the full NTK flattened, reused by
+    ntk′ (one computation); spilled to disk it gives the same predictions; the train-sum of L members
+    (float32 kernels) = weight-space GD of the summed linearised nets (float64) to float32 rounding."""
+    monkeypatch.setattr(function_space, "_CACHE", {})
+    d, k, L = tiny_data, 3, 3
+    kcfg = KernelConfig(backend="function", solver="xent", lr=0.3, lr_units="absolute", steps=STEPS, trace=False)
+    cfg = dataclasses.replace(tiny_cfg, kernel=kcfg)
+    key = jax.random.key(4)
+    module = build_model(MODEL, k, 1)
+    params = module.init(key, d.x_train[:1])["params"]
+    ref_tt, _ = full_ntk(module, params, jnp.asarray(d.x_train), jnp.asarray(d.x_test))
+    k_tt, other, _, _ = FunctionTrainer("ntk", MODEL, cfg, d)._member(key)
+    n = len(d.x_train)
+    assert k_tt.shape == (n * k, n * k) and rel_err(k_tt, ref_tt.transpose(0, 2, 1, 3).reshape(n * k, n * k)) < 1e-5
+    FunctionTrainer("ntk_prime", MODEL, cfg, d)._member(key)
+    assert len(function_space._CACHE) == 1
+    fit = lambda fam, **kw: FunctionTrainer(fam, MODEL, cfg, d, **kw).fit([key], [key], None, d.y_train)  # noqa: E731
+    in_memory = fit("ntk").variables[0]["preds"]
+    monkeypatch.setattr(function_space, "_CACHE", {})
+    monkeypatch.setattr(function_space, "SPILL_BYTES", 0)
+    spilled_kernel = FunctionTrainer("ntk", MODEL, cfg, d)._member(key)[0]
+    assert isinstance(spilled_kernel, np.memmap)
+    spilled = fit("ntk").variables[0]["preds"]
+    for s in in_memory:
+        np.testing.assert_array_equal(spilled[s], in_memory[s])
+    with jax.enable_x64(True):
+        fam = summed(linearized(network(module)), L, "mean")
+        x_tr, x_te = jnp.asarray(d.x_train, jnp.float64), jnp.asarray(d.x_test, jnp.float64)
+        loss_fn = lambda f: distill_loss(f, d.y_train, jnp.zeros((n, k)), 0.0, 1.0)  # noqa: E731
+        w_tr, w_te, _, _ = weight_space(fam, key, x_tr, x_te, loss_fn, 0.3, STEPS)
+    preds = fit("ntk", n_sum=L).variables[0]["preds"]
+    assert rel_err(preds["train"], w_tr) < 1e-4 and rel_err(preds["test"], w_te) < 1e-4
+    traced = dataclasses.replace(cfg, kernel=dataclasses.replace(kcfg, trace=True))
+    off = FunctionTrainer("ntk", MODEL, traced, d, n_sum=L).fit([key], [key], None, d.y_train).variables[0]["preds"]
+    assert rel_err(off["test"], w_te) > 1e-2
