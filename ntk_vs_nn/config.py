@@ -228,6 +228,9 @@ def _check_choice(name, value, choices):
         raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+_BOOL_WORDS = {"true": True, "false": False}  # any case; 1/0 and yes/no stay errors (ambiguous types)
+
+
 def _parse_value(key: str, raw: str, typ):
     origin = typing.get_origin(typ)
     if origin is tuple:
@@ -248,13 +251,15 @@ def _parse_value(key: str, raw: str, typ):
         if not isinstance(value, str):
             value = raw
         return value
+    if typ is bool and raw.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[raw.strip().lower()]
     try:
         value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
         raise UserError(f"--set {key}: cannot parse {raw!r} as {typ.__name__}") from None
     if typ is bool:
         if not isinstance(value, bool):
-            raise UserError(f"--set {key}: expected True or False, got {raw!r}")
+            raise UserError(f"--set {key}: expected true or false, got {raw!r}")
     elif typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"--set {key}: expected an integer, got {raw!r}")

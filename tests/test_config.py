@@ -1,5 +1,7 @@
 """`--set` overrides: type checks, unknown keys, choices; what the science hash covers."""
 
+import dataclasses
+
 import pytest
 
 from ntk_vs_nn.config import Config, UserError, apply_overrides
@@ -31,6 +33,12 @@ def test_bool_override_accepts_python_literals():
     assert apply_overrides(Config(), ["run.progress=False"]).run.progress is False
     off = apply_overrides(Config(), ["run.progress=False"])
     assert apply_overrides(off, ["run.progress=True"]).run.progress is True
+
+
+@pytest.mark.parametrize("word,value", [("false", False), ("FALSE", False), ("true", True), ("True", True)])
+def test_bool_override_accepts_true_and_false_in_any_case(word, value):
+    start = Config(kernel=dataclasses.replace(Config().kernel, trace=not value))
+    assert apply_overrides(start, [f"kernel.trace={word}"]).kernel.trace is value
 
 
 def test_float_field_accepts_an_int_and_stores_a_float():
