@@ -361,3 +361,22 @@ def test_full_kernel_trainer_members_sum_and_spill(tiny_data, tiny_cfg, monkeypa
     traced = dataclasses.replace(cfg, kernel=dataclasses.replace(kcfg, trace=True))
     off = FunctionTrainer("ntk", MODEL, traced, d, n_sum=L).fit([key], [key], None, d.y_train).variables[0]["preds"]
     assert rel_err(off["test"], w_te) > 1e-2
+
+
+def test_full_kernel_nt_backend_equals_ours(tiny_data, tiny_cfg, monkeypatch):
+    """kernel.backend=nt with kernel.trace=false (neural-tangents' full kernels, Θ(other, train) an
+    explicit array) gives the predictions of our backend (Θ(other, train) as J_other J_trainᵀ)."""
+    from ntk_vs_nn import nt_backend
+
+    if not nt_backend.available():
+        pytest.skip("neural-tangents not installed (make install-nt)")
+    monkeypatch.setattr(function_space, "_CACHE", {})
+    key, preds = jax.random.key(6), {}
+    for backend in ("function", "nt"):
+        kcfg = KernelConfig(backend=backend, solver="xent", lr=0.3, lr_units="absolute", steps=STEPS, trace=False)
+        cfg = dataclasses.replace(tiny_cfg, kernel=kcfg)
+        trainer = FunctionTrainer("ntk", MODEL, cfg, tiny_data)
+        assert trainer.full and trainer.kind == ("nt" if backend == "nt" else "ntk")
+        preds[backend] = trainer.fit([key], [key], None, tiny_data.y_train).variables[0]["preds"]
+    for s in ("train", "val", "test"):
+        assert rel_err(preds["nt"][s], preds["function"][s]) < 1e-4
