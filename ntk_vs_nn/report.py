@@ -556,6 +556,40 @@ def backend_markdown(weights: pd.DataFrame, function: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+INFINITE_WIDTH = ("ntk_inf", "nngp_inf")
+
+
+def _num(row: pd.Series, col: str, digits: int) -> str:
+    """``row[col]`` to ``digits`` decimals; "–" where the column is absent (older tables) or NaN."""
+    v = row.get(col, float("nan"))
+    return "–" if _nan(v) else f"{v:.{digits}f}"
+
+
+def infinite_width_markdown(finite: pd.DataFrame, function: pd.DataFrame) -> str:
+    """The ∞-width rows (one deterministic member = the infinite-ensemble limit) beside each finite
+    family's ensemble of L members, with NLL and ECE; "" when ``function`` has no ∞-width row."""
+    inf = function[function["family"].isin(INFINITE_WIDTH) & (function["protocol"] == "ensemble")]
+    inf = inf[inf["status"] == "ok"] if "status" in inf else inf
+    if not len(inf):
+        return ""
+    lines = ["| model | family | width | members | accuracy | NLL | ECE |", "|" + " --- |" * 7]
+    for label, table in (("finite, weight space", finite), ("finite, function space", function)):
+        ens = table[(table["protocol"] == "ensemble") & ~table["family"].isin(INFINITE_WIDTH)]
+        for _, r in ens.iterrows():
+            if _nan(r["acc_mean"]):
+                continue
+            lines.append(
+                f"| {r['model']} | {r['family']} | {label} | {int(r['n_members'])} | {r['acc_mean']:.2f} | "
+                f"{_num(r, 'nll_mean', 3)} | {_num(r, 'ece_mean', 2)} |"
+            )
+    for _, r in inf.iterrows():
+        lines.append(
+            f"| {r['model']} | {r['family']} | ∞ (stax) | ∞ | {r['acc_mean']:.2f} | {_num(r, 'nll_mean', 3)} | "
+            f"{_num(r, 'ece_mean', 2)} |"
+        )
+    return "\n".join(lines)
+
+
 def report_markdown(
     run: RunData, paper_tidy: pd.DataFrame, paper_msgs: pd.DataFrame, ours_msgs: pd.DataFrame, figures: dict
 ) -> str:
@@ -638,6 +672,21 @@ def report_markdown(
             backend_markdown(run.tables["ntk"], fn),
             "",
         ]
+        inf_md = infinite_width_markdown(run.tables["ntk"], fn)
+        if inf_md:
+            lines += [
+                "### Infinite width",
+                "",
+                "`ntk_inf` / `nngp_inf`: the neural-tangents `stax` kernel of the same architecture, solved "
+                "like the function-space rows — the limit of an infinitely wide net and of an infinite "
+                "ensemble, so one deterministic member. Beside it, each finite family's ensemble of L "
+                "members (accuracy %, NLL in nats, ECE in %). NLL and ECE treat the solver's outputs as "
+                "logits: an MSE-regression kernel predictor outputs near one-hot scores, so its softmax is "
+                "underconfident and its ECE large whatever its accuracy.",
+                "",
+                inf_md,
+                "",
+            ]
     lines += [
         "## Messages ①–⑦: ours vs the paper",
         "",

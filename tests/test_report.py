@@ -278,3 +278,38 @@ def test_backend_comparison_cells_and_noise():
     # single compares the best member (+1.00, inside 2σ = 3.00 of the weights singles); ensemble -5.00 is outside
     assert rows[0].split(" | ")[3:] == ["70.00", "71.00", "+1.00", "3.00", "yes |"]
     assert rows[1].split(" | ")[3:] == ["80.00", "75.00", "-5.00", "3.00", "no |"]
+
+
+def test_infinite_width_rows_beside_finite_ensembles():
+    from ntk_vs_nn.report import infinite_width_markdown
+
+    def row(family, protocol, acc, n=3, status="ok"):
+        return dict(
+            model="M",
+            family=family,
+            protocol=protocol,
+            n_members=n,
+            acc_mean=acc,
+            nll_mean=1.5,
+            ece_mean=20.0,
+            status=status,
+        )
+
+    # the weights table predates the ECE column: its cells say "–"
+    weights = pd.DataFrame([row("ntk", "single", 60.0), row("ntk", "ensemble", 65.0)]).drop(columns="ece_mean")
+    function = pd.DataFrame(
+        [
+            row("ntk", "ensemble", 70.0),
+            row("ntk_inf", "single", 80.0, n=1),
+            row("ntk_inf", "ensemble", 80.0, n=1),
+            row("nngp_inf", "ensemble", float("nan"), n=1, status="oom"),
+        ]
+    )
+    md = infinite_width_markdown(weights, function)
+    rows = [line.split(" | ") for line in md.splitlines() if line.startswith("| M |")]
+    assert [(r[1], r[2], r[4], r[6]) for r in rows] == [
+        ("ntk", "finite, weight space", "65.00", "– |"),
+        ("ntk", "finite, function space", "70.00", "20.00 |"),
+        ("ntk_inf", "∞ (stax)", "80.00", "20.00 |"),
+    ]
+    assert infinite_width_markdown(weights, function[function["family"] == "ntk"]) == ""
