@@ -35,7 +35,11 @@ _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 in our contractions on GPUs
 
 
 def _flat_jacobian(f, vmap_axes):
-    """(params, x (t, ...), kw) -> J (t, k, P): per-example Jacobians, leaves flattened and joined."""
+    """(params, x (t, ...), kw) -> per-example Jacobians, one (t, k, P_leaf) array per parameter leaf.
+
+    The leaves stay separate: joining them into one (t, k, P) array is a copy of the whole Jacobian
+    that cost up to a quarter of the kernel's time on CPU (benchmarks/kernels.py).
+    """
 
     def jac(params, x, kw):
         g = jax.jacrev(lambda p, xb: f(p, xb, **kw))
@@ -43,19 +47,22 @@ def _flat_jacobian(f, vmap_axes):
             leaves = jax.tree.leaves(g(params, x))
         else:
             leaves = jax.tree.leaves(jax.vmap(lambda xi: jax.tree.map(lambda a: a[0], g(params, xi[None])))(x))
-        return jnp.concatenate([a.reshape(a.shape[:2] + (-1,)) for a in leaves], axis=-1)
+        return tuple(a.reshape(a.shape[:2] + (-1,)) for a in leaves)
 
     return jac
 
 
 def _contract(traced):
-    """(J1 (t1, k, P), J2 (t2, k, P)) -> (t1, t2) mean over the diagonal, or (t1, t2, k, k): one GEMM."""
+    """(J1, J2: per-leaf (t, k, P_l) Jacobians) -> (t1, t2) mean over the diagonal, or (t1, t2, k, k).
+
+    One GEMM per leaf, summed: traced contracts (a, p) together, full keeps the output axes a, b.
+    """
 
     def contract(j1, j2):
-        (t1, k, p), t2 = j1.shape, j2.shape[0]
-        if traced:  # sum_a sum_p J1[i,a,p] J2[j,a,p]: contract (a, p) together
-            return jnp.dot(j1.reshape(t1, k * p), j2.reshape(t2, k * p).T, precision=_HIGHEST) / k
-        out = jnp.dot(j1.reshape(t1 * k, p), j2.reshape(t2 * k, p).T, precision=_HIGHEST)
+        (t1, k, _), t2 = j1[0].shape, j2[0].shape[0]
+        if traced:  # sum_l sum_a sum_p J1[i,a,p] J2[j,a,p]
+            return sum(jnp.dot(a.reshape(t1, -1), b.reshape(t2, -1).T, precision=_HIGHEST) for a, b in zip(j1, j2)) / k
+        out = sum(jnp.dot(a.reshape(t1 * k, -1), b.reshape(t2 * k, -1).T, precision=_HIGHEST) for a, b in zip(j1, j2))
         return out.reshape(t1, k, t2, k).transpose(0, 2, 1, 3)
 
     return contract
@@ -215,7 +222,8 @@ class _JacobianStore:
         self._dir = None
 
     def add(self, tile):
-        size = tile.size * tile.dtype.itemsize
+        """Keep one tile: a tuple of per-leaf arrays."""
+        size = sum(a.size * a.dtype.itemsize for a in tile)
         if self.used + size <= self.budget:
             self.tiles.append(tile)
             self.used += size
@@ -224,12 +232,15 @@ class _JacobianStore:
 
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix="ntk_jacobian_")
-        mm = np.lib.format.open_memmap(
-            f"{self._dir.name}/{len(self.tiles)}.npy", mode="w+", dtype=tile.dtype, shape=tile.shape
-        )
-        mm[...] = np.asarray(tile)
-        mm.flush()
-        self.tiles.append(mm)
+        kept = []
+        for leaf, a in enumerate(tile):
+            mm = np.lib.format.open_memmap(
+                f"{self._dir.name}/{len(self.tiles)}-{leaf}.npy", mode="w+", dtype=a.dtype, shape=a.shape
+            )
+            mm[...] = np.asarray(a)
+            mm.flush()
+            kept.append(mm)
+        self.tiles.append(tuple(kept))
 
     def get(self, b):
         return self.tiles[b]
