@@ -5,7 +5,8 @@ Command: ``cd benchmarks && ../.venv/bin/python kernels.py`` (needs neural-tange
 ResNet-10-1, 77,562 params, both 2-D on N = 128 random 28x28x1 inputs, 10 classes, float32) and each
 kernel (traced (N, N) and full (N, N, 10, 10), x2 = None), one spawned process per measurement times:
 
-- ``ours``: `ntk_vs_nn.kernels.empirical_ntk_fn` with its default implementation and
+- ``ours``: `ntk_vs_nn.kernels.empirical_ntk_fn` with its default implementation (``auto``, which
+  picks structured derivatives for these nets: ``implementation`` in each case says what ran) and
   ``tile_size = N`` (one tile), result as host numpy;
 - ``nt_jc``: ``jax.jit(nt.empirical_ntk_fn(..., implementation=JACOBIAN_CONTRACTION, vmap_axes=0))``
   (per-example Jacobians: neural-tangents' best setting for batch-independent nets; ``vmap_axes=None``
@@ -95,6 +96,7 @@ def measure(model: str, shape: tuple, mode: str, impl: str, repeats: int, n: int
         "peak_rss_mib": round(peak, 1),
         "peak_growth_mib": round(peak - base, 1),
         "kernel": np.asarray(kern),
+        **({"implementation": ours.implementation()} if impl == "ours" else {}),
     }
 
 
@@ -155,7 +157,7 @@ def main() -> dict:
         num_classes=CLASSES,
         dtype="float32",
         repeats=REPEATS,
-        our_implementation="default (jacobian_contraction), tile_size = N",
+        our_implementation="default (auto: structured_derivatives for these nets), tile_size = N",
         nt_version=nt_backend.import_neural_tangents().__version__,
         jax_version=jax.__version__,
         cases=cases,

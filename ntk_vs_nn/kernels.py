@@ -30,7 +30,9 @@ import numpy as np
 from scipy.special import softmax
 from tqdm.auto import tqdm
 
-IMPLEMENTATIONS = ("jacobian_contraction", "ntk_vector_products")
+IMPLEMENTATIONS = ("auto", "structured_derivatives", "jacobian_contraction", "ntk_vector_products")
+_JACOBIAN_IMPLS = IMPLEMENTATIONS[:3]  # the ones that store Jacobian tiles and contract them
+CHECK_TOL = 1e-3  # relative error of the structured Jacobian's check (float32 gives ~1e-7)
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 in our contractions on GPUs
 
 
@@ -94,6 +96,46 @@ def _ntk_vector_products(f, vmap_axes, traced):
     return tile
 
 
+class _Jacobian:
+    """Per-example Jacobian tiles, by structured derivatives where the network allows, else `jacrev`.
+
+    The choice is made on the first tile: `structured.structured_jacobian` is traced, and its result
+    checked against one `jax.vjp` of the tile (`structured.check`); ``"auto"`` falls back to
+    `_flat_jacobian` (with a warning when the check, not the network's structure, failed), an explicit
+    ``"structured_derivatives"`` raises ValueError. ``self.implementation`` says what ran.
+    """
+
+    def __init__(self, f, vmap_axes, implementation):
+        self.f, self.requested = f, implementation
+        self.dense = jax.jit(_flat_jacobian(f, vmap_axes))
+        self.fn = self.dense if implementation == "jacobian_contraction" or vmap_axes is None else None
+        self.implementation = "jacobian_contraction" if self.fn is not None else None
+
+    def __call__(self, params, x, kw):
+        if self.fn is not None:
+            return self.fn(params, x, kw)
+        from ntk_vs_nn import structured
+
+        fn = jax.jit(structured.structured_jacobian(self.f))
+        try:
+            tile = fn(params, x, kw)
+            err = structured.check(self.f, tile, params, x, kw)
+            problem = None if err <= CHECK_TOL else f"its check failed (relative error {err:.1e} > {CHECK_TOL:g})"
+        except structured.Unsupported as e:
+            problem, err = str(e), None
+        if problem is None:
+            self.fn, self.implementation = fn, "structured_derivatives"
+            return tile
+        if self.requested == "structured_derivatives":
+            raise ValueError(f"implementation='structured_derivatives' does not apply to this network: {problem}")
+        if err is not None:
+            import warnings
+
+            warnings.warn(f"structured derivatives: {problem}; using jacobian_contraction", stacklevel=2)
+        self.fn, self.implementation = self.dense, "jacobian_contraction"
+        return self.fn(params, x, kw)
+
+
 def _pad(x, t):
     """Pad the batch axis to a multiple of t by repeating the last example (any net accepts it)."""
     x = jnp.asarray(x)
@@ -105,7 +147,7 @@ def empirical_ntk_fn(
     f: Callable,
     trace_axes=(-1,),
     vmap_axes=0,
-    implementation: str = "jacobian_contraction",
+    implementation: str = "auto",
     tile_size: int = 256,
     progress: bool = False,
     cache_bytes: int = 8 << 30,
@@ -118,18 +160,24 @@ def empirical_ntk_fn(
         diagonal entries into (n1, n2) (the mean, as neural-tangents, not the sum).
       vmap_axes: 0 when the examples of a batch are independent (per-example Jacobians, vmapped);
         None to differentiate each tile as one batch (for batch-coupled f, use tile_size >= n).
-      implementation: ``"jacobian_contraction"`` (default): the Jacobian J (n2, k, P) of the second
-        input is computed once, tile by tile, and kept (in memory up to ``cache_bytes``, beyond that
-        in a temporary file on disk); each tile of the first input is differentiated once and
-        contracted with every kept tile by one matrix product (traced: (t, kP) x (kP, t)). Cost
-        ≈ (n1 + n2)·k backward passes + 2·n1·n2·k·P flops (x k for the full kernel).
+      implementation: ``"jacobian_contraction"``: the Jacobian J (n2, k, P) of the second input is
+        computed once, tile by tile, by `jax.jacrev` vmapped over examples, and kept (in memory up to
+        ``cache_bytes``, beyond that in a temporary file on disk); each tile of the first input is
+        differentiated once and contracted with every kept tile by one matrix product per parameter
+        leaf (traced: (t, kP) x (kP, t)). Cost ≈ (n1 + n2)·k backward passes + 2·n1·n2·k·P flops
+        (x k for the full kernel). ``"structured_derivatives"``: the same, with each tile's Jacobian
+        built from layer structure (`ntk_vs_nn.structured`: one batched backward pass per output
+        unit, then Dense/Conv weight Jacobians as batched GEMMs; 1.7-3.4x faster on CPU) — for Flax
+        linen networks whose parameters live in leaf modules, vmap_axes=0. ``"auto"`` (default):
+        structured derivatives where they apply and pass their check on the first tile, else
+        jacobian_contraction; ``fn.implementation()`` says which ran.
         ``"ntk_vector_products"``: no Jacobian stored (≈ tile²·k jvps per tile pair, memory
         ≈ k·P + k·tile_size activations), for nets whose Jacobian tiles do not fit.
         benchmarks/kernels_impl.py compares them.
       tile_size: examples per tile; the last tile is padded to the same shape, so every tile
         function compiles once and device memory is bounded by the tile, not by n.
       progress: show a tqdm bar over tiles.
-      cache_bytes: most bytes of kept Jacobian tiles held in memory (jacobian_contraction).
+      cache_bytes: most bytes of kept Jacobian tiles held in memory (the Jacobian implementations).
 
     Returns:
       ``fn(x1 (n1, ...), x2 (n2, ...) | None, params, **kwargs) -> np.ndarray`` of shape (n1, n2) or
@@ -146,8 +194,8 @@ def empirical_ntk_fn(
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; valid: {', '.join(IMPLEMENTATIONS)}")
     traced = bool(axes)
-    if implementation == "jacobian_contraction":
-        jac_fn, contract = jax.jit(_flat_jacobian(f, vmap_axes)), jax.jit(_contract(traced))
+    if implementation in _JACOBIAN_IMPLS:
+        jac_fn, contract = _Jacobian(f, vmap_axes, implementation), jax.jit(_contract(traced))
     else:
         pair_fn = jax.jit(_ntk_vector_products(f, vmap_axes, traced))
 
@@ -162,11 +210,11 @@ def empirical_ntk_fn(
             n1 = n2 if rows is None else len(rows)
             todo += [(r, i, j) for i in range(0, n1, t) for j in starts2 if rows is not None or j >= i]
         bar = tqdm(
-            total=len(todo) + (len(starts2) if implementation == "jacobian_contraction" else 0),
+            total=len(todo) + (len(starts2) if implementation in _JACOBIAN_IMPLS else 0),
             desc="ntk tiles",
             disable=not progress,
         )
-        if implementation == "jacobian_contraction":
+        if implementation in _JACOBIAN_IMPLS:
             kept = _JacobianStore(cache_bytes)
             for j in starts2:
                 kept.add(jac_fn(params, cols[j : j + t], kwargs))
@@ -185,7 +233,7 @@ def empirical_ntk_fn(
         pending, cur = None, (None, None, None)  # copy tile b-1 to the host while tile b computes
         for r, i, j in todo:
             rows = cols if row_sets[r] is None else _pad(row_sets[r], t) if cur[0] != r else cur[2]
-            if implementation == "jacobian_contraction":
+            if implementation in _JACOBIAN_IMPLS:
                 if (r, i) != cur[:2]:
                     j1 = kept.get(i // t) if row_sets[r] is None else jac_fn(params, rows[i : i + t], kwargs)
                 res = contract(j1, kept.get(j // t))
@@ -211,6 +259,7 @@ def empirical_ntk_fn(
         return k_tt, k_st
 
     ntk_fn.train_test = train_test
+    ntk_fn.implementation = lambda: jac_fn.implementation if implementation in _JACOBIAN_IMPLS else implementation
     return ntk_fn
 
 

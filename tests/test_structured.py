@@ -1,0 +1,127 @@
+"""Structured derivatives (`ntk_vs_nn.structured`) against `jax.jacrev`, in float64.
+
+1. Per-example Jacobians equal vmap(jacrev) leaf by leaf on nets that exercise every layer path:
+   2-D convs with strides, kernel dilation, SAME / explicit asymmetric / integer padding, no bias;
+   a Dense applied over extra (spatial) axes; LayerNorm and GroupNorm through the generic per-layer
+   vjp; a layer called twice (weight sharing: contributions add up); our 1-D and 2-D ResNets.
+2. `empirical_ntk_fn(implementation="auto")` picks structured derivatives for our networks and
+   falls back to jacobian_contraction where they do not apply: parameters transformed before the
+   module sees them (the ntk family's jvp at W0), a module with its own parameters and children.
+3. The check has teeth: a parameter also used outside its module (a tied weight) is caught —
+   "auto" warns and falls back, "structured_derivatives" raises — while the kernel stays exact.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import rel_err
+
+from ntk_vs_nn.families import linearized, network
+from ntk_vs_nn.kernels import _flat_jacobian, empirical_ntk_fn, family_ntk_fn
+from ntk_vs_nn.models import build_model
+from ntk_vs_nn.structured import Unsupported, structured_jacobian
+
+EXACT = 1e-12
+
+
+class Odd(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(5, (3, 2), strides=(2, 1), kernel_dilation=(1, 2), padding="SAME")(x)
+        x = nn.tanh(x)
+        x = nn.Conv(4, (2, 3), strides=2, padding=((1, 0), (2, 1)), use_bias=False)(x)
+        x = nn.LayerNorm()(x)
+        x = nn.Conv(4, (3, 3), padding=1)(x)
+        x = nn.GroupNorm(num_groups=2)(x)
+        shared = nn.Dense(4)  # over the spatial axes, and called twice
+        x = shared(nn.relu(shared(x)))
+        return nn.Dense(3)(x.mean((1, 2)))
+
+
+class Tied(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        d = nn.Dense(4, name="d")
+        return d(x) @ d.variables["params"]["kernel"]  # the kernel also used outside d's call
+
+
+class Owner(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        w = self.param("w", nn.initializers.normal(), (x.shape[-1],))
+        return nn.Dense(3)(x * w)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _setup(module, shape, seed=0):
+    x = jax.random.normal(jax.random.key(seed), shape, jnp.float64)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), module.init(jax.random.key(1), x[:1])["params"])
+    return (lambda p, xb: module.apply({"params": p}, xb)), params, x
+
+
+@pytest.mark.parametrize(
+    "module, shape",
+    [
+        (Odd(), (5, 11, 9, 2)),
+        (build_model("ResNet-10-1", 3, 2), (4, 12, 12, 1)),
+        (build_model("ResNet-10-1", 3, 1), (4, 20, 1)),
+        (build_model("SimpleCNN-3-1", 3, 2), (4, 10, 10, 1)),
+    ],
+    ids=["odd", "resnet2d", "resnet1d", "simplecnn2d"],
+)
+def test_structured_jacobian_equals_jacrev(module, shape):
+    f, params, x = _setup(module, shape)
+    ref = jax.jit(_flat_jacobian(f, 0))(params, x, {})
+    mine = jax.jit(structured_jacobian(f))(params, x, {})
+    assert len(mine) == len(ref) == len(jax.tree.leaves(params))
+    for a, b in zip(mine, ref):
+        assert a.shape == b.shape and a.dtype == jnp.float64
+        assert rel_err(np.asarray(a), np.asarray(b)) < EXACT
+
+
+def _kernels(f, params, x, impl):
+    fn = empirical_ntk_fn(f, trace_axes=(), implementation=impl, tile_size=3)
+    return fn(x, None, params), fn.implementation()
+
+
+def test_auto_uses_structured_where_it_applies_and_falls_back_elsewhere():
+    f, params, x = _setup(Odd(), (5, 11, 9, 2))
+    ref, impl = _kernels(f, params, x, "jacobian_contraction")
+    got, impl = _kernels(f, params, x, "auto")
+    assert impl == "structured_derivatives" and rel_err(got, ref) < EXACT
+    # the ntk family: params enter through a jvp at the anchor, not as the module's leaves
+    module = build_model("SimpleCNN-3-1", 3, 1)
+    fam = linearized(network(module))
+    xs = jax.random.normal(jax.random.key(2), (5, 8, 1), jnp.float64)
+    v = jax.tree.map(lambda a: a.astype(jnp.float64), fam.init(jax.random.key(0), xs[:1]))
+    k_auto = family_ntk_fn(fam, v, trace_axes=(), implementation="auto")(xs)
+    k_ref = family_ntk_fn(fam, v, trace_axes=(), implementation="jacobian_contraction")(xs)
+    assert rel_err(k_auto, k_ref) < EXACT
+    with pytest.raises(ValueError, match="structured_derivatives"):
+        family_ntk_fn(fam, v, trace_axes=(), implementation="structured_derivatives")(xs)
+    f, params, x = _setup(Owner(), (5, 4))
+    with pytest.raises(Unsupported, match="child modules"):
+        jax.jit(structured_jacobian(f))(params, x, {})
+    got, impl = _kernels(f, params, x, "auto")
+    assert impl == "jacobian_contraction" and rel_err(got, _kernels(f, params, x, "jacobian_contraction")[0]) < EXACT
+
+
+def test_check_catches_a_parameter_used_outside_its_module():
+    f, params, x = _setup(Tied(), (5, 4))
+    ref, _ = _kernels(f, params, x, "jacobian_contraction")
+    # the structured Jacobian alone misses the tied use: it is wrong, so the check is needed
+    wrong = jax.jit(structured_jacobian(f))(params, x, {})
+    right = jax.jit(_flat_jacobian(f, 0))(params, x, {})
+    assert max(rel_err(np.asarray(a), np.asarray(b)) for a, b in zip(wrong, right)) > 1e-3
+    with pytest.warns(UserWarning, match="check failed"):
+        got, impl = _kernels(f, params, x, "auto")
+    assert impl == "jacobian_contraction" and rel_err(got, ref) < EXACT
+    with pytest.raises(ValueError, match="check failed"):
+        _kernels(f, params, x, "structured_derivatives")
