@@ -202,8 +202,10 @@ class Trainer:
             # dropped at the end), or, for a single stacked train-sum model, its own member axis
             # split over the devices (member_axis 1 of the stacked carry)
             member_axis = 0
-            if mode == "shard" and len(group) == 1 and sharding.stacked_sum_size(
-                self.family, variables[group[0]]["params"]
+            if (
+                mode == "shard"
+                and len(group) == 1
+                and sharding.stacked_sum_size(self.family, variables[group[0]]["params"])
             ):
                 member_axis = 1
             run = group

@@ -95,9 +95,7 @@ def _run_ray(rows, cfg, data, out, log, address, max_retries, cpus_per_task, row
         out_abs = os.path.abspath(out)
         data_ref = ray.put(data)  # one copy in the object store, shared by every task on a node
         task = ray.remote(max_retries=max_retries, retry_exceptions=False, num_cpus=cpus_per_task)(_task)
-        pending = {
-            task.options(name=f"{f} {m}").remote(f, m, cfg, data_ref, out_abs, row_fn): (f, m) for f, m in rows
-        }
+        pending = {task.options(name=f"{f} {m}").remote(f, m, cfg, data_ref, out_abs, row_fn): (f, m) for f, m in rows}
         log(f"ray: {len(pending)} row(s) as tasks on {ray.cluster_resources().get('CPU', 0):g} CPU(s)")
         t0 = time.perf_counter()
         while pending:

@@ -113,6 +113,8 @@ def stacked_sum_size(family, params) -> int:
 
 
 DATA_AXIS = "data"
+
+
 def data_mesh(batch_size: int) -> Mesh | None:
     """A one-axis mesh ``data`` over the CPU devices of this process when there are several and
     they divide ``batch_size`` (each device then takes an equal slice of every batch; params and
