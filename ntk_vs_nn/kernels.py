@@ -123,6 +123,8 @@ class _Jacobian:
             problem = None if err <= CHECK_TOL else f"its check failed (relative error {err:.1e} > {CHECK_TOL:g})"
         except structured.Unsupported as e:
             problem, err = str(e), None
+        except Exception as e:  # a network the interceptor trips over: say so, never a wrong kernel
+            problem, err = f"{type(e).__name__}: {e}", float("nan")
         if problem is None:
             self.fn, self.implementation = fn, "structured_derivatives"
             return tile

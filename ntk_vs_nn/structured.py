@@ -141,7 +141,7 @@ def structured_jacobian(f: Callable) -> Callable:
         ids = {id(leaf): i for i, leaf in enumerate(jax.tree.leaves(params))}
 
         def interceptor(next_fun, args, kwargs, context):
-            own = _own_params(context.module)
+            own = _own_params(context.module) if context.method_name != "setup" else {}
             if not own:
                 return next_fun(*args, **kwargs)
             if id(next(iter(own.values()))) not in ids or any(id(v) not in ids for v in own.values()):
@@ -168,7 +168,9 @@ def structured_jacobian(f: Callable) -> Callable:
 
         def interceptor(next_fun, args, kwargs, context):
             out = next_fun(*args, **kwargs)
-            if _own_params(context.module):
+            if context.method_name != "setup" and _own_params(context.module):
+                if not isinstance(out, jax.Array):
+                    raise Unsupported(f"{context.module.name!r}.{context.method_name} does not return one array")
                 collected.append(out)
             return out
 

@@ -3,7 +3,8 @@
 1. Per-example Jacobians equal vmap(jacrev) leaf by leaf on nets that exercise every layer path:
    2-D convs with strides, kernel dilation, SAME / explicit asymmetric / integer padding, no bias;
    a Dense applied over extra (spatial) axes; LayerNorm and GroupNorm through the generic per-layer
-   vjp; a layer called twice (weight sharing: contributions add up); our 1-D and 2-D ResNets.
+   vjp; a layer called twice (weight sharing: contributions add up); parameters declared in
+   ``setup``; our 1-D and 2-D ResNets.
 2. `empirical_ntk_fn(implementation="auto")` picks structured derivatives for our networks and
    falls back to jacobian_contraction where they do not apply: parameters transformed before the
    module sees them (the ntk family's jvp at W0), a module with its own parameters and children.
@@ -40,6 +41,22 @@ class Odd(nn.Module):
         return nn.Dense(3)(x.mean((1, 2)))
 
 
+class SetupLeaf(nn.Module):  # parameters declared in setup: the interceptor also sees setup itself
+    def setup(self):
+        self.w = self.param("w", nn.initializers.normal(1.0), (4, 5))
+
+    def __call__(self, x):
+        return jnp.tanh(x @ self.w)
+
+
+class SetupNet(nn.Module):
+    def setup(self):
+        self.a, self.b = SetupLeaf(), nn.Dense(3)
+
+    def __call__(self, x):
+        return self.b(self.a(x))
+
+
 class Tied(nn.Module):
     @nn.compact
     def __call__(self, x):
@@ -73,8 +90,9 @@ def _setup(module, shape, seed=0):
         (build_model("ResNet-10-1", 3, 2), (4, 12, 12, 1)),
         (build_model("ResNet-10-1", 3, 1), (4, 20, 1)),
         (build_model("SimpleCNN-3-1", 3, 2), (4, 10, 10, 1)),
+        (SetupNet(), (6, 4)),
     ],
-    ids=["odd", "resnet2d", "resnet1d", "simplecnn2d"],
+    ids=["odd", "resnet2d", "resnet1d", "simplecnn2d", "setup-style"],
 )
 def test_structured_jacobian_equals_jacrev(module, shape):
     f, params, x = _setup(module, shape)
