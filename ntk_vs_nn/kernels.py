@@ -99,34 +99,42 @@ def _ntk_vector_products(f, vmap_axes, traced):
 class _Jacobian:
     """Per-example Jacobian tiles, by structured derivatives where the network allows, else `jacrev`.
 
-    The choice is made on the first tile: `structured.structured_jacobian` is traced, and its result
-    checked against one `jax.vjp` of the tile (`structured.check`); ``"auto"`` falls back to
-    `_flat_jacobian` (with a warning when the check, not the network's structure, failed), an explicit
+    Every structured tile is checked against one `jax.vjp` of the tile (`structured.check_fn`, ~one
+    backward pass, against the k of the tile itself). On the first failure — a network outside the
+    structured assumptions, or a wrong result (XLA:CPU miscompiled the vmapped backward pass of a 1-D
+    ResNet at 128+ examples per tile, README) — ``"auto"`` recomputes that tile and all later ones
+    with `_flat_jacobian` (warning when the check failed), while an explicit
     ``"structured_derivatives"`` raises ValueError. ``self.implementation`` says what ran.
     """
 
     def __init__(self, f, vmap_axes, implementation):
-        self.f, self.requested = f, implementation
+        self.f, self.requested, self.done = f, implementation, set()
         self.dense = jax.jit(_flat_jacobian(f, vmap_axes))
-        self.fn = self.dense if implementation == "jacobian_contraction" or vmap_axes is None else None
-        self.implementation = "jacobian_contraction" if self.fn is not None else None
+        self.structured = None if implementation == "jacobian_contraction" or vmap_axes is None else False
+
+    @property
+    def implementation(self):
+        return "+".join(sorted(self.done, reverse=True)) or None
 
     def __call__(self, params, x, kw):
-        if self.fn is not None:
-            return self.fn(params, x, kw)
+        if self.structured is None:
+            self.done.add("jacobian_contraction")
+            return self.dense(params, x, kw)
         from ntk_vs_nn import structured
 
-        fn = jax.jit(structured.structured_jacobian(self.f))
+        if self.structured is False:
+            self.structured = jax.jit(structured.structured_jacobian(self.f))
+            self.check = structured.check_fn(self.f)
         try:
-            tile = fn(params, x, kw)
-            err = structured.check(self.f, tile, params, x, kw)
+            tile = self.structured(params, x, kw)
+            err = self.check(tile, params, x, kw)
             problem = None if err <= CHECK_TOL else f"its check failed (relative error {err:.1e} > {CHECK_TOL:g})"
         except structured.Unsupported as e:
             problem, err = str(e), None
         except Exception as e:  # a network the interceptor trips over: say so, never a wrong kernel
             problem, err = f"{type(e).__name__}: {e}", float("nan")
         if problem is None:
-            self.fn, self.implementation = fn, "structured_derivatives"
+            self.done.add("structured_derivatives")
             return tile
         if self.requested == "structured_derivatives":
             raise ValueError(f"implementation='structured_derivatives' does not apply to this network: {problem}")
@@ -134,8 +142,8 @@ class _Jacobian:
             import warnings
 
             warnings.warn(f"structured derivatives: {problem}; using jacobian_contraction", stacklevel=2)
-        self.fn, self.implementation = self.dense, "jacobian_contraction"
-        return self.fn(params, x, kw)
+        self.structured = None
+        return self(params, x, kw)
 
 
 def _pad(x, t):

@@ -17,7 +17,7 @@ vmapped over examples and outputs: exact, and cheap for element-wise layers.
 Assumptions, checked where they can be: examples are independent (``vmap_axes=0``); every
 parameter belongs to a leaf module (no child modules with parameters) and is used only inside that
 module's call; the call's only array argument is its input. A network outside them raises
-`Unsupported` at trace time; `check` compares Σ_e J_e^T u_e with one `jax.vjp` of the batch, which
+`Unsupported` at trace time; `check_fn` compares Σ_e J_e^T u_e with one `jax.vjp` of the batch, which
 catches a parameter used outside its module.
 """
 
@@ -210,16 +210,17 @@ def structured_jacobian(f: Callable) -> Callable:
     return jac
 
 
-def check(f: Callable, jacobian: tuple, params, x, kw=None, seed: int = 0) -> float:
-    """Relative error of Σ_e J_e^T u_e (``jacobian``: the per-leaf tiles of x) against
-    ``jax.vjp(f)(u)`` for a random cotangent u: catches a parameter used outside its module."""
-    kw = kw or {}
-    out, vjp = jax.vjp(lambda p: f(p, x, **kw), params)
-    u = jax.random.normal(jax.random.key(seed), out.shape, out.dtype)
-    ref = jax.tree.leaves(vjp(u)[0])
-    err = scale = 0.0
-    for j, r in zip(jacobian, ref):
-        mine = jnp.einsum("nkp,nk->p", j, u).reshape(r.shape)
-        err = max(err, float(jnp.max(jnp.abs(mine - r))))
-        scale = max(scale, float(jnp.max(jnp.abs(r))))
-    return err / max(scale, 1e-30)
+def check_fn(f: Callable, seed: int = 0) -> Callable:
+    """Jitted ``(jacobian, params, x, kw) -> relative error`` of Σ_e J_e^T u_e (``jacobian``: the per-leaf
+    tiles of x) against ``jax.vjp(f)(u)`` for a random cotangent u: one backward pass of the batch.
+    Catches a parameter used outside its module, and wrong per-example Jacobians of any origin."""
+
+    @jax.jit
+    def err(jacobian, params, x, kw):
+        out, vjp = jax.vjp(lambda p: f(p, x, **kw), params)
+        u = jax.random.normal(jax.random.key(seed), out.shape, out.dtype)
+        ref = jax.tree.leaves(vjp(u)[0])
+        diff = [jnp.max(jnp.abs(jnp.einsum("nkp,nk->p", j, u).reshape(r.shape) - r)) for j, r in zip(jacobian, ref)]
+        return jnp.max(jnp.stack(diff)) / jnp.maximum(jnp.max(jnp.stack([jnp.max(jnp.abs(r)) for r in ref])), 1e-30)
+
+    return lambda jacobian, params, x, kw=None: float(err(jacobian, params, x, kw or {}))

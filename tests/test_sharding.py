@@ -231,8 +231,20 @@ def test_distributed_is_not_initialised_without_a_coordinator(monkeypatch):
     assert sharding.maybe_initialize_distributed() is False
 
 
-SMOKE_TABLE = ["table", "nn", "--preset", "smoke", "--set", "data.n_train=160", "--set", "data.n_test=100",
-               "--set", "train.epochs=1", "--set", "table.nn_models=SimpleCNN-2-1"]
+SMOKE_TABLE = [
+    "table",
+    "nn",
+    "--preset",
+    "smoke",
+    "--set",
+    "data.n_train=160",
+    "--set",
+    "data.n_test=100",
+    "--set",
+    "train.epochs=1",
+    "--set",
+    "table.nn_models=SimpleCNN-2-1",
+]
 
 
 def test_multi_host_cli_table_equals_one_process_and_only_process_0_writes(tmp_path):
@@ -245,8 +257,14 @@ def test_multi_host_cli_table_equals_one_process_and_only_process_0_writes(tmp_p
     argv = ["-m", "ntk_vs_nn", *SMOKE_TABLE, "--set", "run.members=shard", "--out", str(multi)]
     _two_processes(tmp_path, "cli", argv, timeout=600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COORDINATOR")}
-    done = subprocess.run([sys.executable, "-m", "ntk_vs_nn", *SMOKE_TABLE, "--set", "run.members=sequential",
-                           "--out", str(single)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "ntk_vs_nn", *SMOKE_TABLE, "--set", "run.members=sequential", "--out", str(single)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with open(multi / "records.jsonl") as f:
         units = [json.loads(line)["unit"] for line in f]
@@ -336,4 +354,3 @@ def test_host_devices_are_configured_only_before_jax_starts(monkeypatch):
     assert cli.configure_host_devices(2) is True
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
     assert cli.configure_host_devices(4) is False  # an explicit count is left alone
-

@@ -143,3 +143,28 @@ def test_check_catches_a_parameter_used_outside_its_module():
     assert impl == "jacobian_contraction" and rel_err(got, ref) < EXACT
     with pytest.raises(ValueError, match="check failed"):
         _kernels(f, params, x, "structured_derivatives")
+
+
+def test_every_structured_tile_is_checked(monkeypatch):
+    """A wrong tile after good ones (as XLA:CPU produced for a 1-D ResNet) is recomputed by jacrev."""
+    import ntk_vs_nn.structured as structured
+
+    f, params, x = _setup(Odd(), (7, 11, 9, 2))
+    ref, _ = _kernels(f, params, x, "jacobian_contraction")
+    real, calls = structured.structured_jacobian, []
+
+    def corrupt_second_tile(f):
+        jac = real(f)
+
+        def wrapped(params, x, kw):
+            calls.append(1)
+            tiles = jac(params, x, kw)
+            return tiles if len(calls) != 2 else tuple(2.0 * a for a in tiles)
+
+        return wrapped
+
+    monkeypatch.setattr(structured, "structured_jacobian", corrupt_second_tile)
+    # tile_size 3: tiles of 3, 3, 1 (+ padding); jit off so the Python counter sees every call
+    with jax.disable_jit(), pytest.warns(UserWarning, match="check failed"):
+        got, impl = _kernels(f, params, x, "auto")
+    assert impl == "structured_derivatives+jacobian_contraction" and rel_err(got, ref) < EXACT
