@@ -101,8 +101,8 @@ class _Jacobian:
 
     Every structured tile is checked against one `jax.vjp` of the tile (`structured.check_fn`, ~one
     backward pass, against the k of the tile itself). On the first failure — a network outside the
-    structured assumptions, or a wrong result (XLA:CPU miscompiled the vmapped backward pass of a 1-D
-    ResNet at 128+ examples per tile, README) — ``"auto"`` recomputes that tile and all later ones
+    structured assumptions, or a wrong result (as XLA:CPU gave when the backward passes were vmapped,
+    results/xla-cpu-bug/) — ``"auto"`` recomputes that tile and all later ones
     with `_flat_jacobian` (warning when the check failed), while an explicit
     ``"structured_derivatives"`` raises ValueError. ``self.implementation`` says what ran.
     """
@@ -177,10 +177,11 @@ def empirical_ntk_fn(
         leaf (traced: (t, kP) x (kP, t)). Cost ≈ (n1 + n2)·k backward passes + 2·n1·n2·k·P flops
         (x k for the full kernel). ``"structured_derivatives"``: the same, with each tile's Jacobian
         built from layer structure (`ntk_vs_nn.structured`: one batched backward pass per output
-        unit, then Dense/Conv weight Jacobians as batched GEMMs; 1.7-3.4x faster on CPU) — for Flax
-        linen networks whose parameters live in leaf modules, vmap_axes=0. ``"auto"`` (default):
-        structured derivatives where they apply and pass their check on the first tile, else
-        jacobian_contraction; ``fn.implementation()`` says which ran.
+        unit, then Dense/Conv weight Jacobians as batched GEMMs; 1.7-3.4x faster on CPU for 2-D conv
+        nets, ~10% slower for the 1-D ResNets) — for Flax linen networks whose parameters live in
+        leaf modules, vmap_axes=0. ``"auto"`` (default): structured derivatives for every tile that
+        passes its check, jacobian_contraction from the first that does not (or where they do not
+        apply); ``fn.implementation()`` says which ran.
         ``"ntk_vector_products"``: no Jacobian stored (≈ tile²·k jvps per tile pair, memory
         ≈ k·P + k·tile_size activations), for nets whose Jacobian tiles do not fit.
         benchmarks/kernels_impl.py compares them.

@@ -8,8 +8,9 @@ the machine's matmul speed. A layer's parameter gradient has a simple structure,
   Conv   y = conv(x, W) + b:   dy/dW = Σ_s patch_e(s) ⊗ g_{c,e}(s)   (one batched GEMM over s)
 
 where g_{c,e} is the cotangent of the layer's output for output unit c of example e. One backward
-pass of the whole batch per output unit gives every layer's g (a zero perturbation is added to
-each layer's output, through a Flax method interceptor, and differentiated), and the weight
+pass of the whole batch per output unit (unrolled in one program, not vmapped) gives every layer's
+g (a zero perturbation is added to each layer's output, through a Flax method interceptor, and
+differentiated), and the weight
 Jacobians follow as batched matrix products. Leaf modules other than Dense and Conv (norms,
 embeddings, custom layers) take their per-example gradient from `jax.vjp` of that one layer,
 vmapped over examples and outputs: exact, and cheap for element-wise layers.
@@ -30,6 +31,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+UNROLL_MAX = 16  # output units whose backward passes are unrolled in one program
 
 
 class Unsupported(ValueError):
@@ -195,7 +198,14 @@ def structured_jacobian(f: Callable) -> Callable:
         if out.shape != (n, k):
             raise Unsupported(f"f must return (n, k) outputs, got {out.shape}")
         basis = jnp.eye(k, dtype=out.dtype)[:, None, :] * jnp.ones((1, n, 1), out.dtype)  # (k, n, k)
-        cots = jax.vmap(lambda c: vjp(c)[0])(basis)  # per call: (k, n, ...)
+        # one backward pass per output unit, unrolled: not vmapped, because XLA:CPU (jax 0.10.2)
+        # computes vmapped cotangents through GroupNorm wrongly (results/xla-cpu-bug/), and the
+        # unrolled passes were as fast on CPU; lax.map beyond UNROLL_MAX units bounds compile time
+        if k <= UNROLL_MAX:
+            per_unit = [vjp(basis[c])[0] for c in range(k)]
+            cots = [jnp.stack(c) for c in zip(*per_unit)]  # per call: (k, n, ...)
+        else:
+            cots = jax.lax.map(lambda c: vjp(c)[0], basis)
         per_leaf: dict[int, jax.Array] = {}
         for call, xi, gi in zip(calls, xs, cots):
             own = {name: leaves[i] for name, i in call.leaves.items()}
