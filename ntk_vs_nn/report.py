@@ -572,21 +572,18 @@ def infinite_width_markdown(finite: pd.DataFrame, function: pd.DataFrame) -> str
     inf = inf[inf["status"] == "ok"] if "status" in inf else inf
     if not len(inf):
         return ""
+
+    def line(r, width, members):
+        return (
+            f"| {r['model']} | {r['family']} | {width} | {members} | {r['acc_mean']:.2f} | "
+            f"{_num(r, 'nll_mean', 3)} | {_num(r, 'ece_mean', 2)} |"
+        )
+
     lines = ["| model | family | width | members | accuracy | NLL | ECE |", "|" + " --- |" * 7]
     for label, table in (("finite, weight space", finite), ("finite, function space", function)):
         ens = table[(table["protocol"] == "ensemble") & ~table["family"].isin(INFINITE_WIDTH)]
-        for _, r in ens.iterrows():
-            if _nan(r["acc_mean"]):
-                continue
-            lines.append(
-                f"| {r['model']} | {r['family']} | {label} | {int(r['n_members'])} | {r['acc_mean']:.2f} | "
-                f"{_num(r, 'nll_mean', 3)} | {_num(r, 'ece_mean', 2)} |"
-            )
-    for _, r in inf.iterrows():
-        lines.append(
-            f"| {r['model']} | {r['family']} | ∞ (stax) | ∞ | {r['acc_mean']:.2f} | {_num(r, 'nll_mean', 3)} | "
-            f"{_num(r, 'ece_mean', 2)} |"
-        )
+        lines += [line(r, label, int(r["n_members"])) for _, r in ens.iterrows() if not _nan(r["acc_mean"])]
+    lines += [line(r, "∞ (stax)", "∞") for _, r in inf.iterrows()]
     return "\n".join(lines)
 
 

@@ -139,59 +139,45 @@ def structured_jacobian(f: Callable) -> Callable:
     (any dict structure around them is fine); see the module docstring for the assumptions.
     """
 
-    def run(params, x, kw, eps, calls, inputs):
-        """f with a perturbation added to each parameter-owning call (eps None: record only)."""
+    def run(params, x, kw, eps, calls):
+        """f with eps[i] added to the output of the i-th parameter-owning call (eps None: nothing
+        added); fills ``calls`` and returns (f's output, the calls' inputs, their outputs)."""
         ids = {id(leaf): i for i, leaf in enumerate(jax.tree.leaves(params))}
+        inputs, outputs = [], []
 
         def interceptor(next_fun, args, kwargs, context):
             own = _own_params(context.module) if context.method_name != "setup" else {}
             if not own:
                 return next_fun(*args, **kwargs)
-            if id(next(iter(own.values()))) not in ids or any(id(v) not in ids for v in own.values()):
+            if any(id(v) not in ids for v in own.values()):
                 raise Unsupported(f"parameters of {context.module.name!r} are not leaves of params (transformed?)")
             arrays = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, jax.Array | np.ndarray)]
             if not args or arrays:
                 raise Unsupported(f"{context.module.name!r}.{context.method_name}: one array argument expected")
-            i = len(inputs)
             out = next_fun(*args, **kwargs)
             if not isinstance(out, jax.Array):
                 raise Unsupported(f"{context.module.name!r}.{context.method_name} does not return one array")
-            if calls is not None:
-                calls.append(
-                    _Call(context.module, context.method_name, dict(kwargs), {k: ids[id(v)] for k, v in own.items()})
-                )
+            calls.append(
+                _Call(context.module, context.method_name, dict(kwargs), {k: ids[id(v)] for k, v in own.items()})
+            )
+            out = out if eps is None else out + eps[len(outputs)]
             inputs.append(args[0])
-            return out if eps is None else out + eps[i]
-
-        with nn.intercept_methods(interceptor):
-            return f(params, x, **kw)
-
-    def perturbed_outputs(p, xx, kw):
-        collected = []
-
-        def interceptor(next_fun, args, kwargs, context):
-            out = next_fun(*args, **kwargs)
-            if context.method_name != "setup" and _own_params(context.module):
-                if not isinstance(out, jax.Array):
-                    raise Unsupported(f"{context.module.name!r}.{context.method_name} does not return one array")
-                collected.append(out)
+            outputs.append(out)
             return out
 
         with nn.intercept_methods(interceptor):
-            f(p, xx, **kw)
-        return collected
+            return f(params, x, **kw), inputs, outputs
 
     def jac(params, x, kw):
         leaves = jax.tree.leaves(params)
-        eps0 = [
-            jnp.zeros(s.shape, s.dtype) for s in jax.eval_shape(lambda p, xx: perturbed_outputs(p, xx, kw), params, x)
-        ]
+        shapes = jax.eval_shape(lambda p, xx: run(p, xx, kw, None, [])[2], params, x)
+        eps0 = [jnp.zeros(s.shape, s.dtype) for s in shapes]
         calls: list[_Call] = []
 
         def g(eps):
             del calls[:]
-            inputs: list = []
-            return run(params, x, kw, eps, calls, inputs), inputs
+            out, inputs, _ = run(params, x, kw, eps, calls)
+            return out, inputs
 
         out, vjp, xs = jax.vjp(g, eps0, has_aux=True)
         n, k = out.shape[0], out.shape[-1]
