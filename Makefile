@@ -42,13 +42,13 @@ messages: $(STAMP)
 	$(PY) -m ntk_vs_nn messages --out $(OUT) $(SETARGS)
 
 table-multiview: $(STAMP)
-	$(PY) -m ntk_vs_nn.multiview --out results/multiview $(SETARGS)
+	$(PY) -m ntk_vs_nn.experiments.multiview --out results/multiview $(SETARGS)
 
 table-gaussian: $(STAMP)
-	$(PY) -m ntk_vs_nn.gaussian --out results/gaussian $(SETARGS)
+	$(PY) -m ntk_vs_nn.experiments.gaussian --out results/gaussian $(SETARGS)
 
 table-channels: $(STAMP)
-	$(PY) -m ntk_vs_nn.channels --out results/channels $(SETARGS)
+	$(PY) -m ntk_vs_nn.experiments.channels --out results/channels $(SETARGS)
 
 data-fashion-mnist:
 	bash scripts/get_fashion_mnist.sh

@@ -5,7 +5,7 @@ Command: ``cd benchmarks && ../.venv/bin/python kernels.py`` (needs neural-tange
 ResNet-10-1, 77,562 params, both 2-D on N = 128 random 28x28x1 inputs, 10 classes, float32) and each
 kernel (traced (N, N) and full (N, N, 10, 10), x2 = None), one spawned process per measurement times:
 
-- ``ours``: `ntk_vs_nn.kernels.empirical_ntk_fn` with its default implementation (``auto``, which
+- ``ours``: `ntk_vs_nn.kernels.empirical.empirical_ntk_fn` with its default implementation (``auto``, which
   picks structured derivatives for these nets: ``implementation`` in each case says what ran) and
   ``tile_size = N`` (one tile), result as host numpy;
 - ``nt_jc``: ``jax.jit(nt.empirical_ntk_fn(..., implementation=JACOBIAN_CONTRACTION, vmap_axes=0))``
@@ -55,8 +55,8 @@ def measure(model: str, shape: tuple, mode: str, impl: str, repeats: int, n: int
     """One implementation on one case (the first n of the N inputs), in this (fresh) process."""
     import jax
 
-    from ntk_vs_nn import nt_backend
-    from ntk_vs_nn.kernels import empirical_ntk_fn
+    from ntk_vs_nn.kernels import nt as nt_backend
+    from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
     from ntk_vs_nn.models import build_model
 
     module = build_model(model, CLASSES, len(shape) - 1)
@@ -141,7 +141,7 @@ def main() -> dict:
     ref_case = next(c for c in cases if c["model"] == MODELS[0][0] and c["mode"] == "traced")
     import jax
 
-    from ntk_vs_nn import nt_backend
+    from ntk_vs_nn.kernels import nt as nt_backend
 
     return write(
         "empirical_ntk_vs_nt",

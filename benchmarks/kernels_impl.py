@@ -28,7 +28,7 @@ IMPLS = ("structured_derivatives", "jacobian_contraction", "ntk_vector_products"
 def time_impl(impl: str) -> dict:
     import jax
 
-    from ntk_vs_nn.kernels import empirical_ntk_fn
+    from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
     from ntk_vs_nn.models import build_model
 
     module = build_model(MODEL, CLASSES, len(SHAPE) - 1)

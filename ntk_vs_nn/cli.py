@@ -54,7 +54,7 @@ def _parser():
 
 def _families(cfg, which):
     from ntk_vs_nn.families import KERNEL_FAMILIES
-    from ntk_vs_nn.function_space import INFINITE_FAMILIES
+    from ntk_vs_nn.kernels.function_space import INFINITE_FAMILIES
 
     if which == "nn":
         return ("nn",), cfg.table.nn_models
@@ -69,10 +69,10 @@ def write_outputs(cfg, out: str) -> dict:
     """Tables (for whichever of nn / ntk have records) and messages, from OUT/records.jsonl."""
     import pandas as pd
 
-    from ntk_vs_nn import messages as msgs
-    from ntk_vs_nn import tables
-    from ntk_vs_nn.function_space import INFINITE_FAMILIES
-    from ntk_vs_nn.results import Store, atomic_write
+    from ntk_vs_nn.analysis import messages as msgs
+    from ntk_vs_nn.analysis import tables
+    from ntk_vs_nn.kernels.function_space import INFINITE_FAMILIES
+    from ntk_vs_nn.store import Store, atomic_write
 
     records = Store(out).records()
     h, hashes = cfg.science_hash(), cfg.science_hashes()
@@ -128,7 +128,7 @@ def configure_host_devices(requested: int = 0) -> bool:
 
 
 def cmd_table(args) -> int:
-    from ntk_vs_nn.presets import get_preset
+    from ntk_vs_nn.config.presets import get_preset
 
     cfg = get_preset(args.preset)
     if args.dataset:
@@ -147,17 +147,17 @@ def cmd_table(args) -> int:
     out = args.out or os.path.join("results", f"{cfg.preset}-{cfg.dataset.replace(':', '-').replace('/', '_')}")
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     if args.executor == "ray":
-        from ntk_vs_nn.executors import import_ray
+        from ntk_vs_nn.engine.executors import import_ray
 
         import_ray()  # a missing extra is an error before anything is written
-    from ntk_vs_nn.sharding import maybe_initialize_distributed
+    from ntk_vs_nn.engine.sharding import maybe_initialize_distributed
 
     maybe_initialize_distributed()  # multi-host (JAX_COORDINATOR_ADDRESS set): before any other jax call
     t0 = time.perf_counter()
     data = load_dataset(cfg.dataset, cfg.data, cfg.run.seed)
 
-    from ntk_vs_nn.executors import run_rows
-    from ntk_vs_nn.results import Store, atomic_write
+    from ntk_vs_nn.engine.executors import run_rows
+    from ntk_vs_nn.store import Store, atomic_write
 
     store = Store.prepare(out)  # only now, after every input was validated
     log(
@@ -179,7 +179,7 @@ def cmd_table(args) -> int:
     )
     if not store.writer:  # another process of a multi-host run: process 0 writes the tables
         return 0
-    from ntk_vs_nn.results import INTERRUPTED
+    from ntk_vs_nn.store import INTERRUPTED
 
     if INTERRUPTED.is_set():  # an interrupt swallowed after the last record
         raise KeyboardInterrupt
@@ -193,7 +193,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_messages(args) -> int:
-    from ntk_vs_nn.presets import from_dict
+    from ntk_vs_nn.config.presets import from_dict
 
     path = os.path.join(args.out, "config.json")
     if not os.path.isfile(path):
@@ -220,14 +220,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from ntk_vs_nn import presets
+    from ntk_vs_nn.config import presets
 
     print(presets.__doc__)
     return 0
 
 
 def _on_sigint(signum, frame):
-    from ntk_vs_nn.results import INTERRUPTED
+    from ntk_vs_nn.store import INTERRUPTED
 
     INTERRUPTED.set()  # in case a library swallows the KeyboardInterrupt: the store raises it again
     raise KeyboardInterrupt

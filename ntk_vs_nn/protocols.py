@@ -22,14 +22,16 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from ntk_vs_nn import metrics, rng
+from ntk_vs_nn.analysis import metrics
+
+from ntk_vs_nn.engine import rng
 from ntk_vs_nn.config import Config, UserError
 from ntk_vs_nn.data import Dataset
-from ntk_vs_nn.engine import Trainer, progress_enabled
+from ntk_vs_nn.engine.trainer import Trainer, progress_enabled
 from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, param_count, summed
-from ntk_vs_nn.function_space import INFINITE_FAMILIES
+from ntk_vs_nn.kernels.function_space import INFINITE_FAMILIES
 from ntk_vs_nn.models import parse_model_name
-from ntk_vs_nn.results import Store, now, unit_id
+from ntk_vs_nn.store import Store, now, unit_id
 
 PROTOCOLS = ("single", "ensemble", "train_sum", "kd", "sd")
 SPLITS = ("train", "val", "test")
@@ -74,7 +76,7 @@ class Row:
         self.mode = resolve_members_mode(cfg.run.members)
         self.known = {r["unit"]: r for r in store.records()}
         if self.backend != "weights":  # function space: no network training, no augmentation
-            from ntk_vs_nn.function_space import FunctionTrainer
+            from ntk_vs_nn.kernels.function_space import FunctionTrainer
 
             parse_model_name(model)
             self.fam = None
@@ -86,7 +88,7 @@ class Row:
                 raise UserError(
                     f"train.augment=crop_flip needs 2-D images; {data.name} inputs are {data.spatial_ndim}-D"
                 )
-            from ntk_vs_nn.images import augment
+            from ntk_vs_nn.data.images import augment
 
             self.augment = augment
         self.trainer = Trainer(self.fam, cfg.train, len(data.x_train), cfg.run.progress, self.augment)
@@ -254,7 +256,7 @@ class Row:
     def train_sum(self):
         L, p = self.cfg.protocol.members, self.cfg.protocol
         if self.backend != "weights":
-            from ntk_vs_nn.function_space import FunctionTrainer
+            from ntk_vs_nn.kernels.function_space import FunctionTrainer
 
             trainer = FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
         else:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fashion-MNIST for ntk_vs_nn: installs Debian's dataset-fashion-mnist package, which puts the four gzipped
-# IDX files in /usr/share/datasets/fashion-mnist (ntk_vs_nn.images.fashion_mnist's default folder).
+# IDX files in /usr/share/datasets/fashion-mnist (ntk_vs_nn.data.images.fashion_mnist's default folder).
 # Where apt cannot be used (no apt-get, not root and no sudo), prints in one line how to get the files.
 set -euo pipefail
 

@@ -1,4 +1,4 @@
-"""Figure 6 transforms and CLI (ntk_vs_nn/channels.py): split / average shapes and values, the
+"""Figure 6 transforms and CLI (ntk_vs_nn/experiments/channels.py): split / average shapes and values, the
 claim rules, the Fashion-MNIST -> MNIST-1D fallback, a tiny end-to-end run, and bad --set input."""
 
 import dataclasses
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntk_vs_nn import channels as ch
+from ntk_vs_nn.experiments import channels as ch
 from ntk_vs_nn.config import UserError
 
 

@@ -161,7 +161,7 @@ def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
 
 def test_saved_config_of_an_older_version_loads_with_defaults():
     from ntk_vs_nn.config import Config
-    from ntk_vs_nn.presets import from_dict
+    from ntk_vs_nn.config.presets import from_dict
 
     d = Config().to_dict()
     d.pop("kernel")
@@ -176,7 +176,7 @@ def test_committed_results_still_belong_to_their_config(folder):
     import json
     import os
 
-    from ntk_vs_nn.presets import from_dict
+    from ntk_vs_nn.config.presets import from_dict
 
     root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", folder)
     with open(os.path.join(root, "config.json")) as f:

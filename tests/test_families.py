@@ -18,7 +18,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from ntk_vs_nn.config import UserError
-from ntk_vs_nn.engine import Trainer
+from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import make_family, param_count, summed
 
 MODEL, K = "SimpleCNN-3-1", 3

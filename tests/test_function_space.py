@@ -17,12 +17,12 @@ import optax
 import pytest
 from conftest import rel_err
 
-from ntk_vs_nn import function_space
+from ntk_vs_nn.kernels import function_space
 from ntk_vs_nn.config import KernelConfig
-from ntk_vs_nn.engine import distill_loss
+from ntk_vs_nn.engine.trainer import distill_loss
 from ntk_vs_nn.families import last_layer, linearized, network, summed
-from ntk_vs_nn.function_space import FunctionTrainer, solve
-from ntk_vs_nn.kernels import empirical_ntk_fn, kernel_ridge
+from ntk_vs_nn.kernels.function_space import FunctionTrainer, solve
+from ntk_vs_nn.kernels.empirical import empirical_ntk_fn, kernel_ridge
 from ntk_vs_nn.models import build_model
 
 MODEL, STEPS, TOL = "SimpleCNN-3-1", 40, 1e-8
@@ -54,7 +54,7 @@ def weight_space(fam, key, x_tr, x_te, loss_fn, eta, steps):
 
 
 def gp_kernel(module, key, x_tr, x_te):
-    from ntk_vs_nn.kernels import head_features
+    from ntk_vs_nn.kernels.empirical import head_features
 
     params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), module.init(key, x_tr[:1])["params"])
     p_tr = np.asarray(head_features(module, params, x_tr), np.float64)
@@ -164,7 +164,7 @@ def test_trainer_kernels_and_offsets(tiny_data, tiny_cfg):
 
 def test_ridge_is_kernel_ridge_from_f0(setup):
     """f = f0 + Θ(·, X)(Θ + r·mean(diag Θ)·I)^{-1}(Y − f0(X)), via kernels.kernel_ridge on Y − f0."""
-    from ntk_vs_nn.kernels import kernel_ridge
+    from ntk_vs_nn.kernels.empirical import kernel_ridge
 
     module, x_tr, x_te, y = setup
     k_tt, k_te = gp_kernel(module, jax.random.key(3), x_tr, x_te)
@@ -197,9 +197,9 @@ def test_mse_auto_steps_picks_the_best_validation_time(setup, tiny_data):
 
 def test_infinite_width_row_is_one_deterministic_member(tmp_path, tiny_data, tiny_cfg):
     """ntk_inf: one member solved on the stax kernel; the other protocols are recorded as skipped."""
-    from ntk_vs_nn import nt_backend
+    from ntk_vs_nn.kernels import nt as nt_backend
     from ntk_vs_nn.protocols import run_row
-    from ntk_vs_nn.results import Store
+    from ntk_vs_nn.store import Store
 
     if not nt_backend.available():
         pytest.skip("neural-tangents not installed (make install-nt)")
@@ -247,9 +247,9 @@ def test_absolute_lr_units_replay_weight_space_gd_with_the_same_learning_rate(se
 def test_infinite_rows_share_one_stax_pass(tmp_path, tiny_data, tiny_cfg, monkeypatch):
     """ntk_inf and nngp_inf of a table come from one infinite_kernels call (kind=("ntk", "nngp")),
     and each row gets its own kind's kernel."""
-    from ntk_vs_nn import nt_backend
+    from ntk_vs_nn.kernels import nt as nt_backend
     from ntk_vs_nn.protocols import run_row
-    from ntk_vs_nn.results import Store
+    from ntk_vs_nn.store import Store
 
     if not nt_backend.available():
         pytest.skip("neural-tangents not installed (make install-nt)")
@@ -366,7 +366,7 @@ def test_full_kernel_trainer_members_sum_and_spill(tiny_data, tiny_cfg, monkeypa
 def test_full_kernel_nt_backend_equals_ours(tiny_data, tiny_cfg, monkeypatch):
     """kernel.backend=nt with kernel.trace=false (neural-tangents' full kernels, Θ(other, train) an
     explicit array) gives the predictions of our backend (Θ(other, train) as J_other J_trainᵀ)."""
-    from ntk_vs_nn import nt_backend
+    from ntk_vs_nn.kernels import nt as nt_backend
 
     if not nt_backend.available():
         pytest.skip("neural-tangents not installed (make install-nt)")

@@ -1,4 +1,4 @@
-"""Figure 3 data and CLI (ntk_vs_nn/gaussian.py): deterministic teachers, rejection sampling,
+"""Figure 3 data and CLI (ntk_vs_nn/experiments/gaussian.py): deterministic teachers, rejection sampling,
 margin, label noise, a tiny end-to-end run, and bad --set input."""
 
 import dataclasses
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntk_vs_nn import gaussian as g
+from ntk_vs_nn.experiments import gaussian as g
 from ntk_vs_nn.config import UserError
 
 

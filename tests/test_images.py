@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntk_vs_nn import images
+from ntk_vs_nn.data import images
 from ntk_vs_nn.config import UserError
 
 # ----------------------------------------------------------------------------------------------- Fashion-MNIST

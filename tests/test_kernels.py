@@ -20,7 +20,7 @@ from conftest import rel_err
 from jax.flatten_util import ravel_pytree
 
 from ntk_vs_nn.families import last_layer, linearized, network
-from ntk_vs_nn.kernels import (
+from ntk_vs_nn.kernels.empirical import (
     IMPLEMENTATIONS,
     empirical_ntk_fn,
     family_ntk_fn,

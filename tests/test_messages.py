@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from ntk_vs_nn.config import MessagesConfig
-from ntk_vs_nn.messages import compare, messages
+from ntk_vs_nn.analysis.messages import messages
+from ntk_vs_nn.analysis.verdict import decide as compare
 
 CFG = MessagesConfig(noise_sigma=0.5, noise_floor=0.1)
 

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from ntk_vs_nn import metrics
-from ntk_vs_nn.metrics import accuracy, combine, finite, nll, summary
+from ntk_vs_nn.analysis import metrics
+from ntk_vs_nn.analysis.metrics import accuracy, combine, finite, nll, summary
 
 
 def test_accuracy_is_top1_in_percent():

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ntk_vs_nn import multiview as mv
-from ntk_vs_nn import multiview_report as mr
+from ntk_vs_nn.experiments import multiview as mv
+from ntk_vs_nn.experiments import multiview_report as mr
 
 # Small enough to sample fast, large enough for tight statistics; (2 + n_other) * patches fit in P.
 GEN_CFG = mv.MultiViewConfig(k=10, d=100, P=12, n_train=4000, n_test=100)
@@ -231,7 +231,9 @@ def test_aggregate_verdicts():
 
 def _run_cli(*args):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "ntk_vs_nn.multiview", *args], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "ntk_vs_nn.experiments.multiview", *args], capture_output=True, text=True, env=env
+    )
 
 
 @pytest.mark.parametrize(

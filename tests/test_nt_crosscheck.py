@@ -1,4 +1,4 @@
-"""Cross-checks against neural-tangents 0.6.5 (`ntk_vs_nn.nt_backend`), marker ``nt``.
+"""Cross-checks against neural-tangents 0.6.5 (`ntk_vs_nn.kernels.nt`), marker ``nt``.
 
 Skipped when neural-tangents is not installed (``make install-nt``); ``scripts/test_nt.sh`` installs
 it and sets NTK_VS_NN_REQUIRE_NT=1, which turns a failed import into a failure instead of a skip.
@@ -31,9 +31,9 @@ import pytest
 from conftest import rel_err
 from flax import traverse_util
 
-from ntk_vs_nn import nt_backend
+from ntk_vs_nn.kernels import nt as nt_backend
 from ntk_vs_nn.config import UserError
-from ntk_vs_nn.kernels import IMPLEMENTATIONS, empirical_ntk_fn, head_features, nngp_fn
+from ntk_vs_nn.kernels.empirical import IMPLEMENTATIONS, empirical_ntk_fn, head_features, nngp_fn
 from ntk_vs_nn.models import build_model
 
 try:

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from ntk_vs_nn.cli import main
-from ntk_vs_nn.results import Store, load_checkpoint
+from ntk_vs_nn.store import Store, load_checkpoint
 
 SMOKE = ["--preset", "smoke", "--set", "data.n_train=160", "--set", "data.n_test=100"]
 TRAINED = ("single", "train_sum", "kd", "sd")  # units that train (ensembles are derived)
@@ -147,7 +147,7 @@ def test_divergence_is_recorded_and_the_run_goes_on(tmp_path):
 
 
 def test_out_of_memory_is_recorded_as_oom(tmp_path, monkeypatch):
-    from ntk_vs_nn import engine
+    from ntk_vs_nn.engine.trainer import trainer as engine
 
     real_fit = engine.Trainer.fit
 
@@ -171,7 +171,7 @@ def test_checkpoint_restores_the_trained_member(reference):
     from ntk_vs_nn.config import Config
     from ntk_vs_nn.data import load_dataset
     from ntk_vs_nn.families import make_family
-    from ntk_vs_nn.presets import from_dict
+    from ntk_vs_nn.config.presets import from_dict
 
     cfg = from_dict(json.load(open(os.path.join(reference, "config.json"))))
     assert isinstance(cfg, Config)
@@ -238,7 +238,7 @@ def test_corrupt_checkpoint_is_one_clear_error(reference, tmp_path):
 def test_an_interrupt_swallowed_by_a_library_still_stops_at_the_next_unit(tmp_path, monkeypatch):
     """SIGINT sets results.INTERRUPTED; if the KeyboardInterrupt were swallowed by library code, the
     store raises it again right after the next record."""
-    from ntk_vs_nn import results
+    from ntk_vs_nn import store as results
 
     store = results.Store(str(tmp_path))
     store.append({"unit": "a"})

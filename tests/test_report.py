@@ -12,7 +12,7 @@ import pytest
 from ntk_vs_nn import paper
 from ntk_vs_nn.config import Config, MessagesConfig, UserError
 from ntk_vs_nn.report import markdown_to_html, write_report
-from ntk_vs_nn.tables import COLUMNS
+from ntk_vs_nn.analysis.tables import COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -164,7 +164,7 @@ def make_out(tmp_path, dataset="cifar10", kernels=True, with_messages=True):
         (out / "table_ntk.csv").write_text(ntk.to_csv(index=False))
         tables.append(ntk)
     if with_messages:
-        from ntk_vs_nn.messages import messages
+        from ntk_vs_nn.analysis.messages import messages
 
         mdf = messages(pd.concat(tables), MessagesConfig())
         (out / "messages.csv").write_text(mdf.to_csv(index=False))

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from ntk_vs_nn import sharding
+from ntk_vs_nn.engine import sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ATOL = 1e-5
@@ -25,7 +25,7 @@ import dataclasses, json, sys
 sys.path.insert(0, "tests")
 import jax, numpy as np
 from conftest import make_tiny_config, make_tiny_dataset
-from ntk_vs_nn.engine import Trainer
+from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import make_family, summed
 
 assert jax.device_count() == 4, jax.devices()
@@ -129,11 +129,11 @@ def test_sharded_train_sum_equals_the_unrolled_sum(four_devices):
 MULTI_PROCESS = r"""
 import os, sys
 sys.path.insert(0, "tests")
-from ntk_vs_nn import sharding
+from ntk_vs_nn.engine import sharding
 assert sharding.maybe_initialize_distributed()
 import dataclasses, jax, numpy as np
 from conftest import make_tiny_config, make_tiny_dataset
-from ntk_vs_nn.engine import Trainer
+from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import make_family
 
 assert jax.process_count() == 2 and jax.device_count() == 4 and jax.local_device_count() == 2
@@ -275,7 +275,7 @@ def test_multi_host_cli_table_equals_one_process_and_only_process_0_writes(tmp_p
 
 
 def test_store_does_not_write_on_processes_other_than_0(tmp_path, monkeypatch):
-    from ntk_vs_nn.results import Store
+    from ntk_vs_nn.store import Store
 
     monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "localhost:1")
     monkeypatch.setattr(jax, "process_index", lambda: 1)
@@ -294,8 +294,8 @@ import dataclasses, json, sys
 sys.path.insert(0, "tests")
 import jax, numpy as np
 from conftest import make_tiny_config, make_tiny_dataset
-from ntk_vs_nn import sharding
-from ntk_vs_nn.engine import Trainer
+from ntk_vs_nn.engine import sharding
+from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import make_family
 
 data, cfg = make_tiny_dataset(), make_tiny_config()

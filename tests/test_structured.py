@@ -1,4 +1,4 @@
-"""Structured derivatives (`ntk_vs_nn.structured`) against `jax.jacrev`, in float64.
+"""Structured derivatives (`ntk_vs_nn.kernels.structured`) against `jax.jacrev`, in float64.
 
 1. Per-example Jacobians equal vmap(jacrev) leaf by leaf on nets that exercise every layer path:
    2-D convs with strides, kernel dilation, SAME / explicit asymmetric / integer padding, no bias;
@@ -20,9 +20,9 @@ import pytest
 from conftest import rel_err
 
 from ntk_vs_nn.families import linearized, network
-from ntk_vs_nn.kernels import _flat_jacobian, empirical_ntk_fn, family_ntk_fn
+from ntk_vs_nn.kernels.empirical import _flat_jacobian, empirical_ntk_fn, family_ntk_fn
 from ntk_vs_nn.models import build_model
-from ntk_vs_nn.structured import Unsupported, structured_jacobian
+from ntk_vs_nn.kernels.structured import Unsupported, structured_jacobian
 
 EXACT = 1e-12
 
@@ -147,7 +147,7 @@ def test_check_catches_a_parameter_used_outside_its_module():
 
 def test_every_structured_tile_is_checked(monkeypatch):
     """A wrong tile after good ones (as XLA:CPU produced for a 1-D ResNet) is recomputed by jacrev."""
-    import ntk_vs_nn.structured as structured
+    import ntk_vs_nn.kernels.structured as structured
 
     f, params, x = _setup(Odd(), (7, 11, 9, 2))
     ref, _ = _kernels(f, params, x, "jacobian_contraction")
@@ -172,7 +172,7 @@ def test_every_structured_tile_is_checked(monkeypatch):
 
 def test_many_output_units_use_lax_map(monkeypatch):
     """Beyond UNROLL_MAX output units the backward passes run under lax.map: the same Jacobian."""
-    import ntk_vs_nn.structured as structured
+    import ntk_vs_nn.kernels.structured as structured
 
     monkeypatch.setattr(structured, "UNROLL_MAX", 1)
     f, params, x = _setup(build_model("ResNet-10-1", 3, 1), (4, 20, 1))

@@ -15,7 +15,7 @@ The row's ``status`` says what happened (``ok``, or e.g. ``oom; lost digit``) an
 = ``1.86M``, ``note``) stay strings.
 
 Figure 1 (the paper's two tables) also comes in our tidy table format (`tidy`, the columns of
-`ntk_vs_nn.tables.COLUMNS`), and `verdicts` runs our message logic (`ntk_vs_nn.messages`) on it:
+`ntk_vs_nn.analysis.tables.COLUMNS`), and `verdicts` runs our message logic (`ntk_vs_nn.analysis.messages`) on it:
 
 * families: paper ``NTK`` -> ``ntk``, ``NTK'`` -> ``ntk_prime``, ``GP`` -> ``gp``, networks -> ``nn``;
 * models are spelled as our parser spells them (`canonical_model`: the kernel table's
@@ -226,9 +226,9 @@ def _tidy_rows(kind: str, raw_row: dict, pick: dict | None = None) -> list[dict]
 
 
 def tidy(kinds=("nn", "kernel")) -> pd.DataFrame:
-    """Figure 1 as tidy rows (the columns of `ntk_vs_nn.tables.COLUMNS`, then paper_model, raw
+    """Figure 1 as tidy rows (the columns of `ntk_vs_nn.analysis.tables.COLUMNS`, then paper_model, raw
     (the cell as printed) and source). Lost digits and oom are NaN with that status."""
-    from ntk_vs_nn.tables import COLUMNS
+    from ntk_vs_nn.analysis.tables import COLUMNS
 
     rows = []
     for kind in kinds:
@@ -239,10 +239,10 @@ def tidy(kinds=("nn", "kernel")) -> pd.DataFrame:
 
 def verdicts(cfg=None, kinds=("nn", "kernel")) -> pd.DataFrame:
     """The seven messages evaluated on the paper's own numbers (columns of
-    `ntk_vs_nn.messages.messages` plus ``note``), with our thresholds ``cfg`` (a MessagesConfig;
+    `ntk_vs_nn.analysis.messages.messages` plus ``note``), with our thresholds ``cfg`` (a MessagesConfig;
     default: PROTOCOLS.md §3's)."""
     from ntk_vs_nn.config import MessagesConfig
-    from ntk_vs_nn.messages import messages
+    from ntk_vs_nn.analysis.messages import messages
 
     cfg = cfg or MessagesConfig()
     frames = []

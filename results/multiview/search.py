@@ -1,7 +1,7 @@
-"""The regime search behind ntk_vs_nn.multiview's defaults: one factor at a time around them.
+"""The regime search behind ntk_vs_nn.experiments.multiview's defaults: one factor at a time around them.
 
 Every row trains, for the nn learner on one data draw (seed 0), ``L`` single models, their ensemble,
-one KD student and ``S`` SD students (ntk_vs_nn.multiview_report.run_family) and records the errors
+one KD student and ``S`` SD students (ntk_vs_nn.experiments.multiview_report.run_family) and records the errors
 in units of mu and the lottery (share of (model, class) pairs with both views / no view learned).
 
     .venv/bin/python results/multiview/search.py            # writes results/multiview/search.csv
@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import pandas as pd
 
-from ntk_vs_nn import multiview as mv
-from ntk_vs_nn import multiview_report as mr
+from ntk_vs_nn.experiments import multiview as mv
+from ntk_vs_nn.experiments import multiview_report as mr
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -86,7 +86,7 @@ def run_row(stage, over, variants, L, S):
 
 def _students(cfg, spec, data, res, L, S):
     """KD and SD students of new (alpha, tau) on the singles already in ``res``."""
-    from ntk_vs_nn import rng
+    from ntk_vs_nn.engine import rng
 
     root, tr, te = rng.root_key(spec.seed), data["train"], data["test"]
     keep_m = [r for r in res["models"] if r["protocol"] in ("single", "ensemble")]

@@ -1,7 +1,7 @@
 """XLA:CPU returns wrong vmapped cotangents through GroupNorm under jit (jax/jaxlib 0.10.2).
 
 Command: ``.venv/bin/python results/xla-cpu-bug/repro.py`` (writes nothing; prints one line per case).
-Found by `ntk_vs_nn.structured`'s per-tile check (README, "Kernel backends"). The k = 10 backward
+Found by `ntk_vs_nn.kernels.structured`'s per-tile check (README, "Kernel backends"). The k = 10 backward
 passes of one batch, vmapped over the output cotangents (what a per-example Jacobian by output unit
 does), are compared jit vs eager and against float64. Eager float32 equals float64 to 1e-7; under jit
 the cotangents of outputs 8 and 9 — folded batch index >= 1024 = 8 x 128 — are off by up to ~50 %

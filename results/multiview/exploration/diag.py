@@ -1,5 +1,5 @@
 import sys, json, jax, jax.numpy as jnp, numpy as np, dataclasses
-from ntk_vs_nn import multiview as mv
+from ntk_vs_nn.experiments import multiview as mv
 g = json.loads(sys.argv[1]); cfg = mv.MultiViewConfig(**g)
 kf, ktr, kte = (jax.random.fold_in(jax.random.key(0), i) for i in range(3))
 feats = mv.make_features(kf, cfg); tr = mv.sample(ktr, cfg, feats, cfg.n_train, cfg.mu)

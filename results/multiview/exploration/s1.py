@@ -1,6 +1,6 @@
 """stage-1 search: single-model lottery vs sigma0, varrho, q, lr, N (checkpoints along training)."""
 import sys, time, dataclasses, itertools, json, jax, jax.numpy as jnp, numpy as np
-from ntk_vs_nn import multiview as mv
+from ntk_vs_nn.experiments import multiview as mv
 
 def run(cfg, seeds, ckpts, key=0):
     kf, ktr, kte = (jax.random.fold_in(jax.random.key(key), i) for i in range(3))

@@ -1,6 +1,6 @@
 """stage-2: background-vs-feature patch noise (hacked generator)."""
 import sys, time, dataclasses, json, jax, jax.numpy as jnp, numpy as np
-from ntk_vs_nn import multiview as mv
+from ntk_vs_nn.experiments import multiview as mv
 import importlib.util
 ORIG = mv.sample
 spec = importlib.util.spec_from_file_location("s1", "/tmp/mv/s1.py"); s1 = importlib.util.module_from_spec(spec); spec.loader.exec_module(s1)

@@ -1,6 +1,6 @@
 """stage-3: singles, ensemble, KD (alpha, tau grid), SD on one config (hacked bg/fg noise generator)."""
 import sys, time, dataclasses, json, jax, jax.numpy as jnp, numpy as np
-from ntk_vs_nn import multiview as mv
+from ntk_vs_nn.experiments import multiview as mv
 import importlib.util
 spec = importlib.util.spec_from_file_location("s2", "/tmp/mv/s2.py"); s2 = importlib.util.module_from_spec(spec); spec.loader.exec_module(s2)
 

@@ -1,6 +1,6 @@
 """stage-4 (new module): singles, ensemble, KD/SD with kl vs one_sided losses."""
 import sys, time, dataclasses, json, jax, jax.numpy as jnp, numpy as np
-from ntk_vs_nn import multiview as mv
+from ntk_vs_nn.experiments import multiview as mv
 def ev(Lg, te, mu):
     pr = np.asarray(jnp.argmax(Lg, 1)); y = np.asarray(te["y"]); sv = np.asarray(te["is_single_view"])
     e_mv = float(np.mean(pr[~sv] != y[~sv])); e_sv = float(np.mean(pr[sv] != y[sv]))

@@ -22,10 +22,10 @@ import numpy as np
 import optax
 
 from ntk_vs_nn.data import load_dataset
-from ntk_vs_nn.engine import distill_loss
+from ntk_vs_nn.engine.trainer import distill_loss
 from ntk_vs_nn.families import make_family
-from ntk_vs_nn.kernels import empirical_ntk_fn, gradient_descent_xent
-from ntk_vs_nn.presets import get_preset
+from ntk_vs_nn.kernels.empirical import empirical_ntk_fn, gradient_descent_xent
+from ntk_vs_nn.config.presets import get_preset
 
 N, STEPS, LR, MODEL = 400, 300, 0.03, "ResNet-10-1"
 

@@ -158,7 +158,7 @@ def _modules_added(mods: dict):
 
 def _experimental_stub() -> types.ModuleType:
     stub = types.ModuleType("neural_tangents.experimental")
-    stub.__doc__ = "Stub of ntk_vs_nn.nt_backend: the tensorflow-only part of neural-tangents is not loaded."
+    stub.__doc__ = "Stub of ntk_vs_nn.kernels.nt: the tensorflow-only part of neural-tangents is not loaded."
 
     def __getattr__(name):
         if name.startswith("__"):

@@ -8,7 +8,7 @@ its own soft targets (knowledge distillation) or none. How the members execute i
   unrolled    all M members inside one compiled step, written as a Python loop in the trace;
   vmap        one compiled step vmapped over a leading member axis;
   shard       the vmap step with the member axis split over the devices of a mesh
-              (ntk_vs_nn/sharding.py: NamedSharding(mesh, P("member")), data replicated).
+              (ntk_vs_nn/engine/sharding.py: NamedSharding(mesh, P("member")), data replicated).
 
 All run the same per-member code, so they give the same numbers (tests check it, the sharded mode
 in tests/test_sharding.py); which is fastest depends on the backend and the network
@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ntk_vs_nn import sharding
+from ntk_vs_nn.engine import sharding
 from ntk_vs_nn.config import TrainConfig
 from ntk_vs_nn.families import ModelFamily
 

@@ -1,6 +1,6 @@
 """Figure 6 of Allen-Zhu & Li: channels of a fixed pretrained layer as input, split or averaged.
 
-    python -m ntk_vs_nn.channels --out results/channels [--set section.field=value ...]
+    python -m ntk_vs_nn.experiments.channels --out results/channels [--set section.field=value ...]
 
 The paper regards an intermediate layer of a pretrained ResNet as the "input" (the pretrained net
 stays fixed and is shared by every model) and trains new models on: all C channels ("original"),
@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_vs_nn.config import DataConfig, TrainConfig, UserError
-from ntk_vs_nn.gaussian import cli, jitted_init
+from ntk_vs_nn.experiments.gaussian import cli, jitted_init
 
 VARIANTS = ("original", "split_2", "split_4", "split_8", "avg_2", "avg_4", "avg_8")
 _TAG = {"pretrain": 0xB0, "split": 0xB1, "init": 0xB2, "data": 0xB3}
@@ -259,8 +259,8 @@ def load_data(cfg: ChannelsConfig, log):
 
 def pretrain(data, cfg: ChannelsConfig, root, log) -> tuple[np.ndarray, np.ndarray, float]:
     """Train the backbone; return its stage-``pretrain.stage`` features on train and test and its test accuracy."""
-    from ntk_vs_nn import metrics
-    from ntk_vs_nn.engine import Trainer
+    from ntk_vs_nn.analysis import metrics
+    from ntk_vs_nn.engine.trainer import Trainer
     from ntk_vs_nn.families import network
 
     module = Backbone(cfg.pretrain.width, data.num_classes, data.spatial_ndim, cfg.pretrain.head)
@@ -285,8 +285,8 @@ def pretrain(data, cfg: ChannelsConfig, root, log) -> tuple[np.ndarray, np.ndarr
 
 def train_variant(variant: str, f_tr, f_te, data, cfg: ChannelsConfig, root, trainers: dict) -> dict:
     """L students on one transformed input: single mean ± std, ensemble, gain (percent)."""
-    from ntk_vs_nn import metrics
-    from ntk_vs_nn.engine import Trainer
+    from ntk_vs_nn.analysis import metrics
+    from ntk_vs_nn.engine.trainer import Trainer
     from ntk_vs_nn.families import network
     from ntk_vs_nn.models import build_model
 
@@ -496,7 +496,7 @@ def plot(df, paper_all: dict, prow_name: str, path: str, title: str) -> None:
 
 
 def run(cfg: ChannelsConfig, out: str, command: str, log=print) -> dict:
-    from ntk_vs_nn.results import Store, atomic_write
+    from ntk_vs_nn.store import Store, atomic_write
 
     t0 = time.perf_counter()
     data, used = load_data(cfg, log)
@@ -568,7 +568,7 @@ def summary_md(df, cfg, info, ours, all_paper: dict, command: str, wall: float) 
 
 def main(argv=None) -> int:
     return cli(
-        argv, "ntk_vs_nn.channels", "Figure 6: split / averaged channels of a fixed pretrained layer.", PRESETS, run,
+        argv, "ntk_vs_nn.experiments.channels", "Figure 6: split / averaged channels of a fixed pretrained layer.", PRESETS, run,
         "results/channels",
     )  # fmt: skip
 

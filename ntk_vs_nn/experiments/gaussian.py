@@ -1,6 +1,6 @@
 """Figure 3 of Allen-Zhu & Li: ensembles on Gaussian-like data labelled by random teachers (PROTOCOLS §5).
 
-    python -m ntk_vs_nn.gaussian --out results/gaussian [--set section.field=value ...]
+    python -m ntk_vs_nn.experiments.gaussian --out results/gaussian [--set section.field=value ...]
 
 Data. Inputs x in R^d are N(0, I) ("gaussian") or a mixture of ``mixture_components`` Gaussians
 ("mixture": centres s*g_j with g_j ~ N(0, I), s^2 = ``mixture_spread``, within-component std
@@ -405,8 +405,8 @@ def jitted_init(family):
 
 def train_cell(data: dict, arch: str, cfg: GaussianConfig, root, trainers: dict) -> dict:
     """Train L students on one cell; returns single/ensemble accuracies (percent)."""
-    from ntk_vs_nn import metrics
-    from ntk_vs_nn.engine import Trainer
+    from ntk_vs_nn.analysis import metrics
+    from ntk_vs_nn.engine.trainer import Trainer
     from ntk_vs_nn.families import network
 
     student = cfg.student.linear_as if arch == "linear" else arch
@@ -625,7 +625,7 @@ def _read_cells(path: str, h: str) -> dict:
 
 def run(cfg: GaussianConfig, out: str, command: str, log=print) -> dict:
     """Train every (teacher, setting) cell not already in OUT/cells.jsonl; write the outputs."""
-    from ntk_vs_nn.results import Store, atomic_write
+    from ntk_vs_nn.store import Store, atomic_write
 
     t0 = time.perf_counter()
     Store.prepare(out)
@@ -705,7 +705,7 @@ def cli(argv, prog: str, description: str, presets: dict, run_fn, default_out: s
 
 def main(argv=None) -> int:
     return cli(
-        argv, "ntk_vs_nn.gaussian", "Figure 3: ensembles on Gaussian-like data (Allen-Zhu & Li).", PRESETS, run,
+        argv, "ntk_vs_nn.experiments.gaussian", "Figure 3: ensembles on Gaussian-like data (Allen-Zhu & Li).", PRESETS, run,
         "results/gaussian",
     )  # fmt: skip
 

@@ -11,9 +11,9 @@ fmnist Fashion-MNIST at CPU scale (see `fmnist`); paper-cifar10 / paper-cifar100
 
 from __future__ import annotations
 
-import dataclasses
 
 from ntk_vs_nn.config import Config, DataConfig, ProtocolConfig, TableConfig, TrainConfig, UserError
+from ntk_vs_nn.config import from_dict as config_from_dict
 
 
 def quick() -> Config:
@@ -98,16 +98,4 @@ def get_preset(name: str) -> Config:
 
 def from_dict(d: dict) -> Config:
     """Rebuild a Config from `Config.to_dict()` output (e.g. OUT/config.json)."""
-    try:
-        sections = {}
-        for f in dataclasses.fields(Config):
-            if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
-                typ = f.default_factory
-                # a section saved by an older version may lack fields added since: their defaults
-                vals = {k: tuple(v) if isinstance(v, list) else v for k, v in d.get(f.name, {}).items()}
-                sections[f.name] = typ(**vals)
-            else:
-                sections[f.name] = d[f.name]
-        return Config(**sections)
-    except (KeyError, TypeError) as e:
-        raise UserError(f"saved config is not readable by this version ({e})") from None
+    return config_from_dict(Config, d)

@@ -1,6 +1,6 @@
-"""``python -m ntk_vs_nn.multiview``: the theorem's table on multi-view data, for nn, ntk and gp.
+"""``python -m ntk_vs_nn.experiments.multiview``: the theorem's table on multi-view data, for nn, ntk and gp.
 
-For each family (``ntk_vs_nn.multiview.FAMILIES``) on one draw of the data: ``seeds`` single models
+For each family (``ntk_vs_nn.experiments.multiview.FAMILIES``) on one draw of the data: ``seeds`` single models
 (differing only in their init; nn and ntk share inits), their logit-average ensemble, one KD student
 of the ensemble and ``sd_students`` SD students (student i of single model i), all trained by
 full-batch GD. Test error is measured on multi-view and single-view test points separately and
@@ -11,7 +11,7 @@ sweep over mu (nn by default) and the outputs: ``table.{md,csv}``, ``models.csv`
 ``lottery.{md,csv}``, ``sweep.{csv,png}``, ``config.json``, ``summary.md``.
 
 Example:
-    python -m ntk_vs_nn.multiview --out results/multiview --set seeds=5 sweep_mus=0.05,0.1
+    python -m ntk_vs_nn.experiments.multiview --out results/multiview --set seeds=5 sweep_mus=0.05,0.1
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from ntk_vs_nn import multiview as mv
-from ntk_vs_nn import rng
-from ntk_vs_nn.config import UserError, _parse_value
+from ntk_vs_nn.experiments import multiview as mv
+from ntk_vs_nn.engine import rng
+from ntk_vs_nn.config.base import UserError, _parse_value
 
 PROTOCOLS = ("single", "ensemble", "kd", "sd")
 # protocol -> (low, high) in units of mu and the theorem's words (arXiv 2012.09816, Thm 1 / seeds)
@@ -407,7 +407,7 @@ def _claims(agg: pd.DataFrame) -> list[str]:
 
 def write_all(out: str, cfg, spec: RunSpec, runs: dict, sweep: pd.DataFrame, command: str, wall_s: float) -> str:
     """Write every output file into ``out``; returns table.md's text."""
-    from ntk_vs_nn.results import atomic_write
+    from ntk_vs_nn.store import atomic_write
 
     models = pd.concat([pd.DataFrame(r["models"]) for r in runs.values()], ignore_index=True)
     views = pd.concat([pd.DataFrame(r["views"]) for r in runs.values()], ignore_index=True)
@@ -443,7 +443,7 @@ def write_all(out: str, cfg, spec: RunSpec, runs: dict, sweep: pd.DataFrame, com
         f"Wall time: **{wall_s / 60:.1f} min** ({wall_s:.0f} s) on {os.cpu_count()} CPU core(s), "
         f"jax {jax.__version__}, {jax.devices()[0].platform}.",
         "",
-        "The regime and why each setting was chosen: the docstring of `ntk_vs_nn/multiview.py`; the search "
+        "The regime and why each setting was chosen: the docstring of `ntk_vs_nn/experiments/multiview.py`; the search "
         "behind it: `search.csv` / `search.md`. Full table: `table.md`; the lottery: `lottery.md`.",
         "",
         "## The theorem's statements (nn) and the kernel contrast",
@@ -472,7 +472,7 @@ def main(argv=None) -> int:
     """The command line; see the module docstring. Exit 2 with one line on bad input."""
     from ntk_vs_nn.cli import _Parser
 
-    p = _Parser(prog="python -m ntk_vs_nn.multiview", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m ntk_vs_nn.experiments.multiview", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=os.path.join("results", "multiview"), help="output folder")
     p.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
@@ -488,7 +488,7 @@ def main(argv=None) -> int:
     data = draw_data(cfg, spec.seed)
     runs = {fam: run_family(fam, cfg, spec, data, spec.seeds, spec.sd_students, log) for fam in spec.families}
     sweep = run_sweep(cfg, spec, log)
-    command = " ".join(["python -m ntk_vs_nn.multiview", "--out", args.out] + [f"--set {s}" for s in items])
+    command = " ".join(["python -m ntk_vs_nn.experiments.multiview", "--out", args.out] + [f"--set {s}" for s in items])
     md = write_all(args.out, cfg, spec, runs, sweep, command, time.perf_counter() - t0)
     print(md)
     log(f"wrote {args.out}/ in {time.perf_counter() - t0:.0f} s")

@@ -120,7 +120,7 @@ class _Jacobian:
         if self.structured is None:
             self.done.add("jacobian_contraction")
             return self.dense(params, x, kw)
-        from ntk_vs_nn import structured
+        from ntk_vs_nn.kernels import structured
 
         if self.structured is False:
             self.structured = jax.jit(structured.structured_jacobian(self.f))
@@ -176,7 +176,7 @@ def empirical_ntk_fn(
         differentiated once and contracted with every kept tile by one matrix product per parameter
         leaf (traced: (t, kP) x (kP, t)). Cost ≈ (n1 + n2)·k backward passes + 2·n1·n2·k·P flops
         (x k for the full kernel). ``"structured_derivatives"``: the same, with each tile's Jacobian
-        built from layer structure (`ntk_vs_nn.structured`: one batched backward pass per output
+        built from layer structure (`ntk_vs_nn.kernels.structured`: one batched backward pass per output
         unit, then Dense/Conv weight Jacobians as batched GEMMs; 1.7-3.4x faster on CPU for 2-D conv
         nets, ~10% slower for the 1-D ResNets) — for Flax linen networks whose parameters live in
         leaf modules, vmap_axes=0. ``"auto"`` (default): structured derivatives for every tile that

@@ -7,16 +7,16 @@ the field's type; unknown keys are errors. Every choice PROTOCOLS.md leaves open
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import hashlib
-import json
-import typing
 from dataclasses import dataclass, field
 
+from ntk_vs_nn.config.base import UserError, from_dict, hash_dict, override, valid_keys
 
-class UserError(Exception):
-    """Bad input from the user: reported as one line on stderr, exit code 2."""
+__all__ = [
+    "Config", "DataConfig", "ModelConfig", "TrainConfig", "ProtocolConfig", "KernelConfig", "TableConfig",
+    "RunConfig", "MessagesConfig", "UserError", "apply_overrides", "override", "valid_keys", "from_dict",
+    "hash_dict",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class ProtocolConfig:
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """How the kernel families are solved (PROTOCOLS §1; ntk_vs_nn/function_space.py).
+    """How the kernel families are solved (PROTOCOLS §1; ntk_vs_nn/kernels/function_space.py).
 
     weights: the linearised model is trained like the net (same optimiser, data order, epochs).
     function: the empirical kernel (NTK, traced or full; gp: phi phi^T + 1) is built on the training
@@ -203,8 +203,7 @@ class Config:
             for (section, name), neutral in added.items():
                 if d.get(section, {}).get(name, None) == neutral:
                     d[section].pop(name)
-        blob = json.dumps(d, sort_keys=True, default=list)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return hash_dict(d)
 
 
 # Fields added after results were recorded, by generation, with the value that reproduces the
@@ -228,85 +227,6 @@ def _check_choice(name, value, choices):
         raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
-_BOOL_WORDS = {"true": True, "false": False}  # any case; 1/0 and yes/no stay errors (ambiguous types)
-
-
-def _parse_value(key: str, raw: str, typ):
-    origin = typing.get_origin(typ)
-    if origin is tuple:
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = tuple(s.strip() for s in raw.split(",") if s.strip())
-        if isinstance(value, str):
-            value = (value,)
-        if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
-            raise UserError(f"--set {key}: expected a comma-separated list of names, got {raw!r}")
-        return tuple(value)
-    if typ is str:
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        if not isinstance(value, str):
-            value = raw
-        return value
-    if typ is bool and raw.strip().lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[raw.strip().lower()]
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        raise UserError(f"--set {key}: cannot parse {raw!r} as {typ.__name__}") from None
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"--set {key}: expected true or false, got {raw!r}")
-    elif typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"--set {key}: expected an integer, got {raw!r}")
-    elif typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"--set {key}: expected a number, got {raw!r}")
-        value = float(value)
-    return value
-
-
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.field=value`` overrides (and ``dataset=...``) with type checks; unknown keys are errors."""
     return override(cfg, overrides, top_level=("dataset",))
-
-
-def override(cfg, items: list[str], top_level: tuple[str, ...] | None = None):
-    """Apply ``section.field=value`` (or top-level ``field=value``) items to any frozen dataclass
-    config whose sections are dataclasses (Config, and the experiment configs of gaussian.py and
-    channels.py). Values are parsed by `_parse_value` (literal_eval, type-checked; bare words are
-    strings, ``a,b`` a tuple of strings). ``top_level``: the top-level fields that may be set (default:
-    every field that is not a section). Unknown keys are a UserError listing the valid ones."""
-    hints = typing.get_type_hints(type(cfg))
-    settable = tuple(k for k, t in hints.items() if not dataclasses.is_dataclass(t)) if top_level is None else top_level
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--set expects key=value, got {item!r}")
-        key, raw = (s.strip() for s in item.split("=", 1))
-        parts = key.split(".")
-        if len(parts) == 1 and key in settable:
-            cfg = dataclasses.replace(cfg, **{key: _parse_value(key, raw, hints[key])})
-            continue
-        unknown = UserError(f"--set: unknown key {key!r}; valid keys: {', '.join(valid_keys(cfg, settable))}")
-        if len(parts) != 2 or parts[0] not in hints or not dataclasses.is_dataclass(hints[parts[0]]):
-            raise unknown
-        section = getattr(cfg, parts[0])
-        sec_hints = typing.get_type_hints(type(section))
-        if parts[1] not in sec_hints:
-            raise unknown
-        value = _parse_value(key, raw, sec_hints[parts[1]])
-        cfg = dataclasses.replace(cfg, **{parts[0]: dataclasses.replace(section, **{parts[1]: value})})
-    return cfg
-
-
-def valid_keys(cfg=None, top_level: tuple[str, ...] = ()) -> list[str]:
-    """``section.field`` keys of ``cfg``'s type (default: Config), then the settable top-level fields."""
-    keys = []
-    for name, typ in typing.get_type_hints(type(cfg) if cfg is not None else Config).items():
-        if dataclasses.is_dataclass(typ):
-            keys += [f"{name}.{f.name}" for f in dataclasses.fields(typ)]
-    return keys + list(top_level)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from ntk_vs_nn import rng
+from ntk_vs_nn.engine import rng
 from ntk_vs_nn.config import DataConfig, UserError
 
 DATASETS = ("mnist1d", "fashion_mnist", "cifar10", "cifar100", "npz:PATH")
@@ -89,7 +89,7 @@ def _images(spec: str, cfg: DataConfig):
     ``data.n_train`` / ``data.n_test`` take the first n images (0 = all). CIFAR keeps its official
     split (last 5,000 of the 50,000 training images validate) when all training images are used;
     a subset is split at random by ``data.val_fraction`` like every other dataset."""
-    from ntk_vs_nn import images
+    from ntk_vs_nn.data import images
 
     folder = cfg.data_dir or None
     if spec == "fashion_mnist":

@@ -81,7 +81,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ntk_vs_nn.engine import distill_loss
+from ntk_vs_nn.engine.trainer import distill_loss
 
 FAMILIES = ("nn", "ntk", "gp")
 
@@ -492,9 +492,9 @@ def view_threshold(cfg: MultiViewConfig) -> float:
     return cfg.varrho * cfg.patches_per_feature / cfg.own_low
 
 
-if __name__ == "__main__":  # python -m ntk_vs_nn.multiview: the report's command line
+if __name__ == "__main__":  # python -m ntk_vs_nn.experiments.multiview: the report's command line
     import sys
 
-    from ntk_vs_nn.multiview_report import main
+    from ntk_vs_nn.experiments.multiview_report import main
 
     sys.exit(main())

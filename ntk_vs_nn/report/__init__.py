@@ -59,7 +59,7 @@ class RunData:
 
 # -- reading (I/O) -----------------------------------------------------------------------------
 def read_run(out_dir: str, cfg_dict: dict | None = None) -> RunData:
-    from ntk_vs_nn.results import Store
+    from ntk_vs_nn.store import Store
 
     tables = {}
     for which in TABLES:
@@ -104,7 +104,7 @@ def _percent(x) -> str:
 
 def config_hash(cfg: dict, records: list) -> str:
     """The science hash of ``cfg`` (as `Config.science_hash`), or the records' most common one."""
-    from ntk_vs_nn.presets import from_dict
+    from ntk_vs_nn.config.presets import from_dict
 
     try:
         forms = from_dict(cfg).science_hashes()
@@ -149,7 +149,7 @@ def _value(row, family: str, protocol: str) -> float:
 
 
 def format_cell(row, family: str, protocol: str) -> str:
-    """One table cell (ours or the paper's tidy row); the layout of `ntk_vs_nn.tables.markdown`."""
+    """One table cell (ours or the paper's tidy row); the layout of `ntk_vs_nn.analysis.tables.markdown`."""
     if row is None:
         return "missing"
     status = str(row["status"])
@@ -294,7 +294,7 @@ def messages_markdown(ours: pd.DataFrame, theirs: pd.DataFrame, ref: str) -> str
 
 
 def _claims() -> dict:
-    from ntk_vs_nn.messages import CLAIMS
+    from ntk_vs_nn.analysis.messages import CLAIMS
 
     return CLAIMS
 
@@ -802,7 +802,7 @@ def our_messages(run: RunData) -> pd.DataFrame:
     """OUT/messages.csv, or the messages recomputed from the tables when it is missing."""
     if run.messages is not None:
         return run.messages
-    from ntk_vs_nn.messages import messages
+    from ntk_vs_nn.analysis.messages import messages
 
     cfg = MessagesConfig(**run.cfg.get("messages", {}))
     families = tuple(run.cfg.get("table", {}).get("ntk_families", ("ntk", "ntk_prime", "gp")))
@@ -819,7 +819,7 @@ def save_figure(fig: Figure, path: str) -> str:
 def write_report(out_dir: str, cfg_dict: dict | None = None) -> dict:
     """Write OUT/report.md, OUT/report.html and OUT/figures/*.png; return their paths
     ({'md': ..., 'html': ..., 'figures': [...]})."""
-    from ntk_vs_nn.results import atomic_write
+    from ntk_vs_nn.store import atomic_write
 
     run = read_run(out_dir, cfg_dict)
     table = pd.concat(run.tables.values(), ignore_index=True)

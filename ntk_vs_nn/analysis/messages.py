@@ -14,6 +14,7 @@ import math
 
 import pandas as pd
 
+from ntk_vs_nn.analysis.verdict import combine, decide
 from ntk_vs_nn.config import MessagesConfig
 
 CLAIMS = {
@@ -25,20 +26,6 @@ CLAIMS = {
     6: ("nn", "self-distillation clearly helps", "SD-mean > single-mean + σ"),
     7: ("nn", "the ensemble gain is not the variance of singles", "ens - single-mean > 3σ"),
 }
-
-
-def compare(d: float, margin: float, strict: bool = True) -> str:
-    if d is None or math.isnan(d):
-        return "inconclusive"
-    if strict:
-        return "holds" if d > margin else "fails" if d < -margin else "inconclusive"
-    return "holds" if d >= 0 else "fails" if d < -margin else "inconclusive"
-
-
-def combine(verdicts: list[str]) -> str:
-    if "fails" in verdicts:
-        return "fails"
-    return "holds" if all(v == "holds" for v in verdicts) else "inconclusive"
 
 
 def _values(sub: pd.DataFrame) -> dict:
@@ -81,7 +68,7 @@ def evaluate(message: int, v: dict, cfg: MessagesConfig):
         parts = [("SD - (mean + σ)", sd - mean - sigma, True)]
     else:
         parts = [("ens - mean - 3σ", ens - mean - 3 * sigma, True)]
-    verdicts = [compare(d, m, strict) for _, d, strict in parts]
+    verdicts = [decide(d, m, strict) for _, d, strict in parts]
     shown = {"single-mean": mean, "single-best": best, "σ": sigma, "ens": ens, "train-sum": tsum, "KD": kd, "SD": sd}
     missing = [k for k, x in shown.items() if math.isnan(x)]
     evidence = ", ".join(f"{name} = {'n/a' if math.isnan(d) else f'{d:+.2f}'}" for name, d, _ in parts)

@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_vs_nn.config import Config
-from ntk_vs_nn.engine import Members, progress_enabled
+from ntk_vs_nn.engine.trainer import Members, progress_enabled
 
 INFINITE_FAMILIES = ("ntk_inf", "nngp_inf")
 _KIND = {"ntk": "ntk", "ntk_prime": "ntk", "gp": "gp", "ntk_inf": "ntk_inf", "nngp_inf": "nngp_inf"}
@@ -111,7 +111,7 @@ class FunctionTrainer:
     def _infinite(self) -> dict:
         """{"ntk_inf": kernels, "nngp_inf": kernels} from one neural-tangents stax pass (both kinds
         share the covariance propagation: half the cost of two passes)."""
-        from ntk_vs_nn import nt_backend
+        from ntk_vs_nn.kernels import nt as nt_backend
 
         x_tr, x_ot, k = self.data.x_train, self.x_other, self.data.num_classes
         both = nt_backend.infinite_kernels(
@@ -132,18 +132,18 @@ class FunctionTrainer:
         if self.full:
             return (*self._full_kernel(f, params, x_tr, x_ot), f0_tr, f0_ot)
         if self.kind == "gp":
-            from ntk_vs_nn.kernels import head_features
+            from ntk_vs_nn.kernels.empirical import head_features
 
             phi = jax.jit(lambda x: head_features(self.module, params, x))
             p_tr, p_ot = _chunked(phi, x_tr).astype(np.float64), _chunked(phi, x_ot).astype(np.float64)
             k_tt, k_ot = p_tr @ p_tr.T + 1.0, p_ot @ p_tr.T + 1.0
         elif self.kind == "nt":
-            from ntk_vs_nn import nt_backend
+            from ntk_vs_nn.kernels import nt as nt_backend
 
             fn = nt_backend.nt_empirical_ntk_fn(f, trace_axes=(-1,))
             k_tt, k_ot = nt_backend.nt_train_test(fn, x_tr, x_ot, params, self.cfg.kernel.tile_size)
         else:
-            from ntk_vs_nn.kernels import empirical_ntk_fn
+            from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
 
             fn = empirical_ntk_fn(f, trace_axes=(-1,), tile_size=self.cfg.kernel.tile_size, progress=self.progress)
             k_tt, k_ot = fn.train_test(x_tr, x_ot, params)
@@ -153,13 +153,13 @@ class FunctionTrainer:
         """(Θ_train as (n·k, n·k), Θ_other: an array (nt) or `_jacobian_operator`)."""
         tile = self.cfg.kernel.tile_size
         if self.kind == "nt":
-            from ntk_vs_nn import nt_backend
+            from ntk_vs_nn.kernels import nt as nt_backend
 
             fn = nt_backend.nt_empirical_ntk_fn(f, trace_axes=())
             k_tt, k_ot = nt_backend.nt_train_test(fn, x_tr, x_ot, params, tile)
             other = np.asarray(k_ot, np.float32)
         else:
-            from ntk_vs_nn.kernels import empirical_ntk_fn
+            from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
 
             k_tt = empirical_ntk_fn(f, trace_axes=(), tile_size=tile, progress=self.progress)(x_tr, None, params)
             other = _jacobian_operator(f, params, x_tr, x_ot)
@@ -264,7 +264,7 @@ def solve(k_tt, k_ot, f0_tr, f0_ot, y, teacher, alpha, tau, kc, y_val=None, eig=
         f_tr = f0_tr + (mat @ a.reshape(len(mat), -1)).reshape(n, k)
         return f_tr, f0_ot + other(a), mse(f_tr), 0
     if kc.solver == "mse":
-        from ntk_vs_nn.kernels import gradient_descent_mse
+        from ntk_vs_nn.kernels.empirical import gradient_descent_mse
 
         evals, evecs = eig = _eigh(k_tt, eig)
         eta = _step(kc, n, lambda: float(evals[-1]))

@@ -1,0 +1,127 @@
+"""Config machinery shared by every experiment: frozen dataclasses whose fields are sections
+(themselves frozen dataclasses), one ``--set section.field=value`` parser, one config hash and one
+loader of a saved ``config.json``.
+
+Values are parsed with `ast.literal_eval` (bare words are taken as strings, ``a,b`` as a tuple of
+strings) and must match the field's type; unknown keys are errors (`UserError`: one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import json
+import typing
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line on stderr, exit code 2."""
+
+
+def hash_dict(d: dict) -> str:
+    """The 12-hex-digit config hash of a JSON-able dict (what each config's ``science_hash`` keeps)."""
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:12]
+
+
+def from_dict(cls, d: dict):
+    """Rebuild a sectioned config of type ``cls`` from ``dataclasses.asdict`` output (a saved
+    config.json). A section saved by an older version may lack fields added since: they take their
+    defaults; lists become tuples. Unknown or malformed content is a UserError."""
+    hints = typing.get_type_hints(cls)
+    try:
+        kw = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            typ = hints[f.name]
+            if dataclasses.is_dataclass(typ):
+                kw[f.name] = typ(**{k: tuple(v) if isinstance(v, list) else v for k, v in d[f.name].items()})
+            else:
+                kw[f.name] = tuple(d[f.name]) if isinstance(d[f.name], list) else d[f.name]
+        return cls(**kw)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"saved config is not readable by this version ({e})") from None
+
+
+_BOOL_WORDS = {"true": True, "false": False}  # any case; 1/0 and yes/no stay errors (ambiguous types)
+
+
+def _parse_value(key: str, raw: str, typ):
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = tuple(s.strip() for s in raw.split(",") if s.strip())
+        if isinstance(value, str):
+            value = (value,)
+        if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"--set {key}: expected a comma-separated list of names, got {raw!r}")
+        return tuple(value)
+    if typ is str:
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        if not isinstance(value, str):
+            value = raw
+        return value
+    if typ is bool and raw.strip().lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[raw.strip().lower()]
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        raise UserError(f"--set {key}: cannot parse {raw!r} as {typ.__name__}") from None
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"--set {key}: expected true or false, got {raw!r}")
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"--set {key}: expected an integer, got {raw!r}")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"--set {key}: expected a number, got {raw!r}")
+        value = float(value)
+    return value
+
+
+def override(cfg, items: list[str], top_level: tuple[str, ...] | None = None):
+    """Apply ``section.field=value`` (or top-level ``field=value``) items to any frozen dataclass
+    config whose sections are dataclasses (Config, and the experiment configs of gaussian.py and
+    channels.py). Values are parsed by `_parse_value` (literal_eval, type-checked; bare words are
+    strings, ``a,b`` a tuple of strings). ``top_level``: the top-level fields that may be set (default:
+    every field that is not a section). Unknown keys are a UserError listing the valid ones."""
+    hints = typing.get_type_hints(type(cfg))
+    settable = tuple(k for k, t in hints.items() if not dataclasses.is_dataclass(t)) if top_level is None else top_level
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got {item!r}")
+        key, raw = (s.strip() for s in item.split("=", 1))
+        parts = key.split(".")
+        if len(parts) == 1 and key in settable:
+            cfg = dataclasses.replace(cfg, **{key: _parse_value(key, raw, hints[key])})
+            continue
+        unknown = UserError(f"--set: unknown key {key!r}; valid keys: {', '.join(valid_keys(cfg, settable))}")
+        if len(parts) != 2 or parts[0] not in hints or not dataclasses.is_dataclass(hints[parts[0]]):
+            raise unknown
+        section = getattr(cfg, parts[0])
+        sec_hints = typing.get_type_hints(type(section))
+        if parts[1] not in sec_hints:
+            raise unknown
+        value = _parse_value(key, raw, sec_hints[parts[1]])
+        cfg = dataclasses.replace(cfg, **{parts[0]: dataclasses.replace(section, **{parts[1]: value})})
+    return cfg
+
+
+def valid_keys(cfg=None, top_level: tuple[str, ...] = ()) -> list[str]:
+    """``section.field`` keys of ``cfg``'s type (default: the tables' Config), then the settable top-level fields."""
+    keys = []
+    if cfg is None:
+        from ntk_vs_nn.config import Config
+
+        cfg = Config()
+    for name, typ in typing.get_type_hints(type(cfg)).items():
+        if dataclasses.is_dataclass(typ):
+            keys += [f"{name}.{f.name}" for f in dataclasses.fields(typ)]
+    return keys + list(top_level)
