@@ -6,7 +6,9 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 PRESET  ?= quick
 DATASET ?= mnist1d
-OUT     ?= results/$(PRESET)-$(DATASET)
+# runs go to the git-ignored runs/ by default (a fresh clone stays clean); OUT=results/quick-mnist1d
+# regenerates a committed folder (its tables follow from its records byte-identical)
+OUT     ?= runs/$(PRESET)-$(DATASET)
 SET     ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 
@@ -41,14 +43,9 @@ tables: table-nn table-ntk
 messages: $(STAMP)
 	$(PY) -m ntk_vs_nn messages --out $(OUT) $(SETARGS)
 
-table-multiview: $(STAMP)
-	$(PY) -m ntk_vs_nn.experiments.multiview --out results/multiview $(SETARGS)
-
-table-gaussian: $(STAMP)
-	$(PY) -m ntk_vs_nn.experiments.gaussian --out results/gaussian $(SETARGS)
-
-table-channels: $(STAMP)
-	$(PY) -m ntk_vs_nn.experiments.channels --out results/channels $(SETARGS)
+# the theory experiments: ntk-vs-nn run NAME (default preset, output runs/NAME-PRESET unless OUT is given)
+table-multiview table-gaussian table-channels: table-%: $(STAMP)
+	$(PY) -m ntk_vs_nn run $* $(if $(filter command line,$(origin OUT)),--out $(OUT)) $(SETARGS)
 
 data-fashion-mnist:
 	bash scripts/get_fashion_mnist.sh
@@ -66,7 +63,7 @@ test: $(STAMP) install-nt $(VENV)/.installed-ray
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check ntk_vs_nn tests benchmarks
+	$(VENV)/bin/ruff check ntk_vs_nn tests benchmarks scripts
 
 bench: $(STAMP) install-nt $(VENV)/.installed-bench
 	cd benchmarks && ../$(PY) ensemble_members.py

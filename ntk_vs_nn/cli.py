@@ -1,22 +1,29 @@
-"""Command line: ``ntk-vs-nn table nn|ntk``, ``ntk-vs-nn messages``, ``ntk-vs-nn presets``.
+"""The one command line, for every experiment:
 
-Bad input (unknown model, dataset, family or preset, a malformed --set, an unreadable npz) is
-reported as one line on stderr with exit code 2, before anything is written.
+  ntk-vs-nn run EXPERIMENT [--preset P] [--set section.field=value ...] [--out DIR]
+  ntk-vs-nn table nn|ntk [--preset P] [--dataset D] [--set ...] [--out DIR] [--executor local|ray]
+  ntk-vs-nn messages --out DIR      (rewrite a folder's tables and verdicts from its records)
+  ntk-vs-nn report --out DIR        (report.md/.html + figures: our tables beside the paper's)
+  ntk-vs-nn presets                 (every experiment's presets)
+
+Bad input (unknown experiment, preset, model, dataset or family, a malformed --set, an unreadable
+npz) is one line on stderr and exit code 2, before anything is written. Ctrl-C stops at a unit
+boundary (exit 130); the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
 import threading
 import time
 
-from ntk_vs_nn.config import UserError, apply_overrides
-
-TABLES = ("nn", "ntk")
+from ntk_vs_nn import experiments
+from ntk_vs_nn.config import UserError, override
+from ntk_vs_nn.experiments.tables import TABLES
+from ntk_vs_nn.store import INTERRUPTED, Store
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,15 +32,22 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _common(p, out_help: str) -> None:
+    p.add_argument("--preset", default=None, help="default: the experiment's first preset (`ntk-vs-nn presets`)")
+    p.add_argument("--out", default=None, help=out_help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+
 def _parser():
     p = _Parser(prog="ntk-vs-nn", description="Ensembles, KD and SD: neural networks vs NTK models.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    t = sub.add_parser("table", help="train what is missing and write a table + messages")
+    r = sub.add_parser("run", help="train what is missing, then write the experiment's tables and verdicts")
+    r.add_argument("experiment", choices=tuple(experiments.REGISTRY))
+    _common(r, "output folder (default: the experiment's, under runs/)")
+    t = sub.add_parser("table", help="one table of the tables experiment (train what is missing, write it)")
     t.add_argument("which", choices=TABLES)
-    t.add_argument("--preset", default="quick")
-    t.add_argument("--dataset", default=None, help="mnist1d (default) or npz:PATH")
-    t.add_argument("--out", default=None, help="output folder (default results/<preset>-<dataset>)")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _common(t, "output folder (default runs/<preset>-<dataset>)")
+    t.add_argument("--dataset", default=None, help="mnist1d (default), fashion_mnist, cifar10, cifar100 or npz:PATH")
     t.add_argument(
         "--executor",
         choices=("local", "ray"),
@@ -43,176 +57,59 @@ def _parser():
     t.add_argument("--ray-address", default=None, help="existing Ray cluster (default $RAY_ADDRESS, else a local one)")
     t.add_argument("--ray-max-retries", type=int, default=3, help="retries of a row whose worker died (default 3)")
     t.add_argument("--ray-cpus-per-task", type=float, default=1.0, help="CPUs Ray reserves per row (default 1)")
-    m = sub.add_parser("messages", help="rewrite tables and messages from the records in --out")
+    m = sub.add_parser("messages", help="rewrite tables and verdicts from the records in --out")
     m.add_argument("--out", required=True)
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    r = sub.add_parser("report", help="report.md/.html + figures: our tables beside the paper's")
-    r.add_argument("--out", required=True)
-    sub.add_parser("presets", help="list presets")
+    rp = sub.add_parser("report", help="report.md/.html + figures: our tables beside the paper's")
+    rp.add_argument("--out", required=True)
+    sub.add_parser("presets", help="list every experiment's presets")
     return p
 
 
-def _families(cfg, which):
-    from ntk_vs_nn.families import KERNEL_FAMILIES
-    from ntk_vs_nn.kernels.function_space import INFINITE_FAMILIES
-
-    if which == "nn":
-        return ("nn",), cfg.table.nn_models
-    valid = KERNEL_FAMILIES + INFINITE_FAMILIES
-    for fam in cfg.table.ntk_families:
-        if fam not in valid:
-            raise UserError(f"unknown kernel family {fam!r} in table.ntk_families; valid: {', '.join(valid)}")
-    return tuple(cfg.table.ntk_families), cfg.table.ntk_models
+def _log(s: str) -> None:
+    print(s, file=sys.stderr, flush=True)
 
 
-def write_outputs(cfg, out: str) -> dict:
-    """Tables (for whichever of nn / ntk have records) and messages, from OUT/records.jsonl."""
-    import pandas as pd
-
-    from ntk_vs_nn.analysis import messages as msgs
-    from ntk_vs_nn.analysis import tables
-    from ntk_vs_nn.kernels.function_space import INFINITE_FAMILIES
-    from ntk_vs_nn.store import Store, atomic_write
-
-    records = Store(out).records()
-    h, hashes = cfg.science_hash(), cfg.science_hashes()
-    frames, written = [], {}
-    for which in TABLES:
-        families, models = _families(cfg, which)
-        if not any(r.get("config_hash") in hashes and r["family"] in families for r in records):
-            continue
-        df = tables.tidy(records, hashes, families, models, cfg.protocol.members, cfg.sd_students)
-        header = (
-            f"Dataset `{cfg.dataset}`, preset `{cfg.preset}`, config `{h}`, "
-            f"L = {cfg.protocol.members}, S = {cfg.sd_students}, seed {cfg.run.seed}. "
-            f"Generated by `ntk-vs-nn` from `records.jsonl`."
-        )
-        atomic_write(os.path.join(out, f"table_{which}.csv"), df.to_csv(index=False))
-        md = tables.markdown(
-            df, f"Table {which}: {'neural networks' if which == 'nn' else 'finite-width kernel models'}", header
-        )
-        atomic_write(os.path.join(out, f"table_{which}.md"), md)
-        frames.append(df)
-        written[which] = md
-    if frames:
-        finite = tuple(f for f in cfg.table.ntk_families if f not in INFINITE_FAMILIES)  # deterministic: no message
-        mdf = msgs.messages(pd.concat(frames), cfg.messages, finite)
-        atomic_write(os.path.join(out, "messages.csv"), mdf.to_csv(index=False))
-        header = f"Dataset `{cfg.dataset}`, preset `{cfg.preset}`, config `{h}`."
-        atomic_write(os.path.join(out, "messages.md"), msgs.markdown(mdf, header))
-        written["messages"] = mdf
-    return written
-
-
-_DEVICE_FLAG = "--xla_force_host_platform_device_count"
-
-
-def host_device_count(requested: int) -> int:
-    """``run.cpu_devices``: 0 = one XLA device per core (at most 8), else the number asked for."""
-    return max(1, min(os.cpu_count() or 1, 8)) if requested == 0 else max(1, int(requested))
-
-
-def configure_host_devices(requested: int = 0) -> bool:
-    """Split the host CPU into ``host_device_count(requested)`` XLA devices, over which the engine
-    trains each member data-parallel (`sharding.data_mesh`): on XLA:CPU one program uses the cores
-    poorly (a 2-D ResNet-10-1 step, batch 256, ran at 748 img/s on one device and 1,163 img/s as two
-    halves of the batch on two, this 2-core machine). Only possible before jax starts: returns False,
-    changing nothing, if jax is already imported, XLA_FLAGS already sets the count, or in a
-    multi-host run (JAX_COORDINATOR_ADDRESS)."""
-    n = host_device_count(requested)
-    flags = os.environ.get("XLA_FLAGS", "")
-    if n <= 1 or "jax" in sys.modules or _DEVICE_FLAG in flags or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        return False
-    os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_FLAG}={n}".strip()
-    return True
-
-
-def cmd_table(args) -> int:
-    from ntk_vs_nn.config.presets import get_preset
-
-    cfg = get_preset(args.preset)
-    if args.dataset:
-        cfg = apply_overrides(cfg, [f"dataset={args.dataset}"])
-    cfg = apply_overrides(cfg, args.set)
-    if cfg.run.cpu_devices < 0:
-        raise UserError(f"run.cpu_devices must be >= 0 (0 = one per core), got {cfg.run.cpu_devices}")
-    configure_host_devices(cfg.run.cpu_devices)  # data-parallel CPU devices: before jax starts
-
-    from ntk_vs_nn.data import load_dataset
-    from ntk_vs_nn.models import parse_model_name
-
-    families, models = _families(cfg, args.which)
-    for model in models:
-        parse_model_name(model)
-    out = args.out or os.path.join("results", f"{cfg.preset}-{cfg.dataset.replace(':', '-').replace('/', '_')}")
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
-    if args.executor == "ray":
-        from ntk_vs_nn.engine.executors import import_ray
-
-        import_ray()  # a missing extra is an error before anything is written
-    from ntk_vs_nn.engine.sharding import maybe_initialize_distributed
-
-    maybe_initialize_distributed()  # multi-host (JAX_COORDINATOR_ADDRESS set): before any other jax call
-    t0 = time.perf_counter()
-    data = load_dataset(cfg.dataset, cfg.data, cfg.run.seed)
-
-    from ntk_vs_nn.engine.executors import run_rows
-    from ntk_vs_nn.store import Store, atomic_write
-
-    store = Store.prepare(out)  # only now, after every input was validated
-    log(
-        f"{cfg.dataset}: {len(data.x_train)} train, {len(data.x_val)} val, {len(data.x_test)} test, "
-        f"input {data.x_train.shape[1:]}, {data.num_classes} classes"
-    )
-    if store.writer:
-        atomic_write(os.path.join(out, "config.json"), json.dumps(cfg.to_dict(), indent=1, default=list))
-    run_rows(
-        [(fam, model) for model in models for fam in families],
-        cfg,
-        data,
-        store.out_dir,
-        log,
-        executor=args.executor,
-        ray_address=args.ray_address,
-        max_retries=args.ray_max_retries,
-        cpus_per_task=args.ray_cpus_per_task,
-    )
-    if not store.writer:  # another process of a multi-host run: process 0 writes the tables
-        return 0
-    from ntk_vs_nn.store import INTERRUPTED
-
-    if INTERRUPTED.is_set():  # an interrupt swallowed after the last record
-        raise KeyboardInterrupt
-    written = write_outputs(cfg, out)
-    print(written[args.which])
-    mdf = written["messages"]
-    for _, r in mdf.iterrows():
-        print(f"message {r['message']} [{r['family']} {r['model']}]: {r['verdict']}")
-    log(f"wrote {out}/table_{args.which}.{{csv,md}} and messages.{{md,csv}} in {time.perf_counter() - t0:.1f} s")
+def _finish(out: str, written: experiments.Written, t0: float, text: str | None = None) -> int:
+    print(written.text if text is None else text)
+    for line in written.verdicts:
+        print(line)
+    _log(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
-def cmd_messages(args) -> int:
-    from ntk_vs_nn.config.presets import from_dict
+def cmd_run(args) -> int:
+    t0 = time.perf_counter()
+    exp = experiments.get(args.experiment)
+    out = args.out or exp.default_out(exp.configure(args.preset, args.set))
+    written = experiments.run_experiment(args.experiment, args.preset, args.set, out, _log)
+    return _finish(out, written, t0)
 
-    path = os.path.join(args.out, "config.json")
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: not found; run `ntk-vs-nn table ... --out {args.out}` first")
-    try:
-        with open(path) as f:
-            cfg = from_dict(json.load(f))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    cfg = apply_overrides(cfg, args.set)
-    written = write_outputs(cfg, args.out)
-    if "messages" not in written:
-        raise UserError(f"{args.out}: no records for this config; nothing to report")
-    print(open(os.path.join(args.out, "messages.md")).read())
+
+def cmd_table(args) -> int:
+    t0 = time.perf_counter()
+    exp = experiments.get("tables")
+    sets = ([f"dataset={args.dataset}"] if args.dataset else []) + args.set
+    out = args.out or exp.default_out(exp.configure(args.preset, sets))
+    written = experiments.run_experiment(
+        "tables", args.preset, sets, out, _log, which=(args.which,), executor=args.executor,
+        ray_address=args.ray_address, ray_max_retries=args.ray_max_retries, ray_cpus_per_task=args.ray_cpus_per_task,
+    )  # fmt: skip
+    if not written.parts:  # another process of a multi-host run: process 0 writes the tables
+        return 0
+    return _finish(out, written, t0, written.parts[args.which])
+
+
+def cmd_messages(args) -> int:
+    exp, cfg = experiments.load_config(args.out)
+    cfg = override(cfg, args.set, top_level=exp.top_level)
+    written = exp.write(cfg, Store(args.out))
+    print(written.parts.get("messages", written.text))
     return 0
 
 
 def cmd_report(args) -> int:
-    from ntk_vs_nn.report import write_report
+    from ntk_vs_nn.report import write_report  # lazy: matplotlib
 
     paths = write_report(args.out)
     print(f"wrote {paths['md']}, {paths['html']} and {len(paths['figures'])} figure(s)")
@@ -222,13 +119,15 @@ def cmd_report(args) -> int:
 def cmd_presets(args) -> int:
     from ntk_vs_nn.config import presets
 
+    for name in experiments.REGISTRY:
+        exp = experiments.get(name)
+        print(f"{name}: {exp.description}; presets {', '.join(exp.presets)} (default {next(iter(exp.presets))})")
+    print()
     print(presets.__doc__)
     return 0
 
 
 def _on_sigint(signum, frame):
-    from ntk_vs_nn.store import INTERRUPTED
-
     INTERRUPTED.set()  # in case a library swallows the KeyboardInterrupt: the store raises it again
     raise KeyboardInterrupt
 
@@ -246,6 +145,9 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
+COMMANDS = {"run": cmd_run, "table": cmd_table, "messages": cmd_messages, "report": cmd_report, "presets": cmd_presets}
+
+
 def _run(args) -> int:
     try:  # tensorflow-datasets logs through absl; keep errors to our one line
         import absl.logging
@@ -254,9 +156,7 @@ def _run(args) -> int:
     except ImportError:
         pass
     try:
-        return {"table": cmd_table, "messages": cmd_messages, "report": cmd_report, "presets": cmd_presets}[
-            args.command
-        ](args)
+        return COMMANDS[args.command](args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -25,11 +25,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ntk_vs_nn.config import Config, UserError
+from ntk_vs_nn.config import FAMILIES, KERNEL_FAMILIES, Config, UserError  # noqa: F401 - re-exported
 from ntk_vs_nn.models import build_model
 
-FAMILIES = ("nn", "ntk", "ntk_prime", "gp")
-KERNEL_FAMILIES = ("ntk", "ntk_prime", "gp")
 
 
 class ModelFamily(NamedTuple):

@@ -25,15 +25,14 @@ from tqdm.auto import tqdm
 from ntk_vs_nn.analysis import metrics
 
 from ntk_vs_nn.engine import rng
-from ntk_vs_nn.config import Config, UserError
+from ntk_vs_nn.config import PROTOCOLS, Config, UserError  # noqa: F401 - PROTOCOLS re-exported
 from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.engine.trainer import Trainer, progress_enabled
 from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, param_count, summed
-from ntk_vs_nn.kernels.function_space import INFINITE_FAMILIES
+from ntk_vs_nn.config import INFINITE_FAMILIES
 from ntk_vs_nn.models import parse_model_name
 from ntk_vs_nn.store import Store, now, unit_id
 
-PROTOCOLS = ("single", "ensemble", "train_sum", "kd", "sd")
 SPLITS = ("train", "val", "test")
 
 

@@ -53,6 +53,7 @@ class Store:
         self.out_dir = out_dir
         self.path = os.path.join(out_dir, "records.jsonl")
         self.writer = _is_writer()
+        self._prov = None
 
     @staticmethod
     def prepare(out_dir: str) -> "Store":
@@ -66,6 +67,26 @@ class Store:
         except OSError as e:
             raise UserError(f"output folder {out_dir!r} is not writable ({e.strerror})") from None
         return Store(out_dir)
+
+    @property
+    def provenance(self) -> dict:
+        """`provenance()` of this process, computed once per store handle."""
+        if self._prov is None:
+            self._prov = provenance()
+        return self._prov
+
+    def record(self, record: dict) -> dict:
+        """Append ``record`` (which names its ``unit`` and ``config_hash``) with the date and this
+        process's provenance; return it as stored."""
+        rec = {**record, "date": now(), **self.provenance}
+        self.append(rec)
+        return rec
+
+    def done(self, hashes) -> dict[str, dict]:
+        """{unit: record} of the records made under any of ``hashes`` (a config's hash and its older
+        forms); a later record of a unit replaces an earlier one."""
+        hashes = {hashes} if isinstance(hashes, str) else set(hashes)
+        return {r["unit"]: r for r in self.records() if r.get("config_hash") in hashes}
 
     def records(self) -> list[dict]:
         """All well-formed records; a corrupt line (e.g. a write cut by a crash) is skipped."""

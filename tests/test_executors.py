@@ -122,9 +122,9 @@ def crash_once_row(family, model, cfg, data, store, prov, log):
 
 def test_killed_worker_is_retried_and_no_unit_is_recorded_twice(ray_cluster, local_two_rows, tmp_path):
     from ntk_vs_nn.config import apply_overrides
+    from ntk_vs_nn.config.presets import get_preset
     from ntk_vs_nn.data import load_dataset
     from ntk_vs_nn.engine.executors import run_rows
-    from ntk_vs_nn.config.presets import get_preset
 
     cfg = apply_overrides(get_preset("smoke"), [s for s in SMOKE[2:] if s != "--set"])
     data = load_dataset(cfg.dataset, cfg.data, cfg.run.seed)

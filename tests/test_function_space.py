@@ -17,12 +17,12 @@ import optax
 import pytest
 from conftest import rel_err
 
-from ntk_vs_nn.kernels import function_space
 from ntk_vs_nn.config import KernelConfig
 from ntk_vs_nn.engine.trainer import distill_loss
 from ntk_vs_nn.families import last_layer, linearized, network, summed
-from ntk_vs_nn.kernels.function_space import FunctionTrainer, solve
+from ntk_vs_nn.kernels import function_space
 from ntk_vs_nn.kernels.empirical import empirical_ntk_fn, kernel_ridge
+from ntk_vs_nn.kernels.function_space import FunctionTrainer, solve
 from ntk_vs_nn.models import build_model
 
 MODEL, STEPS, TOL = "SimpleCNN-3-1", 40, 1e-8

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntk_vs_nn.data import images
 from ntk_vs_nn.config import UserError
+from ntk_vs_nn.data import images
 
 # ----------------------------------------------------------------------------------------------- Fashion-MNIST
 

@@ -5,9 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from ntk_vs_nn.config import MessagesConfig
 from ntk_vs_nn.analysis.messages import messages
 from ntk_vs_nn.analysis.verdict import decide as compare
+from ntk_vs_nn.config import MessagesConfig
 
 CFG = MessagesConfig(noise_sigma=0.5, noise_floor=0.1)
 

@@ -31,8 +31,8 @@ import pytest
 from conftest import rel_err
 from flax import traverse_util
 
-from ntk_vs_nn.kernels import nt as nt_backend
 from ntk_vs_nn.config import UserError
+from ntk_vs_nn.kernels import nt as nt_backend
 from ntk_vs_nn.kernels.empirical import IMPLEMENTATIONS, empirical_ntk_fn, head_features, nngp_fn
 from ntk_vs_nn.models import build_model
 

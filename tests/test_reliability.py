@@ -169,9 +169,9 @@ def test_checkpoint_restores_the_trained_member(reference):
     import jax
 
     from ntk_vs_nn.config import Config
+    from ntk_vs_nn.config.presets import from_dict
     from ntk_vs_nn.data import load_dataset
     from ntk_vs_nn.families import make_family
-    from ntk_vs_nn.config.presets import from_dict
 
     cfg = from_dict(json.load(open(os.path.join(reference, "config.json"))))
     assert isinstance(cfg, Config)

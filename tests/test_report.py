@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from ntk_vs_nn import paper
+from ntk_vs_nn.analysis.tables import COLUMNS
 from ntk_vs_nn.config import Config, MessagesConfig, UserError
 from ntk_vs_nn.report import markdown_to_html, write_report
-from ntk_vs_nn.analysis.tables import COLUMNS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

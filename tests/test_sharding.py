@@ -345,7 +345,7 @@ def test_data_parallel_members_over_cpu_devices_equal_one_device(model):
 
 
 def test_host_devices_are_configured_only_before_jax_starts(monkeypatch):
-    from ntk_vs_nn import cli
+    from ntk_vs_nn.engine import host as cli
 
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert cli.host_device_count(0) == max(1, min(os.cpu_count() or 1, 8)) and cli.host_device_count(3) == 3

@@ -21,8 +21,8 @@ from conftest import rel_err
 
 from ntk_vs_nn.families import linearized, network
 from ntk_vs_nn.kernels.empirical import _flat_jacobian, empirical_ntk_fn, family_ntk_fn
-from ntk_vs_nn.models import build_model
 from ntk_vs_nn.kernels.structured import Unsupported, structured_jacobian
+from ntk_vs_nn.models import build_model
 
 EXACT = 1e-12
 

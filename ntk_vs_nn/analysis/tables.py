@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ntk_vs_nn.protocols import PROTOCOLS
+from ntk_vs_nn.config import PROTOCOLS
 
 COLUMNS = [
     "family",

@@ -13,10 +13,18 @@ from dataclasses import dataclass, field
 from ntk_vs_nn.config.base import UserError, from_dict, hash_dict, override, valid_keys
 
 __all__ = [
+    "FAMILIES", "KERNEL_FAMILIES", "INFINITE_FAMILIES", "PROTOCOLS",
     "Config", "DataConfig", "ModelConfig", "TrainConfig", "ProtocolConfig", "KernelConfig", "TableConfig",
     "RunConfig", "MessagesConfig", "UserError", "apply_overrides", "override", "valid_keys", "from_dict",
     "hash_dict",
 ]  # fmt: skip
+
+
+# The vocabulary of the tables experiment (no jax import here, so every layer can use it).
+FAMILIES = ("nn", "ntk", "ntk_prime", "gp")  # weight-space families (`families.py`)
+KERNEL_FAMILIES = ("ntk", "ntk_prime", "gp")  # the finite-width kernel families
+INFINITE_FAMILIES = ("ntk_inf", "nngp_inf")  # solved in function space only (`kernels/function_space.py`)
+PROTOCOLS = ("single", "ensemble", "train_sum", "kd", "sd")  # `protocols.py`
 
 
 @dataclass(frozen=True)

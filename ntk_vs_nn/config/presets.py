@@ -11,7 +11,6 @@ fmnist Fashion-MNIST at CPU scale (see `fmnist`); paper-cifar10 / paper-cifar100
 
 from __future__ import annotations
 
-
 from ntk_vs_nn.config import Config, DataConfig, ProtocolConfig, TableConfig, TrainConfig, UserError
 from ntk_vs_nn.config import from_dict as config_from_dict
 

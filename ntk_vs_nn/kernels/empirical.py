@@ -30,6 +30,8 @@ import numpy as np
 from scipy.special import softmax
 from tqdm.auto import tqdm
 
+from ntk_vs_nn.engine.batching import map_batches, pad_batch
+
 IMPLEMENTATIONS = ("auto", "structured_derivatives", "jacobian_contraction", "ntk_vector_products")
 _JACOBIAN_IMPLS = IMPLEMENTATIONS[:3]  # the ones that store Jacobian tiles and contract them
 CHECK_TOL = 1e-3  # relative error of the structured Jacobian's check (float32 gives ~1e-7)
@@ -146,13 +148,6 @@ class _Jacobian:
         return self(params, x, kw)
 
 
-def _pad(x, t):
-    """Pad the batch axis to a multiple of t by repeating the last example (any net accepts it)."""
-    x = jnp.asarray(x)
-    m = -len(x) % t
-    return x if m == 0 else jnp.concatenate([x, jnp.repeat(x[-1:], m, axis=0)])
-
-
 def empirical_ntk_fn(
     f: Callable,
     trace_axes=(-1,),
@@ -214,7 +209,7 @@ def empirical_ntk_fn(
         """Θ(rows, x_cols) for each rows in row_sets (None: rows = x_cols, symmetric)."""
         n2 = len(x_cols)
         t = min(tile_size, max([n2] + [len(r) for r in row_sets if r is not None]))
-        cols = _pad(x_cols, t)
+        cols = pad_batch(x_cols, t)
         starts2 = range(0, n2, t)
         todo = []
         for r, rows in enumerate(row_sets):
@@ -243,7 +238,7 @@ def empirical_ntk_fn(
 
         pending, cur = None, (None, None, None)  # copy tile b-1 to the host while tile b computes
         for r, i, j in todo:
-            rows = cols if row_sets[r] is None else _pad(row_sets[r], t) if cur[0] != r else cur[2]
+            rows = cols if row_sets[r] is None else pad_batch(row_sets[r], t) if cur[0] != r else cur[2]
             if implementation in _JACOBIAN_IMPLS:
                 if (r, i) != cur[:2]:
                     j1 = kept.get(i // t) if row_sets[r] is None else jac_fn(params, rows[i : i + t], kwargs)
@@ -352,7 +347,7 @@ def head_features(module: nn.Module, params, x, head: str = "head") -> jax.Array
     return captured[0]
 
 
-def nngp_fn(features: Callable, tile_size: int = 256, progress: bool = False) -> Callable:
+def nngp_fn(features: Callable, tile_size: int = 256) -> Callable:
     """The NNGP (random-features) kernel of last-layer features, K = φ(x1) φ(x2)^T / width.
 
     Normalised by the width so K stays O(1) as the net widens (the finite-width estimate of the
@@ -361,7 +356,7 @@ def nngp_fn(features: Callable, tile_size: int = 256, progress: bool = False) ->
 
     Args:
       features: ``x (B, ...) -> φ(x) (B, width)``, e.g. ``lambda x: head_features(module, params, x)``.
-      tile_size, progress: examples per jitted (padded) feature batch; a tqdm bar over batches.
+      tile_size: examples per (padded) feature batch; the batches run as one compiled `map_batches`.
 
     Returns:
       ``fn(x1 (n1, ...), x2 (n2, ...) | None) -> np.ndarray (n1, n2)``; x2=None means x1.
@@ -369,10 +364,7 @@ def nngp_fn(features: Callable, tile_size: int = 256, progress: bool = False) ->
     phi_fn = jax.jit(features)
 
     def feats(x):
-        t = min(tile_size, len(x))
-        xp = _pad(x, t)
-        parts = [np.asarray(phi_fn(xp[i : i + t])) for i in tqdm(range(0, len(x), t), disable=not progress)]
-        return np.concatenate(parts)[: len(x)]
+        return map_batches(phi_fn, x, tile_size)
 
     def fn(x1, x2=None):
         phi1 = feats(x1)

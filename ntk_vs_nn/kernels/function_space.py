@@ -49,25 +49,20 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg
+from scipy.special import softmax
 
-from ntk_vs_nn.config import Config
+from ntk_vs_nn.config import INFINITE_FAMILIES, Config  # noqa: F401 - re-exported
+from ntk_vs_nn.engine.batching import map_batches
 from ntk_vs_nn.engine.trainer import Members, progress_enabled
+from ntk_vs_nn.kernels import nt as nt_backend
+from ntk_vs_nn.kernels.empirical import empirical_ntk_fn, gradient_descent_mse, head_features
+from ntk_vs_nn.models import build_model
 
-INFINITE_FAMILIES = ("ntk_inf", "nngp_inf")
 _KIND = {"ntk": "ntk", "ntk_prime": "ntk", "gp": "gp", "ntk_inf": "ntk_inf", "nngp_inf": "nngp_inf"}
 _OFFSET = {"ntk": True, "ntk_prime": False, "gp": True, "ntk_inf": False, "nngp_inf": False}
 _CACHE: dict = {}
-
-
-def _chunked(fn, x, bs=1000):
-    out = []
-    for i in range(0, len(x), bs):
-        chunk = x[i : i + bs]
-        pad = bs - len(chunk) if len(x) > bs else 0
-        if pad:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-        out.append(np.asarray(fn(jnp.asarray(chunk)))[: len(chunk) - pad])
-    return np.concatenate(out)
 
 
 class FunctionTrainer:
@@ -77,8 +72,6 @@ class FunctionTrainer:
     checkpointable = False
 
     def __init__(self, family: str, model: str, cfg: Config, data, n_sum: int = 1):
-        from ntk_vs_nn.models import build_model
-
         self.family, self.model, self.cfg, self.data = family, model, cfg, data
         self.kind = _KIND[family]
         if cfg.kernel.backend == "nt" and self.kind == "ntk":
@@ -111,8 +104,6 @@ class FunctionTrainer:
     def _infinite(self) -> dict:
         """{"ntk_inf": kernels, "nngp_inf": kernels} from one neural-tangents stax pass (both kinds
         share the covariance propagation: half the cost of two passes)."""
-        from ntk_vs_nn.kernels import nt as nt_backend
-
         x_tr, x_ot, k = self.data.x_train, self.x_other, self.data.num_classes
         both = nt_backend.infinite_kernels(
             self.model, k, self.data.spatial_ndim, x_tr, x_ot, kind=("ntk", "nngp"), norm=self.cfg.model.norm
@@ -127,24 +118,18 @@ class FunctionTrainer:
         x_tr, x_ot = self.data.x_train, self.x_other
         params = self.module.init(key, x_tr[:1])["params"]
         apply = jax.jit(lambda x: self.module.apply({"params": params}, x))
-        f0_tr, f0_ot = _chunked(apply, x_tr), _chunked(apply, x_ot)
+        f0_tr, f0_ot = map_batches(apply, x_tr), map_batches(apply, x_ot)
         f = lambda p, x: self.module.apply({"params": p}, x)  # noqa: E731
         if self.full:
             return (*self._full_kernel(f, params, x_tr, x_ot), f0_tr, f0_ot)
         if self.kind == "gp":
-            from ntk_vs_nn.kernels.empirical import head_features
-
             phi = jax.jit(lambda x: head_features(self.module, params, x))
-            p_tr, p_ot = _chunked(phi, x_tr).astype(np.float64), _chunked(phi, x_ot).astype(np.float64)
+            p_tr, p_ot = map_batches(phi, x_tr).astype(np.float64), map_batches(phi, x_ot).astype(np.float64)
             k_tt, k_ot = p_tr @ p_tr.T + 1.0, p_ot @ p_tr.T + 1.0
         elif self.kind == "nt":
-            from ntk_vs_nn.kernels import nt as nt_backend
-
             fn = nt_backend.nt_empirical_ntk_fn(f, trace_axes=(-1,))
             k_tt, k_ot = nt_backend.nt_train_test(fn, x_tr, x_ot, params, self.cfg.kernel.tile_size)
         else:
-            from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
-
             fn = empirical_ntk_fn(f, trace_axes=(-1,), tile_size=self.cfg.kernel.tile_size, progress=self.progress)
             k_tt, k_ot = fn.train_test(x_tr, x_ot, params)
         return np.asarray(k_tt, np.float32), np.asarray(k_ot, np.float32), f0_tr, f0_ot
@@ -153,14 +138,10 @@ class FunctionTrainer:
         """(Θ_train as (n·k, n·k), Θ_other: an array (nt) or `_jacobian_operator`)."""
         tile = self.cfg.kernel.tile_size
         if self.kind == "nt":
-            from ntk_vs_nn.kernels import nt as nt_backend
-
             fn = nt_backend.nt_empirical_ntk_fn(f, trace_axes=())
             k_tt, k_ot = nt_backend.nt_train_test(fn, x_tr, x_ot, params, tile)
             other = np.asarray(k_ot, np.float32)
         else:
-            from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
-
             k_tt = empirical_ntk_fn(f, trace_axes=(), tile_size=tile, progress=self.progress)(x_tr, None, params)
             other = _jacobian_operator(f, params, x_tr, x_ot)
         return _flatten_full(k_tt), other
@@ -227,8 +208,6 @@ def _targets(y, k, teacher, alpha, tau):
     onehot = np.eye(k)[y]
     if teacher is None or alpha == 0:
         return onehot
-    from scipy.special import softmax
-
     return (1 - alpha) * onehot + alpha * softmax(teacher / tau, axis=-1)
 
 
@@ -264,8 +243,6 @@ def solve(k_tt, k_ot, f0_tr, f0_ot, y, teacher, alpha, tau, kc, y_val=None, eig=
         f_tr = f0_tr + (mat @ a.reshape(len(mat), -1)).reshape(n, k)
         return f_tr, f0_ot + other(a), mse(f_tr), 0
     if kc.solver == "mse":
-        from ntk_vs_nn.kernels.empirical import gradient_descent_mse
-
         evals, evecs = eig = _eigh(k_tt, eig)
         eta = _step(kc, n, lambda: float(evals[-1]))
         grid = (kc.steps,) if kc.steps > 0 else AUTO_STEPS
@@ -352,7 +329,7 @@ def _jacobian_operator(f, params, x_tr, x_ot, bs: int = 500):
                 ac = np.concatenate([ac, np.zeros((pad,) + ac.shape[1:], ac.dtype)])
             g = vjp(params, jnp.asarray(xc), jnp.asarray(ac))
             v = g if v is None else jax.tree.map(jnp.add, v, g)
-        return _chunked(lambda x: jvp(params, x, v), x_ot, bs).astype(np.float64)
+        return map_batches(lambda x: jvp(params, x, v), x_ot, bs).astype(np.float64)
 
     return apply
 
@@ -365,9 +342,6 @@ def _step(kc, n: int, lambda_max) -> float:
 
 
 def _lambda_max(k_tt: np.ndarray) -> float:
-    import scipy.linalg
-    import scipy.sparse.linalg
-
     n = len(k_tt)
     if n > 8192:  # a full (n·k)² kernel: Lanczos on matrix-vector products, not an O(n³) reduction
         return float(scipy.sparse.linalg.eigsh(k_tt, k=1, which="LA", tol=1e-6)[0][0])

@@ -241,8 +241,8 @@ def verdicts(cfg=None, kinds=("nn", "kernel")) -> pd.DataFrame:
     """The seven messages evaluated on the paper's own numbers (columns of
     `ntk_vs_nn.analysis.messages.messages` plus ``note``), with our thresholds ``cfg`` (a MessagesConfig;
     default: PROTOCOLS.md §3's)."""
-    from ntk_vs_nn.config import MessagesConfig
     from ntk_vs_nn.analysis.messages import messages
+    from ntk_vs_nn.config import MessagesConfig
 
     cfg = cfg or MessagesConfig()
     frames = []

@@ -1,0 +1,29 @@
+"""Splitting the host CPU into several XLA devices (``run.cpu_devices``). Must run before jax is
+imported, so this module imports no jax."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def host_device_count(requested: int) -> int:
+    """``run.cpu_devices``: 0 = one XLA device per core (at most 8), else the number asked for."""
+    return max(1, min(os.cpu_count() or 1, 8)) if requested == 0 else max(1, int(requested))
+
+
+def configure_host_devices(requested: int = 0) -> bool:
+    """Split the host CPU into ``host_device_count(requested)`` XLA devices, over which the engine
+    trains each member data-parallel (`sharding.data_mesh`): on XLA:CPU one program uses the cores
+    poorly (a 2-D ResNet-10-1 step, batch 256, ran at 748 img/s on one device and 1,163 img/s as two
+    halves of the batch on two, this 2-core machine). Only possible before jax starts: returns False,
+    changing nothing, if jax is already imported, XLA_FLAGS already sets the count, or in a
+    multi-host run (JAX_COORDINATOR_ADDRESS)."""
+    n = host_device_count(requested)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n <= 1 or "jax" in sys.modules or _DEVICE_FLAG in flags or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_FLAG}={n}".strip()
+    return True

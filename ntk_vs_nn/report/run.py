@@ -1,0 +1,161 @@
+"""One output folder as data: its tables, messages, config and records (`read_run`), and what the
+records say about the run (`run_info`: config hash, git SHAs, dates, wall time, device, versions),
+as the report's provenance table (`provenance_markdown`).
+
+`read_run` is the only function here that touches files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ntk_vs_nn import paper
+from ntk_vs_nn.analysis.messages import messages
+from ntk_vs_nn.config import MessagesConfig, UserError
+from ntk_vs_nn.config.presets import from_dict
+from ntk_vs_nn.store import Store
+
+TABLES = {"nn": "neural networks", "ntk": "finite-width kernel models"}
+
+
+@dataclass
+class RunData:
+    """What one output folder holds (read by `read_run`)."""
+
+    out_dir: str
+    tables: dict  # "nn" / "ntk" -> tidy DataFrame (only the tables that exist)
+    messages: pd.DataFrame | None
+    cfg: dict
+    records: list = field(default_factory=list)
+
+
+def read_run(out_dir: str, cfg_dict: dict | None = None) -> RunData:
+    tables = {}
+    for which in TABLES:
+        path = os.path.join(out_dir, f"table_{which}.csv")
+        if os.path.isfile(path):
+            tables[which] = pd.read_csv(path, dtype={"acc_by_size": str})  # "96.30" alone (L = 1) stays text
+    if not tables:
+        raise UserError(f"{out_dir!r} has no table_nn.csv or table_ntk.csv: run `ntk-vs-nn table` first")
+    if cfg_dict is None:
+        path = os.path.join(out_dir, "config.json")
+        if not os.path.isfile(path):
+            raise UserError(f"{path!r} is missing: pass cfg_dict or rerun the tables")
+        with open(path) as f:
+            cfg_dict = json.load(f)
+    path = os.path.join(out_dir, "messages.csv")
+    mdf = pd.read_csv(path) if os.path.isfile(path) else None
+    return RunData(out_dir, tables, mdf, cfg_dict, Store(out_dir).records())
+
+
+def our_messages(run: RunData) -> pd.DataFrame:
+    """OUT/messages.csv, or the messages recomputed from the tables when it is missing."""
+    if run.messages is not None:
+        return run.messages
+    cfg = MessagesConfig(**run.cfg.get("messages", {}))
+    families = tuple(run.cfg.get("table", {}).get("ntk_families", ("ntk", "ntk_prime", "gp")))
+    return messages(pd.concat(run.tables.values(), ignore_index=True), cfg, families)
+
+
+def reference_dataset(dataset: str) -> tuple[str, bool]:
+    """(the paper's dataset to show, whether it is ours)."""
+    d = paper.canonical_dataset(dataset)
+    return (d, True) if d in paper.DATASETS else ("cifar10", False)
+
+
+def config_hash(cfg: dict, records: list) -> str:
+    """The science hash of ``cfg`` (as `Config.science_hash`), or the records' most common one."""
+    try:
+        forms = from_dict(cfg).science_hashes()
+        present = {r.get("config_hash") for r in records}
+        return next((h for h in forms if h in present), forms[0])
+    except (UserError, TypeError, ValueError, KeyError):
+        hashes = Counter(r.get("config_hash") for r in records)
+        return hashes.most_common(1)[0][0] if hashes else "unknown"
+
+
+def run_info(cfg: dict, records: list) -> dict:
+    """Provenance of the run: config hash, git SHAs, dates, summed wall time, device, versions."""
+    h = config_hash(cfg, records)
+    mine = [r for r in records if r.get("config_hash") == h]
+    info = dict(config_hash=h, n_records=len(mine), n_other=len(records) - len(mine))
+    info["git_sha"] = sorted({r.get("git_sha", "unknown") for r in mine}) or ["unknown"]
+    info["device"] = sorted({r.get("device", "unknown") for r in mine}) or ["unknown"]
+    info["versions"] = mine[-1].get("versions", {}) if mine else {}
+    info["wall_s"] = float(sum(r.get("wall_s", 0.0) or 0.0 for r in mine))
+    ends, starts = [], []
+    for r in mine:
+        try:
+            t = datetime.datetime.fromisoformat(r["date"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        t = t.astimezone(datetime.timezone.utc) if t.tzinfo else t.replace(tzinfo=datetime.timezone.utc)
+        ends.append(t)
+        starts.append(t - datetime.timedelta(seconds=float(r.get("wall_s", 0.0) or 0.0)))
+    info["start"], info["end"] = (min(starts), max(ends)) if ends else (None, None)
+    return info
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h} h {m:02d} min" if h else f"{m} min {sec:02d} s" if m else f"{sec} s"
+
+
+def _percent(x) -> str:
+    return f"{100 * x:g}%" if isinstance(x, (int, float)) else "?"
+
+
+def provenance_markdown(cfg: dict, info: dict) -> str:
+    """The report's first table: data, preset, hash, git SHA, dates, wall time, protocol, training."""
+    data = cfg.get("data", {})
+    train = cfg.get("train", {})
+    proto = cfg.get("protocol", {})
+    members = proto.get("members", "?")
+    sd = proto.get("sd_students") or (min(members, 5) if isinstance(members, int) else "?")
+    when = "no records"
+    if info["start"] is not None:
+        fmt = "%Y-%m-%d %H:%M:%S"
+        when = (
+            f"{info['start'].strftime(fmt)} → {info['end'].strftime(fmt)} UTC "
+            f"({_duration((info['end'] - info['start']).total_seconds())} elapsed)"
+        )
+    versions = ", ".join(f"{k} {v}" for k, v in info["versions"].items()) or "unknown"
+    n_other = info["n_other"]
+    other = f" ({n_other} record{'s' * (n_other != 1)} of other configs ignored)" if n_other else ""
+    rows = [
+        (
+            "data",
+            f"`{cfg.get('dataset', '?')}`: n_train {data.get('n_train', '?')} (of which "
+            f"{_percent(data.get('val_fraction'))} validation), n_test {data.get('n_test', '?')}, "
+            f"generator seed {data.get('generator_seed', '?')}",
+        ),
+        ("preset", f"`{cfg.get('preset', '?')}`"),
+        ("config hash", f"`{info['config_hash']}`"),
+        ("git SHA", ", ".join(f"`{s}`" for s in info["git_sha"])),
+        ("run", when),
+        (
+            "wall time",
+            f"{info['wall_s']:.0f} s ({_duration(info['wall_s'])}) summed over {info['n_records']} records{other}",
+        ),
+        (
+            "protocol",
+            f"L = {members} members, S = {sd} SD students, seed {cfg.get('run', {}).get('seed', '?')}, "
+            f"ensemble rule `{proto.get('ensemble_rule', '?')}`, KD α = {proto.get('kd_alpha', '?')}",
+        ),
+        (
+            "training",
+            f"{train.get('optimizer', '?')} lr {train.get('lr', '?')}, {train.get('schedule', '?')}, "
+            f"{train.get('epochs', '?')} epochs, batch {train.get('batch_size', '?')}",
+        ),
+        ("device", ", ".join(info["device"])),
+        ("versions", versions),
+    ]
+    return "\n".join(["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
