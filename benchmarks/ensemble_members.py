@@ -26,11 +26,11 @@ import jax.numpy as jnp
 import optax
 from _common import device, write
 
-from ntk_vs_nn.engine import rng
+from ntk_vs_nn.config.presets import quick
 from ntk_vs_nn.data import load_dataset
+from ntk_vs_nn.engine import rng
 from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import linearized, make_family, network, param_count
-from ntk_vs_nn.config.presets import quick
 
 L, EPOCHS, REPEATS = 10, 2, 2
 MLP_WIDTH, MLP_DEPTH = 256, 2

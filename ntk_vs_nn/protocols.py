@@ -15,6 +15,7 @@ same config hash is loaded instead of retrained, so a rerun of the same command 
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -115,6 +116,9 @@ class Row:
             **self.prov,
             **extra,
         }
+        preds = self.store.unit_path(rec["unit"])
+        if status == "ok" and os.path.exists(preds):  # saved before the record: the record names it
+            rec["predictions"] = os.path.relpath(preds, self.store.out_dir)
         self.store.append(rec)
         self.known[rec["unit"]] = rec
         return rec

@@ -73,6 +73,11 @@ def test_records_carry_provenance_and_tables_follow_records(smoke_out):
         "date",
     ):
         assert all(key in r for r in recs), key
+    trained = [r for r in recs if r["protocol"] == "single" and r["status"] == "ok"]
+    assert trained and all(r["predictions"].endswith(".npz") for r in trained)
+    for r in trained:  # the record names its predictions file, relative to OUT
+        with np.load(os.path.join(smoke_out, r["predictions"])) as f:
+            assert {"train", "val", "test"} <= set(f.files)
     singles = [r for r in recs if r["family"] == "gp" and r["protocol"] == "single"]
     accs = [r["metrics"]["acc"] for r in singles]
     df = pd.read_csv(os.path.join(smoke_out, "table_ntk.csv"))

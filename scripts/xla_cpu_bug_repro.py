@@ -1,6 +1,6 @@
 """XLA:CPU returns wrong vmapped cotangents through GroupNorm under jit (jax/jaxlib 0.10.2).
 
-Command: ``.venv/bin/python results/xla-cpu-bug/repro.py`` (writes nothing; prints one line per case).
+Command: ``.venv/bin/python scripts/xla_cpu_bug_repro.py`` (writes nothing; prints one line per case).
 Found by `ntk_vs_nn.kernels.structured`'s per-tile check (README, "Kernel backends"). The k = 10 backward
 passes of one batch, vmapped over the output cotangents (what a per-example Jacobian by output unit
 does), are compared jit vs eager and against float64. Eager float32 equals float64 to 1e-7; under jit
@@ -45,6 +45,7 @@ for norm in ("group", "layer"):
         err = lambda a: np.abs(a - truth).max() / np.abs(truth).max()  # noqa: E731
         bad = np.nonzero(np.abs(jitted - truth).max(axis=(1, 2, 3)) > 1e-4 * np.abs(truth).max())[0]
         print(
-            f"{norm}Norm n={n}: eager f32 rel err {err(eager):.1e}, jit f32 rel err {err(jitted):.1e}, wrong outputs {bad.tolist()}"
+            f"{norm}Norm n={n}: eager f32 rel err {err(eager):.1e}, jit f32 rel err {err(jitted):.1e}, "
+            f"wrong outputs {bad.tolist()}"
         )
 print("jax", jax.__version__, "devices", jax.devices())
