@@ -123,14 +123,19 @@ def _pool_head(h, num_classes, dtype=None):
     return out if dtype is None else out.astype(jnp.float32)
 
 
-class WideResNet(nn.Module):
-    depth: int
-    widen: int
-    num_classes: int
-    ndim: int
+class _Net(nn.Module):
+    """The fields every built-in network has (constructed by keyword: `build_model`)."""
+
+    num_classes: int = 10
+    ndim: int = 2  # spatial axes of the input: 1 (signals) or 2 (images)
+    widen: int = 1
     norm: str = "layer"
     groups: int = 8
     dtype: Any = None  # compute dtype: None = that of inputs and params; bfloat16 on GPUs
+
+
+class WideResNet(_Net):
+    depth: int = 16  # 6n + 4
 
     @nn.compact
     def __call__(self, x):
@@ -144,14 +149,8 @@ class WideResNet(nn.Module):
         return _pool_head(h, self.num_classes, self.dtype)
 
 
-class ResNet34(nn.Module):
-    num_classes: int
-    ndim: int
-    widen: int = 1
-    norm: str = "layer"
-    groups: int = 8
+class ResNet34(_Net):
     stages: Sequence[int] = (3, 4, 6, 3)
-    dtype: Any = None  # compute dtype: None = that of inputs and params; bfloat16 on GPUs
 
     @nn.compact
     def __call__(self, x):
@@ -165,14 +164,8 @@ class ResNet34(nn.Module):
         return _pool_head(h, self.num_classes, self.dtype)
 
 
-class SimpleCNN(nn.Module):
-    depth: int
-    widen: int
-    num_classes: int
-    ndim: int
-    norm: str = "layer"
-    groups: int = 8
-    dtype: Any = None  # compute dtype: None = that of inputs and params; bfloat16 on GPUs
+class SimpleCNN(_Net):
+    depth: int = 4  # convolutions + the head
 
     @nn.compact
     def __call__(self, x):
@@ -213,8 +206,7 @@ def build_model(name: str, num_classes: int, ndim: int, norm="layer", groups=8, 
     dt = DTYPES[dtype]
     if ndim not in (1, 2):
         raise UserError(f"model {name}: inputs must have 1 or 2 spatial axes, got {ndim}")
+    kw = dict(num_classes=num_classes, ndim=ndim, widen=widen, norm=norm, groups=groups, dtype=dt)
     if kind == "resnet34":
-        return ResNet34(num_classes, ndim, widen, norm, groups, dtype=dt)
-    if kind == "wrn":
-        return WideResNet(depth, widen, num_classes, ndim, norm, groups, dtype=dt)
-    return SimpleCNN(depth, widen, num_classes, ndim, norm, groups, dtype=dt)
+        return ResNet34(**kw)
+    return (WideResNet if kind == "wrn" else SimpleCNN)(depth=depth, **kw)
