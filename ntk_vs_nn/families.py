@@ -29,17 +29,20 @@ from ntk_vs_nn.config import FAMILIES, KERNEL_FAMILIES, Config, UserError  # noq
 from ntk_vs_nn.models import build_model
 
 
-
 class ModelFamily(NamedTuple):
     name: str
     init: Callable  # (key, x (B, ...)) -> variables {"params", "state"}
     apply: Callable  # (variables, x (B, ...)) -> logits (B, k)
 
 
-def network(module) -> ModelFamily:
-    """The ordinary network ``f(W; x)``."""
+def network(module, init_params: Callable | None = None) -> ModelFamily:
+    """The ordinary network ``f(W; x)``. ``init_params(key, x) -> params`` replaces ``module.init``
+    (whose per-parameter keys flax derives from the key), e.g. to draw the weights a model drew before
+    it was a Flax module (`models.multiview`)."""
 
     def init(key, x):
+        if init_params is not None:
+            return {"params": init_params(key, x), "state": {}}
         return {"params": module.init(key, x)["params"], "state": {}}
 
     def apply(variables, x):

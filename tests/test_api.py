@@ -59,16 +59,18 @@ def test_committed_folders_found():
 
 
 @pytest.mark.parametrize("folder", _committed_folders())
-def test_messages_regenerates_a_committed_folder_byte_identical(folder, tmp_path, capsys):
-    """`ntk-vs-nn messages --out DIR` rewrites a committed folder's tables and verdicts from its
-    records alone: byte-identical to the committed files."""
+def test_messages_regenerates_a_committed_folder_byte_identical(folder, tmp_path, monkeypatch):
+    """`ntk-vs-nn messages --out results/FOLDER` rewrites a committed folder's tables and verdicts
+    from its records alone: byte-identical to the committed files (run on a copy at the same path
+    relative to the working directory, as from the repository's root)."""
     src = os.path.join(ROOT, "results", folder)
-    dst = tmp_path / "run"
+    dst = tmp_path / "results" / folder
+    monkeypatch.chdir(tmp_path)
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("units", "figures", "*.png", "*.html"))
     derived = [f for f in os.listdir(dst) if f.endswith((".md", ".csv")) and not f.startswith(("README", "report"))]
     for f in derived:  # they must be written again, not left in place
         os.remove(dst / f)
-    assert main(["messages", "--out", str(dst)]) == 0
+    assert main(["messages", "--out", os.path.join("results", folder)]) == 0
     rewritten = [f for f in derived if (dst / f).exists()]
     assert rewritten, f"nothing regenerated in {folder}"
     for f in rewritten:

@@ -351,3 +351,40 @@ def test_bfloat16_members_train_and_keep_float32_params(tiny_cfg, tiny_data, fam
     assert {a.dtype for a in jax.tree.leaves(got.variables[0]["params"])} == {jnp.dtype("float32")}
     assert np.all(np.isfinite(got.losses)) and got.losses[0, -1] < got.losses[0, 0]
     assert trainer.predict(got.variables[0], tiny_data.x_test).dtype == jnp.float32
+
+
+# -- full-batch gradient descent (batch_size >= n_train): one scan over the epochs, lr_scales, lambda_max ---
+def test_full_batch_is_plain_gradient_descent_with_per_member_lr_scales(tiny_cfg, tiny_data):
+    import jax.flatten_util  # noqa: F401
+
+    from ntk_vs_nn.engine.trainer import lambda_max
+
+    x, y = tiny_data.x_train, tiny_data.y_train
+    sgd = dataclasses.replace(tiny_cfg.train, optimizer="sgd", momentum=0.0, weight_decay=0.0, epochs=3, lr=0.05,
+                              schedule="constant", batch_size=len(x))  # fmt: skip
+    fam = make_family("nn", MODEL, K, 1, tiny_cfg)
+    trainer = Trainer(fam, sgd, len(x))
+    assert trainer.full_batch and trainer.steps == 1
+    keys = init_keys(2)
+    got = trainer.fit(keys, data_keys(2), x, y, mode="sequential", lr_scales=[1.0, 2.0])
+    # the same members by hand: p <- p - lr * scale * grad(mean CE) on the whole set, in order
+    for i, scale in enumerate((1.0, 2.0)):
+        v = fam.init(keys[i], jnp.asarray(x[:1]))
+        loss = lambda p, v=v: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+            fam.apply({"params": p, "state": v["state"]}, jnp.asarray(x)), jnp.asarray(y)
+        ).mean()
+        p = v["params"]
+        for _ in range(3):
+            p = jax.tree.map(lambda a, g: a - 0.05 * scale * g, p, jax.grad(loss)(p))
+        assert max_abs_diff(got.variables[i]["params"], p) < 1e-5
+    vm = trainer.fit(keys, data_keys(2), x, y, mode="vmap", lr_scales=[1.0, 2.0])
+    for a, b in zip(got.variables, vm.variables):
+        assert max_abs_diff(a["params"], b["params"]) < 1e-4
+    assert got.losses.shape == (2, 3) and np.all(np.diff(got.losses[0]) < 0)
+    # lambda_max: the top eigenvalue of J^T J / n (J of all logits w.r.t. the params)
+    v = fam.init(keys[0], jnp.asarray(x[:1]))
+    flat, unravel = jax.flatten_util.ravel_pytree(v["params"])
+    J = jax.jacrev(lambda f: fam.apply({"params": unravel(f), "state": v["state"]}, jnp.asarray(x)))(flat)
+    J = np.asarray(J, np.float64).reshape(-1, flat.size)
+    want = np.linalg.eigvalsh(J @ J.T / len(x))[-1]  # the same nonzero spectrum as J^T J / n
+    assert float(lambda_max(fam, v, jnp.asarray(x), iters=300)) == pytest.approx(want, rel=1e-3)

@@ -1,4 +1,5 @@
-"""Multi-view data generator, smoothed ReLU, the theory's learner and its kernel contrast, the CLI."""
+"""Multi-view data generator, smoothed ReLU, the theory's learner and its kernel contrast on the shared
+engine (cross-checked against plain GD), the experiment end to end (store, resume, write)."""
 
 import dataclasses
 import json
@@ -9,14 +10,21 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pandas as pd
 import pytest
 
+from ntk_vs_nn.config import UserError
+from ntk_vs_nn.data import multiview as dmv
+from ntk_vs_nn.engine.trainer import distill_loss, lambda_max
+from ntk_vs_nn.experiments import load_config, run_experiment
 from ntk_vs_nn.experiments import multiview as mv
-from ntk_vs_nn.experiments import multiview_report as mr
+from ntk_vs_nn.models import multiview as mmv
+from ntk_vs_nn.report import multiview as rmv
+from ntk_vs_nn.store import Store
 
 # Small enough to sample fast, large enough for tight statistics; (2 + n_other) * patches fit in P.
-GEN_CFG = mv.MultiViewConfig(k=10, d=100, P=12, n_train=4000, n_test=100)
+GEN_CFG = dmv.MultiViewData(k=10, d=100, P=12, n_train=4000, n_test=100)
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +32,9 @@ def generated():
     """Noise-free and noisy draws from the same key (the noise is added last, so signals match)."""
     cfg0 = dataclasses.replace(GEN_CFG, noise=0.0, feature_noise=0.0)
     kf, ks = jax.random.split(jax.random.key(0))
-    feats = mv.make_features(kf, GEN_CFG)
-    clean = mv.sample(ks, cfg0, feats, GEN_CFG.n_train, GEN_CFG.mu)
-    noisy = mv.sample(ks, GEN_CFG, feats, GEN_CFG.n_train, GEN_CFG.mu)
+    feats = dmv.make_features(kf, GEN_CFG)
+    clean = dmv.sample(ks, cfg0, feats, GEN_CFG.n_train, GEN_CFG.mu)
+    noisy = dmv.sample(ks, GEN_CFG, feats, GEN_CFG.n_train, GEN_CFG.mu)
     return feats, clean, noisy
 
 
@@ -36,8 +44,8 @@ def _recovered_weights(x, feats):
 
 
 def test_features_orthonormal():
-    cfg = mv.MultiViewConfig()
-    f = np.asarray(mv.make_features(jax.random.key(3), cfg)).reshape(-1, cfg.d)
+    cfg = dmv.MultiViewData()
+    f = np.asarray(dmv.make_features(jax.random.key(3), cfg)).reshape(-1, cfg.d)
     assert f.shape == (2 * cfg.k, cfg.d)
     np.testing.assert_allclose(f @ f.T, np.eye(2 * cfg.k), atol=1e-5)
 
@@ -121,7 +129,7 @@ def _reference(z, varrho, q):
 @pytest.mark.parametrize("varrho,q", [(0.1, 3), (4.0, 3), (1.0, 4)])
 def test_smoothed_relu_piecewise_values(varrho, q):
     zs = np.array([-1.0, -0.01, 0.0, 0.2, 0.5, 1.0, 1.001, 5.0, 30.0], dtype=np.float32) * varrho
-    got = np.asarray(mv.smoothed_relu(jnp.asarray(zs), varrho, q))
+    got = np.asarray(mmv.smoothed_relu(jnp.asarray(zs), varrho, q))
     np.testing.assert_allclose(got, [_reference(float(z), varrho, q) for z in zs], rtol=1e-5, atol=1e-7)
 
 
@@ -129,7 +137,7 @@ def test_smoothed_relu_piecewise_values(varrho, q):
 @pytest.mark.parametrize("where", [0.0, 1.0])  # the thresholds 0 and varrho
 def test_smoothed_relu_is_c1(varrho, q, where):
     point = where * varrho
-    f = lambda z: mv.smoothed_relu(z, varrho, q)  # noqa: E731
+    f = lambda z: mmv.smoothed_relu(z, varrho, q)  # noqa: E731
     g = jax.grad(f)
     eps = 1e-4 * varrho
     left, right = float(f(jnp.float32(point - eps))), float(f(jnp.float32(point + eps)))
@@ -143,22 +151,38 @@ def test_smoothed_relu_is_c1(varrho, q, where):
 @pytest.mark.parametrize("varrho,q", [(0.1, 3), (4.0, 3), (1.0, 4)])
 def test_smoothed_relu_grad_is_its_derivative(varrho, q):
     zs = jnp.asarray((np.linspace(-0.5, 2.5, 61) + 0.0123) * varrho, jnp.float32)  # off the kinks
-    want = jax.vmap(jax.grad(lambda z: mv.smoothed_relu(z, varrho, q)))(zs)
-    np.testing.assert_allclose(mv.smoothed_relu_grad(zs, varrho, q), want, rtol=1e-5, atol=1e-7)
-    at = mv.smoothed_relu_grad(jnp.asarray([0.0, varrho], jnp.float32), varrho, q)
+    want = jax.vmap(jax.grad(lambda z: mmv.smoothed_relu(z, varrho, q)))(zs)
+    np.testing.assert_allclose(mmv.smoothed_relu_grad(zs, varrho, q), want, rtol=1e-5, atol=1e-7)
+    at = mmv.smoothed_relu_grad(jnp.asarray([0.0, varrho], jnp.float32), varrho, q)
     np.testing.assert_allclose(at, [0.0, 1.0])  # the C^1 derivative at the thresholds
 
 
+def _cfg(data=None, learner=None, **protocol):
+    """A MultiViewConfig from section overrides (data / learner dicts, protocol keywords)."""
+    base = mv.MultiViewConfig()
+    return dataclasses.replace(
+        base,
+        data=dataclasses.replace(base.data, **(data or {})),
+        learner=dataclasses.replace(base.learner, **(learner or {})),
+        protocol=dataclasses.replace(base.protocol, **protocol),
+    )
+
+
+def _logits(cfg, W, x):
+    return mv.learner_family("nn", cfg).apply({"params": {"W": W}, "state": {}}, x)
+
+
 def test_kd_loss_matches_formula():
-    cfg = mv.MultiViewConfig(k=3, d=20, P=8, m=2, n_other=2, varrho=0.1)
+    cfg = _cfg(dict(k=3, d=20, P=8, n_other=2), dict(m=2, varrho=0.1))
     kf, ks, kw = jax.random.split(jax.random.key(5), 3)
-    data = mv.sample(ks, cfg, mv.make_features(kf, cfg), 16, cfg.mu)
-    W = mv.init(kw, cfg) * 20
-    loss = jax.jit(mv.loss, static_argnames=("cfg",))  # one compile instead of op-by-op dispatch
-    ce = loss(W, data["x"], data["y"], cfg)
-    own = jax.jit(mv.logits, static_argnames=("cfg",))(W, data["x"], cfg)
-    assert float(loss(W, data["x"], data["y"], cfg, own, alpha=0.0, tau=3.0)) == pytest.approx(float(ce), rel=1e-5)
-    assert float(loss(W, data["x"], data["y"], cfg, own, alpha=1.0, tau=3.0)) == pytest.approx(0.0, abs=1e-5)
+    data = dmv.sample(ks, cfg.data, dmv.make_features(kf, cfg.data), 16, cfg.data.mu)
+    x, y = data["x"], data["y"]
+    W = mmv.PatchNet(3, 2, 0.1, 3, cfg.learner.sigma0).draw(kw, x)["W"] * 20
+    loss = jax.jit(lambda W, t, a, tau: distill_loss(_logits(cfg, W, x), y, t, a, tau))  # the engine's loss
+    own = jax.jit(lambda W: _logits(cfg, W, x))(W)
+    ce = optax.softmax_cross_entropy_with_integer_labels(own, y).mean()
+    assert float(loss(W, own, 0.0, 3.0)) == pytest.approx(float(ce), rel=1e-5)
+    assert float(loss(W, own, 1.0, 3.0)) == pytest.approx(0.0, abs=1e-5)
     teacher = own[:, ::-1] * 2.0
     a, tau = 0.3, 3.0
     pt = np.asarray(jax.nn.softmax(teacher / tau))
@@ -166,29 +190,32 @@ def test_kd_loss_matches_formula():
     kl = float(np.mean(np.sum(pt * (np.log(pt) - log_ps), axis=1)))
     want = (1 - a) * float(ce) + a * tau**2 * kl
     assert kl > 1e-3
-    assert float(loss(W, data["x"], data["y"], cfg, teacher, alpha=a, tau=tau)) == pytest.approx(want, rel=1e-4)
+    assert float(loss(W, teacher, a, tau)) == pytest.approx(want, rel=1e-4)
 
 
-TINY = mv.MultiViewConfig(k=3, d=30, P=8, n_train=150, n_test=600, n_other=2, steps=400)
+TINY = _cfg(dict(k=3, d=30, P=8, n_train=150, n_test=600, n_other=2), dict(steps=400))
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    data = mr.draw_data(TINY, 0)
-    return data, mv.fit("nn", jax.random.key(0), TINY, data["train"]["x"], data["train"]["y"])
+    data = dmv.draw_data(TINY.data, 0)
+    trainer = mv._trainer("nn", TINY, {})
+    model, _ = mv.fit_one(trainer, jax.random.key(0), data["train"]["x"], data["train"]["y"])
+    return data, model["params"]["W"]
 
 
 def test_tiny_run_learns_a_view_per_class_and_classifies_multi_view(tiny):
-    data, (W, _) = tiny
+    data, W = tiny
     feats, te = data["features"], data["test"]
-    init_views, _ = mv.learned_views(mv.init(jax.random.key(0), TINY), feats)
+    W0 = mv.learner_family("nn", TINY).init(jax.random.key(0), te["x"][:1])["params"]["W"]
+    init_views, _ = mv.learned_views(W0, feats)
     views, winner = mv.learned_views(W, feats)
     assert views.shape == (3, 2) and winner.shape == (3,)
     thr = mv.view_threshold(TINY)
     assert float(jnp.abs(init_views).max()) < 0.1 * thr  # started far below the threshold
     assert float(views.max(axis=1).min()) >= thr  # every class learned at least one view
     np.testing.assert_array_equal(np.asarray(winner), np.asarray(jnp.argmax(views, axis=1)))
-    pred = jnp.argmax(mv.logits(W, te["x"], TINY), axis=1)
+    pred = jnp.argmax(_logits(TINY, W, te["x"]), axis=1)
     mv_acc = float((pred == te["y"])[~te["is_single_view"]].mean())
     assert mv_acc > 0.95, mv_acc
 
@@ -196,25 +223,84 @@ def test_tiny_run_learns_a_view_per_class_and_classifies_multi_view(tiny):
 def test_ntk_is_the_linearisation_and_gp_starts_at_zero(tiny):
     data, _ = tiny
     x = data["train"]["x"][:20]
-    W0 = mv.init(jax.random.key(1), TINY)
-    params, frozen = mv.family_init("ntk", jax.random.key(1), TINY)
-    np.testing.assert_allclose(mv.predict("ntk", (params, frozen), x, TINY), mv.logits(W0, x, TINY), rtol=1e-5)
+    ntk, gp = mv.learner_family("ntk", TINY), mv.learner_family("gp", TINY)
+    W0 = mv.learner_family("nn", TINY).init(jax.random.key(1), x)["params"]["W"]
+    v = ntk.init(jax.random.key(1), x)
+    np.testing.assert_allclose(ntk.apply(v, x), _logits(TINY, W0, x), rtol=1e-5)
     delta = 0.01 * jax.random.normal(jax.random.key(2), W0.shape)
-    lin = mv.predict("ntk", (W0 + delta, W0), x, TINY)
-    f0, df = jax.jvp(lambda W: mv.logits(W, x, TINY), (W0,), (delta,))
+    lin = ntk.apply({"params": {"W": W0 + delta}, "state": v["state"]}, x)
+    f0, df = jax.jvp(lambda W: _logits(TINY, W, x), (W0,), (delta,))
     np.testing.assert_allclose(lin, f0 + df, rtol=1e-4, atol=1e-6)
-    A, U = mv.family_init("gp", jax.random.key(1), TINY)
-    assert U.shape == (TINY.gp_width, TINY.d)
-    np.testing.assert_array_equal(mv.predict("gp", (A, U), x, TINY), 0.0)
+    g = gp.init(jax.random.key(1), x)
+    assert g["state"]["frozen"]["features"].shape == (TINY.learner.gp_width, TINY.data.d)
+    np.testing.assert_array_equal(gp.apply(g, x), 0.0)
+
+
+def _features(g, x, cfg):
+    U = g["state"]["frozen"]["features"]
+    return mmv.smoothed_relu(jnp.einsum("npd,rd->npr", x, U), cfg.learner.varrho, cfg.learner.q).sum(axis=1)
 
 
 def test_lambda_max_matches_eigh_for_gp(tiny):
     data, _ = tiny
-    A, U = mv.family_init("gp", jax.random.key(3), TINY)
-    phi = mv.represent("gp", U, data["train"]["x"], TINY)
-    lam = float(mv.lambda_max("gp", A, U, phi, TINY, iters=200))
+    x = data["train"]["x"]
+    gp = mv.learner_family("gp", TINY)
+    g = gp.init(jax.random.key(3), x[:1])
+    phi = _features(g, x, TINY)
+    lam = float(lambda_max(gp, g, x, iters=200))
     want = float(np.linalg.eigvalsh(np.asarray(phi.T @ phi, np.float64) / phi.shape[0])[-1])
     assert lam == pytest.approx(want, rel=1e-3)
+
+
+# -- the shared engine against plain GD (the loop the learner had before it used the engine) ------------
+XC = _cfg(dict(k=3, d=12, P=6, n_train=40, n_test=40, n_other=2), dict(m=2, steps=25, gp_width=32))
+
+
+def _reference_gd(f, p0, x, y, lr, steps, teacher=None, alpha=0.0, tau=1.0):
+    """``steps`` steps of p <- p - lr grad L(p), L = mean CE (or the distillation loss), on the full batch."""
+
+    def loss(p):
+        s = f(p, x)
+        if teacher is None:
+            return optax.softmax_cross_entropy_with_integer_labels(s, y).mean()
+        ce = optax.softmax_cross_entropy_with_integer_labels(s, y)
+        lt, ls = jax.nn.log_softmax(teacher / tau), jax.nn.log_softmax(s / tau)
+        return jnp.mean((1 - alpha) * ce + alpha * tau**2 * jnp.sum(jnp.exp(lt) * (lt - ls), -1))
+
+    step = jax.jit(lambda p: p - lr * jax.grad(loss)(p))
+    for _ in range(steps):
+        p0 = step(p0)
+    return p0
+
+
+@pytest.mark.parametrize("family", ["nn", "nn-kd", "ntk", "gp"])
+def test_shared_engine_equals_plain_gradient_descent(family):
+    data = dmv.draw_data(XC.data, 1)
+    x, y = data["train"]["x"], data["train"]["y"]
+    name, lp, key = family.split("-")[0], XC.learner, jax.random.key(4)
+    teacher = 3.0 * jax.random.normal(jax.random.key(5), (len(y), XC.data.k)) if family == "nn-kd" else None
+    trainer = mv._trainer(name, XC, {})
+    got, _ = mv.fit_one(trainer, key, x, y, teacher, 0.5 if teacher is not None else 0.0, 4.0)
+    v0 = trainer.family.init(key, x[:1])
+    relu = lambda z: mmv.smoothed_relu(z, lp.varrho, lp.q)  # noqa: E731
+    if name == "gp":  # a linear model on the frozen features, its step 1 / lambda_max of phi^T phi / n
+        phi = _features(v0, x, XC)
+        lam = np.linalg.eigvalsh(np.asarray(phi.T @ phi, np.float64) / len(x))[-1]
+        A = _reference_gd(lambda A, x: _features(v0, x, XC) @ A.T, jnp.zeros((3, lp.gp_width)), x, y, 1 / lam, lp.steps)
+        np.testing.assert_allclose(got["params"]["head"]["kernel"], A, rtol=2e-3, atol=1e-6)
+        return
+    W0 = v0["params"]["W"]
+    f = lambda W, x: relu(jnp.einsum("npd,jrd->npjr", x, W)).sum(axis=(1, 3))  # noqa: E731
+    lr = lp.lr
+    if name == "ntk":  # F(W0) + sum ReLU~'(<w0, x_p>) <w - w0, x_p>; step 1 / lambda_max of J^T J / n
+        gate = mmv.smoothed_relu_grad(jnp.einsum("npd,jrd->npjr", x, W0), lp.varrho, lp.q)
+        f0 = f(W0, x)
+        f = lambda W, x: f0 + jnp.einsum("npjr,npjr->nj", gate, jnp.einsum("npd,jrd->npjr", x, W - W0))  # noqa: E731
+        J = np.asarray(jax.jacrev(lambda W: f(W, x))(W0), np.float64).reshape(len(x) * 3, -1)
+        lr = 1 / np.linalg.eigvalsh(J.T @ J / len(x))[-1]
+    want = _reference_gd(f, W0, x, y, lr, lp.steps, teacher, 0.5, 4.0)
+    assert float(jnp.abs(want - W0).max()) > 1e-3  # it moved
+    np.testing.assert_allclose(got["params"]["W"], want, rtol=2e-3, atol=1e-6)
 
 
 def test_aggregate_verdicts():
@@ -223,60 +309,93 @@ def test_aggregate_verdicts():
         for i, e in enumerate(errs):
             rows.append({"family": "nn", "protocol": protocol, "member": i, "error_mu": e, "se_mu": 0.01,
                          "err_mv_pct": 0.0, "err_sv_pct": 100 * e / 2, "seconds": 1.0})  # fmt: skip
-    agg = mr.aggregate(pd.DataFrame(rows)).set_index("protocol")
+    agg = rmv.aggregate(pd.DataFrame(rows)).set_index("protocol")
     assert agg.loc["single", "error_mu"] == pytest.approx(0.5)
     assert agg.loc["single", "error_mu_se"] == pytest.approx(np.sqrt(0.02**2 / 3 + 0.01**2))
     assert dict(agg.verdict) == {"single": "holds", "ensemble": "fails", "kd": "holds", "sd": "fails"}
 
 
-def _run_cli(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(
-        [sys.executable, "-m", "ntk_vs_nn.experiments.multiview", *args], capture_output=True, text=True, env=env
-    )
-
-
+# -- the experiment: bad input, end to end, resume, write from the records ----------------------------------
 @pytest.mark.parametrize(
     "sets,message",
     [
         (["bogus=1"], "unknown key 'bogus'"),
-        (["steps=abc"], "steps: cannot parse"),
-        (["steps=1.5"], "steps: expected an integer"),
-        (["mu=2"], "mu must be in [0, 1]"),
-        (["families=nn,cnn"], "unknown family 'cnn'"),
-        (["sweep_mus=0.1,x"], "sweep_mus: expected comma-separated numbers"),
-        (["seeds"], "expects key=value"),
+        (["learner.steps=abc"], "learner.steps: cannot parse"),
+        (["learner.steps=1.5"], "learner.steps: expected an integer"),
+        (["data.mu=2"], "mu must be in [0, 1]"),
+        (["protocol.families=nn,cnn"], "unknown family 'cnn'"),
+        (["sweep.mus=0.1,x"], "sweep.mus: expected comma-separated numbers"),
+        (["sweep.mus=0.1,'x'"], "sweep.mus: expected comma-separated numbers"),
+        (["protocol.seeds"], "expects key=value"),
     ],
 )
-def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys, sets, message):
+def test_bad_input_is_a_user_error_before_anything_is_written(tmp_path, sets, message):
     out = tmp_path / "out"
-    code = mr.main(["--out", str(out), *[a for s in sets for a in ("--set", s)]])
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    with pytest.raises(UserError) as e:
+        run_experiment("multiview", "smoke", sets, str(out))
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert not out.exists()  # nothing written
 
 
-def test_module_entry_point_reports_bad_input(tmp_path):
-    r = _run_cli("--out", str(tmp_path / "o"), "--set", "nope=3")
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "unknown key 'nope'" in r.stderr
+def test_command_line_reports_bad_input_in_one_line_exit_2(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    args = ["run", "multiview", "--out", str(tmp_path / "o"), "--set", "nope=3"]
+    r = subprocess.run([sys.executable, "-m", "ntk_vs_nn", *args], capture_output=True, text=True, env=env)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "unknown key 'nope'" in r.stderr, r.stderr
 
 
-@pytest.mark.slow
-def test_cli_writes_every_output(tmp_path):
-    out = tmp_path / "mv"  # n_train = n_test: one compiled predict per family
-    sets = "k=3 d=20 P=8 n_train=60 n_test=60 n_other=2 steps=30 gp_width=16 seeds=2 sd_students=1"
-    sets += " sweep_mus=0.1,0.2 sweep_seeds=2 sweep_sd_students=1"
-    assert mr.main(["--out", str(out), "--set", *sets.split()]) == 0
-    names = {"table.md", "table.csv", "models.csv", "lottery.md", "lottery.csv", "sweep.csv", "sweep.png"}
-    assert names | {"config.json", "summary.md"} <= set(os.listdir(out))
+def test_sweep_mus_parse_as_numbers():
+    cfg = mv.EXPERIMENT.configure("smoke", ["sweep.mus=0.05,0.1", "protocol.families=nn,gp"])
+    assert cfg.sweep.mus == (0.05, 0.1) and cfg.protocol.families == ("nn", "gp")
+    assert mv.EXPERIMENT.configure("smoke", ["sweep.mus=0.3"]).sweep.mus == (0.3,)
+    assert mv.EXPERIMENT.configure("smoke", ["sweep.mus=()"]).sweep.mus == ()
+
+
+OUTPUTS = ("table.md", "table.csv", "models.csv", "lottery.md", "lottery.csv", "sweep.csv", "summary.md")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mv") / "smoke"
+    written = run_experiment("multiview", "smoke", [], str(out))
+    return out, written
+
+
+def test_smoke_run_writes_every_output(smoke_run):
+    out, written = smoke_run
+    assert set(OUTPUTS) | {"config.json", "sweep.png", "records.jsonl"} <= set(os.listdir(out))
     table = pd.read_csv(out / "table.csv")
-    assert set(table.family) == {"nn", "ntk", "gp"} and set(table.protocol) == set(mr.PROTOCOLS)
+    assert set(table.family) == {"nn", "ntk", "gp"} and set(table.protocol) == set(rmv.PROTOCOLS)
     assert set(table.verdict) <= {"holds", "fails"}
     sweep = pd.read_csv(out / "sweep.csv")
     assert sorted(sweep.mu.unique()) == [0.1, 0.2]
     meta = json.loads((out / "config.json").read_text())
-    assert meta["config"]["k"] == 3 and meta["spec"]["seeds"] == 2 and meta["wall_s"] > 0
+    assert meta["experiment"] == "multiview" and meta["data"]["k"] == 3 and meta["protocol"]["seeds"] == 2
     lottery = pd.read_csv(out / "lottery.csv")
     assert set(lottery.family) == {"nn", "ntk"} and len(lottery[lottery.protocol == "single"]) == 2 * 2 * 3
-    assert "Wall time" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "Training time" in summary and "ntk-vs-nn run multiview --preset smoke" in summary
+    assert written.text == (out / "table.md").read_text() and len(written.verdicts) == 4 + 3
+    # every trained model is a unit: main point 3 x (2 singles + ensemble + KD + SD); the sweep at
+    # mu = 0.1 is the main point's nn units, mu = 0.2 adds 5 more
+    recs = Store(str(out)).records()
+    assert len(recs) == 3 * 5 + 5 and len({r["unit"] for r in recs}) == len(recs)
+    assert all(r["config_hash"] and r["git_sha"] and r["date"] for r in recs)
+
+
+def test_rerun_trains_and_records_nothing_new(smoke_run):
+    out, _ = smoke_run
+    before = (out / "records.jsonl").read_text()
+    run_experiment("multiview", "smoke", [], str(out))
+    assert (out / "records.jsonl").read_text() == before
+
+
+def test_write_regenerates_the_outputs_from_the_records(smoke_run):
+    out, _ = smoke_run
+    old = {name: (out / name).read_text() for name in OUTPUTS}
+    for name in OUTPUTS:
+        (out / name).unlink()
+    exp, cfg = load_config(str(out))
+    written = exp.write(cfg, Store(str(out)))
+    assert {name: (out / name).read_text() for name in OUTPUTS} == old
+    assert written.text == old["table.md"]

@@ -50,6 +50,13 @@ _BOOL_WORDS = {"true": True, "false": False}  # any case; 1/0 and yes/no stay er
 def _parse_value(key: str, raw: str, typ):
     origin = typing.get_origin(typ)
     if origin is tuple:
+        item = typing.get_args(typ)[0] if typing.get_args(typ) else str
+        if item is not str:  # numbers: each comma-separated item parsed as one (``0.1,0.2``; ``()`` = none)
+            parts = () if raw.strip() in ("", "()") else [s.strip() for s in raw.strip("()[] ").split(",") if s.strip()]
+            try:
+                return tuple(_parse_value(key, p, item) for p in parts)
+            except UserError:
+                raise UserError(f"--set {key}: expected comma-separated numbers, got {raw!r}") from None
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):

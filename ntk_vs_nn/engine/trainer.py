@@ -14,10 +14,19 @@ All run the same per-member code, so they give the same numbers (tests check it,
 in tests/test_sharding.py); which is fastest depends on the backend and the network
 (benchmarks/ensemble_members.py). An epoch is a Python loop over one jitted, buffer-donating step
 with the data on device: nothing waits for the host inside an epoch.
+
+Full-batch training (``batch_size >= n_train``, no augmentation) is plain gradient descent: every
+epoch is one step on the whole training set in its given order (no permutation, no gather), and all
+epochs run inside one compiled ``lax.scan``, so XLA can hoist out of the loop what does not depend
+on the params (a gp family's frozen features; not the ``jax.jvp`` of a linearised family, measured in
+results/multiview/README.md). With
+``optimizer="sgd", momentum=0, schedule="constant"`` and ``fit(lr_scales=...)`` (per-member
+multipliers, e.g. ``1 / lambda_max`` from `lambda_max`) it is the multi-view learner's GD.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import NamedTuple
@@ -28,8 +37,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from ntk_vs_nn.engine import sharding
 from ntk_vs_nn.config import TrainConfig
+from ntk_vs_nn.engine import sharding
 from ntk_vs_nn.families import ModelFamily
 
 _AUGMENT_TAG = 0xA06  # augmentation keys: fold_in(fold_in(data_key, epoch), tag), then the step index
@@ -58,6 +67,30 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
     if cfg.optimizer == "adamw":
         return optax.adamw(sched, b1=cfg.momentum, weight_decay=cfg.weight_decay)
     return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(sched, b1=cfg.momentum))
+
+
+@functools.partial(jax.jit, static_argnames=("family", "iters"))
+def lambda_max(family: ModelFamily, variables, x, iters: int = 30, key=None) -> jax.Array:
+    """Top eigenvalue of the Gauss-Newton matrix ``J^T J / n`` of ``family``'s logits on ``x`` (n
+    inputs) w.r.t. ``variables["params"]``, by ``iters + 1`` power-iteration steps (jvp, then vjp) from a
+    Gaussian start drawn from ``key`` (default ``key(0)``; one key per leaf). ``lr / lambda_max`` is a
+    full-batch GD step in units of ``1 / lambda_max`` (< 2 is stable for a quadratic loss)."""
+    params, state = variables["params"], variables["state"]
+    n = x.shape[0]
+    f = lambda p: family.apply({"params": p, "state": state}, x)  # noqa: E731
+    _, vjp = jax.vjp(f, params)
+
+    def body(_, v):
+        u = jax.tree.map(lambda a: a / n, vjp(jax.jvp(f, (params,), (v,))[1])[0])
+        norm = optax.tree.norm(u) + 1e-30
+        return jax.tree.map(lambda a: a / norm, u)
+
+    leaves, tree = jax.tree.flatten(params)
+    key = jax.random.key(0) if key is None else key
+    keys = [key] if len(leaves) == 1 else list(jax.random.split(key, len(leaves)))
+    v = tree.unflatten([jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
+    v = jax.lax.fori_loop(0, iters, body, body(0, v))
+    return jnp.sum(jax.jvp(f, (params,), (v,))[1] ** 2) / n
 
 
 def distill_loss(logits, labels, teacher_logits, alpha, tau):
@@ -98,6 +131,7 @@ class Trainer:
         self.family, self.cfg, self.augment, self.mesh = family, cfg, augment, mesh
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps = n_train // self.batch_size
+        self.full_batch = self.batch_size == n_train and augment is None  # GD: one lax.scan over epochs
         self.tx = make_optimizer(cfg, self.steps)
         self.progress = progress_enabled(progress)
         self._step_cache = {}
@@ -111,18 +145,23 @@ class Trainer:
     def _step(self, m: int):
         family, tx, augment = self.family, self.tx, self.augment
 
-        def step(carries, states, idx, s, x, y, teachers, alpha, tau, aug_keys):
+        def step(carries, states, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
             new, losses = [], []
             for i, ((params, opt_state), state) in enumerate(zip(carries, states)):
-                ib = idx[s, i]
-                xb = x[ib] if augment is None else augment(jax.random.fold_in(aug_keys[i], s), x[ib])
+                if idx is None:  # full batch: the whole set in its order
+                    xb, yb, tb = x, y, teachers[i]
+                else:
+                    ib = idx[s, i]
+                    xb = x[ib] if augment is None else augment(jax.random.fold_in(aug_keys[i], s), x[ib])
+                    yb, tb = y[ib], teachers[i][ib]
 
-                def loss_fn(p, state=state, ib=ib, i=i, xb=xb):
+                def loss_fn(p, state=state, xb=xb, yb=yb, tb=tb):
                     logits = family.apply({"params": p, "state": state}, xb)
-                    return distill_loss(logits, y[ib], teachers[i][ib], alpha, tau)
+                    return distill_loss(logits, yb, tb, alpha, tau)
 
                 loss, grads = jax.value_and_grad(loss_fn)(params)
                 updates, opt_state = tx.update(grads, opt_state, params)
+                updates = jax.tree.map(lambda u, i=i: u * scales[i], updates)  # x 1.0 is exact
                 new.append((optax.apply_updates(params, updates), opt_state))
                 losses.append(loss)
             return new, jnp.stack(losses)
@@ -130,20 +169,31 @@ class Trainer:
         return step
 
     def _compiled(self, m: int, mode: str):
-        key = (m, mode)
+        key = (m, mode, self.full_batch)
         if key not in self._step_cache:
             if mode == "vmap":
                 one = self._step(1)
 
-                def fn(carry, state, idx, s, x, y, teachers, alpha, tau, aug_keys):
-                    def single(c, st, ix, t, k):
-                        out, loss = one([c], [st], ix[:, None], s, x, y, t[None], alpha, tau, [k])
+                def fn(carry, state, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
+                    def single(c, st, ix, t, k, sc):
+                        ix = None if ix is None else ix[:, None]
+                        out, loss = one([c], [st], ix, s, x, y, t[None], alpha, tau, [k], sc[None])
                         return out[0], loss[0]
 
-                    return jax.vmap(single, in_axes=(0, 0, 1, 0, 0))(carry, state, idx, teachers, aug_keys)
+                    axes = (0, 0, None if idx is None else 1, 0, 0, 0)
+                    return jax.vmap(single, in_axes=axes)(carry, state, idx, teachers, aug_keys, scales)
 
             else:
                 fn = self._step(m)
+            if self.full_batch:  # every epoch is one step on the same data: one scan over the epochs
+                step_fn = fn
+
+                def fn(carry, state, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
+                    def body(c, _):
+                        return step_fn(c, state, None, 0, x, y, teachers, alpha, tau, aug_keys, scales)
+
+                    return jax.lax.scan(body, carry, None, length=self.cfg.epochs)
+
             self._step_cache[key] = jax.jit(fn, donate_argnums=0)
         return self._step_cache[key]
 
@@ -163,7 +213,17 @@ class Trainer:
         return jax.jit(order, static_argnums=2)
 
     def fit(
-        self, init_keys, data_keys, x, y, teachers=None, alpha=0.0, tau=1.0, mode: str = "unrolled", desc: str = ""
+        self,
+        init_keys,
+        data_keys,
+        x,
+        y,
+        teachers=None,
+        alpha=0.0,
+        tau=1.0,
+        mode: str = "unrolled",
+        desc: str = "",
+        lr_scales=None,
     ) -> Members:
         """Train M members.
 
@@ -173,6 +233,7 @@ class Trainer:
           teachers: (M, N, k) teacher logits per member, or None for plain training.
           alpha, tau: distillation weight and temperature (alpha = 0: plain cross-entropy).
           mode: "sequential" | "unrolled" | "vmap" | "shard".
+          lr_scales: M multipliers of each member's learning rate (e.g. ``1 / lambda_max``), or None (1).
         Returns: `Members` (variables per member, per-epoch losses, wall time).
         """
         import time
@@ -185,6 +246,7 @@ class Trainer:
             teachers = jnp.zeros((m, x.shape[0], probe.shape[-1]), jnp.float32)
         teachers = jnp.asarray(teachers)
         alpha, tau = jnp.float32(alpha), jnp.float32(tau)
+        scales_all = jnp.ones(m, jnp.float32) if lr_scales is None else jnp.asarray(lr_scales, jnp.float32)
         variables = [self.family.init(k, x[:1]) for k in init_keys]
         epochs = self.cfg.epochs
         groups = [[i] for i in range(m)] if mode == "sequential" else [list(range(m))]
@@ -214,6 +276,7 @@ class Trainer:
             vs = [variables[i] for i in run]
             dk = [data_keys[i] for i in run]
             tg = teachers[jnp.asarray(run)]
+            sc = scales_all[jnp.asarray(run)]
             # Params are donated to the step: copy them, since a family's state may alias them
             # (the ntk anchor starts as the very same arrays).
             carries = [(jax.tree.map(jnp.copy, v["params"]), self.tx.init(v["params"])) for v in vs]
@@ -226,29 +289,11 @@ class Trainer:
             if mesh is not None:
                 carries, states = sharding.shard(carries, mesh, member_axis), sharding.shard(states, mesh, member_axis)
                 tg = sharding.shard(tg, mesh) if member_axis == 0 else sharding.replicate(tg, mesh)
+                sc = sharding.shard(sc, mesh) if member_axis == 0 else sharding.replicate(sc, mesh)
                 x, y = sharding.replicate((x, y), mesh)
             fn = self._compiled(len(run), "vmap" if stacked else "unrolled")
-            group_losses = []
-            for e in range(epochs):
-                idx = self._order(dk, e, x.shape[0])
-                aug = dk  # unused without augmentation
-                if self.augment is not None:  # per member and epoch; the step folds in its index
-                    aug = [jax.random.fold_in(jax.random.fold_in(k, e), _AUGMENT_TAG) for k in dk]
-                if stacked:
-                    aug = jnp.stack(aug)
-                if dp is not None:  # (steps, M, batch): the batch axis over the data devices
-                    idx, aug = sharding.shard(idx, dp, 2), sharding.replicate(aug, dp)
-                if mesh is not None:
-                    if member_axis == 0:
-                        idx, aug = sharding.shard(idx, mesh, 1), sharding.shard(aug, mesh)
-                    else:
-                        idx, aug = sharding.replicate((idx, aug), mesh)
-                epoch_losses = []
-                for s in range(self.steps):
-                    carries, loss = fn(carries, states, idx, s, x, y, tg, alpha, tau, aug)
-                    epoch_losses.append(loss)
-                group_losses.append(jnp.stack(epoch_losses).mean(0))
-                bar.update(1)
+            args = (x, y, tg, alpha, tau)
+            carries, group_losses = self._epochs(fn, carries, states, dk, args, sc, stacked, dp, mesh, member_axis, bar)
             if stacked:
                 if mesh is not None:  # back to ordinary single-device arrays, as the other modes give
                     carries = jax.tree.map(jnp.asarray, sharding.gather(carries))
@@ -257,9 +302,38 @@ class Trainer:
                 carries = jax.device_put(carries, jax.local_devices()[0])
             for j, i in enumerate(group):
                 variables[i] = {"params": carries[j][0], "state": variables[i]["state"]}
-            losses[group] = np.asarray(sharding.gather(jnp.stack(group_losses, axis=1)))[: len(group)]
+            losses[group] = np.asarray(sharding.gather(group_losses.T))[: len(group)]
         bar.close()
         return Members(variables, losses, time.perf_counter() - t0)
+
+    def _epochs(self, fn, carries, states, dk, args, sc, stacked, dp, mesh, member_axis, bar):
+        """Run every epoch of one member group: ``(carries, (epochs, M) mean losses)``."""
+        if self.full_batch:  # one scan over the epochs; the augmentation keys are unused
+            carries, losses = fn(carries, states, None, 0, *args, jnp.stack(dk) if stacked else dk, sc)
+            bar.update(self.cfg.epochs)
+            return carries, losses
+        group_losses = []
+        for e in range(self.cfg.epochs):
+            idx = self._order(dk, e, args[0].shape[0])
+            aug = dk  # unused without augmentation
+            if self.augment is not None:  # per member and epoch; the step folds in its index
+                aug = [jax.random.fold_in(jax.random.fold_in(k, e), _AUGMENT_TAG) for k in dk]
+            if stacked:
+                aug = jnp.stack(aug)
+            if dp is not None:  # (steps, M, batch): the batch axis over the data devices
+                idx, aug = sharding.shard(idx, dp, 2), sharding.replicate(aug, dp)
+            if mesh is not None:
+                if member_axis == 0:
+                    idx, aug = sharding.shard(idx, mesh, 1), sharding.shard(aug, mesh)
+                else:
+                    idx, aug = sharding.replicate((idx, aug), mesh)
+            epoch_losses = []
+            for s in range(self.steps):
+                carries, loss = fn(carries, states, idx, s, *args, aug, sc)
+                epoch_losses.append(loss)
+            group_losses.append(jnp.stack(epoch_losses).mean(0))
+            bar.update(1)
+        return carries, jnp.stack(group_losses)
 
     def predict(self, variables, x) -> np.ndarray:
         """Logits (N, k) of one member on ``x`` (N, ...), in padded chunks (one compiled shape)."""
