@@ -66,8 +66,8 @@ def _conv(features, ndim, stride=1, kernel=3, name=None, dtype=None):
     )
 
 
-class PreActBlock(nn.Module):
-    """Wide-ResNet block: norm-relu-conv-norm-relu-conv, 1x1 projection when the shape changes."""
+class _Block(nn.Module):
+    """The fields of a residual block (constructed positionally)."""
 
     features: int
     stride: int
@@ -75,6 +75,10 @@ class PreActBlock(nn.Module):
     norm: str
     groups: int
     dtype: Any = None
+
+
+class PreActBlock(_Block):
+    """Wide-ResNet block: norm-relu-conv-norm-relu-conv, 1x1 projection when the shape changes."""
 
     @nn.compact
     def __call__(self, x):
@@ -88,15 +92,8 @@ class PreActBlock(nn.Module):
         return h + shortcut
 
 
-class BasicBlock(nn.Module):
+class BasicBlock(_Block):
     """ResNet-34 block (post-activation): conv-norm-relu-conv-norm, + shortcut, relu."""
-
-    features: int
-    stride: int
-    ndim: int
-    norm: str
-    groups: int
-    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
