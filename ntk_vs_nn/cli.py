@@ -81,7 +81,7 @@ def _finish(out: str, written: experiments.Written, t0: float, text: str | None 
 def cmd_run(args) -> int:
     t0 = time.perf_counter()
     exp = experiments.get(args.experiment)
-    out = args.out or exp.default_out(exp.configure(args.preset, args.set))
+    out = args.out or exp.out_dir(exp.configure(args.preset, args.set))
     written = experiments.run_experiment(args.experiment, args.preset, args.set, out, _log)
     return _finish(out, written, t0)
 
@@ -90,7 +90,7 @@ def cmd_table(args) -> int:
     t0 = time.perf_counter()
     exp = experiments.get("tables")
     sets = ([f"dataset={args.dataset}"] if args.dataset else []) + args.set
-    out = args.out or exp.default_out(exp.configure(args.preset, sets))
+    out = args.out or exp.out_dir(exp.configure(args.preset, sets))
     written = experiments.run_experiment(
         "tables", args.preset, sets, out, _log, which=(args.which,), executor=args.executor,
         ray_address=args.ray_address, ray_max_retries=args.ray_max_retries, ray_cpus_per_task=args.ray_cpus_per_task,

@@ -1,10 +1,17 @@
 """Records -> the paper's two tables (tidy CSV + Markdown). Pure: no training, no I/O.
 
 The CSV has one row per (family, model, dataset, protocol), protocol in single, ensemble,
-train_sum, kd, sd, with n_members, acc_mean, acc_std (sample std, ddof=1), acc_best, nll_mean,
-ece_mean (expected calibration error, %, 15 bins; n/a in records made
-before it was added), acc_ensemble (sd: the ensemble of the S students), acc_by_size (ensemble: accuracy of the first
-1..L members) and status (ok, or what went wrong: oom, diverged, missing, skipped).
+train_sum, kd, sd, over the R replicates of the pipeline (root seeds seed .. seed + R - 1):
+n_members (finished members, all replicates), acc_mean (single, kd, sd: the mean of all members;
+ensemble, train-sum: the mean over replicates), acc_std (sample std, ddof=1, of the members, or of
+the replicates' values for ensemble and train-sum; n/a for one value), acc_best (single: the best
+member of each replicate, averaged over replicates), nll_mean, ece_mean (expected calibration
+error, %, 15 bins; n/a in records made before it was added), acc_ensemble (sd: the ensemble of
+the S students), acc_by_size (ensemble: accuracy of the first 1..L members, averaged over
+replicates), status (ok, or what went wrong: oom, diverged, missing, skipped), wall_s,
+n_replicates, acc_by_replicate (each replicate's acc_mean; acc_best for kernel singles),
+train_acc_mean (the members' accuracy on their training set) and, for students, agreement_mean
+(top-1 agreement with the teacher on test, %) and kl_mean (KL(teacher ‖ student) on test, nats).
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ntk_vs_nn.config import PROTOCOLS
+from ntk_vs_nn.config import INFINITE_FAMILIES, PROTOCOLS
 
 COLUMNS = [
     "family",
@@ -31,7 +38,13 @@ COLUMNS = [
     "acc_by_size",
     "status",
     "wall_s",
+    "n_replicates",
+    "acc_by_replicate",
+    "train_acc_mean",
+    "agreement_mean",
+    "kl_mean",
 ]
+MULTI = ("single", "kd", "sd")  # protocols with several members per replicate
 
 
 def _status(recs, expected):
@@ -44,95 +57,122 @@ def _status(recs, expected):
     return worst if len(bad) == expected else f"{worst} ({len(bad)}/{expected})"
 
 
-def _stats(accs):
-    accs = np.asarray(accs, float)
-    if len(accs) == 0:
-        return math.nan, math.nan, math.nan
-    std = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
-    return float(np.mean(accs)), std, float(np.max(accs))
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(values)) if values else math.nan
 
 
-def tidy(records: list[dict], config_hash, families, models, members: int, sd_students: int) -> pd.DataFrame:
-    """The tidy table of ``families`` x ``models`` for one config hash (or a tuple of its forms)."""
-    hashes = (config_hash,) if isinstance(config_hash, str) else tuple(config_hash)
-    by = {}
+def _std(values) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def replicate_hashes(config_hash) -> list[tuple[str, ...]]:
+    """A hash, a tuple of one config's hash forms, or a list of such per replicate -> the list."""
+    if isinstance(config_hash, str):
+        return [(config_hash,)]
+    if config_hash and all(isinstance(h, str) for h in config_hash):
+        return [tuple(config_hash)]
+    return [(h,) if isinstance(h, str) else tuple(h) for h in config_hash]
+
+
+def group(records: list[dict], config_hash) -> dict:
+    """{(family, model, protocol): [ {member: record} per replicate ]} of the records made under
+    the replicates' hashes (`replicate_hashes`); a later record of a unit replaces an earlier one."""
+    reps = replicate_hashes(config_hash)
+    where = {h: i for i, forms in enumerate(reps) for h in forms}
+    by: dict = {}
     for r in records:
-        if r.get("config_hash") in hashes:
-            by.setdefault((r["family"], r["model"], r["protocol"]), {})[str(r["member"])] = r
-    dataset = next((r["dataset"] for r in records if r.get("config_hash") in hashes), "")
+        i = where.get(r.get("config_hash"))
+        if i is not None:
+            slot = by.setdefault((r["family"], r["model"], r["protocol"]), [{} for _ in reps])
+            slot[i][str(r["member"])] = r
+    return by
+
+
+def _metric(recs, key):
+    return [r["metrics"].get(key, math.nan) for r in recs]
+
+
+def tidy(
+    records: list[dict], config_hash, families, models, members: int, sd_students: int, kd_students: int = 1
+) -> pd.DataFrame:
+    """The tidy table of ``families`` x ``models`` over the replicates: ``config_hash`` is one
+    config's hash (or its forms), or a list of them, one per replicate (`replicate_hashes`)."""
+    by = group(records, config_hash)
+    n_rep = len(replicate_hashes(config_hash))
+    dataset = next((r["dataset"] for v in by.values() for rep in v for r in rep.values()), "")
     rows = []
     for model in models:
         for fam in families:
-
-            def get(protocol, _f=fam, _m=model):
-                return list(by.get((_f, _m, protocol), {}).values())
-
             for protocol in PROTOCOLS:
-                row = dict(
-                    family=fam,
-                    model=model,
-                    dataset=dataset,
-                    protocol=protocol,
-                    acc_std=math.nan,
-                    acc_ensemble=math.nan,
-                    acc_by_size="",
-                    nll_mean=math.nan,
-                    ece_mean=math.nan,
-                )
-                if protocol in ("single", "sd"):
-                    expected = members if protocol == "single" else sd_students
-                    if fam in ("ntk_inf", "nngp_inf") and protocol == "single":  # deterministic: one member
-                        expected = 1
-                    recs = get(protocol)
-                    ok = [r for r in recs if r["status"] == "ok"]
-                    row["acc_mean"], row["acc_std"], row["acc_best"] = _stats([r["metrics"]["acc"] for r in ok])
-                    if ok:
-                        row["nll_mean"] = float(np.mean([r["metrics"]["nll"] for r in ok]))
-                        row["ece_mean"] = float(np.mean([r["metrics"].get("ece", math.nan) for r in ok]))
-                    row["n_members"], row["status"] = len(ok), _status(recs, expected)
-                    if protocol == "sd":
-                        ens = get("sd_ensemble")
-                        if ens and ens[0]["status"] == "ok":
-                            row["acc_ensemble"] = ens[0]["metrics"]["acc"]
-                else:
-                    recs = get(protocol)
-                    r = recs[0] if recs else None
-                    ok = r is not None and r["status"] == "ok"
-                    acc = r["metrics"]["acc"] if ok else math.nan
-                    row.update(
-                        acc_mean=acc,
-                        acc_best=acc,
-                        status=_status(recs, 1),
-                        nll_mean=r["metrics"]["nll"] if ok else math.nan,
-                        ece_mean=r["metrics"].get("ece", math.nan) if ok else math.nan,
-                    )
-                    row["n_members"] = {
-                        "ensemble": r["metrics"].get("n_members", 0) if ok else 0,
-                        "train_sum": members,
-                        "kd": 1,
-                    }[protocol]
-                    if protocol == "ensemble" and ok:
-                        row["acc_by_size"] = " ".join(f"{a:.2f}" for a in r["metrics"]["acc_by_size"])
-                row["wall_s"] = round(sum(r.get("wall_s", 0.0) for r in recs), 1)
-                rows.append(row)
+                reps = [list(m.values()) for m in by.get((fam, model, protocol), [{} for _ in range(n_rep)])]
+                rows.append(_row(fam, model, dataset, protocol, reps, by, members, sd_students, kd_students))
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _row(fam, model, dataset, protocol, reps, by, members, sd_students, kd_students) -> dict:
+    n_rep = len(reps)
+    row = dict(family=fam, model=model, dataset=dataset, protocol=protocol, acc_std=math.nan)
+    row.update(acc_ensemble=math.nan, acc_by_size="", nll_mean=math.nan, ece_mean=math.nan, n_replicates=n_rep)
+    oks = [[r for r in recs if r["status"] == "ok"] for recs in reps]
+    pooled = [r for ok in oks for r in ok]
+    accs = [r["metrics"]["acc"] for r in pooled]
+    if protocol in MULTI:
+        expected = {"single": members, "sd": sd_students, "kd": kd_students}[protocol]
+        if fam in INFINITE_FAMILIES and protocol == "single":  # deterministic: one member
+            expected = 1
+        row["acc_mean"], row["acc_std"] = _mean(accs), _std(accs)
+        if protocol != "kd" and len(accs) == 1:  # as the tables always showed one member: std 0
+            row["acc_std"] = 0.0
+        per_rep = [max(r["metrics"]["acc"] for r in ok) if ok else math.nan for ok in oks]
+        row["acc_best"] = _mean(per_rep) if pooled else math.nan
+        shown = per_rep if protocol == "single" and fam != "nn" else [_mean(_metric(ok, "acc")) for ok in oks]
+        if protocol == "sd":
+            ens = [next(iter(m.values()), None) for m in by.get((fam, model, "sd_ensemble"), [])]
+            row["acc_ensemble"] = _mean([e["metrics"]["acc"] for e in ens if e and e["status"] == "ok"])
+    else:
+        expected = 1
+        row["acc_mean"] = row["acc_best"] = _mean(accs)
+        row["acc_std"] = _std(accs)
+        shown = [_mean(_metric(ok, "acc")) for ok in oks]
+        sizes = [r["metrics"]["acc_by_size"] for r in pooled if protocol == "ensemble"]
+        if sizes and len({len(s) for s in sizes}) == 1:
+            row["acc_by_size"] = " ".join(f"{a:.2f}" for a in np.mean(sizes, axis=0))
+    row["n_members"] = {"ensemble": sum(r["metrics"].get("n_members", 0) for r in pooled), "train_sum": members}.get(
+        protocol, len(pooled)
+    )
+    if pooled:
+        row["nll_mean"], row["ece_mean"] = _mean(_metric(pooled, "nll")), _mean(_metric(pooled, "ece"))
+    row["status"] = _status([r for recs in reps for r in recs], expected * n_rep)
+    row["wall_s"] = round(sum(r.get("wall_s", 0.0) for recs in reps for r in recs), 1)
+    row["acc_by_replicate"] = " ".join("nan" if math.isnan(a) else f"{a:.2f}" for a in shown)
+    row["train_acc_mean"] = _mean(_metric(pooled, "train_acc"))
+    row["agreement_mean"] = _mean(_metric(pooled, "agreement"))
+    row["kl_mean"] = _mean(_metric(pooled, "kl_teacher"))
+    return row
 
 
 def _cell(row, family, protocol) -> str:
     if row is None:
         return "missing"
-    partial = protocol in ("single", "sd") and row["n_members"]  # some members finished
+    partial = protocol in MULTI and row["n_members"]  # some members finished
     if row["status"] != "ok" and not partial:
         return row["status"]
     note = "" if row["status"] == "ok" else f" [{row['status']}]"
+    reps = int(row.get("n_replicates", 1) or 1)
+    over = f", {reps} replicates" if reps > 1 else ""
     if protocol == "single":
         if family == "nn":
             return f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} (n={row['n_members']}){note}"
-        return f"{row['acc_best']:.2f} (best of {row['n_members']}){note}"
+        per = row["n_members"] // reps if reps > 1 else row["n_members"]
+        return f"{row['acc_best']:.2f} (best of {per}{over}){note}"
     if protocol == "sd":
         ens = "" if math.isnan(row["acc_ensemble"]) else f"; ens {row['acc_ensemble']:.2f}"
         return f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} (n={row['n_members']}{ens}){note}"
-    return f"{row['acc_mean']:.2f}{note}"
+    if math.isnan(row["acc_std"]):
+        return f"{row['acc_mean']:.2f}{note}"
+    n = f"n={row['n_members']}" if protocol == "kd" else f"{reps} replicates"
+    return f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} ({n}){note}"
 
 
 def markdown(df: pd.DataFrame, title: str, header: str = "") -> str:

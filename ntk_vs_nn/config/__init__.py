@@ -71,6 +71,8 @@ class ProtocolConfig:
     kd_alpha: float = 0.9  # weight of the distillation term (1 = pure distillation)
     kd_tau: float = 0.0  # temperature; 0 = auto: 4 for <= 10 classes, 1 otherwise
     sd_students: int = 0  # S; 0 = auto: min(L, 5)
+    kd_students: int = 1  # K: KD students of the ensemble per replicate (student k: its own init and data order)
+    student_epochs: int = 0  # epochs of the KD and SD students (0 = train.epochs; weight-space families)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class KernelConfig:
     #                 accuracy (early stopping in closed form), xent: 3000
     ridge: float = 1e-3  # ridge solver: added to the diagonal, in units of mean(diag(kernel))
     tile_size: int = 256  # kernel tiles (examples per side)
+    student_steps: int = 0  # function space: GD steps of the KD and SD students (0 = kernel.steps)
     trace: bool = True  # ntk/ntk_prime in function space: True = the traced NTK used as Theta (x) I_k
     #                     (n x n: cheap, an approximation for a narrow net); False = the full
     #                     (n k x n k) NTK: exact (equals weight-space GD), k^2 x the memory (spilled to
@@ -110,7 +113,8 @@ class TableConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    seed: int = 0  # root seed of every PRNG stream
+    seed: int = 0  # root seed of every PRNG stream (replicate r runs with seed + r)
+    replicates: int = 1  # R: the whole pipeline runs with the root seeds seed, seed + 1, ..., seed + R - 1
     members: str = "auto"  # auto | sequential | unrolled | vmap | shard: how L members execute
     progress: bool = True  # progress bars (always off when not a terminal or CI=true)
     cpu_devices: int = 1  # CPU: XLA devices the host is split into, each batch split over them (data
@@ -122,8 +126,13 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class MessagesConfig:
-    noise_sigma: float = 0.5  # noise band = max(noise_sigma * sigma_single, noise_floor)
-    noise_floor: float = 0.1  # accuracy points
+    noise_sigma: float = 0.5  # records without test correctness (older runs): noise band =
+    noise_floor: float = 0.1  # max(noise_sigma * sigma_single, noise_floor), accuracy points
+    n_boot: int = 2000  # paired bootstrap draws of every comparison's confidence interval
+    level: float = 0.95  # its confidence level
+    boot_seed: int = 0  # its random draws
+    chance_margin: float = 5.0  # a unit whose train accuracy is within this many points of the
+    #                             majority-class share never left chance: flagged, its verdicts inconclusive
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,12 @@ class Config:
             raise UserError(f"protocol.kd_alpha must be in [0, 1], got {self.protocol.kd_alpha}")
         if self.protocol.kd_tau < 0 or self.protocol.sd_students < 0:
             raise UserError("protocol.kd_tau and protocol.sd_students must be >= 0")
+        if self.protocol.kd_students < 1 or self.run.replicates < 1:
+            raise UserError("protocol.kd_students and run.replicates must be >= 1")
+        if self.protocol.student_epochs < 0 or self.kernel.student_steps < 0:
+            raise UserError("protocol.student_epochs and kernel.student_steps must be >= 0 (0 = as the teachers)")
+        if self.messages.n_boot < 100 or not 0.5 < self.messages.level < 1.0:
+            raise UserError("messages.n_boot must be >= 100 and messages.level in (0.5, 1)")
         if self.train.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.train.lr}")
 
@@ -179,6 +194,14 @@ class Config:
         if self.protocol.kd_tau > 0:
             return self.protocol.kd_tau
         return 4.0 if num_classes <= 10 else 1.0
+
+    def replicate(self, r: int) -> "Config":
+        """The config of replicate ``r`` (0-based): root seed ``run.seed + r``, one replicate."""
+        return dataclasses.replace(self, run=dataclasses.replace(self.run, seed=self.run.seed + r, replicates=1))
+
+    @property
+    def replicate_configs(self) -> list["Config"]:
+        return [self.replicate(r) for r in range(self.run.replicates)]
 
     @property
     def sd_students(self) -> int:
@@ -227,6 +250,7 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
     },
     {("model", "dtype"): "float32", ("kernel", "lr_units"): "lambda_max"},
     {("kernel", "trace"): True},
+    {("protocol", "kd_students"): 1, ("protocol", "student_epochs"): 0, ("kernel", "student_steps"): 0},
 ]
 
 

@@ -49,11 +49,15 @@ class Experiment:
     presets: Mapping[str, Callable[[], Any]]  # name -> config; the first is the default
     run: Callable[..., None]  # run(cfg, store, log, **options)
     write: Callable[[Any, Any], Written]  # write(cfg, store)
-    default_out: Callable[[Any], str]  # the output folder when --out is not given
+    default_out: Callable[[Any], str] | None = None  # the output folder without --out (None: runs/NAME-PRESET)
     top_level: tuple[str, ...] | None = None  # top-level config fields --set may change (None: all)
     # prepare(cfg, **options) -> dict: every check (and input loading) before anything is written;
     # what it returns is passed on to run as keyword arguments
     prepare: Callable[..., dict] = lambda cfg, **options: {}
+
+    def out_dir(self, cfg) -> str:
+        """Where a run goes without --out: under the git-ignored runs/, so a fresh clone stays clean."""
+        return self.default_out(cfg) if self.default_out else os.path.join("runs", f"{self.name}-{cfg.preset}")
 
     def preset(self, name: str | None = None):
         name = name or next(iter(self.presets))
@@ -112,7 +116,7 @@ def run_experiment(
     exp = get(name)
     cfg = exp.configure(preset, overrides)
     options = {**options, **exp.prepare(cfg, **options)}
-    out = out or exp.default_out(cfg)
+    out = out or exp.out_dir(cfg)
     store = Store.prepare(out)
     if store.writer:
         save_config(out, name, cfg)

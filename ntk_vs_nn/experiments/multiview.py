@@ -300,10 +300,5 @@ def write(cfg: MultiViewConfig, store) -> Written:
     return Written(md, [ln for ln in lines if ln.startswith("- ")], {"table": md})
 
 
-def default_out(cfg: MultiViewConfig) -> str:
-    """results/multiview for the default preset (the committed folder), else runs/multiview-<preset>."""
-    return "results/multiview" if cfg.preset == "default" else os.path.join("runs", f"multiview-{cfg.preset}")
-
-
 _DESCRIPTION = "Allen-Zhu & Li's theorem on multi-view data: single, ensemble, KD, SD for nn, ntk and gp"
-EXPERIMENT = Experiment("multiview", _DESCRIPTION, MultiViewConfig, PRESETS, run, write, default_out, top_level=())
+EXPERIMENT = Experiment("multiview", _DESCRIPTION, MultiViewConfig, PRESETS, run, write, top_level=())
