@@ -15,6 +15,7 @@ same config hash is loaded instead of retrained, so a rerun of the same command 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Callable
@@ -26,9 +27,11 @@ from tqdm.auto import tqdm
 from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import INFINITE_FAMILIES, PROTOCOLS, Config, UserError  # noqa: F401 - PROTOCOLS re-exported
 from ntk_vs_nn.data import Dataset
+from ntk_vs_nn.data.images import augment
 from ntk_vs_nn.engine import rng
 from ntk_vs_nn.engine.trainer import Trainer, progress_enabled
 from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, network, param_count, summed
+from ntk_vs_nn.kernels.function_space import FunctionTrainer
 from ntk_vs_nn.models import parse_model_name
 from ntk_vs_nn.store import Store, now, unit_id
 
@@ -74,8 +77,6 @@ class Row:
         self.mode = resolve_members_mode(cfg.run.members)
         self.known = {r["unit"]: r for r in store.records()}
         if self.backend != "weights":  # function space: no network training, no augmentation
-            from ntk_vs_nn.kernels.function_space import FunctionTrainer
-
             parse_model_name(model)
             self.fam = None
             self.trainer = FunctionTrainer(family, model, cfg, data)
@@ -86,8 +87,6 @@ class Row:
                 raise UserError(
                     f"train.augment=crop_flip needs 2-D images; {data.name} inputs are {data.spatial_ndim}-D"
                 )
-            from ntk_vs_nn.data.images import augment
-
             self.augment = augment
         self.trainer = Trainer(self.fam, cfg.train, len(data.x_train), cfg.run.progress, self.augment)
 
@@ -131,7 +130,7 @@ class Row:
         return None if preds is None else (rec, preds)
 
     # -- training units -------------------------------------------------------------------------
-    def train(self, units, init_keys, data_keys, trainer=None, teachers=None, alpha=0.0, tau=1.0):
+    def train(self, units, init_keys, data_keys, trainer=None, teachers=None, alpha=0.0, tau=1.0, teacher_test=None):
         """Train the units (protocol, member) not yet done; return {unit: predictions or None}.
 
         Sequentially run members are fitted and recorded one at a time, so a run killed at any
@@ -157,7 +156,10 @@ class Row:
         for group in groups:
             pick = lambda seq, g=group: [seq[j] for j in g]  # noqa: E731
             t_teach = None if teachers is None else np.stack(pick(teachers))
-            out.update(self._fit_group(trainer, pick(units), pick(init_keys), pick(data_keys), t_teach, alpha, tau))
+            t_test = None if teacher_test is None else pick(teacher_test)
+            out.update(
+                self._fit_group(trainer, pick(units), pick(init_keys), pick(data_keys), t_teach, alpha, tau, t_test)
+            )
             bar.update(len(group))
         bar.close()
         if todo:
@@ -166,7 +168,7 @@ class Row:
             )
         return out
 
-    def _fit_group(self, trainer, units, init_keys, data_keys, teachers, alpha, tau):
+    def _fit_group(self, trainer, units, init_keys, data_keys, teachers, alpha, tau, teacher_test=None):
         desc = f"{self.family_name} {self.model} {units[0][0]} {units[0][1]}"
         t0 = time.perf_counter()
         try:
@@ -206,6 +208,8 @@ class Row:
                     m.update(
                         {(k if s == "test" else f"{s}_{k}"): val for k, val in metrics.summary(preds[s], y).items()}
                     )
+                if teacher_test is not None:  # a student: how faithfully it matches its teacher on test
+                    m.update(metrics.fidelity(teacher_test[slot], preds["test"]))
                 # predictions and params first, the record last: a record always has both
                 self.store.save_predictions(self._unit(*u), preds)
                 if self.cfg.run.checkpoints and getattr(trainer, "checkpointable", True):
@@ -257,8 +261,6 @@ class Row:
     def train_sum(self):
         L, p = self.cfg.protocol.members, self.cfg.protocol
         if self.backend != "weights":
-            from ntk_vs_nn.kernels.function_space import FunctionTrainer
-
             trainer = FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
         else:
             fam = summed(self.fam, L, p.sum_scale, stacked=self.mode in ("vmap", "shard"))
@@ -270,11 +272,14 @@ class Row:
         return got[("train_sum", 0)]
 
     def students(self, singles, ens):
-        """KD (one student of the ensemble) and SD (student s of single member s), trained together.
+        """K KD students of the ensemble (student k: its own init and data order) and SD student s
+        of single member s, trained together for ``protocol.student_epochs`` epochs (function
+        space: ``kernel.student_steps`` steps; 0: as the teachers).
 
         A student whose teacher is missing (diverged, oom) is recorded as skipped."""
-        units, teachers, init_keys, data_keys = [], [], [], []
-        candidates = [("kd", 0, ens)] + [
+        p = self.cfg.protocol
+        units, teachers, teacher_test, init_keys, data_keys = [], [], [], [], []
+        candidates = [("kd", k, ens) for k in range(p.kd_students)] + [
             ("sd", s, singles[s] if s < len(singles) else None) for s in range(self.cfg.sd_students)
         ]
         for protocol, i, teacher in candidates:
@@ -283,12 +288,29 @@ class Row:
                 continue
             units.append((protocol, i))
             teachers.append(np.asarray(teacher["train"], np.float32))
+            teacher_test.append(np.asarray(teacher["test"], np.float32))
             init_keys.append(rng.member_key(self.root, protocol, i))
             data_keys.append(rng.member_key(self.root, f"{protocol}_data", i))
         if not units:
             return {}
         tau = self.cfg.kd_tau_for(self.data.num_classes)
-        return self.train(units, init_keys, data_keys, teachers=teachers, alpha=self.cfg.protocol.kd_alpha, tau=tau)
+        return self.train(
+            units, init_keys, data_keys, trainer=self.student_trainer(), teachers=teachers, alpha=p.kd_alpha,
+            tau=tau, teacher_test=teacher_test,
+        )  # fmt: skip
+
+    def student_trainer(self):
+        """The teachers' trainer, or one with the students' own budget."""
+        epochs, steps = self.cfg.protocol.student_epochs, self.cfg.kernel.student_steps
+        if self.backend != "weights":
+            if not steps:
+                return self.trainer
+            cfg = dataclasses.replace(self.cfg, kernel=dataclasses.replace(self.cfg.kernel, steps=steps))
+            return FunctionTrainer(self.family_name, self.model, cfg, self.data)
+        if not epochs:
+            return self.trainer
+        train_cfg = dataclasses.replace(self.cfg.train, epochs=epochs)
+        return Trainer(self.fam, train_cfg, len(self.data.x_train), self.cfg.run.progress, self.augment)
 
 
 def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, prov: dict, log=lambda s: None) -> None:

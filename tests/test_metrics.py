@@ -96,3 +96,20 @@ def test_ece_hand_computed_and_bounds():
     half = np.zeros((4, 2))
     assert metrics.ece(half, np.array([0, 1, 0, 1])) == pytest.approx(0.0, abs=1e-9)
     assert "ece" in metrics.summary(logits, labels)
+
+
+def test_fidelity_agreement_and_kl():
+    from ntk_vs_nn.analysis.metrics import fidelity
+
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(50, 4))
+    same = fidelity(t, t)
+    assert same["agreement"] == 100.0 and abs(same["kl_teacher"]) < 1e-12
+    s = t + rng.normal(scale=2.0, size=t.shape)
+    f = fidelity(t, s)
+    pt, ps = np.exp(t) / np.exp(t).sum(-1, keepdims=True), np.exp(s) / np.exp(s).sum(-1, keepdims=True)
+    assert f["kl_teacher"] == pytest.approx(np.mean(np.sum(pt * np.log(pt / ps), -1)), rel=1e-10)
+    assert f["agreement"] == pytest.approx(100 * np.mean(t.argmax(-1) == s.argmax(-1)))
+    assert 0 < f["agreement"] < 100 and f["kl_teacher"] > 0
+    shifted = fidelity(t, t + 5.0)  # softmax is shift-invariant: a perfect student
+    assert shifted["agreement"] == 100.0 and abs(shifted["kl_teacher"]) < 1e-12

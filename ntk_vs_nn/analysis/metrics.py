@@ -49,3 +49,13 @@ def summary(logits: np.ndarray, labels: np.ndarray) -> dict:
 
 def finite(*arrays) -> bool:
     return all(np.isfinite(a).all() for a in arrays)
+
+
+def fidelity(teacher_logits: np.ndarray, student_logits: np.ndarray) -> dict:
+    """How faithfully a student matches its teacher (Stanton et al. 2021): ``agreement``, the share
+    of examples (%) on which their top-1 predictions agree, and ``kl_teacher``, the mean
+    KL(teacher ‖ student) of their softmax outputs (temperature 1, nats)."""
+    lt = log_softmax(np.asarray(teacher_logits, np.float64), axis=-1)
+    ls = log_softmax(np.asarray(student_logits, np.float64), axis=-1)
+    agree = float(100.0 * np.mean(lt.argmax(-1) == ls.argmax(-1)))
+    return {"agreement": agree, "kl_teacher": float(np.mean(np.sum(np.exp(lt) * (lt - ls), axis=-1)))}

@@ -1,0 +1,113 @@
+"""Pipeline replicates (run.replicates = R: root seeds seed .. seed + R - 1 into one store), K KD
+students, the students' own budget, their fidelity, and resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ntk_vs_nn.cli import main
+
+FAST = ["--set", "data.n_train=160", "--set", "data.n_test=100", "--set", "train.epochs=1"]
+REP = ["--set", "run.replicates=2", "--set", "protocol.kd_students=2", "--set", "protocol.student_epochs=2"]
+TRAINED = ("single", "train_sum", "kd", "sd")
+
+
+def records(out):
+    with open(os.path.join(out, "records.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("rep2"))
+    assert main(["table", "nn", "--preset", "smoke", "--out", out, *FAST, *REP]) == 0
+    return out
+
+
+def test_replicates_have_their_root_seeds_and_fill_the_table(two):
+    recs = records(two)
+    assert {r["seed"] for r in recs} == {0, 1}
+    assert len({r["config_hash"] for r in recs}) == 2  # one hash per replicate (its seed)
+    df = pd.read_csv(os.path.join(two, "table_nn.csv")).set_index("protocol")
+    assert (df.n_replicates == 2).all() and (df.status == "ok").all()
+    assert df.loc["single", "n_members"] == 6 and df.loc["kd", "n_members"] == 4 and df.loc["sd", "n_members"] == 4
+    singles = [r["metrics"]["acc"] for r in recs if r["protocol"] == "single"]
+    assert df.loc["single", "acc_mean"] == pytest.approx(np.mean(singles))
+    assert df.loc["single", "acc_std"] == pytest.approx(np.std(singles, ddof=1))
+    for protocol in ("ensemble", "train_sum"):
+        per = [r["metrics"]["acc"] for r in recs if r["protocol"] == protocol]
+        assert len(per) == 2 and df.loc[protocol, "acc_mean"] == pytest.approx(np.mean(per))
+        got = [float(x) for x in df.loc[protocol, "acc_by_replicate"].split()]
+        assert got == pytest.approx([round(r["metrics"]["acc"], 2) for r in recs if r["protocol"] == protocol])
+    best = [max(r["metrics"]["acc"] for r in recs if r["protocol"] == "single" and r["seed"] == s) for s in (0, 1)]
+    assert df.loc["single", "acc_best"] == pytest.approx(np.mean(best))
+    md = open(os.path.join(two, "table_nn.md")).read()
+    assert "seeds 0–1" in md and "K = 2" in md
+
+
+def test_students_train_longer_and_record_fidelity_and_train_accuracy(two):
+    recs = records(two)
+    for r in recs:
+        if r["protocol"] in TRAINED and r["status"] == "ok":
+            assert 0 <= r["metrics"]["train_acc"] <= 100
+    students = [r for r in recs if r["protocol"] in ("kd", "sd")]
+    assert len(students) == 8
+    for r in students:
+        m = r["metrics"]
+        assert 0 <= m["agreement"] <= 100 and m["kl_teacher"] >= 0
+    # students run protocol.student_epochs = 2 epochs, the teachers train.epochs = 1: twice the steps
+    single = next(r for r in recs if r["protocol"] == "single")
+    kd = next(r for r in recs if r["protocol"] == "kd")
+    assert kd["metrics"]["final_loss"] != single["metrics"]["final_loss"]
+    df = pd.read_csv(os.path.join(two, "table_nn.csv")).set_index("protocol")
+    assert 0 <= df.loc["kd", "agreement_mean"] <= 100 and df.loc["single", "train_acc_mean"] > 0
+
+
+def test_a_replicate_reproduces_the_single_replicate_run_of_its_seed(two, tmp_path):
+    """Replicate 1 of a run with seed 0 is the one-replicate run with seed 1: same units, same numbers."""
+    out = str(tmp_path / "seed1")
+    one = [a if a != "run.replicates=2" else "run.replicates=1" for a in REP] + ["--set", "run.seed=1"]
+    assert main(["table", "nn", "--preset", "smoke", "--out", out, *FAST, *one]) == 0
+    alone = {r["unit"]: r for r in records(out)}
+    in_two = {r["unit"]: r for r in records(two) if r["seed"] == 1}
+    assert set(alone) == set(in_two) and alone
+    for unit, r in alone.items():
+        assert r["metrics"] == in_two[unit]["metrics"], unit
+
+
+def test_kernel_table_with_replicates(tmp_path):
+    out = str(tmp_path / "ntk")
+    sets = FAST + ["--set", "run.replicates=2", "--set", "table.ntk_families=ntk,gp"]
+    assert main(["table", "ntk", "--preset", "smoke", "--out", out, *sets]) == 0
+    df = pd.read_csv(os.path.join(out, "table_ntk.csv"))
+    assert set(df.family) == {"ntk", "gp"} and (df.n_replicates == 2).all() and (df.status == "ok").all()
+    single = df[(df.family == "gp") & (df.protocol == "single")].iloc[0]
+    per_rep = [float(x) for x in single.acc_by_replicate.split()]  # kernels: best of L per replicate
+    assert len(per_rep) == 2 and single.acc_best == pytest.approx(np.mean(per_rep), abs=0.006)
+    assert "(best of 3, 2 replicates)" in open(os.path.join(out, "table_ntk.md")).read()
+
+
+def test_killed_replicated_run_resumes_without_retraining(tmp_path):
+    out = str(tmp_path / "killed")
+    argv = [sys.executable, "-m", "ntk_vs_nn", "table", "nn", "--preset", "smoke", "--out", out, *FAST, *REP]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = os.path.join(out, "records.jsonl")
+    while proc.poll() is None and not (os.path.exists(path) and sum(1 for _ in open(path)) >= 3):
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    before = [r["unit"] for r in records(out) if r["protocol"] in TRAINED]
+    assert 1 <= len(before) < 2 * 8  # (3 singles + train-sum + 2 KD + 2 SD) x 2 replicates: killed mid-run
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    units = [r["unit"] for r in records(out) if r["protocol"] in TRAINED]
+    assert len(units) == len(set(units))  # nothing that finished trained again
+    assert set(before) <= set(units) and len({r["seed"] for r in records(out)}) == 2
