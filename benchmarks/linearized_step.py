@@ -12,9 +12,9 @@ import time
 import jax
 from _common import write
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.config.presets import quick
 from ntk_vs_nn.data import load_dataset
-from ntk_vs_nn.engine import rng
 from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import FAMILIES, make_family
 

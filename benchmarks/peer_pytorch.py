@@ -61,8 +61,8 @@ def ours(what: str) -> dict:
     import numpy as np
     import optax
 
+    from ntk_vs_nn import rng
     from ntk_vs_nn.config import Config
-    from ntk_vs_nn.engine import rng
     from ntk_vs_nn.engine.trainer import Trainer, make_optimizer
     from ntk_vs_nn.families import make_family, param_count
 

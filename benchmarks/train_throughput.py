@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import optax
 from _common import write
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.config.presets import quick
 from ntk_vs_nn.data import load_dataset
-from ntk_vs_nn.engine import rng
 from ntk_vs_nn.engine.trainer import Trainer, distill_loss
 from ntk_vs_nn.families import make_family
 

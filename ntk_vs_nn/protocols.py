@@ -24,11 +24,11 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import INFINITE_FAMILIES, PROTOCOLS, Config, UserError  # noqa: F401 - PROTOCOLS re-exported
 from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.data.images import augment
-from ntk_vs_nn.engine import rng
 from ntk_vs_nn.engine.trainer import Trainer, progress_enabled
 from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, network, param_count, summed
 from ntk_vs_nn.kernels.function_space import FunctionTrainer

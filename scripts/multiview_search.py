@@ -119,8 +119,8 @@ def bench(repeats: int = 3, commit: str = "5bd0065") -> dict:
     import jax
     import numpy as np
 
+    from ntk_vs_nn import rng
     from ntk_vs_nn.data.multiview import draw_data
-    from ntk_vs_nn.engine import rng
 
     old, cfg = _old_loop(commit), mv.MultiViewConfig()
     ocfg = old.MultiViewConfig(**dataclasses.asdict(cfg.data), **dataclasses.asdict(cfg.learner))

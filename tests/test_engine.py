@@ -290,7 +290,7 @@ def test_predict_in_padded_chunks_equals_one_full_apply(engine_setup, tiny_data)
 def test_data_order_changes_with_epoch_and_member(tiny_data, tiny_cfg):
     """Each epoch reshuffles, and each member has its own order (a bug that ignored the epoch
     index would train on one fixed order)."""
-    from ntk_vs_nn.engine import rng
+    from ntk_vs_nn import rng
     from ntk_vs_nn.engine.trainer import Trainer
     from ntk_vs_nn.families import make_family
 
@@ -307,7 +307,7 @@ def test_data_order_changes_with_epoch_and_member(tiny_data, tiny_cfg):
 
 
 def _fit_with(tiny_data, tiny_cfg, augment, mode="sequential"):
-    from ntk_vs_nn.engine import rng
+    from ntk_vs_nn import rng
 
     fam = make_family("nn", "SimpleCNN-3-1", tiny_data.num_classes, tiny_data.spatial_ndim, tiny_cfg)
     trainer = Trainer(fam, tiny_cfg.train, len(tiny_data.x_train), augment=augment)

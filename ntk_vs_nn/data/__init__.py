@@ -20,8 +20,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.config import DataConfig, UserError
-from ntk_vs_nn.engine import rng
 
 DATASETS = ("mnist1d", "fashion_mnist", "cifar10", "cifar100", "npz:PATH")
 

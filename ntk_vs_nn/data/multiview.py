@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.config.base import UserError
-from ntk_vs_nn.engine import rng
 
 _DATA_TAG = 0x5E6  # data streams: fold_in(fold_in(root, _DATA_TAG), i) for features, train, test
 

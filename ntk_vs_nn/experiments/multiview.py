@@ -52,9 +52,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.config import TrainConfig, UserError, hash_dict
 from ntk_vs_nn.data.multiview import MultiViewData, draw_data
-from ntk_vs_nn.engine import rng
 from ntk_vs_nn.engine.trainer import Trainer, lambda_max
 from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.families import last_layer, linearized, network
