@@ -19,9 +19,11 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
+from mnist1d.data import get_dataset_args, make_dataset  # generated locally: get_dataset would download and unpickle
 
 from ntk_vs_nn import rng
 from ntk_vs_nn.config import DataConfig, UserError
+from ntk_vs_nn.data import images
 
 DATASETS = ("mnist1d", "fashion_mnist", "cifar10", "cifar100", "npz:PATH")
 
@@ -43,8 +45,6 @@ class Dataset(NamedTuple):
 
 def _mnist1d(cfg: DataConfig):
     # make_dataset generates the data locally; get_dataset would download and unpickle a file.
-    from mnist1d.data import get_dataset_args, make_dataset
-
     if cfg.n_train < 1 or cfg.n_test < 1:
         raise UserError("mnist1d is generated: data.n_train and data.n_test must be >= 1")
     args = get_dataset_args()
@@ -89,8 +89,6 @@ def _images(spec: str, cfg: DataConfig):
     ``data.n_train`` / ``data.n_test`` take the first n images (0 = all). CIFAR keeps its official
     split (last 5,000 of the 50,000 training images validate) when all training images are used;
     a subset is split at random by ``data.val_fraction`` like every other dataset."""
-    from ntk_vs_nn.data import images
-
     folder = cfg.data_dir or None
     if spec == "fashion_mnist":
         raw = images.fashion_mnist(folder)

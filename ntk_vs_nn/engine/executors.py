@@ -28,6 +28,8 @@ import warnings
 from typing import Callable
 
 from ntk_vs_nn.config import UserError
+from ntk_vs_nn.protocols import run_row
+from ntk_vs_nn.store import Store, provenance
 
 EXECUTORS = ("local", "ray")
 
@@ -59,9 +61,6 @@ def run_rows(
         raise UserError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if executor == "ray":
         return _run_ray(rows, cfg, data, out, log, ray_address, max_retries, cpus_per_task, row_fn)
-    from ntk_vs_nn.protocols import run_row
-    from ntk_vs_nn.store import Store, provenance
-
     row_fn = row_fn or run_row
     store, prov = Store(out), provenance()
     for family, model in rows:
@@ -70,9 +69,6 @@ def run_rows(
 
 def _task(family, model, cfg, data, out, row_fn):
     """One row inside a Ray worker: its own store handle and provenance (host, device)."""
-    from ntk_vs_nn.protocols import run_row
-    from ntk_vs_nn.store import Store, provenance
-
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731 - Ray forwards it to the driver
     (row_fn or run_row)(family, model, cfg, data, Store(out), provenance(), log)
     return family, model

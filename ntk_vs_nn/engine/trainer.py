@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from typing import NamedTuple
 
 import jax
@@ -236,8 +237,6 @@ class Trainer:
           lr_scales: M multipliers of each member's learning rate (e.g. ``1 / lambda_max``), or None (1).
         Returns: `Members` (variables per member, per-epoch losses, wall time).
         """
-        import time
-
         t0 = time.perf_counter()
         m = len(init_keys)
         x, y = jnp.asarray(x), jnp.asarray(y)

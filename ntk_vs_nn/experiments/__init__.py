@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from ntk_vs_nn.config import UserError, from_dict, override
+from ntk_vs_nn.store import Store, atomic_write
 
 REGISTRY = {
     "tables": "ntk_vs_nn.experiments.tables",
@@ -77,8 +78,6 @@ def get(name: str) -> Experiment:
 
 def save_config(out: str, name: str, cfg) -> None:
     """OUT/config.json: the experiment's name and its whole config."""
-    from ntk_vs_nn.store import atomic_write
-
     d = {"experiment": name, **dataclasses.asdict(cfg)}
     atomic_write(os.path.join(out, "config.json"), json.dumps(d, indent=1, default=list))
 
@@ -111,8 +110,6 @@ def run_experiment(
     """Configure experiment ``name`` (preset, then ``section.field=value`` overrides), train what the
     store in ``out`` lacks, write every output and return it. Bad input raises `UserError` before
     anything is written."""
-    from ntk_vs_nn.store import Store
-
     exp = get(name)
     cfg = exp.configure(preset, overrides)
     options = {**options, **exp.prepare(cfg, **options)}

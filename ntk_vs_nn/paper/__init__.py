@@ -39,6 +39,10 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from ntk_vs_nn.analysis.messages import messages
+from ntk_vs_nn.analysis.tables import COLUMNS
+from ntk_vs_nn.config import MessagesConfig
+
 FILES = {
     "nn": "allenzhu_li_fig1_neural_networks.csv",
     "kernel": "allenzhu_li_fig1_kernel_models.csv",
@@ -228,8 +232,6 @@ def _tidy_rows(kind: str, raw_row: dict, pick: dict | None = None) -> list[dict]
 def tidy(kinds=("nn", "kernel")) -> pd.DataFrame:
     """Figure 1 as tidy rows (the columns of `ntk_vs_nn.analysis.tables.COLUMNS`, then paper_model, raw
     (the cell as printed) and source). Lost digits and oom are NaN with that status."""
-    from ntk_vs_nn.analysis.tables import COLUMNS
-
     rows = []
     for kind in kinds:
         for raw_row in load_raw(kind).to_dict("records"):
@@ -241,9 +243,6 @@ def verdicts(cfg=None, kinds=("nn", "kernel")) -> pd.DataFrame:
     """The seven messages evaluated on the paper's own numbers (columns of
     `ntk_vs_nn.analysis.messages.messages` plus ``note``), with our thresholds ``cfg`` (a MessagesConfig;
     default: PROTOCOLS.md §3's)."""
-    from ntk_vs_nn.analysis.messages import messages
-    from ntk_vs_nn.config import MessagesConfig
-
     cfg = cfg or MessagesConfig()
     frames = []
     for kind in kinds:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from ntk_vs_nn import paper
 from ntk_vs_nn.analysis.verdict import between, decide
@@ -116,12 +118,9 @@ def markdown(df, cfg, info: dict, ours: list[dict], theirs: list[dict]) -> str:
 
 
 def plot(df, paper_all: dict, prow_name: str, path: str, title: str) -> None:
-    import matplotlib  # lazy: matplotlib (and its backend choice) only when a plot is drawn
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))  # the Agg canvas, no pyplot state
+    FigureCanvasAgg(fig)
+    a1, a2 = fig.subplots(1, 2)
     for kind, color in (("split", "tab:blue"), ("avg", "tab:orange")):
         sub = df[(df.kind == kind) | (df.kind == "original")].sort_values("factor")
         x = 1.0 / sub.factor.to_numpy()
@@ -152,7 +151,6 @@ def plot(df, paper_all: dict, prow_name: str, path: str, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def summary_md(df, cfg, info, ours, all_paper: dict, command: str) -> str:

@@ -8,6 +8,8 @@ import dataclasses
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from ntk_vs_nn.analysis.verdict import decide
 
@@ -82,9 +84,6 @@ def lottery_markdown(views: pd.DataFrame, threshold: float) -> str:
 
 def sweep_figure(sweep: pd.DataFrame, path: str) -> None:
     """Errors in units of mu against mu, one panel per family, with the theorem's levels dashed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fams = list(dict.fromkeys(sweep.family))
     fig = Figure(figsize=(5.5 * len(fams), 4.0))
     FigureCanvasAgg(fig)
