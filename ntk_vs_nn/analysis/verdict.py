@@ -39,3 +39,17 @@ def combine(verdicts: list[str]) -> str:
     if "fails" in verdicts:
         return "fails"
     return "holds" if verdicts and all(v == "holds" for v in verdicts) else "inconclusive"
+
+
+def decide_interval(lo: float | None, hi: float | None, strict: bool = True) -> str:
+    """The verdict of one comparison from a confidence interval [lo, hi] of its ``d``:
+
+      strict (claim d > 0):      holds if lo > 0,  fails if hi < 0, inconclusive otherwise;
+      non-strict (claim d >= 0): holds if lo >= 0, fails if hi < 0, inconclusive otherwise.
+
+    A missing or non-finite bound is inconclusive."""
+    if lo is None or hi is None or not (math.isfinite(lo) and math.isfinite(hi)):
+        return "inconclusive"
+    if hi < 0:
+        return "fails"
+    return "holds" if (lo > 0 if strict else lo >= 0) else "inconclusive"

@@ -143,7 +143,7 @@ class Trainer:
     # The epoch loop stays in Python: on XLA:CPU a lax.scan over steps ran ~12x slower per step
     # than the same jitted step called from Python (benchmarks/ensemble_members.py), and the
     # step only takes device arrays, so the loop never waits for the host.
-    def _step(self, m: int):
+    def _step(self, m: int, scaled: bool = False):
         family, tx, augment = self.family, self.tx, self.augment
 
         def step(carries, states, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
@@ -162,18 +162,19 @@ class Trainer:
 
                 loss, grads = jax.value_and_grad(loss_fn)(params)
                 updates, opt_state = tx.update(grads, opt_state, params)
-                updates = jax.tree.map(lambda u, i=i: u * scales[i], updates)  # x 1.0 is exact
+                if scaled:  # per-member learning rates (only then: another program, other roundings)
+                    updates = jax.tree.map(lambda u, i=i: u * scales[i], updates)
                 new.append((optax.apply_updates(params, updates), opt_state))
                 losses.append(loss)
             return new, jnp.stack(losses)
 
         return step
 
-    def _compiled(self, m: int, mode: str):
-        key = (m, mode, self.full_batch)
+    def _compiled(self, m: int, mode: str, scaled: bool = False):
+        key = (m, mode, self.full_batch, scaled)
         if key not in self._step_cache:
             if mode == "vmap":
-                one = self._step(1)
+                one = self._step(1, scaled)
 
                 def fn(carry, state, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
                     def single(c, st, ix, t, k, sc):
@@ -185,7 +186,7 @@ class Trainer:
                     return jax.vmap(single, in_axes=axes)(carry, state, idx, teachers, aug_keys, scales)
 
             else:
-                fn = self._step(m)
+                fn = self._step(m, scaled)
             if self.full_batch:  # every epoch is one step on the same data: one scan over the epochs
                 step_fn = fn
 
@@ -290,7 +291,7 @@ class Trainer:
                 tg = sharding.shard(tg, mesh) if member_axis == 0 else sharding.replicate(tg, mesh)
                 sc = sharding.shard(sc, mesh) if member_axis == 0 else sharding.replicate(sc, mesh)
                 x, y = sharding.replicate((x, y), mesh)
-            fn = self._compiled(len(run), "vmap" if stacked else "unrolled")
+            fn = self._compiled(len(run), "vmap" if stacked else "unrolled", lr_scales is not None)
             args = (x, y, tg, alpha, tau)
             carries, group_losses = self._epochs(fn, carries, states, dk, args, sc, stacked, dp, mesh, member_axis, bar)
             if stacked:

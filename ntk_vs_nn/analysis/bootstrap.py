@@ -1,0 +1,198 @@
+"""Paired bootstrap of group accuracy statistics: confidence intervals for the messages' differences.
+
+Data. ``Groups = dict[str, list[np.ndarray]]``: group name ("single", "ensemble", "train_sum", "kd",
+"sd", ...) -> one bool array (members x n_test) per replicate (root seed). Every group present has
+the same replicates in the same order and at least one member in each; a group may be absent. The
+test set is the same for every model of every replicate, so the resampling is *paired*.
+
+One draw b (all in accuracy points, % = 100 x fraction correct):
+  1. the test examples are resampled with replacement, the same indices for every model;
+  2. the R replicates are resampled with replacement (R = 1: the one replicate, no draw);
+  3. in each drawn replicate slot, each group's members are resampled with replacement
+     (independently per slot, so a replicate drawn twice gets two member resamples).
+Per group: ``mean`` = mean over slots of the slot's mean drawn-member accuracy; ``best`` = mean over
+slots of the slot's best drawn member; ``std`` = sample std (ddof=1) of the drawn members'
+accuracies POOLED over the slots (0 if only one value). The point estimate is the same statistic on
+the data without resampling (so point ``std`` = ddof=1 std of all members of all replicates, which
+for R = 1 is the table's ``acc_std``).
+
+Random draws (exact order, so that an independent implementation can reproduce them):
+  rng = np.random.default_rng(seed)
+  a. test indices: ``rng.integers(0, n_test, size=(c, n_test))`` for consecutive chunks of c draws
+     (row b = the indices of draw b; numpy's stream makes this identical to one (n_boot, n_test)
+     call, so the chunk size does not change the result);
+  b. if R > 1: ``rep = rng.integers(0, R, size=(n_boot, R))`` (rep[b, s] = replicate in slot s);
+  c. for each group in ``sorted(groups)``: ``u = rng.random((n_boot, R, L_max))``, L_max = most
+     members of the group in any replicate; with m = member count of replicate rep[b, s], slot s
+     of draw b uses members ``min(floor(u[b, s, j] * m), m - 1)`` for j < m (the rest is unused;
+     a one-member group always gets member 0).
+Accuracy under every test resample is one product, correct (models x n) @ counts.T (n x c) / n, exact
+in float32 (integer sums < 2**24); steps b-c then act on the small (models x n_boot) matrix.
+
+A comparison is a difference d of these statistics, oriented so that the claim is d > 0 (or
+d >= 0). Its CI is the percentile interval of d over the draws (np.quantile, linear
+interpolation). The smallest difference a run could detect (`min_detectable`) is the CI half-width
+(hi - lo) / 2: a true d smaller than that would typically leave the interval straddling 0.
+
+Coverage (measured in tests/test_bootstrap.py): nominal for paired model comparisons; for group
+means it is conservative when each member's own test noise dominates the members' true spread
+(the member x example noise is counted by both resamplings, as in Owen's pigeonhole bootstrap)
+and under-covers when the true spread dominates and the group is small (L = 3: ~88 %).
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+Groups = dict[str, list[np.ndarray]]
+
+
+def encode_correct(correct: np.ndarray) -> str:
+    """A bool vector -> ASCII (packbits + base64), for a JSON record."""
+    return base64.b64encode(np.packbits(np.asarray(correct, dtype=bool).ravel())).decode("ascii")
+
+
+def decode_correct(s: str, n: int) -> np.ndarray:
+    """Inverse of `encode_correct` for a vector of length ``n``."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(s), dtype=np.uint8))
+    if not (n <= len(bits) < n + 8):
+        raise ValueError(f"encoded correctness holds {len(bits)} bits, not {n}")
+    return bits[:n].astype(bool)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """One group's statistics: floats (point estimate) or arrays of shape (n_boot,) (draws)."""
+
+    mean: float | np.ndarray
+    best: float | np.ndarray
+    std: float | np.ndarray
+
+
+@dataclass(frozen=True)
+class Draws:
+    """`bootstrap`'s result: ``point[name]`` and ``boot[name]`` are the `Stats` of each group."""
+
+    point: dict[str, Stats]
+    boot: dict[str, Stats]
+    n_boot: int
+    n_test: int
+    n_replicates: int
+
+
+class Comparison(NamedTuple):
+    d: float
+    lo: float
+    hi: float
+
+
+def _check(groups: Groups) -> tuple[list[str], int, int]:
+    names = sorted(groups)
+    if not names:
+        raise ValueError("no groups")
+    R = len(groups[names[0]])
+    n = None
+    for g in names:
+        reps = groups[g]
+        if len(reps) != R or R == 0:
+            raise ValueError(f"group {g!r} has {len(reps)} replicates, expected {R} (> 0)")
+        for a in reps:
+            a = np.asarray(a)
+            if a.ndim != 2 or a.shape[0] < 1:
+                raise ValueError(f"group {g!r}: each replicate must be (members >= 1) x n_test")
+            n = a.shape[1] if n is None else n
+            if a.shape[1] != n:
+                raise ValueError(f"group {g!r}: n_test {a.shape[1]} != {n}")
+    return names, R, n
+
+
+def _stats(vals: np.ndarray, valid: np.ndarray, count: np.ndarray) -> Stats:
+    """Stats over the last two axes (slots, members) of ``vals`` where ``valid``; ``count``: members
+    per slot (..., slots)."""
+    v = np.where(valid, vals, 0.0)
+    mean = (v.sum(-1) / count).mean(-1)
+    best = np.where(valid, vals, -np.inf).max(-1).mean(-1)
+    total = count.sum(-1)
+    pooled = v.sum((-2, -1)) / total
+    ss = (np.where(valid, vals - pooled[..., None, None], 0.0) ** 2).sum((-2, -1))
+    std = np.where(total > 1, np.sqrt(ss / np.maximum(total - 1, 1)), 0.0)
+    return Stats(mean, best, std)
+
+
+def bootstrap(groups: Groups, n_boot: int = 2000, seed: int = 0, chunk: int | None = None) -> Draws:
+    """Point estimates and ``n_boot`` paired-bootstrap draws of every group's mean/best/std (in %).
+    The draw order is in the module docstring; ``chunk`` (draws per test-resample block, default
+    ~4M indices) only bounds memory."""
+    names, R, n = _check(groups)
+    mats = [np.asarray(a, dtype=bool) for g in names for a in groups[g]]
+    correct = np.concatenate(mats).astype(np.float32)  # (models, n)
+    rows, start = {}, 0  # group -> (R, L_max) row ids into `correct`, member counts (R,)
+    for g in names:
+        m = np.array([a.shape[0] for a in groups[g]])
+        ids = np.zeros((R, m.max()), dtype=np.int64)
+        for r in range(R):
+            ids[r, : m[r]] = start + np.arange(m[r])
+            start += m[r]
+        rows[g] = (ids, m)
+    rng = np.random.default_rng(seed)
+    c = chunk or max(1, min(n_boot, (1 << 22) // n))
+    acc = np.empty((correct.shape[0], n_boot))
+    for b0 in range(0, n_boot, c):
+        k = min(c, n_boot - b0)
+        idx = rng.integers(0, n, size=(k, n))
+        counts = np.bincount((idx + n * np.arange(k)[:, None]).ravel(), minlength=k * n)
+        counts = counts.reshape(k, n).astype(np.float32)  # (k, n) resample counts
+        acc[:, b0 : b0 + k] = (correct @ counts.T).astype(np.float64) * (100.0 / n)
+    rep = rng.integers(0, R, size=(n_boot, R)) if R > 1 else np.zeros((n_boot, 1), dtype=np.int64)
+    point_acc = correct.astype(np.float64).mean(1) * 100.0
+    point, boot = {}, {}
+    cols = np.arange(n_boot)[:, None, None]
+    for g in names:
+        ids, m = rows[g]
+        L = ids.shape[1]
+        u = rng.random((n_boot, R, L))
+        mm = m[rep]  # (B, R) member count of each slot's replicate
+        j = np.minimum(np.floor(u * mm[..., None]).astype(np.int64), mm[..., None] - 1)
+        valid = np.arange(L) < mm[..., None]
+        j = np.where(valid, j, 0)
+        boot[g] = _stats(acc[ids[rep[..., None], j], cols], valid, mm)
+        pvalid = np.arange(L) < m[:, None]
+        ps = _stats(point_acc[ids], pvalid, m)
+        point[g] = Stats(float(ps.mean), float(ps.best), float(ps.std))
+    return Draws(point, boot, n_boot, n, R)
+
+
+def interval(d_draws: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the draws (NaN if any draw is NaN or there are none)."""
+    d = np.asarray(d_draws, dtype=float)
+    if d.size == 0 or not np.all(np.isfinite(d)):
+        return math.nan, math.nan
+    a = (1 - level) / 2
+    lo, hi = np.quantile(d, [a, 1 - a])
+    return float(lo), float(hi)
+
+
+def comparison(d_point: float, d_draws: np.ndarray, level: float = 0.95) -> Comparison:
+    """(d, ci_low, ci_high) of one oriented difference."""
+    lo, hi = interval(d_draws, level)
+    return Comparison(float(d_point), lo, hi)
+
+
+def compare(draws: Draws, fn: Callable[[dict[str, Stats]], object], level: float = 0.95) -> Comparison:
+    """``fn`` maps group stats to d, e.g. ``lambda g: g["ens"].mean - g["single"].best``; it is
+    applied to the point estimates and (vectorised) to the draws. A missing group -> all NaN."""
+    try:
+        return comparison(fn(draws.point), np.broadcast_to(fn(draws.boot), (draws.n_boot,)), level)
+    except KeyError:
+        return Comparison(math.nan, math.nan, math.nan)
+
+
+def min_detectable(lo: float, hi: float) -> float:
+    """The smallest difference the run could have detected: the CI half-width (hi - lo) / 2
+    (pass the ``lo, hi`` of a `Comparison`; NaN in, NaN out)."""
+    return (hi - lo) / 2
