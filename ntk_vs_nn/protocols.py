@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ntk_vs_nn import rng
 from ntk_vs_nn.analysis import metrics
+from ntk_vs_nn.analysis.bootstrap import encode_correct
 from ntk_vs_nn.config import INFINITE_FAMILIES, PROTOCOLS, Config, UserError  # noqa: F401 - PROTOCOLS re-exported
 from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.data.images import augment
@@ -72,6 +73,7 @@ class Row:
         if family in INFINITE_FAMILIES:
             self.backend = "function"
         self.augment = None
+        self.chance = float(100.0 * np.bincount(data.y_train).max() / len(data.y_train))
         self.hash = cfg.science_hash()
         self.root = rng.root_key(cfg.run.seed)
         self.mode = resolve_members_mode(cfg.run.members)
@@ -94,7 +96,7 @@ class Row:
     def _unit(self, protocol, member):
         return unit_id(self.hash, self.family_name, self.model, protocol, member)
 
-    def record(self, protocol, member, status, metrics_=None, wall_s=0.0, **extra):
+    def record(self, protocol, member, status, metrics_=None, wall_s=0.0, test_logits=None, **extra):
         rec = {
             "unit": self._unit(protocol, member),
             "config_hash": self.hash,
@@ -116,6 +118,9 @@ class Row:
         preds = self.store.unit_path(rec["unit"])
         if status == "ok" and os.path.exists(preds):  # saved before the record: the record names it
             rec["predictions"] = os.path.relpath(preds, self.store.out_dir)
+        if status == "ok" and test_logits is not None:  # per-example correctness: the paired bootstrap's input
+            rec["test_correct"] = encode_correct(np.argmax(test_logits, -1) == self.data.y_test)
+            rec["n_test"] = len(self.data.y_test)
         self.store.append(rec)
         self.known[rec["unit"]] = rec
         return rec
@@ -200,6 +205,7 @@ class Row:
                 preds = {s: trainer.predict(v, getattr(self.data, f"x_{s}")) for s in SPLITS}
             ok = metrics.finite(res.losses[slot], *preds.values())
             m = {"final_loss": float(res.losses[slot, -1])}
+            m["train_chance"] = self.chance  # the majority class's share: a unit near it never learned
             if "steps" in v:  # function space: the training time used (mse: picked on validation)
                 m["kernel_steps"] = int(v["steps"])
             if ok:
@@ -221,6 +227,7 @@ class Row:
                 "ok" if ok else "diverged",
                 m,
                 res.wall_s / len(units),
+                test_logits=preds["test"] if ok else None,
                 n_params=n_params,
                 group_wall_s=round(res.wall_s, 3),
             )
@@ -254,8 +261,8 @@ class Row:
         ]
         m["n_members"] = len(ok)
         prev = self.known.get(self._unit(protocol, "all"))
-        if prev is None or prev.get("metrics") != m:
-            self.record(protocol, "all", "ok", m, rule=rule)
+        if prev is None or prev.get("metrics") != m or "test_correct" not in prev:
+            self.record(protocol, "all", "ok", m, test_logits=comb["test"], rule=rule)
         return comb
 
     def train_sum(self):

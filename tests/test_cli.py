@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ntk_vs_nn.analysis.bootstrap import decode_correct
 from ntk_vs_nn.cli import main
 from ntk_vs_nn.protocols import PROTOCOLS
 
@@ -75,9 +76,17 @@ def test_records_carry_provenance_and_tables_follow_records(smoke_out):
         assert all(key in r for r in recs), key
     trained = [r for r in recs if r["protocol"] == "single" and r["status"] == "ok"]
     assert trained and all(r["predictions"].endswith(".npz") for r in trained)
-    for r in trained:  # the record names its predictions file, relative to OUT
+    for r in trained:  # the record names its predictions file, relative to OUT, and its test correctness
         with np.load(os.path.join(smoke_out, r["predictions"])) as f:
             assert {"train", "val", "test"} <= set(f.files)
+            assert len(f["test"]) == r["n_test"]
+        correct = decode_correct(r["test_correct"], r["n_test"])
+        assert correct.mean() * 100 == pytest.approx(r["metrics"]["acc"])
+        assert 0 < r["metrics"]["train_chance"] <= 100
+    ens = [r for r in recs if r["protocol"] == "ensemble" and r["status"] == "ok"]
+    assert ens and all(
+        decode_correct(r["test_correct"], r["n_test"]).mean() * 100 == pytest.approx(r["metrics"]["acc"]) for r in ens
+    )
     singles = [r for r in recs if r["family"] == "gp" and r["protocol"] == "single"]
     accs = [r["metrics"]["acc"] for r in singles]
     df = pd.read_csv(os.path.join(smoke_out, "table_ntk.csv"))
