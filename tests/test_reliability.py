@@ -147,7 +147,7 @@ def test_divergence_is_recorded_and_the_run_goes_on(tmp_path):
 
 
 def test_out_of_memory_is_recorded_as_oom(tmp_path, monkeypatch):
-    from ntk_vs_nn.engine.trainer import trainer as engine
+    from ntk_vs_nn.engine import trainer as engine
 
     real_fit = engine.Trainer.fit
 

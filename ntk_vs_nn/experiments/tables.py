@@ -12,8 +12,8 @@ import os
 
 import pandas as pd
 
+from ntk_vs_nn.analysis import intervals, tables
 from ntk_vs_nn.analysis import messages as msgs
-from ntk_vs_nn.analysis import tables
 from ntk_vs_nn.config import INFINITE_FAMILIES, KERNEL_FAMILIES, Config, UserError
 from ntk_vs_nn.config.presets import PRESETS
 from ntk_vs_nn.engine.host import configure_host_devices
@@ -119,11 +119,22 @@ def write(cfg: Config, store) -> Written:
     if not frames:
         raise UserError(f"{out}: no records for this config; nothing to report")
     finite = tuple(f for f in cfg.table.ntk_families if f not in INFINITE_FAMILIES)  # deterministic: no message
-    mdf = msgs.messages(pd.concat(frames), cfg.messages, finite)
+    header = f"Dataset `{cfg.dataset}`, preset `{cfg.preset}`, config `{h}`."
+    if intervals.available(records, reps):  # paired-bootstrap intervals from the records' test correctness
+        fams = ("nn", *cfg.table.ntk_families)
+        models = tuple(dict.fromkeys((*cfg.table.nn_models, *cfg.table.ntk_models)))
+        mdf = intervals.messages(records, reps, fams, models, cfg.messages, finite)
+        mmd = intervals.markdown(mdf, header)
+        mdf_msg = mdf.drop_duplicates(["message", "family", "model"]).rename(columns={"message_verdict": "verdict_"})
+        verdicts = [
+            f"message {r['message']} [{r['family']} {r['model']}]: {r['verdict_']}" for _, r in mdf_msg.iterrows()
+        ]
+    else:  # records made before test correctness was recorded: the noise band on the table's values
+        mdf = msgs.messages(pd.concat(frames), cfg.messages, finite)
+        mmd = msgs.markdown(mdf, header)
+        verdicts = [f"message {r['message']} [{r['family']} {r['model']}]: {r['verdict']}" for _, r in mdf.iterrows()]
     atomic_write(os.path.join(out, "messages.csv"), mdf.to_csv(index=False))
-    mmd = msgs.markdown(mdf, f"Dataset `{cfg.dataset}`, preset `{cfg.preset}`, config `{h}`.")
     atomic_write(os.path.join(out, "messages.md"), mmd)
-    verdicts = [f"message {r['message']} [{r['family']} {r['model']}]: {r['verdict']}" for _, r in mdf.iterrows()]
     return Written("\n".join([*texts.values(), mmd]), verdicts, {**texts, "messages": mmd})
 
 

@@ -57,6 +57,10 @@ def read_run(out_dir: str, cfg_dict: dict | None = None) -> RunData:
 def our_messages(run: RunData) -> pd.DataFrame:
     """OUT/messages.csv, or the messages recomputed from the tables when it is missing."""
     if run.messages is not None:
+        if "message_verdict" in run.messages.columns:  # one row per comparison: the messages' verdicts
+            m = run.messages.drop_duplicates(["message", "family", "model"]).copy()
+            m["verdict"] = m["message_verdict"]
+            return m
         return run.messages
     cfg = MessagesConfig(**run.cfg.get("messages", {}))
     families = tuple(run.cfg.get("table", {}).get("ntk_families", ("ntk", "ntk_prime", "gp")))
