@@ -140,3 +140,43 @@ def test_every_experiment_runs_resumes_after_ctrl_c_and_regenerates(name, tmp_pa
     assert main(["messages", "--out", str(out)]) == 0
     for f, content in outputs.items():
         assert (out / f).read_bytes() == content, f"{name}: {f} differs when regenerated"
+
+
+def test_no_import_cycle_inside_the_package():
+    """The package's modules import each other one way (docs/design.md): the graph of their
+    module-level `ntk_vs_nn` imports has no cycle."""
+    import ast
+
+    pkg = os.path.join(ROOT, "ntk_vs_nn")
+    graph = {}
+    for dirpath, _, files in os.walk(pkg):
+        for f in files:
+            if not f.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, f)
+            rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+            name = rel[: -len(".__init__")] if rel.endswith(".__init__") else rel
+            deps = set()
+            for node in ast.parse(open(path).read()).body:  # module level only: lazy imports are on purpose
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ntk_vs_nn"):
+                    deps.add(node.module)
+                    deps.update(f"{node.module}.{a.name}" for a in node.names)
+                elif isinstance(node, ast.Import):
+                    deps.update(a.name for a in node.names if a.name.startswith("ntk_vs_nn"))
+            graph[name] = deps
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for d in graph[m]:
+            if state.get(d) == "open":
+                raise AssertionError("import cycle: " + " -> ".join([*stack, m, d]))
+            if d not in state:
+                visit(d, [*stack, m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert len(graph) > 40
