@@ -136,6 +136,7 @@ class Trainer:
         self.tx = make_optimizer(cfg, self.steps)
         self.progress = progress_enabled(progress)
         self._step_cache = {}
+        self._scaled = False
         self._order = self._order_fn()
         self._predict = jax.jit(family.apply)
 
@@ -170,7 +171,8 @@ class Trainer:
 
         return step
 
-    def _compiled(self, m: int, mode: str, scaled: bool = False):
+    def _compiled(self, m: int, mode: str):
+        scaled = self._scaled  # set by `fit`: per-member learning rates asked for
         key = (m, mode, self.full_batch, scaled)
         if key not in self._step_cache:
             if mode == "vmap":
@@ -247,6 +249,7 @@ class Trainer:
         teachers = jnp.asarray(teachers)
         alpha, tau = jnp.float32(alpha), jnp.float32(tau)
         scales_all = jnp.ones(m, jnp.float32) if lr_scales is None else jnp.asarray(lr_scales, jnp.float32)
+        self._scaled = lr_scales is not None
         variables = [self.family.init(k, x[:1]) for k in init_keys]
         epochs = self.cfg.epochs
         groups = [[i] for i in range(m)] if mode == "sequential" else [list(range(m))]
@@ -291,7 +294,7 @@ class Trainer:
                 tg = sharding.shard(tg, mesh) if member_axis == 0 else sharding.replicate(tg, mesh)
                 sc = sharding.shard(sc, mesh) if member_axis == 0 else sharding.replicate(sc, mesh)
                 x, y = sharding.replicate((x, y), mesh)
-            fn = self._compiled(len(run), "vmap" if stacked else "unrolled", lr_scales is not None)
+            fn = self._compiled(len(run), "vmap" if stacked else "unrolled")
             args = (x, y, tg, alpha, tau)
             carries, group_losses = self._epochs(fn, carries, states, dk, args, sc, stacked, dp, mesh, member_axis, bar)
             if stacked:
