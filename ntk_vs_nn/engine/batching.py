@@ -17,12 +17,15 @@ def pad_batch(x, t: int) -> jax.Array:
 
 
 def map_batches(fn: Callable, x, batch_size: int = 1000):
-    """``fn`` (a function of a batch, per-example outputs) on every example of ``x``, in batches of
-    ``min(batch_size, len(x))`` (the last one padded by `pad_batch`), as one `jax.lax.map` over the
-    batches: one compilation, no host round-trip between batches. Returns numpy arrays (a pytree if
-    ``fn`` returns one) with the padding removed."""
+    """``fn`` (a jitted function of a batch, per-example outputs) on every example of ``x``, in
+    batches of ``min(batch_size, len(x))`` (the last one padded by `pad_batch`, so ``fn`` compiles
+    for one shape). Returns numpy arrays (a pytree if ``fn`` returns one) without the padding.
+
+    A host loop over the batches on purpose: an eager `jax.lax.map` builds and compiles a new loop
+    program at every call (the callers call with fresh closures, e.g. once per solver step), which
+    made the kernel tests several times slower; inside one jitted program, use `jax.lax.map`."""
     n = len(x)
     b = max(1, min(batch_size, n))
     xs = pad_batch(x, b)
-    out = jax.lax.map(fn, xs.reshape(-1, b, *xs.shape[1:]))
-    return jax.tree.map(lambda o: np.asarray(o).reshape(-1, *o.shape[2:])[:n], out)
+    parts = [fn(xs[i : i + b]) for i in range(0, len(xs), b)]
+    return jax.tree.map(lambda *o: np.concatenate([np.asarray(a) for a in o])[:n], *parts)
