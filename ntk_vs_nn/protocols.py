@@ -90,7 +90,7 @@ class Row:
                     f"train.augment=crop_flip needs 2-D images; {data.name} inputs are {data.spatial_ndim}-D"
                 )
             self.augment = augment
-        self.trainer = Trainer(self.fam, cfg.train, len(data.x_train), cfg.run.progress, self.augment)
+        self.trainer = Trainer(self.fam, cfg.train_for(family), len(data.x_train), cfg.run.progress, self.augment)
 
     # -- records ---------------------------------------------------------------------------
     def _unit(self, protocol, member):
@@ -205,6 +205,8 @@ class Row:
                 preds = {s: trainer.predict(v, getattr(self.data, f"x_{s}")) for s in SPLITS}
             ok = metrics.finite(res.losses[slot], *preds.values())
             m = {"final_loss": float(res.losses[slot, -1])}
+            if hasattr(trainer.cfg, "epochs"):  # weight space: the unit's own training budget
+                m["epochs"] = trainer.cfg.epochs
             m["train_chance"] = self.chance  # the majority class's share: a unit near it never learned
             if "steps" in v:  # function space: the training time used (mse: picked on validation)
                 m["kernel_steps"] = int(v["steps"])
@@ -271,7 +273,8 @@ class Row:
             trainer = FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
         else:
             fam = summed(self.fam, L, p.sum_scale, stacked=self.mode in ("vmap", "shard"))
-            trainer = Trainer(fam, self.cfg.train, len(self.data.x_train), self.cfg.run.progress, self.augment)
+            train_cfg = self.cfg.train_for(self.family_name)
+            trainer = Trainer(fam, train_cfg, len(self.data.x_train), self.cfg.run.progress, self.augment)
         # Member l of the sum gets fold_in(stream("init"), l): single member l's init key.
         got = self.train(
             [("train_sum", 0)], [rng.stream(self.root, "init")], [rng.member_key(self.root, "data", 0)], trainer=trainer
@@ -280,8 +283,9 @@ class Row:
 
     def students(self, singles, ens):
         """K KD students of the ensemble (student k: its own init and data order) and SD student s
-        of single member s, trained together for ``protocol.student_epochs`` epochs (function
-        space: ``kernel.student_steps`` steps; 0: as the teachers).
+        of single member s, trained together for ``protocol.student_epochs`` epochs (kernel
+        families: ``kernel.student_epochs``; function space: ``kernel.student_steps`` steps; 0: as
+        the teachers).
 
         A student whose teacher is missing (diverged, oom) is recorded as skipped."""
         p = self.cfg.protocol
@@ -308,15 +312,15 @@ class Row:
 
     def student_trainer(self):
         """The teachers' trainer, or one with the students' own budget."""
-        epochs, steps = self.cfg.protocol.student_epochs, self.cfg.kernel.student_steps
+        steps = self.cfg.kernel.student_steps
         if self.backend != "weights":
             if not steps:
                 return self.trainer
             cfg = dataclasses.replace(self.cfg, kernel=dataclasses.replace(self.cfg.kernel, steps=steps))
             return FunctionTrainer(self.family_name, self.model, cfg, self.data)
-        if not epochs:
+        train_cfg = self.cfg.train_for(self.family_name, student=True)
+        if train_cfg == self.trainer.cfg:
             return self.trainer
-        train_cfg = dataclasses.replace(self.cfg.train, epochs=epochs)
         return Trainer(self.fam, train_cfg, len(self.data.x_train), self.cfg.run.progress, self.augment)
 
 

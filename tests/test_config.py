@@ -145,18 +145,43 @@ def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
 
     cfg = Config()
     new, *older = cfg.science_hashes()
-    assert new == cfg.science_hash() and len(older) == 3 and new not in older
+    assert new == cfg.science_hash() and len(older) == 4 and new not in older
     # a non-neutral value of a later field changes both forms (it changes the numbers)
     tfds = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="tfds"))
     assert set(tfds.science_hashes()).isdisjoint(cfg.science_hashes())
     # the kernel section only enters the hash when a kernel backend other than weights is chosen
     tiles = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, steps=5))
     assert tiles.science_hashes() == cfg.science_hashes()
+    # ... except the kernel families' own weight-space budget, which changes their numbers
+    for field, value in [("epochs", 90), ("weights_lr", 0.03), ("student_epochs", 120)]:
+        budget = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, **{field: value}))
+        assert set(budget.science_hashes()).isdisjoint(cfg.science_hashes()), field
     fn = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, backend="function"))
     assert fn.science_hash() != cfg.science_hash()
+    fn90 = dataclasses.replace(fn, kernel=dataclasses.replace(fn.kernel, epochs=90))  # no weights in function space
+    assert fn90.science_hashes() == fn.science_hashes()
     assert (
         dataclasses.replace(fn, kernel=dataclasses.replace(fn.kernel, tile_size=7)).science_hash() == fn.science_hash()
     )
+
+
+def test_kernel_families_train_with_their_own_budget_and_students_with_theirs():
+    from ntk_vs_nn.config import Config
+
+    sets = ["kernel.epochs=90", "kernel.weights_lr=0.03", "kernel.student_epochs=120", "protocol.student_epochs=60"]
+    cfg = apply_overrides(Config(), sets)
+    assert cfg.train_for("nn") == cfg.train and cfg.train_for("nn", student=True).epochs == 60
+    for fam in ("ntk", "ntk_prime", "gp"):
+        t, s = cfg.train_for(fam), cfg.train_for(fam, student=True)
+        assert (t.epochs, t.lr, s.epochs, s.lr) == (90, 0.03, 120, 0.03)
+        tr = cfg.train
+        assert (t.optimizer, t.batch_size, t.schedule) == (tr.optimizer, tr.batch_size, tr.schedule)
+    plain = Config()
+    assert plain.train_for("gp", student=True) == plain.train
+    only = apply_overrides(Config(), ["kernel.epochs=90"])  # students: as the kernel teachers
+    assert only.train_for("ntk", student=True).epochs == 90
+    with pytest.raises(UserError):
+        apply_overrides(Config(), ["kernel.weights_lr=-1"])
 
 
 def test_saved_config_of_an_older_version_loads_with_defaults():

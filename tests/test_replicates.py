@@ -63,9 +63,9 @@ def test_students_train_longer_and_record_fidelity_and_train_accuracy(two):
         m = r["metrics"]
         assert 0 <= m["agreement"] <= 100 and m["kl_teacher"] >= 0
     # students run protocol.student_epochs = 2 epochs, the teachers train.epochs = 1: twice the steps
-    single = next(r for r in recs if r["protocol"] == "single")
-    kd = next(r for r in recs if r["protocol"] == "kd")
-    assert kd["metrics"]["final_loss"] != single["metrics"]["final_loss"]
+    epochs = {(r["protocol"], r["member"], r["seed"]): r["metrics"]["epochs"] for r in recs if r["protocol"] in TRAINED}
+    assert {e for (p, *_), e in epochs.items() if p in ("kd", "sd")} == {2}
+    assert {e for (p, *_), e in epochs.items() if p in ("single", "train_sum")} == {1}
     df = pd.read_csv(os.path.join(two, "table_nn.csv")).set_index("protocol")
     assert 0 <= df.loc["kd", "agreement_mean"] <= 100 and df.loc["single", "train_acc_mean"] > 0
 
@@ -85,7 +85,11 @@ def test_a_replicate_reproduces_the_single_replicate_run_of_its_seed(two, tmp_pa
 def test_kernel_table_with_replicates(tmp_path):
     out = str(tmp_path / "ntk")
     sets = FAST + ["--set", "run.replicates=2", "--set", "table.ntk_families=ntk,gp"]
+    sets += ["--set", "kernel.epochs=2", "--set", "kernel.student_epochs=3", "--set", "protocol.student_epochs=5"]
     assert main(["table", "ntk", "--preset", "smoke", "--out", out, *sets]) == 0
+    for r in records(out):  # the kernel rows' own budget: teachers and train-sum 2 epochs, students 3
+        if r["protocol"] in TRAINED:
+            assert r["metrics"]["epochs"] == (3 if r["protocol"] in ("kd", "sd") else 2), r["unit"]
     df = pd.read_csv(os.path.join(out, "table_ntk.csv"))
     assert set(df.family) == {"ntk", "gp"} and (df.n_replicates == 2).all() and (df.status == "ok").all()
     single = df[(df.family == "gp") & (df.protocol == "single")].iloc[0]

@@ -72,7 +72,8 @@ class ProtocolConfig:
     kd_tau: float = 0.0  # temperature; 0 = auto: 4 for <= 10 classes, 1 otherwise
     sd_students: int = 0  # S; 0 = auto: min(L, 5)
     kd_students: int = 1  # K: KD students of the ensemble per replicate (student k: its own init and data order)
-    student_epochs: int = 0  # epochs of the KD and SD students (0 = train.epochs; weight-space families)
+    student_epochs: int = 0  # epochs of the nets' KD and SD students (0 = train.epochs; kernel families
+    #                          in weight space: kernel.student_epochs)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,11 @@ class KernelConfig:
     ridge: float = 1e-3  # ridge solver: added to the diagonal, in units of mean(diag(kernel))
     tile_size: int = 256  # kernel tiles (examples per side)
     student_steps: int = 0  # function space: GD steps of the KD and SD students (0 = kernel.steps)
+    epochs: int = 0  # weights backend: epochs of the kernel families' members and train-sum model
+    #                  (0 = train.epochs): a linearised model converges far slower than its net
+    weights_lr: float = 0.0  # weights backend: the kernel families' peak learning rate (0 = train.lr)
+    student_epochs: int = 0  # weights backend: epochs of the kernel families' KD and SD students
+    #                          (0 = kernel.epochs); protocol.student_epochs is the nets' counterpart
     trace: bool = True  # ntk/ntk_prime in function space: True = the traced NTK used as Theta (x) I_k
     #                     (n x n: cheap, an approximation for a narrow net); False = the full
     #                     (n k x n k) NTK: exact (equals weight-space GD), k^2 x the memory (spilled to
@@ -182,8 +188,14 @@ class Config:
             raise UserError("protocol.kd_tau and protocol.sd_students must be >= 0")
         if self.protocol.kd_students < 1 or self.run.replicates < 1:
             raise UserError("protocol.kd_students and run.replicates must be >= 1")
-        if self.protocol.student_epochs < 0 or self.kernel.student_steps < 0:
-            raise UserError("protocol.student_epochs and kernel.student_steps must be >= 0 (0 = as the teachers)")
+        k = self.kernel
+        if min(self.protocol.student_epochs, k.student_steps, k.epochs, k.student_epochs) < 0:
+            raise UserError(
+                "protocol.student_epochs, kernel.student_steps, kernel.epochs and kernel.student_epochs must be >= 0"
+                " (0 = as the teachers)"
+            )
+        if self.kernel.weights_lr < 0:
+            raise UserError(f"kernel.weights_lr must be >= 0 (0 = train.lr), got {self.kernel.weights_lr}")
         if self.messages.n_boot < 100 or not 0.5 < self.messages.level < 1.0:
             raise UserError("messages.n_boot must be >= 100 and messages.level in (0.5, 1)")
         if self.train.lr <= 0:
@@ -202,6 +214,19 @@ class Config:
     @property
     def replicate_configs(self) -> list["Config"]:
         return [self.replicate(r) for r in range(self.run.replicates)]
+
+    def train_for(self, family: str, student: bool = False) -> TrainConfig:
+        """The training of ``family``'s weight-space units: the nets' `train` section; the kernel
+        families with ``kernel.epochs`` / ``kernel.weights_lr``; students with their own epochs."""
+        t = self.train
+        if family in KERNEL_FAMILIES:
+            epochs = self.kernel.epochs or t.epochs
+            if student:
+                epochs = self.kernel.student_epochs or epochs
+            return dataclasses.replace(t, epochs=epochs, lr=self.kernel.weights_lr or t.lr)
+        if student and self.protocol.student_epochs:
+            return dataclasses.replace(t, epochs=self.protocol.student_epochs)
+        return t
 
     @property
     def sd_students(self) -> int:
@@ -226,15 +251,16 @@ class Config:
         for key in ("preset", "table", "messages"):
             d.pop(key)
         d["run"] = {"seed": self.run.seed}
-        if self.kernel.backend == "weights":  # the kernel section changes no weight-space number
-            d.pop("kernel")
+        if self.kernel.backend == "weights":  # only the kernel families' weight-space budget counts
+            d["kernel"] = {k: d["kernel"][k] for k in _WEIGHTS_KERNEL_FIELDS}
         else:
-            d["kernel"].pop("tile_size")
+            for k in ("tile_size", *_WEIGHTS_KERNEL_FIELDS):
+                d["kernel"].pop(k)
         for added in _ADDED_LATER[generations:]:
             for (section, name), neutral in added.items():
                 if d.get(section, {}).get(name, None) == neutral:
                     d[section].pop(name)
-        return hash_dict(d)
+        return hash_dict({k: v for k, v in d.items() if v != {}})  # an emptied section: as if it never existed
 
 
 # Fields added after results were recorded, by generation, with the value that reproduces the
@@ -251,7 +277,9 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
     {("model", "dtype"): "float32", ("kernel", "lr_units"): "lambda_max"},
     {("kernel", "trace"): True},
     {("protocol", "kd_students"): 1, ("protocol", "student_epochs"): 0, ("kernel", "student_steps"): 0},
+    {("kernel", "epochs"): 0, ("kernel", "weights_lr"): 0.0, ("kernel", "student_epochs"): 0},
 ]
+_WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs")  # the kernel fields of the weights backend
 
 
 def _check_choice(name, value, choices):
