@@ -3,7 +3,9 @@
   ntk-vs-nn run EXPERIMENT [--preset P] [--set section.field=value ...] [--out DIR]
   ntk-vs-nn table nn|ntk [--preset P] [--dataset D] [--set ...] [--out DIR] [--executor local|ray]
   ntk-vs-nn messages --out DIR      (rewrite a folder's tables and verdicts from its records)
-  ntk-vs-nn report --out DIR        (report.md/.html + figures: our tables beside the paper's)
+  ntk-vs-nn report --out DIR [--against DIR2]
+                                    (report.md/.html + figures: our tables beside the paper's;
+                                     --against: DIR/stability.{csv,md}, verdicts vs another seed block)
   ntk-vs-nn presets                 (every experiment's presets)
 
 Bad input (unknown experiment, preset, model, dataset or family, a malformed --set, an unreadable
@@ -62,6 +64,13 @@ def _parser():
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     rp = sub.add_parser("report", help="report.md/.html + figures: our tables beside the paper's")
     rp.add_argument("--out", required=True)
+    rp.add_argument(
+        "--against",
+        default=None,
+        metavar="DIR",
+        help="another folder of the same experiment and preset, another root-seed block (e.g. --set run.seed=3): "
+        "also write OUT/stability.{csv,md}, each comparison's verdict in both",
+    )
     sub.add_parser("presets", help="list every experiment's presets")
     return p
 
@@ -111,8 +120,12 @@ def cmd_messages(args) -> int:
 def cmd_report(args) -> int:
     from ntk_vs_nn.report import write_report  # lazy: matplotlib
 
-    paths = write_report(args.out)
+    paths = write_report(args.out, against=args.against)
     print(f"wrote {paths['md']}, {paths['html']} and {len(paths['figures'])} figure(s)")
+    if "stability_md" in paths:
+        with open(paths["stability_md"]) as f:
+            summary = f.read().rstrip().rsplit("\n", 1)[-1]
+        print(f"wrote {paths['stability_csv']} and {paths['stability_md']}: {summary}")
     return 0
 
 

@@ -10,9 +10,12 @@ import pandas as pd
 import pytest
 
 from ntk_vs_nn import paper
+from ntk_vs_nn.analysis import intervals
+from ntk_vs_nn.analysis.messages import CLAIMS
 from ntk_vs_nn.analysis.tables import COLUMNS
+from ntk_vs_nn.cli import main
 from ntk_vs_nn.config import Config, MessagesConfig, UserError
-from ntk_vs_nn.report import markdown_to_html, write_report
+from ntk_vs_nn.report import markdown_to_html, stability, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -112,10 +115,11 @@ def _sizes(start, stop, n=10):
     return " ".join(f"{start + (stop - start) * i / (n - 1):.2f}" for i in range(n))
 
 
-def make_out(tmp_path, dataset="cifar10", kernels=True, with_messages=True):
-    out = tmp_path / f"out-{dataset}"
+def make_out(tmp_path, dataset="cifar10", kernels=True, with_messages=True, name=None, seed=0, replicates=1):
+    out = tmp_path / (name or f"out-{dataset}")
     out.mkdir()
     cfg = dataclasses.replace(Config(preset="quick"), dataset=dataset)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed, replicates=replicates))
     h = cfg.science_hash()
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=list))
     nn = pd.DataFrame(
@@ -313,3 +317,149 @@ def test_infinite_width_rows_beside_finite_ensembles():
         ("ntk_inf", "∞ (stax)", "80.00", "20.00 |"),
     ]
     assert infinite_width_markdown(weights, function[function["family"] == "ntk"]) == ""
+
+
+# -- messages.csv with one row per comparison: evidence and seed stability ---------------------
+def comparison_frame(cis, family="nn", model="ResNet-28-2", dataset="cifar10", n_test=1000, n_replicates=2):
+    """A messages.csv of `analysis.intervals` by hand: ``cis`` = {(message, comparison): (d, lo, hi)};
+    each verdict by the interval rule, each message's verdict from its primary comparisons."""
+    flags = {
+        (m, name): (strict, primary) for m, comps in intervals.COMPARISONS.items() for name, _, strict, primary in comps
+    }
+    rows = []
+    for (msg, name), (d, lo, hi) in cis.items():
+        strict, primary = flags[(msg, name)]
+        verdict = "holds" if (lo > 0 if strict else lo >= 0) else "fails" if hi < 0 else "inconclusive"
+        rows.append(dict(
+            message=msg, family=family, model=model, dataset=dataset, claim=CLAIMS[msg][1], comparison=name,
+            strict=strict, primary=primary, d=d, ci_low=lo, ci_high=hi, verdict=verdict,
+            min_detectable=(hi - lo) / 2, n_test=n_test, n_replicates=n_replicates, n_boot=2000, flags="",
+            evidence=f"{name} = {d:+.2f} [{lo:+.2f}, {hi:+.2f}]",
+        ))  # fmt: skip
+    df = pd.DataFrame(rows)
+    from ntk_vs_nn.analysis.verdict import combine
+
+    df["message_verdict"] = [combine(list(df[(df.message == m) & df.primary]["verdict"])) for m in df["message"]]
+    return pd.DataFrame(df, columns=intervals.COLUMNS)
+
+
+BLOCK_A = {
+    (1, "ens - single-best"): (1.0, 0.4, 1.6),  # holds
+    (1, "train-sum - ens"): (-0.8, -1.3, -0.3),  # fails
+    (4, "ens - (mean + 2σ)"): (0.1, -0.2, 0.4),  # inconclusive
+    (4, "ens - train-sum"): (-0.5, -0.9, -0.1),  # fails
+    (7, "ens - mean - 3σ"): (0.3, 0.1, 0.5),  # only in A
+}
+BLOCK_B = {
+    (1, "ens - single-best"): (0.9, 0.2, 1.6),  # holds: agrees
+    (1, "train-sum - ens"): (0.5, 0.1, 0.9),  # holds where A fails: disagrees
+    (4, "ens - (mean + 2σ)"): (-0.6, -1.0, -0.2),  # fails where A is inconclusive: —
+    (4, "ens - train-sum"): (-0.4, -0.7, -0.1),  # fails: agrees
+    (6, "SD - (mean + σ)"): (0.2, -0.1, 0.5),  # only in B
+}
+
+
+def test_stability_agrees_disagrees_and_leaves_inconclusive_open(tmp_path):
+    from ntk_vs_nn.report.tables import agreement
+
+    assert [agreement(a, b) for a, b in [("holds", "holds"), ("fails", "fails"), ("holds", "fails"),
+            ("fails", "holds"), ("inconclusive", "holds"), ("fails", "inconclusive"),
+            ("inconclusive", "inconclusive")]] == ["yes", "yes", "no", "no", "—", "—", "—"]  # fmt: skip
+    # through a CSV, as the report reads them
+    a, b = (tmp_path / "a.csv", tmp_path / "b.csv")
+    comparison_frame(BLOCK_A).to_csv(a, index=False)
+    comparison_frame(BLOCK_B).to_csv(b, index=False)
+    st = stability(pd.read_csv(a), pd.read_csv(b))
+    got = {(r.message, r.comparison): (r.verdict_a, r.verdict_b, r.agree) for r in st.itertuples()}
+    assert got == {
+        (1, "ens - single-best"): ("holds", "holds", "yes"),
+        (1, "train-sum - ens"): ("fails", "holds", "no"),
+        (4, "ens - (mean + 2σ)"): ("inconclusive", "fails", "—"),
+        (4, "ens - train-sum"): ("fails", "fails", "yes"),
+    }
+    row = st[st.comparison == "train-sum - ens"].iloc[0]
+    assert (row.d_a, row.ci_low_a, row.ci_high_a) == (-0.8, -1.3, -0.3)
+    assert (row.d_b, row.ci_low_b, row.ci_high_b) == (0.5, 0.1, 0.9)
+    # another family or model is another comparison
+    other = comparison_frame(BLOCK_B, model="ResNet-10-1")
+    assert stability(comparison_frame(BLOCK_A), other).empty
+
+
+def _two_blocks(tmp_path):
+    a, _ = make_out(tmp_path, name="block-a", seed=0, replicates=3)
+    b, _ = make_out(tmp_path, name="block-b", seed=3, replicates=3)
+    (a / "messages.csv").write_text(comparison_frame(BLOCK_A).to_csv(index=False))
+    (b / "messages.csv").write_text(comparison_frame(BLOCK_B).to_csv(index=False))
+    return a, b
+
+
+def test_report_evidence_shows_intervals_and_smallest_detectable(tmp_path):
+    a, _ = _two_blocks(tmp_path)
+    write_report(str(a))
+    md = (a / "report.md").read_text()
+    evidence = md.split("### Our evidence", 1)[1].split("\n## ", 1)[0]
+    line = next(x for x in evidence.splitlines() if "| train-sum - ens ≥ 0 |" in x)
+    assert line == "| ① | nn | ResNet-28-2 | train-sum - ens ≥ 0 | -0.80 [-1.30, -0.30] | fails | **fails** | ±0.50 |"
+    assert "| ⑦ | nn | ResNet-28-2 | ens - mean - 3σ | +0.30 [+0.10, +0.50] | holds | **holds** | ±0.20 |" in evidence
+    assert "smallest detectable" in evidence
+    # how our verdicts were decided; the paper's keep the noise band
+    assert "paired-bootstrap" in md and "n_test = 1000" in md and "(R = 2)" in md and "2000 draws" in md
+    assert "holds if ci_low > 0 and fails if ci_high < 0" in md
+    assert "publishes no per-example predictions" in md and "noise band = max(noise_sigma·σ, noise_floor)" in md
+    assert "by the same tests and thresholds as ours" not in md and "Seed stability" not in md
+    # the side-by-side table has the messages' verdicts, once per message
+    line1 = next(x for x in md.splitlines() if x.startswith("| ① |") and "ours" not in x and "| nn |" in x)
+    assert "**fails** (ResNet-28-2)" in line1 and line1.count("(ResNet-28-2)") <= 2
+
+
+def test_report_against_writes_seed_stability(tmp_path, capsys):
+    a, b = _two_blocks(tmp_path)
+    assert main(["report", "--out", str(a), "--against", str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "stability.md" in out and "1 disagree" in out
+    st = pd.read_csv(a / "stability.csv")
+    assert list(st["agree"]) == ["yes", "no", "—", "yes"]
+    assert list(st["verdict_b"]) == ["holds", "holds", "fails", "fails"]
+    for text in ((a / "stability.md").read_text(), (a / "report.md").read_text()):
+        assert "Seed stability" in text
+        assert "run.seed = 0, run.replicates = 3: root seeds 0, 1, 2" in text
+        assert "run.seed = 3, run.replicates = 3: root seeds 3, 4, 5" in text
+        assert (
+            "| ① | nn | ResNet-28-2 | train-sum - ens ≥ 0 | -0.80 [-1.30, -0.30] | fails | +0.50 [+0.10, +0.90] "
+            "| holds | **no** |" in text
+        )
+        assert "4 comparisons in both blocks, 3 conclusive in both: 2 agree, 1 disagree" in text
+        assert "not independent" not in text and "differ outside the run section" not in text
+    html = (a / "report.html").read_text()
+    assert "Seed stability" in html
+
+
+def test_report_against_overlapping_seeds_and_other_config_is_said(tmp_path):
+    a, _ = make_out(tmp_path, name="a", seed=0, replicates=2)
+    b, _ = make_out(tmp_path, dataset="mnist1d", name="b", seed=1, replicates=2)
+    (a / "messages.csv").write_text(comparison_frame(BLOCK_A).to_csv(index=False))
+    (b / "messages.csv").write_text(comparison_frame(BLOCK_B, dataset="mnist1d").to_csv(index=False))
+    write_report(str(a), against=str(b))
+    md = (a / "stability.md").read_text()
+    assert "share root seed(s) 1: they are not independent" in md
+    assert "dataset (cifar10 vs mnist1d)" in md
+
+
+@pytest.mark.parametrize("case", ["missing", "old format", "no messages", "ours old format"])
+def test_report_against_bad_folder_is_one_line_exit_2(tmp_path, capsys, case):
+    a, b = _two_blocks(tmp_path)
+    if case == "missing":
+        b, needle = tmp_path / "nope", "no such folder"
+    elif case == "old format":
+        b, _ = make_out(tmp_path, name="old")  # messages.csv: one row per message
+        needle = "no comparison rows"
+    elif case == "no messages":
+        (b / "messages.csv").unlink()
+        needle = "has no messages.csv"
+    else:
+        a, _ = make_out(tmp_path, name="old")
+        needle = "no comparison rows"
+    assert main(["report", "--out", str(a), "--against", str(b)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+    assert not (a / "report.md").exists() and not (a / "stability.csv").exists()

@@ -8,6 +8,11 @@ side (paper vs ours), and figures.
 Reads OUT/table_nn.csv and OUT/table_ntk.csv (either may be missing, not both), OUT/messages.csv
 (recomputed from the tables if missing), OUT/config.json and OUT/records.jsonl (run dates, wall
 time, git SHA); writes OUT/report.md, OUT/report.html and OUT/figures/{protocols,ensemble_size}.png.
+When messages.csv has one row per comparison (`analysis.intervals`), the report lists every
+comparison's interval and says how those verdicts were decided; older folders (one row per message,
+noise band) keep the older text. ``write_report(OUT, against=B)`` (`ntk-vs-nn report --against B`)
+also compares each comparison's verdict with another root-seed block B: OUT/stability.{csv,md} and
+a "Seed stability" section.
 Only `read_run`, `save_figure`, `write_report` (and `report_markdown`, for the optional
 OUT/kernel-function/table_ntk.csv) touch files; everything else maps data to Markdown strings or
 matplotlib `Figure` objects (drawn with the Agg canvas, no pyplot state).
@@ -35,29 +40,41 @@ from ntk_vs_nn.report.html import markdown_to_html
 from ntk_vs_nn.report.run import (
     TABLES,
     RunData,
+    config_differences,
     config_hash,
     our_messages,
     provenance_markdown,
+    read_comparisons,
     read_run,
     reference_dataset,
     run_info,
+    seed_block,
+    seeds_of,
 )
 from ntk_vs_nn.report.tables import (
     CIRCLED,
     backend_markdown,
+    comparisons_markdown,
     delta_markdown,
     delta_rows,
     format_cell,
+    has_comparisons,
     infinite_width_markdown,
     messages_markdown,
     paper_verdicts_markdown,
+    stability,
+    stability_markdown,
     table_markdown,
+    values_text,
 )
 from ntk_vs_nn.store import atomic_write
+
+VERDICT_DOC = "docs/protocols.md, “The verdict rule”"
 
 __all__ = [
     "RunData",
     "backend_markdown",
+    "comparisons_markdown",
     "config_hash",
     "delta_markdown",
     "delta_rows",
@@ -73,15 +90,24 @@ __all__ = [
     "report_markdown",
     "run_info",
     "save_figure",
+    "stability",
+    "stability_markdown",
+    "stability_report",
     "table_markdown",
     "write_report",
 ]
 
 
 def report_markdown(
-    run: RunData, paper_tidy: pd.DataFrame, paper_msgs: pd.DataFrame, ours_msgs: pd.DataFrame, figures: dict
+    run: RunData,
+    paper_tidy: pd.DataFrame,
+    paper_msgs: pd.DataFrame,
+    ours_msgs: pd.DataFrame,
+    figures: dict,
+    stability_section: str | None = None,
 ) -> str:
-    """The whole report as Markdown (``figures``: name -> path relative to the report)."""
+    """The whole report as Markdown (``figures``: name -> path relative to the report;
+    ``stability_section``: the body of a "Seed stability" section, `stability_report`)."""
     cfg = run.cfg
     dataset = str(cfg.get("dataset", next(iter(run.tables.values()))["dataset"].iloc[0]))
     info = run_info(cfg, run.records)
@@ -175,21 +201,56 @@ def report_markdown(
                 inf_md,
                 "",
             ]
-    lines += [
-        "## Messages ①–⑦: ours vs the paper",
-        "",
-        messages_markdown(ours_msgs, paper_msgs, ref),
-        "",
-        "The paper's verdicts are computed here from its published numbers by the same tests and "
-        "thresholds as ours (PROTOCOLS.md §3; noise band = max(noise_sigma·σ, noise_floor) with "
-        f"noise_sigma = {cfg.get('messages', {}).get('noise_sigma', '?')}, "
-        f"noise_floor = {cfg.get('messages', {}).get('noise_floor', '?')}). The paper does not publish "
-        "the std of its kernel singles (only the best of 10), so its kernel messages use the noise "
-        "floor alone; a cell with a lost digit (`73.?`) gives a verdict only when every value of the "
-        "digit gives the same one; `oom` cells leave a message inconclusive.",
-        "",
-    ]
-    if ours_msgs is not None and len(ours_msgs):
+    comps = run.messages if has_comparisons(run.messages) else None
+    mcfg = cfg.get("messages", {})
+
+    def band(where: str) -> str:
+        return (
+            f"({where}; noise band = max(noise_sigma·σ, noise_floor) with "
+            f"noise_sigma = {mcfg.get('noise_sigma', '?')}, noise_floor = {mcfg.get('noise_floor', '?')}). The "
+            "paper does not publish the std of its kernel singles (only the best of 10), so its kernel messages "
+            "use the noise floor alone; a cell with a lost digit (`73.?`) gives a verdict only when every value "
+            "of the digit gives the same one; `oom` cells leave a message inconclusive."
+        )
+
+    lines += ["## Messages ①–⑦: ours vs the paper", "", messages_markdown(ours_msgs, paper_msgs, ref), ""]
+    if comps is None:
+        lines += [
+            "The paper's verdicts are computed here from its published numbers by the same tests and "
+            "thresholds as ours " + band("PROTOCOLS.md §3"),
+            "",
+        ]
+    else:
+        level = mcfg.get("level", 0.95)
+        lines += [
+            "Our verdicts are decided on confidence intervals from our per-example test predictions "
+            f"({VERDICT_DOC}, `ntk_vs_nn.analysis.intervals`): each comparison's difference d (minus the "
+            f"claim's threshold) gets a {100 * level:g} % paired-bootstrap interval, "
+            f"{values_text(comps['n_boot'])} draws that resample the n_test = {values_text(comps['n_test'])} "
+            "test examples (the same for every protocol), the replicates "
+            f"(R = {values_text(comps['n_replicates'])}) and the members together. A strict comparison holds "
+            "if ci_low > 0 and fails if ci_high < 0 (a non-strict one, `≥ 0`, holds if ci_low ≥ 0), "
+            "otherwise it is inconclusive; a message holds when all its primary comparisons hold and fails "
+            "when any fails. Each comparison's interval and the smallest difference the run could detect "
+            "are under Our evidence.",
+            "",
+            "The paper publishes no per-example predictions, so its verdicts are computed here from its "
+            "published numbers by the noise-band tests with the same thresholds " + band(VERDICT_DOC),
+            "",
+        ]
+    if comps is not None:
+        lines += [
+            "### Our evidence",
+            "",
+            "Every comparison of each message, family and model: d = the difference minus the claim's "
+            f"threshold with its {100 * level:g} % CI, the comparison's verdict, the message's verdict (from "
+            "its primary comparisons; `vs single mean` rows are secondary), and the smallest detectable "
+            "difference (± the CI half-width), all in accuracy points.",
+            "",
+            comparisons_markdown(comps, level),
+            "",
+        ]
+    elif ours_msgs is not None and len(ours_msgs):
         lines += ["### Our evidence", "", "| # | family | model | verdict | evidence |", "|" + " --- |" * 5]
         for _, r in ours_msgs.sort_values(["message"], kind="stable").iterrows():
             lines.append(
@@ -197,6 +258,8 @@ def report_markdown(
                 f"{r['evidence']} |"
             )
         lines.append("")
+    if stability_section:
+        lines += ["## Seed stability", "", stability_section, ""]
     lines += [
         "## Appendix: the paper's verdicts, computed from its numbers",
         "",
@@ -212,10 +275,42 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def write_report(out_dir: str, cfg_dict: dict | None = None) -> dict:
+def stability_report(a_dir: str, a_cfg: dict, b_dir: str, b_cfg: dict, table: pd.DataFrame) -> str:
+    """The body of the "Seed stability" section (and of OUT/stability.md): both blocks' seeds, a note
+    where their configs differ beyond the run section or their seeds overlap, the table
+    (`stability_markdown`) and its summary line."""
+    lines = [
+        f"The comparisons of this run (A, `{a_dir}`: {seed_block(a_cfg)}) against another root-seed block of "
+        f"the same experiment (B, `{b_dir}`: {seed_block(b_cfg)}), one row per comparison present in both. "
+        "agree: yes when both verdicts are equal, — when either is inconclusive, **no** when one holds and "
+        "the other fails.",
+        "",
+    ]
+    shared = sorted(seeds_of(a_cfg) & seeds_of(b_cfg))
+    if shared:
+        lines += [f"**The blocks share root seed(s) {', '.join(map(str, shared))}: they are not independent.**", ""]
+    diff = config_differences(a_cfg, b_cfg)
+    if diff:
+        lines += [f"**The configs also differ outside the run section:** {'; '.join(diff)} (A vs B).", ""]
+    lines.append(stability_markdown(table))
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str, cfg_dict: dict | None = None, against: str | None = None) -> dict:
     """Write OUT/report.md, OUT/report.html and OUT/figures/*.png; return their paths
-    ({'md': ..., 'html': ..., 'figures': [...]})."""
+    ({'md': ..., 'html': ..., 'figures': [...]}). With ``against`` (another folder of the same
+    experiment and preset, another root-seed block), also OUT/stability.csv and OUT/stability.md
+    (`stability`) and a "Seed stability" section, and the paths under 'stability_csv' and
+    'stability_md'; both folders need a messages.csv with one row per comparison (UserError
+    otherwise, before anything is written)."""
     run = read_run(out_dir, cfg_dict)
+    section = None
+    if against is not None:
+        if not has_comparisons(run.messages):
+            read_comparisons(out_dir, "--out")  # raises: which file is missing, or no comparison rows
+        b_msgs, b_cfg = read_comparisons(against)
+        stab = stability(run.messages, b_msgs)
+        section = stability_report(out_dir, run.cfg, against, b_cfg, stab)
     table = pd.concat(run.tables.values(), ignore_index=True)
     mcfg = MessagesConfig(**run.cfg.get("messages", {}))
     figs = {"protocols": figure_protocols(table), "ensemble_size": figure_ensemble_size(table)}
@@ -223,9 +318,15 @@ def write_report(out_dir: str, cfg_dict: dict | None = None) -> dict:
     os.makedirs(fig_dir, exist_ok=True)
     fig_paths = [save_figure(fig, os.path.join(fig_dir, f"{name}.png")) for name, fig in figs.items()]
     md = report_markdown(
-        run, paper.tidy(), paper.verdicts(mcfg), our_messages(run), {n: f"figures/{n}.png" for n in figs}
+        run, paper.tidy(), paper.verdicts(mcfg), our_messages(run), {n: f"figures/{n}.png" for n in figs}, section
     )
     md_path, html_path = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
     atomic_write(md_path, md)
     atomic_write(html_path, markdown_to_html(md, f"ntk_vs_nn report: {run.cfg.get('dataset', '')}"))
-    return {"md": md_path, "html": html_path, "figures": fig_paths}
+    paths = {"md": md_path, "html": html_path, "figures": fig_paths}
+    if section is not None:
+        paths["stability_csv"] = os.path.join(out_dir, "stability.csv")
+        paths["stability_md"] = os.path.join(out_dir, "stability.md")
+        atomic_write(paths["stability_csv"], stab.to_csv(index=False))
+        atomic_write(paths["stability_md"], f"# Seed stability\n\n{section}\n")
+    return paths

@@ -163,3 +163,62 @@ def provenance_markdown(cfg: dict, info: dict) -> str:
         ("versions", versions),
     ]
     return "\n".join(["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def read_comparisons(out_dir: str, what: str = "--against") -> tuple[pd.DataFrame, dict]:
+    """(OUT/messages.csv with one row per comparison, OUT/config.json) of a folder that a seed
+    stability check compares; a UserError when the folder, its messages.csv or its comparison rows
+    are missing (an older run: one row per message, decided on the noise band)."""
+    if not os.path.isdir(out_dir):
+        raise UserError(f"{what} {out_dir!r}: no such folder")
+    path = os.path.join(out_dir, "messages.csv")
+    if not os.path.isfile(path):
+        raise UserError(f"{what} {out_dir!r} has no messages.csv: run `ntk-vs-nn messages --out {out_dir}` first")
+    df = pd.read_csv(path)
+    if "comparison" not in df.columns or not len(df):
+        raise UserError(
+            f"{what} {out_dir!r}: its messages.csv has no comparison rows (an older run without per-example "
+            "test correctness), so there are no intervals to compare"
+        )
+    cfg = {}
+    cpath = os.path.join(out_dir, "config.json")
+    if os.path.isfile(cpath):
+        with open(cpath) as f:
+            cfg = json.load(f)
+    return df, cfg
+
+
+def seed_block(cfg: dict) -> str:
+    """The root seeds of a run: "run.seed = 3, R = 2 replicate(s): root seeds 3, 4"."""
+    run = cfg.get("run", {})
+    seed, reps = run.get("seed", "?"), run.get("replicates", 1)
+    if not isinstance(seed, int) or not isinstance(reps, int):
+        return f"run.seed = {seed}, run.replicates = {reps}"
+    seeds = ", ".join(str(seed + r) for r in range(reps)) if reps <= 4 else f"{seed}–{seed + reps - 1}"
+    return f"run.seed = {seed}, run.replicates = {reps}: root seed{'s' * (reps != 1)} {seeds}"
+
+
+def seeds_of(cfg: dict) -> set:
+    run = cfg.get("run", {})
+    seed, reps = run.get("seed"), run.get("replicates", 1)
+    return set(range(seed, seed + reps)) if isinstance(seed, int) and isinstance(reps, int) else set()
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_differences(a: dict, b: dict) -> list[str]:
+    """The settings outside the ``run`` section (seeds, execution) in which two configs differ:
+    ["data.n_train (160 vs 320)", ...]; [] when only the run section differs."""
+    fa = {k: v for k, v in _flat(a).items() if not k.startswith("run.")}
+    fb = {k: v for k, v in _flat(b).items() if not k.startswith("run.")}
+    return [
+        f"{k} ({fa.get(k, '—')} vs {fb.get(k, '—')})" for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)
+    ]

@@ -250,3 +250,103 @@ def infinite_width_markdown(finite: pd.DataFrame, function: pd.DataFrame) -> str
         lines += [line(r, label, int(r["n_members"])) for _, r in ens.iterrows() if not is_nan(r["acc_mean"])]
     lines += [line(r, "∞ (stax)", "∞") for _, r in inf.iterrows()]
     return "\n".join(lines)
+
+
+# -- per-comparison evidence (messages.csv with one row per comparison) and seed stability ----
+STABILITY_KEY = ["message", "family", "model", "comparison"]
+CONCLUSIVE = ("holds", "fails")
+
+
+def has_comparisons(df: pd.DataFrame | None) -> bool:
+    """Whether ``df`` (a messages.csv) has one row per comparison (`analysis.intervals`), not the
+    older one row per message."""
+    return df is not None and "comparison" in df.columns and len(df) > 0
+
+
+def _ci(d, lo, hi) -> str:
+    return "n/a" if is_nan(d) else f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def _comparison_name(r) -> str:
+    """The comparison as the messages table names it: "≥ 0" for a non-strict claim, "(vs single
+    mean)" for a secondary comparison."""
+    strict = r.get("strict", True)
+    primary = r.get("primary", True)
+    return (
+        r["comparison"]
+        + ("" if strict in (True, "True") else " ≥ 0")
+        + ("" if primary in (True, "True") else " (vs single mean)")
+    )
+
+
+def values_text(series: pd.Series) -> str:
+    """One value, or the range of the values ("1–3") when the rows differ."""
+    vals = sorted({int(v) for v in series if not is_nan(v)})
+    if not vals:
+        return "?"
+    return str(vals[0]) if len(vals) == 1 else f"{vals[0]}–{vals[-1]}"
+
+
+def comparisons_markdown(df: pd.DataFrame, level: float = 0.95) -> str:
+    """Our evidence, one row per comparison: d [CI], the comparison's verdict, the message's
+    verdict and the smallest detectable difference (± the CI half-width), in accuracy points."""
+    head = ["#", "family", "model", "comparison", f"d [{100 * level:g} % CI]", "verdict", "message",
+            "smallest detectable"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for _, r in df.sort_values(["message"], kind="stable").iterrows():
+        flags = r.get("flags")
+        flag = f" ({flags})" if isinstance(flags, str) and flags else ""
+        md = "n/a" if is_nan(r["min_detectable"]) else f"±{r['min_detectable']:.2f}"
+        lines.append(
+            f"| {CIRCLED[int(r['message']) - 1]} | {r['family']} | {r['model']} | {_comparison_name(r)} | "
+            f"{_ci(r['d'], r['ci_low'], r['ci_high'])} | {r['verdict']}{flag} | **{r['message_verdict']}** | {md} |"
+        )
+    return "\n".join(lines)
+
+
+def agreement(a: str, b: str) -> str:
+    """The agreement of two verdicts: "yes" when equal, "—" when either is inconclusive (or
+    missing), "no" when one holds and the other fails."""
+    if a not in CONCLUSIVE or b not in CONCLUSIVE:
+        return "—"
+    return "yes" if a == b else "no"
+
+
+def stability(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """The comparisons of two messages.csv (one row per comparison; two root-seed blocks of the
+    same experiment) side by side: one row per (message, family, model, comparison) present in
+    both, in ``a``'s order (by message), with each block's d, CI and verdict (suffixes ``_a``,
+    ``_b``) and ``agree`` (`agreement`)."""
+    cols = ["d", "ci_low", "ci_high", "verdict"]
+    left = a.drop_duplicates(STABILITY_KEY)[STABILITY_KEY + ["strict", "primary"] + cols]
+    right = b.drop_duplicates(STABILITY_KEY)[STABILITY_KEY + cols]
+    m = left.merge(right, on=STABILITY_KEY, how="inner", suffixes=("_a", "_b"), sort=False)
+    m = m.sort_values(["message"], kind="stable").reset_index(drop=True)
+    m["agree"] = [agreement(x, y) for x, y in zip(m["verdict_a"], m["verdict_b"])]
+    return m
+
+
+def stability_summary(df: pd.DataFrame) -> str:
+    """One line: comparisons in both blocks, how many are conclusive in both, how many disagree."""
+    n = len(df)
+    conclusive = int((df["agree"] != "—").sum())
+    no = int((df["agree"] == "no").sum())
+    return (
+        f"{n} comparison{'s' * (n != 1)} in both blocks, {conclusive} conclusive in both: {conclusive - no} agree, "
+        f"{no} disagree (one block holds, the other fails); {n - conclusive} inconclusive in at least one block."
+    )
+
+
+def stability_markdown(df: pd.DataFrame, label_a: str = "A", label_b: str = "B") -> str:
+    """The stability table (`stability`) and its summary line."""
+    head = ["#", "family", "model", "comparison", f"{label_a}: d [CI]", label_a, f"{label_b}: d [CI]", label_b,
+            "agree"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for _, r in df.iterrows():
+        agree = "**no**" if r["agree"] == "no" else r["agree"]
+        lines.append(
+            f"| {CIRCLED[int(r['message']) - 1]} | {r['family']} | {r['model']} | {_comparison_name(r)} | "
+            f"{_ci(r['d_a'], r['ci_low_a'], r['ci_high_a'])} | {r['verdict_a']} | "
+            f"{_ci(r['d_b'], r['ci_low_b'], r['ci_high_b'])} | {r['verdict_b']} | {agree} |"
+        )
+    return "\n".join(lines + ["", stability_summary(df)])
