@@ -60,7 +60,7 @@ test-nt: install-nt
 	VENV=$(VENV) bash scripts/test_nt.sh
 
 test: $(STAMP) install-nt $(VENV)/.installed-ray
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ntk_vs_nn tests benchmarks scripts

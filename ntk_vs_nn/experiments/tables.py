@@ -96,8 +96,11 @@ def run(
 def write(cfg: Config, store) -> Written:
     """Tables (for whichever of nn / ntk have records) and messages, from OUT/records.jsonl."""
     out, records = store.out_dir, store.records()
-    h = cfg.replicate(0).science_hash()
     reps = [c.science_hashes() for c in cfg.replicate_configs]
+    recorded = {r.get("config_hash") for r in records}
+    # the header names the hash replicate 0's records carry (an older form for older records), so a
+    # config field added later does not rewrite the tables of every committed folder
+    h = next((x for x in reps[0] if x in recorded), reps[0][0])
     hashes = {x for forms in reps for x in forms}
     frames, texts = [], {}
     for which in TABLES:
