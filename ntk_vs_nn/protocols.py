@@ -34,7 +34,7 @@ from ntk_vs_nn.engine.trainer import Trainer, progress_enabled
 from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, network, param_count, summed
 from ntk_vs_nn.kernels.function_space import FunctionTrainer
 from ntk_vs_nn.models import parse_model_name
-from ntk_vs_nn.store import Store, now, unit_id
+from ntk_vs_nn.store import Store, unit_id
 
 SPLITS = ("train", "val", "test")
 
@@ -64,11 +64,10 @@ class Row:
         cfg: Config,
         data: Dataset,
         store: Store,
-        prov: dict,
         log: Callable[[str], None] = lambda s: None,
     ):
         self.family_name, self.model, self.cfg, self.data, self.store = family, model, cfg, data, store
-        self.prov, self.log = prov, log
+        self.log = log
         self.backend = cfg.kernel.backend if family in KERNEL_FAMILIES else "weights"
         if family in INFINITE_FAMILIES:
             self.backend = "function"
@@ -111,8 +110,6 @@ class Row:
             "backend": self.backend,
             "metrics": metrics_ or {},
             "wall_s": round(wall_s, 3),
-            "date": now(),
-            **self.prov,
             **extra,
         }
         preds = self.store.unit_path(rec["unit"])
@@ -121,7 +118,7 @@ class Row:
         if status == "ok" and test_logits is not None:  # per-example correctness: the paired bootstrap's input
             rec["test_correct"] = encode_correct(np.argmax(test_logits, -1) == self.data.y_test)
             rec["n_test"] = len(self.data.y_test)
-        self.store.append(rec)
+        rec = self.store.record(rec)  # + date and this process's provenance
         self.known[rec["unit"]] = rec
         return rec
 
@@ -324,9 +321,9 @@ class Row:
         return Trainer(self.fam, train_cfg, len(self.data.x_train), self.cfg.run.progress, self.augment)
 
 
-def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, prov: dict, log=lambda s: None) -> None:
+def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, log=lambda s: None) -> None:
     """All five protocols for one (family, model) row."""
-    row = Row(family, model, cfg, data, store, prov, log)
+    row = Row(family, model, cfg, data, store, log)
     log(f"[{family} {model}] on {data.name} ({row.backend} backend)")
     if family in INFINITE_FAMILIES:  # deterministic: one member; ensembles and students equal it
         row.ensemble(row.single(1))

@@ -34,8 +34,7 @@ def accuracy(logits, y):
 
 def students(cfg, data, out, budgets):
     store = Store.prepare(out)
-    prov = provenance()
-    teachers = Row("nn", cfg.table.nn_models[0], cfg, data, store, prov, print)
+    teachers = Row("nn", cfg.table.nn_models[0], cfg, data, store, print)
     singles = teachers.single()
     ens = teachers.ensemble(singles)
     rows = [
@@ -49,7 +48,7 @@ def students(cfg, data, out, budgets):
     ]
     for e in budgets:
         c = dataclasses.replace(cfg, protocol=dataclasses.replace(cfg.protocol, student_epochs=e))
-        row = Row("nn", cfg.table.nn_models[0], c, data, store, prov, print)
+        row = Row("nn", cfg.table.nn_models[0], c, data, store, print)
         t0 = time.perf_counter()
         got = row.students(singles, ens)
         wall = time.perf_counter() - t0

@@ -62,7 +62,7 @@ def test_local_executor_runs_every_row_in_order(tiny_cfg, tiny_data, tmp_path):
         tiny_cfg,
         tiny_data,
         str(tmp_path),
-        row_fn=lambda f, m, cfg, data, store, prov, log: seen.append((f, m, store.out_dir, "git_sha" in prov)),
+        row_fn=lambda f, m, cfg, data, store, log: seen.append((f, m, store.out_dir, "git_sha" in store.provenance)),
     )
     assert seen == [(f, m, str(tmp_path), True) for f, m in [("nn", "A"), ("ntk", "A"), ("nn", "B")]]
 
@@ -99,7 +99,7 @@ def test_ray_table_equals_local_table(ray_cluster, local_two_rows, tmp_path):
     assert [r for r in records(out)[n:] if r["protocol"] in TRAINED] == []
 
 
-def crash_once_row(family, model, cfg, data, store, prov, log):
+def crash_once_row(family, model, cfg, data, store, log):
     """run_row whose worker process dies (os._exit) right after its first recorded unit, on the
     first attempt only: the marker file remembers that attempt across processes."""
     import os
@@ -117,7 +117,7 @@ def crash_once_row(family, model, cfg, data, store, prov, log):
             os._exit(1)  # a killed worker: no exception, no cleanup
 
     store.append = append
-    run_row(family, model, cfg, data, store, prov, log)
+    run_row(family, model, cfg, data, store, log)
 
 
 def test_killed_worker_is_retried_and_no_unit_is_recorded_twice(ray_cluster, local_two_rows, tmp_path):

@@ -205,7 +205,7 @@ def test_infinite_width_row_is_one_deterministic_member(tmp_path, tiny_data, tin
         pytest.skip("neural-tangents not installed (make install-nt)")
     cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="weights", solver="ridge"))
     store = Store.prepare(str(tmp_path))
-    run_row("ntk_inf", MODEL, cfg, tiny_data, store, {})
+    run_row("ntk_inf", MODEL, cfg, tiny_data, store)
     recs = {(r["protocol"], str(r["member"])): r for r in store.records()}
     assert recs[("single", "0")]["status"] == "ok" and recs[("single", "0")]["backend"] == "function"
     assert ("single", "1") not in recs

@@ -29,7 +29,7 @@ from typing import Callable
 
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.protocols import run_row
-from ntk_vs_nn.store import Store, provenance
+from ntk_vs_nn.store import Store
 
 EXECUTORS = ("local", "ray")
 
@@ -55,22 +55,22 @@ def run_rows(
     cpus_per_task: float = 1.0,
     row_fn: Callable | None = None,
 ) -> None:
-    """Run ``row_fn(family, model, cfg, data, store, prov, log)`` (default `protocols.run_row`) for
+    """Run ``row_fn(family, model, cfg, data, store, log)`` (default `protocols.run_row`) for
     every ``(family, model)`` of ``rows``, all appending to the store in ``out``."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if executor == "ray":
         return _run_ray(rows, cfg, data, out, log, ray_address, max_retries, cpus_per_task, row_fn)
     row_fn = row_fn or run_row
-    store, prov = Store(out), provenance()
+    store = Store(out)
     for family, model in rows:
-        row_fn(family, model, cfg, data, store, prov, log)
+        row_fn(family, model, cfg, data, store, log)
 
 
 def _task(family, model, cfg, data, out, row_fn):
     """One row inside a Ray worker: its own store handle and provenance (host, device)."""
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731 - Ray forwards it to the driver
-    (row_fn or run_row)(family, model, cfg, data, Store(out), provenance(), log)
+    (row_fn or run_row)(family, model, cfg, data, Store(out), log)  # the worker's own provenance
     return family, model
 
 
