@@ -1,5 +1,5 @@
 """Figure 6 (ntk_vs_nn/experiments/channels.py, data/channels.py, report/channels.py): split / average
-shapes and values, the claim rules, the Fashion-MNIST -> MNIST-1D fallback, a tiny end-to-end run
+shapes and values, the claim rules and their intervals, the Fashion-MNIST -> MNIST-1D fallback, a tiny end-to-end run
 through the store, resume, the tables regenerated from the records, and bad --set input."""
 
 import dataclasses
@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.data import channels as cd
@@ -70,14 +71,66 @@ def test_standardize_per_channel(fmap):
 def test_claim_rules_on_made_up_numbers():
     grows = {"original": (70, 0.3, 74), "split_2": (68, 0.3, 73.5), "split_4": (65, 0.3, 73),
              "avg_2": (68, 0.3, 71.5), "avg_4": (65, 0.3, 69)}  # fmt: skip
-    v = {c["claim"][0]: c["verdict"] for c in rc.claims(grows)}
+    v = {c["claim"][0]: c["verdict"] for c in rc.claims(grows, 5)}
     assert v == {"A": "holds", "B": "holds", "C": "holds"}
     flat = {k: (s, sd, s + 4) for k, (s, sd, _) in grows.items()}  # gain constant +4: nothing grows
-    v = {c["claim"][0]: c["verdict"] for c in rc.claims(flat)}
-    assert v == {"A": "inconclusive", "B": "inconclusive", "C": "inconclusive"}
+    v = {c["claim"][0]: c["verdict"] for c in rc.claims(flat, 5)}
+    assert v == {"A": "inconclusive", "B": "inconclusive", "C": "fails"}  # C: the ensemble loses all 5 points
     shrinks = {k: (s, sd, s + (4 if k == "original" else 1)) for k, (s, sd, _) in grows.items()}
-    v = {c["claim"][0]: c["verdict"] for c in rc.claims(shrinks)}
+    v = {c["claim"][0]: c["verdict"] for c in rc.claims(shrinks, 5)}
     assert v["A"] == "fails" and v["C"] == "fails"
+
+
+T_975_DF8 = 2.306004135  # Student t, 97.5 % quantile, 8 degrees of freedom (tables)
+
+
+@pytest.mark.parametrize("gain_split,verdict", [(5.0, "holds"), (3.0, "fails"), (4.2, "inconclusive")])
+def test_claim_a_interval_by_hand(gain_split, verdict):
+    """Two variants, L = 5 students each with std 0.3: d = gain(split_2) - gain(original) has
+    se^2 = 2 x 0.3^2 / 5 = 0.036 and Welch df = 0.036^2 / (2 (0.018^2 / 4)) = 8, so the interval is
+    d -+ 2.306 x sqrt(0.036) = d -+ 0.4375: d = +1 holds, -1 fails, +0.2 is inconclusive."""
+    table = {"original": (70.0, 0.3, 74.0), "split_2": (68.0, 0.3, 68.0 + gain_split)}
+    a = rc.claims(table, 5)[0]
+    half = T_975_DF8 * np.sqrt(0.036)
+    assert a["claim"].startswith("A") and a["d"] == pytest.approx(gain_split - 4.0)
+    assert (a["ci_low"], a["ci_high"]) == (pytest.approx(a["d"] - half), pytest.approx(a["d"] + half))
+    assert a["verdict"] == verdict
+
+
+def test_claim_interval_depends_on_the_students_count():
+    """d = +0.35 with the students' std 0.1: the old band max(0.5 (0.1 + 0.1), 0.2) = 0.2 made it hold
+    whatever L. The interval: L = 5, d -+ 2.306 sqrt(0.004) = d -+ 0.146, holds; L = 2 (df = 2,
+    t = 4.303, half = 4.303 sqrt(0.01) = 0.43) straddles 0, inconclusive. Unequal L and std give
+    Welch's df by hand: (0.1^2/2 + 0.4^2/8)^2 / ((0.1^2/2)^2 / 1 + (0.4^2/8)^2 / 7)."""
+    table = {"original": (70.0, 0.1, 74.0), "split_2": (68.0, 0.1, 72.35)}
+    assert rc.claims(table, 5)[0]["verdict"] == "holds"
+    a = rc.claims(table, 2)[0]
+    assert a["ci_high"] - a["d"] == pytest.approx(4.302652730 * 0.1) and a["verdict"] == "inconclusive"
+    table = {"original": (70.0, 0.1, 74.0), "split_2": (68.0, 0.4, 72.35)}
+    se2 = 0.1**2 / 2 + 0.4**2 / 8
+    df = se2**2 / ((0.1**2 / 2) ** 2 / 1 + (0.4**2 / 8) ** 2 / 7)
+    a = rc.claims(table, {"original": 2, "split_2": 8})[0]
+    assert a["ci_high"] - a["d"] == pytest.approx(stats.t.ppf(0.975, df) * np.sqrt(se2))
+
+
+def test_claim_c_is_half_the_single_drop_minus_the_ensemble_drop():
+    """C: d = drop(single)/2 - drop(ensemble) with coefficients +-1/2 on the single means: se^2 =
+    0.25 x 2 x 0.3^2 / 5 = 0.009, df 8. Singles drop 4: the ensemble dropping 1 holds (d = +1), 3
+    fails (d = -1), 2 (share exactly 1/2, d = 0) is inconclusive."""
+    half = T_975_DF8 * np.sqrt(0.009)
+    for drop_e, verdict in ((1.0, "holds"), (3.0, "fails"), (2.0, "inconclusive")):
+        table = {"original": (70.0, 0.3, 74.0), "split_2": (66.0, 0.3, 74.0 - drop_e)}
+        c = next(c for c in rc.claims(table, 5) if c["claim"].startswith("C"))
+        assert c["d"] == pytest.approx(2.0 - drop_e) and c["ci_high"] - c["d"] == pytest.approx(half)
+        assert c["verdict"] == verdict
+
+
+def test_claim_settings_are_not_in_the_science_hash():
+    base = ch.ChannelsConfig()
+    other = dataclasses.replace(base, claim=ch.ClaimSection(level=0.9))
+    assert other.science_hash() == base.science_hash() == "ea4a79a6fb9d"  # results/channels' records
+    with pytest.raises(UserError, match="claim.level"):
+        ch.EXPERIMENT.configure("smoke", ["claim.level=1.0"])
 
 
 def test_fashion_mnist_missing_falls_back_to_mnist1d(tmp_path):
@@ -96,7 +149,7 @@ def records(out: str) -> list[dict]:
 
 
 def outputs(out: str) -> dict:
-    return {n: open(os.path.join(out, n)).read() for n in ("table.md", "table.csv", "summary.md")}
+    return {n: open(os.path.join(out, n)).read() for n in ("table.md", "table.csv", "summary.md", "claims.csv")}
 
 
 # compile time dominates here: 1-D data, small programs, and both variants have 4 channels (one compiled
@@ -119,7 +172,7 @@ def copy_of(src: str, dst) -> str:
 def test_end_to_end_writes_table_and_plot_and_resumes(tiny_run, tmp_path):
     src, written = tiny_run
     out = copy_of(src, tmp_path / "c")
-    for name in ("table.md", "table.csv", "plot.png", "config.json", "summary.md", "records.jsonl"):
+    for name in ("table.md", "table.csv", "claims.csv", "plot.png", "config.json", "summary.md", "records.jsonl"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     df = pd.read_csv(os.path.join(out, "table.csv"))
     assert df.variant.tolist() == ["split_2", "avg_2"] and df.channels.tolist() == [4, 4]
@@ -129,6 +182,9 @@ def test_end_to_end_writes_table_and_plot_and_resumes(tiny_run, tmp_path):
     md = open(os.path.join(out, "table.md")).read()
     assert "| split_2 | 4 |" in md and "B: averaging raises the gain less" in md
     assert written.text == md and any(v.startswith("Figure 6 claim B:") for v in written.verdicts)
+    claims = pd.read_csv(os.path.join(out, "claims.csv"))
+    assert {"d", "ci_low", "ci_high", "verdict"} <= set(claims.columns) and claims.source[0] == "ours"
+    assert set(claims.verdict) <= {"holds", "fails", "inconclusive"} and (claims.ci_low <= claims.ci_high).all()
     recs = records(out)
     h = ch.EXPERIMENT.configure("smoke", TINY).science_hash()
     assert [r["unit"] for r in recs] == [f"{h}/backbone", f"{h}/split_2", f"{h}/avg_2"]

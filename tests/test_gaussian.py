@@ -1,6 +1,6 @@
 """Figure 3 (ntk_vs_nn/experiments/gaussian.py, data/gaussian.py, report/gaussian.py): deterministic
-teachers, rejection sampling, margin, label noise, a tiny end-to-end run through the store, resume,
-the tables regenerated from the records, and bad --set input."""
+teachers, rejection sampling, margin, label noise, the claim's interval and verdict, a tiny end-to-end
+run through the store, resume, the tables regenerated from the records, and bad --set input."""
 
 import dataclasses
 import json
@@ -12,10 +12,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ntk_vs_nn.analysis import bootstrap as bs
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.data import gaussian as gd
 from ntk_vs_nn.experiments import gaussian as g
 from ntk_vs_nn.experiments import load_config, run_experiment
+from ntk_vs_nn.report import gaussian as rg
 from ntk_vs_nn.store import Store
 
 
@@ -107,12 +109,72 @@ def test_settings_and_overrides():
     assert gd.parse_setting("margin/noise/rejection/mixture")["sampling"] == "rejection"
 
 
+# -- the claim: d = holds_below - mean gain over the cells, percentile bootstrap over the cells ------------
+def cells(gains) -> pd.DataFrame:
+    """The columns `report.gaussian.claim` reads, one row per made-up cell."""
+    n = len(gains)
+    return pd.DataFrame(dict(status=["ok"] * n, gain=gains, single_std=[0.1] * n, paper_gain=[0.0] * n))
+
+
+def claim_cfg(**claim) -> g.GaussianConfig:
+    return dataclasses.replace(g.GaussianConfig(), claim=dataclasses.replace(g.ClaimConfig(), **claim))
+
+
+def naive_interval(gains, threshold, n_boot, level, seed):
+    """An independent loop over the draws `bootstrap.unit_draws` documents: one integers(0, n, n) row
+    per draw from one default_rng(seed) stream, d = threshold - mean of the drawn gains."""
+    rng = np.random.default_rng(seed)
+    gains = np.asarray(gains, float)
+    d = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(gains), size=len(gains))
+        d.append(threshold - sum(gains[i] for i in idx) / len(gains))
+    a = (1 - level) / 2
+    return float(np.quantile(d, a)), float(np.quantile(d, 1 - a))
+
+
+def test_claim_interval_matches_a_naive_loop_over_the_cells():
+    gains = [0.1, 2.3, -0.4, 1.7, 0.9, 3.1, 0.2]
+    for n_boot, level, seed in ((2000, 0.95, 0), (500, 0.9, 7)):
+        v = rg.claim(cells(gains), claim_cfg(n_boot=n_boot, level=level, boot_seed=seed))
+        assert v["d"] == pytest.approx(0.5 - np.mean(gains))
+        lo, hi = naive_interval(gains, 0.5, n_boot, level, seed)
+        assert (v["ci_low"], v["ci_high"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+    c = bs.unit_bootstrap({"g": np.array(gains)}, lambda u: u["g"].mean(-1), 300, 0.95, 3)
+    assert c.d == pytest.approx(np.mean(gains)) and c.lo < c.d < c.hi
+
+
+def test_claim_verdict_follows_the_interval_not_the_point():
+    """By hand: identical gains leave every resample's mean at the gain, so the interval is [d, d]:
+    0.1 everywhere (d = +0.4) holds, 0.7 everywhere (d = -0.2) fails, though both means sit between
+    the old band rule's 0.5 and 1.0 (0.7 was inconclusive under it). Spread gains with the same mean
+    0.1 straddle the threshold: the interval crosses 0, inconclusive."""
+    v = rg.claim(cells([0.1] * 6), claim_cfg())
+    assert (v["d"], v["ci_low"], v["ci_high"], v["verdict"]) == (pytest.approx(0.4),) * 3 + ("holds",)
+    v = rg.claim(cells([0.7] * 6), claim_cfg())
+    assert (v["ci_low"], v["ci_high"], v["verdict"]) == (pytest.approx(-0.2), pytest.approx(-0.2), "fails")
+    v = rg.claim(cells([-3.0, 3.2, -2.9, 3.1, -2.8, 3.0]), claim_cfg())
+    assert v["d"] == pytest.approx(0.4) and v["ci_low"] < 0 < v["ci_high"] and v["verdict"] == "inconclusive"
+    v = rg.claim(cells([0.1] * 6), claim_cfg(holds_below=0.05))  # the threshold is subtracted
+    assert v["d"] == pytest.approx(-0.05) and v["verdict"] == "fails"
+    v = rg.claim(cells([]), claim_cfg())
+    assert v["verdict"] == "inconclusive" and np.isnan(v["d"])
+
+
+def test_claim_settings_are_not_in_the_science_hash():
+    base = g.GaussianConfig()
+    assert claim_cfg(n_boot=500, level=0.9, boot_seed=3, holds_below=1.0).science_hash() == base.science_hash()
+    assert base.science_hash() == "8b0c438403bf"  # the committed records' hash (results/gaussian)
+    with pytest.raises(UserError, match="claim.n_boot"):
+        g.EXPERIMENT.configure("smoke", ["claim.level=1.5"])
+
+
 def records(out: str) -> list[dict]:
     return [json.loads(line) for line in open(os.path.join(out, "records.jsonl"))]
 
 
 def outputs(out: str) -> dict:
-    return {n: open(os.path.join(out, n)).read() for n in ("table.md", "table.csv", "summary.md")}
+    return {n: open(os.path.join(out, n)).read() for n in ("table.md", "table.csv", "summary.md", "claims.csv")}
 
 
 # linear and fc2 teachers both get fc2 students: one compiled student for the four cells; one run for the
@@ -131,7 +193,7 @@ def test_end_to_end_writes_its_table_and_resumes(tiny_run, tmp_path):
     out = str(tmp_path / "g")
     shutil.copytree(tiny_run[0], out)
     written = tiny_run[1]
-    for name in ("table.md", "table.csv", "config.json", "summary.md", "records.jsonl"):
+    for name in ("table.md", "table.csv", "config.json", "summary.md", "claims.csv", "records.jsonl"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
     df = pd.read_csv(os.path.join(out, "table.csv"))
     assert len(df) == 4 and set(df.teacher) == {"linear", "fc2"} and (df.status == "ok").all()
@@ -143,6 +205,9 @@ def test_end_to_end_writes_its_table_and_resumes(tiny_run, tmp_path):
     assert "## Ours" in md and "margin · 10% noise · rejection · mixture" in md and "(" in md
     assert written.text == md and len(written.verdicts) == 1 and "Figure 3" in written.verdicts[0]
     assert "Verdict" in open(os.path.join(out, "summary.md")).read()
+    claims = pd.read_csv(os.path.join(out, "claims.csv"))
+    assert {"d", "ci_low", "ci_high", "verdict"} <= set(claims.columns) and len(claims) == 1
+    assert claims.ci_low[0] <= claims.d[0] <= claims.ci_high[0] and claims.verdict[0] in written.verdicts[0]
     recs = records(out)
     h = g.EXPERIMENT.configure("smoke", SETS).science_hash()
     cells = [
@@ -176,7 +241,7 @@ def test_committed_results_regenerate_from_their_records(tmp_path):
         (out / n).write_bytes(open(os.path.join(src, n), "rb").read())
     exp, cfg = load_config(str(out))
     exp.write(cfg, Store(str(out)))
-    for n in ("table.md", "table.csv", "summary.md"):
+    for n in ("table.md", "table.csv", "summary.md", "claims.csv"):
         assert (out / n).read_bytes() == open(os.path.join(src, n), "rb").read(), n
 
 

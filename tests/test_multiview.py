@@ -303,16 +303,107 @@ def test_shared_engine_equals_plain_gradient_descent(family):
     np.testing.assert_allclose(got["params"]["W"], want, rtol=2e-3, atol=1e-6)
 
 
-def test_aggregate_verdicts():
-    rows = []
-    for protocol, errs in (("single", [0.5, 0.52, 0.48]), ("ensemble", [0.05]), ("kd", [0.0]), ("sd", [0.3])):
-        for i, e in enumerate(errs):
-            rows.append({"family": "nn", "protocol": protocol, "member": i, "error_mu": e, "se_mu": 0.01,
-                         "err_mv_pct": 0.0, "err_sv_pct": 100 * e / 2, "seconds": 1.0})  # fmt: skip
-    agg = rmv.aggregate(pd.DataFrame(rows)).set_index("protocol")
-    assert agg.loc["single", "error_mu"] == pytest.approx(0.5)
-    assert agg.loc["single", "error_mu_se"] == pytest.approx(np.sqrt(0.02**2 / 3 + 0.01**2))
-    assert dict(agg.verdict) == {"single": "holds", "ensemble": "fails", "kd": "holds", "sd": "fails"}
+# -- statements and claims: d with a bootstrap interval over the models and their test errors -------------
+CLAIM = mv.ClaimSection()
+
+
+def model(protocol, member, k_sv, n_sv=100, k_mv=0, n_mv=900, mu=0.1, family="nn") -> dict:
+    """One `models_frame` row with k_mv / k_sv errors on n_mv multi-view / n_sv single-view test points."""
+    e_mv, e_sv = k_mv / n_mv, k_sv / n_sv
+    err = (1 - mu) * e_mv + mu * e_sv
+    var = (1 - mu) ** 2 * e_mv * (1 - e_mv) / n_mv + mu**2 * e_sv * (1 - e_sv) / n_sv
+    return {"family": family, "protocol": protocol, "member": member, "seconds": 1.0, "train_acc_pct": 100.0,
+            "err_mv_pct": 100 * e_mv, "err_sv_pct": 100 * e_sv, "n_mv": n_mv, "n_sv": n_sv, "error_pct": 100 * err,
+            "error_mu": err / mu, "se_mu": np.sqrt(var) / mu}  # fmt: skip
+
+
+def family(single, ensemble, kd, sd, **kw) -> pd.DataFrame:
+    """single / sd: lists of k_sv per member; ensemble / kd: one k_sv each."""
+    rows = [model("single", i, k, **kw) for i, k in enumerate(single)]
+    rows += [model("ensemble", -1, ensemble, **kw), model("kd", -1, kd, **kw)]
+    rows += [model("sd", i, k, **kw) for i, k in enumerate(sd)]
+    return pd.DataFrame(rows)
+
+
+def test_family_draws_match_a_naive_loop():
+    """The draw order of `family_draws`' docstring, re-implemented one draw at a time: unit blocks
+    (pairs single i / SD i, the unpaired singles, the ensemble, KD) from one default_rng(seed), then
+    per protocol its mean model's binomial test resample (all k_mv draws, then all k_sv)."""
+    fm = family([10, 30, 50], 2, 7, [20, 40], k_mv=3)
+    fm.loc[fm.protocol == "single", "err_mv_pct"] = [100 * 3 / 900, 100 * 9 / 900, 0.0]  # varied k_mv
+    n_boot, seed, mu = 300, 5, 0.1
+    got = rmv.family_draws(fm, mu, n_boot, seed)
+    rng = np.random.default_rng(seed)
+    counts = {p: np.rint(np.stack([g.err_mv_pct / 100 * 900, g.err_sv_pct / 100 * 100], 1)) for p, g in
+              fm.groupby("protocol")}  # fmt: skip
+    drawn = {p: [[] for _ in range(n_boot)] for p in counts}
+    for rows, names in (((0, 1), ("single", "sd")), ((2,), ("single",)), ((0,), ("ensemble",)), ((0,), ("kd",))):
+        for b in range(n_boot):
+            idx = rng.integers(0, len(rows), size=len(rows))
+            for name in names:
+                drawn[name][b] += [counts[name][rows[i]] for i in idx]
+    for p in rmv.PROTOCOLS:
+        rates = [np.mean(drawn[p][b], axis=0) / [900, 100] for b in range(n_boot)]
+        k_mv = [rng.binomial(900, r[0]) for r in rates]
+        k_sv = [rng.binomial(100, r[1]) for r in rates]
+        want = [((1 - mu) * a / 900 + mu * c / 100) / mu for a, c in zip(k_mv, k_sv)]
+        assert got[p][0] == pytest.approx(fm[fm.protocol == p].error_mu.mean())
+        np.testing.assert_allclose(got[p][1], want, rtol=0, atol=1e-12)
+
+
+def test_statement_verdicts_by_hand():
+    """error / mu = k_sv / 100 here (no multi-view errors). Ensemble with 0 errors: every draw is 0,
+    d = 0.01 - 0 exactly, holds. One error (0.01 mu, which the old mean +- 2 SE rule called holds):
+    Bin(100, 0.01) draws 0 with probability 0.37 and <= 3 with 0.98, so the interval of 0.01 - k / 100
+    is [about -0.02, 0.01]: inconclusive. 50 errors fail. Singles at exactly 0.5 mu on 10^6 points:
+    the interval of min(0.51 - e, e - 0.49) is 0.01 - O(0.002), holds; on 100 points it straddles 0;
+    at 0.3 mu it fails."""
+    agg = lambda fm: rmv.aggregate(fm, 0.1, CLAIM).set_index("protocol")  # noqa: E731
+    a = agg(family([50, 50, 50], 0, 1, [50, 20]))
+    assert (a.loc["ensemble", "d"], a.loc["ensemble", "ci_low"], a.loc["ensemble", "ci_high"]) == (
+        pytest.approx(0.01),) * 3  # fmt: skip
+    assert a.loc["ensemble", "verdict"] == "holds"
+    assert a.loc["kd", "d"] == pytest.approx(0.0) and a.loc["kd", "ci_high"] == pytest.approx(0.01)
+    assert -0.03 - 1e-9 <= a.loc["kd", "ci_low"] <= -0.01 and a.loc["kd", "verdict"] == "inconclusive"
+    assert a.loc["single", "verdict"] == "inconclusive" and a.loc["single", "ci_low"] < 0 < a.loc["single", "ci_high"]
+    assert a.loc["sd", "d"] == pytest.approx(0.26 - 0.35) and a.loc["sd", "verdict"] in ("fails", "inconclusive")
+    assert agg(family([50, 50], 50, 0, [50])).loc["ensemble", "verdict"] == "fails"
+    big = agg(family([500000] * 3, 0, 0, [500000], n_sv=10**6)).loc["single"]
+    assert big.d == pytest.approx(0.01) and 0.005 < big.ci_low < big.ci_high <= 0.01 + 1e-9 and big.verdict == "holds"
+    assert agg(family([30, 30], 0, 0, [30])).loc["single", "verdict"] == "fails"  # 0.3 mu: d = -0.19 -+ ~0.09
+
+
+@pytest.mark.parametrize("kd,verdict", [(0, "holds"), (30, "fails"), (15, "inconclusive")])
+def test_kd_claim_flips_with_its_interval(kd, verdict):
+    """nn: d = (single - KD) - (single - ensemble) / 2 >= 0 with singles at 0.3 mu and the ensemble at
+    0: KD at 0 gives d = 0.15 (interval 0.15 -+ ~0.09 from the singles' Bin(100, 0.3)), KD at 0.3
+    gives -0.15, KD at 0.15 gives 0, whose interval straddles 0."""
+    cf = rmv.claim_frame(family([30, 30, 30], 0, kd, [30, 30]), 0.1, CLAIM).set_index("claim")
+    r = cf.loc["KD recovers at least half of the ensemble's gain"]
+    assert r.d == pytest.approx(0.3 - kd / 100 - 0.15) and r.verdict == verdict and not r.strict
+
+
+def test_sd_claim_pairs_each_student_with_its_teacher():
+    """SD student i equals single i (errors 0.2 and 0.8 mu on 10^6 points): resampled as pairs, every
+    draw of single - SD is ~0 (test noise ~0.001), so the interval is narrow; resampling the two groups
+    independently would swing it by +-0.3. Kernel families test "SD is not better" (>= 0)."""
+    fm = family([200000, 800000], 0, 0, [200000, 800000], n_sv=10**6)
+    r = rmv.claim_frame(fm, 0.1, CLAIM).set_index("claim").loc["SD is better than a single model"]
+    assert r.d == pytest.approx(0.0) and r.ci_high - r.ci_low < 0.01 and r.verdict == "inconclusive"
+    for sd, verdict in ((0, "holds"), (60, "fails")):
+        cf = rmv.claim_frame(family([30, 30], 0, 0, [sd, sd]), 0.1, CLAIM).set_index("claim")
+        assert cf.loc["SD is better than a single model", "verdict"] == verdict
+    kern = rmv.claim_frame(family([30, 30], 0, 0, [60, 60], family="gp"), 0.1, CLAIM)
+    assert dict(zip(kern.claim, kern.verdict))["SD is not better than a single model"] == "holds"
+
+
+def test_claim_settings_are_not_in_the_science_hash():
+    base = mv.default()
+    other = dataclasses.replace(base, claim=mv.ClaimSection(n_boot=500, level=0.9, boot_seed=2))
+    assert other.science_hash() == base.science_hash() == "990527b1b18a"  # results/multiview's students
+    assert other.science_hash(students=False) == "82b4a915a7a4"  # and its singles
+    with pytest.raises(UserError, match="claim.n_boot"):
+        mv.EXPERIMENT.configure("smoke", ["claim.n_boot=10"])
 
 
 # -- the experiment: bad input, end to end, resume, write from the records ----------------------------------
@@ -351,7 +442,7 @@ def test_sweep_mus_parse_as_numbers():
     assert mv.EXPERIMENT.configure("smoke", ["sweep.mus=()"]).sweep.mus == ()
 
 
-OUTPUTS = ("table.md", "table.csv", "models.csv", "lottery.md", "lottery.csv", "sweep.csv", "summary.md")
+OUTPUTS = ("table.md", "table.csv", "models.csv", "lottery.md", "lottery.csv", "sweep.csv", "summary.md", "claims.csv")
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +457,10 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert set(OUTPUTS) | {"config.json", "sweep.png", "records.jsonl"} <= set(os.listdir(out))
     table = pd.read_csv(out / "table.csv")
     assert set(table.family) == {"nn", "ntk", "gp"} and set(table.protocol) == set(rmv.PROTOCOLS)
-    assert set(table.verdict) <= {"holds", "fails"}
+    assert set(table.verdict) <= {"holds", "fails", "inconclusive"} and (table.ci_low <= table.ci_high).all()
+    claims = pd.read_csv(out / "claims.csv")
+    assert set(claims.family) == {"nn", "ntk", "gp"} and len(claims) == 6
+    assert {"d", "ci_low", "ci_high", "verdict"} <= set(claims.columns)
     sweep = pd.read_csv(out / "sweep.csv")
     assert sorted(sweep.mu.unique()) == [0.1, 0.2]
     meta = json.loads((out / "config.json").read_text())
@@ -375,7 +469,7 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert set(lottery.family) == {"nn", "ntk"} and len(lottery[lottery.protocol == "single"]) == 2 * 2 * 3
     summary = (out / "summary.md").read_text()
     assert "Training time" in summary and "ntk-vs-nn run multiview --preset smoke" in summary
-    assert written.text == (out / "table.md").read_text() and len(written.verdicts) == 4 + 3
+    assert written.text == (out / "table.md").read_text() and len(written.verdicts) == 4 + 6
     # every trained model is a unit: main point 3 x (2 singles + ensemble + KD + SD); the sweep at
     # mu = 0.1 is the main point's nn units, mu = 0.2 adds 5 more
     recs = Store(str(out)).records()

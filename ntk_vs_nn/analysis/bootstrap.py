@@ -196,3 +196,42 @@ def min_detectable(lo: float, hi: float) -> float:
     """The smallest difference the run could have detected: the CI half-width (hi - lo) / 2
     (pass the ``lo, hi`` of a `Comparison`; NaN in, NaN out)."""
     return (hi - lo) / 2
+
+
+# -- records with one scalar per unit (no per-example correctness) ------------------------------------------
+def unit_draws(values: dict[str, np.ndarray], n_boot: int = 2000, seed=0) -> dict[str, np.ndarray]:
+    """Bootstrap resamples of ``n`` independent units (cells, seeds, models) for records that keep one
+    value (or one row of values) per unit and no per-example correctness.
+
+    ``values``: name -> array whose first axis is the ``n`` units, the same ``n`` for every name; row j
+    of every array belongs to unit j, so every name is resampled with the same units (a paired
+    difference sees the same drawn units on both sides). Draws (exact order):
+      rng = np.random.default_rng(seed)   (a ``np.random.Generator`` passed as ``seed`` is used as is,
+                                          so callers can draw several independent blocks from one stream)
+      idx = rng.integers(0, n, size=(n_boot, n))   (row b = the units of draw b, with replacement)
+    and the result is ``{name: values[name][idx]}``, shape ``(n_boot, n, ...)``. A one-unit block
+    (n = 1) always draws its one unit (and still takes its ``idx`` from the stream)."""
+    arrays = {k: np.asarray(v) for k, v in values.items()}
+    sizes = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"every value needs the same number (> 0) of units on its first axis, got {sizes}")
+    n = sizes.pop()
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    return {k: a[idx] for k, a in arrays.items()}
+
+
+def unit_bootstrap(
+    values: dict[str, np.ndarray],
+    statistic: Callable[[dict[str, np.ndarray]], object],
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed=0,
+) -> Comparison:
+    """Percentile bootstrap of ``d = statistic(values)`` over independent units (`unit_draws`).
+
+    ``statistic`` maps ``{name: array}`` to d reducing the units axis, which is axis 0 of the recorded
+    values and axis 1 of the draws (write it on axis ``-1`` for 1-D values, e.g.
+    ``lambda v: v["gain"].mean(-1)``); the point estimate is ``statistic(values)``, the draws are
+    ``statistic(unit_draws(values, n_boot, seed))`` and the interval is their percentile interval at
+    ``level`` (`interval`, np.quantile with linear interpolation)."""
+    return comparison(float(statistic(values)), np.asarray(statistic(unit_draws(values, n_boot, seed))), level)

@@ -1,14 +1,22 @@
-"""The one verdict rule of every experiment's claims (tables' messages, multi-view, Figure 3, Figure 6).
+"""The verdict rules of every experiment's claims.
 
-A claim is a difference ``d`` oriented so that the claim says ``d > 0`` (strict) or ``d >= 0``,
-with an uncertainty ``band`` (a noise band, a standard-error multiple, half the width of a
-threshold gap):
+A claim is a difference ``d`` oriented so that the claim says ``d > 0`` (strict) or ``d >= 0``.
+Every claim with a confidence interval [lo, hi] of its ``d`` is decided by `decide_interval` (the
+tables' messages when their records carry test correctness, `analysis.intervals`; the multi-view
+statements and claims, Figure 3 and Figure 6, `report.multiview` / `report.gaussian` /
+`report.channels`):
+
+  strict:     holds if lo > 0,  fails if hi < 0, inconclusive otherwise;
+  non-strict: holds if lo >= 0, fails if hi < 0, inconclusive otherwise.
+
+The band rule `decide` (an uncertainty ``band`` in place of the interval) is left only for the
+tables' messages of folders recorded without test correctness (`analysis.messages`):
 
   strict:     holds if d > band,  fails if d < -band, inconclusive otherwise;
   non-strict: holds if d >= 0,    fails if d < -band, inconclusive otherwise.
 
-A missing or non-finite ``d`` is inconclusive. A claim made of several comparisons holds when all
-hold, fails when any fails, and is inconclusive otherwise (`combine`).
+A missing or non-finite ``d`` or bound is inconclusive. A claim made of several comparisons holds
+when all hold, fails when any fails, and is inconclusive otherwise (`combine`).
 """
 
 from __future__ import annotations
@@ -19,19 +27,12 @@ VERDICTS = ("holds", "fails", "inconclusive")
 
 
 def decide(d: float | None, band: float, strict: bool = True) -> str:
-    """The verdict of one comparison (see the module docstring)."""
+    """The band-rule verdict of one comparison (see the module docstring)."""
     if d is None or not math.isfinite(d):
         return "inconclusive"
     if strict:
         return "holds" if d > band else "fails" if d < -band else "inconclusive"
     return "holds" if d >= 0 else "fails" if d < -band else "inconclusive"
-
-
-def between(value: float, holds_below: float, fails_above: float) -> str:
-    """``value < holds_below`` holds, ``value > fails_above`` fails: `decide` on the gap's centre
-    with half its width as the band."""
-    centre, half = (holds_below + fails_above) / 2, (fails_above - holds_below) / 2
-    return decide(centre - value, half)
 
 
 def combine(verdicts: list[str]) -> str:

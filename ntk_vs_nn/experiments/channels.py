@@ -28,7 +28,8 @@ generated offline, and says so), ``mnist1d``, ``cifar10`` / ``cifar100`` (the ex
 Store: units ``<config hash>/backbone`` (its accuracy and map) and ``<config hash>/<variant>``; the
 hash is the config's after any fallback. A rerun trains only the variants not recorded (the backbone
 is retrained, deterministically, when one is missing). Outputs (`report.channels`, from the records):
-table.md, table.csv, plot.png, summary.md.
+table.md, table.csv, claims.csv, plot.png, summary.md. The claims (A, B, C) are differences d with
+Welch t-intervals from the students' recorded means and stds, decided by `verdict.decide_interval`.
 """
 
 from __future__ import annotations
@@ -79,6 +80,19 @@ class ChannelSection:
 
 
 @dataclass(frozen=True)
+class ClaimSection:
+    """The claims' intervals (not in the science hash). The records keep each variant's students only as
+    mean ± std, so the interval is a Welch t-interval (`report.channels.interval`), not a bootstrap:
+    only the level applies."""
+
+    level: float = 0.95  # confidence level of every claim's interval (as messages.level)
+
+    def __post_init__(self):
+        if not 0.5 < self.level < 1.0:
+            raise UserError(f"claim.level must be in (0.5, 1), got {self.level}")
+
+
+@dataclass(frozen=True)
 class RunSection:
     seed: int = 0
     members: str = "sequential"  # engine.Trainer mode (shared split only; per_member trains one at a time)
@@ -87,7 +101,8 @@ class RunSection:
 
 @dataclass(frozen=True)
 class ChannelsConfig:
-    """Figure 6's config; ``science_hash`` (the records' config hash) leaves out the preset and the run mode."""
+    """Figure 6's config; ``science_hash`` (the records' config hash) leaves out the preset, the run mode
+    and the claims' interval settings."""
 
     preset: str = "cpu"
     dataset: str = "fashion_mnist"  # fashion_mnist | mnist1d | cifar10 | cifar100
@@ -98,6 +113,7 @@ class ChannelsConfig:
     channels: ChannelSection = field(default_factory=ChannelSection)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=8, lr=2e-3, batch_size=128))
     run: RunSection = field(default_factory=RunSection)
+    claim: ClaimSection = field(default_factory=ClaimSection)
 
     def __post_init__(self):
         if self.dataset not in ("fashion_mnist", "mnist1d", "cifar10", "cifar100"):
@@ -125,7 +141,8 @@ class ChannelsConfig:
 
     def science_hash(self) -> str:
         d = dataclasses.asdict(self)
-        d.pop("preset")
+        for key in ("preset", "claim"):
+            d.pop(key)
         d["run"] = {"seed": self.run.seed}
         return hash_dict(d)
 
@@ -248,24 +265,28 @@ def _recorded(cfg: ChannelsConfig, store) -> tuple[str, dict]:
 
 
 def write(cfg: ChannelsConfig, store) -> Written:
-    """table.md, table.csv, plot.png and summary.md from the backbone's and the variants' records."""
+    """table.md, table.csv, claims.csv, plot.png and summary.md from the backbone's and the variants' records."""
     h, done = _recorded(cfg, store)
     bb = done[f"{h}/backbone"]
     results = [done[f"{h}/{v}"] for v in cfg.channels.variants if f"{h}/{v}" in done]
     paper_all, prow_name = report.paper_rows(bb["C"])
     df = report.tidy(results, paper_all[prow_name])
-    ours = report.claims({r.variant: (r.single_mean, r.single_std, r.ensemble) for r in df.itertuples()})
-    all_paper = {m: report.paper_claims(g) for m, g in paper_all.items()}
+    level = cfg.claim.level
+    ours = report.ours_claims(df, level)
+    all_paper = {m: report.paper_claims(g, level) for m, g in paper_all.items()}
     info = dict(bb, paper_row=prow_name, wall_s=bb["wall_s"] + float(df.wall_s.sum()))
     md = report.markdown(df, cfg, info, ours, all_paper[prow_name])
     out = store.out_dir
     atomic_write(os.path.join(out, "table.csv"), df.to_csv(index=False))
     atomic_write(os.path.join(out, "table.md"), md)
+    atomic_write(os.path.join(out, "claims.csv"), report.claims_frame(ours, all_paper, level).to_csv(index=False))
     title = f"Figure 6 on {bb['dataset']}: C = {bb['C']} channels of a fixed backbone (L = {cfg.student.members})"
     report.plot(df, paper_all, prow_name, os.path.join(out, "plot.png"), title)
     command = f"ntk-vs-nn run channels --preset {cfg.preset}"
     atomic_write(os.path.join(out, "summary.md"), report.summary_md(df, cfg, info, ours, all_paper, command))
-    return Written(md, [f"Figure 6 claim {c['claim']}: {c['verdict']}" for c in ours], {"table": md})
+    verdicts = [f"Figure 6 claim {c['claim']}: {c['verdict']} (d = {c['d']:+.2f} [{c['ci_low']:+.2f}, "
+                f"{c['ci_high']:+.2f}])" for c in ours]  # fmt: skip
+    return Written(md, verdicts, {"table": md})
 
 
 DESCRIPTION = "Figure 6: split / averaged channels of a fixed pretrained layer (Allen-Zhu & Li)"

@@ -8,8 +8,11 @@ their init; nn and ntk share inits), their logit-average ensemble, one KD studen
 shared engine (`engine.trainer`, `families`: nn = `models.multiview.PatchNet`, ntk its linearisation,
 gp `RandomFeatures` with a trained head; ntk and gp step ``learner.kernel_lr / lambda_max``). Test
 error ``(1 - mu) err_mv + mu err_sv`` is reported in units of mu beside the theorem (single 0.49-0.51
-mu, ensemble and KD <= 0.01 mu, SD <= 0.26 mu); then a sweep over mu (nn). Every trained model is a
-unit of the store; the ensembles are recorded from their members' saved logits.
+mu, ensemble and KD <= 0.01 mu, SD <= 0.26 mu); then a sweep over mu (nn). Every statement and the
+KD / SD claims are differences d with percentile-bootstrap intervals (the models resampled, then each
+protocol's test errors; ``claim.n_boot``, ``claim.level``, ``claim.boot_seed``), decided by
+`verdict.decide_interval`. Every trained model is a unit of the store; the ensembles are recorded from
+their members' saved logits.
 
 The regime (``default``). The theorem is asymptotic in ``k``; at ``k = 10`` these are the choices that
 make its mechanism visible. The search behind them (one factor at a time around a base with
@@ -110,12 +113,26 @@ class SweepSection:
 
 
 @dataclass(frozen=True)
+class ClaimSection:
+    """The intervals of the statements and claims (`report.multiview.family_draws`); not in the hash."""
+
+    n_boot: int = 2000  # bootstrap draws of every interval (as messages.n_boot)
+    level: float = 0.95  # their confidence level
+    boot_seed: int = 0  # their random draws
+
+    def __post_init__(self):
+        if self.n_boot < 100 or not 0.5 < self.level < 1.0:
+            raise UserError("claim.n_boot must be >= 100 and claim.level in (0.5, 1)")
+
+
+@dataclass(frozen=True)
 class MultiViewConfig:
     preset: str = "default"
     data: MultiViewData = field(default_factory=MultiViewData)
     learner: LearnerSection = field(default_factory=LearnerSection)
     protocol: ProtocolSection = field(default_factory=ProtocolSection)
     sweep: SweepSection = field(default_factory=SweepSection)
+    claim: ClaimSection = field(default_factory=ClaimSection)
 
     def __post_init__(self):
         p, s = self.protocol, self.sweep
@@ -267,18 +284,22 @@ def run(cfg: MultiViewConfig, store, log=lambda s: None) -> None:
 
 
 def write(cfg: MultiViewConfig, store) -> Written:
-    """Every output from the records: table, models, lottery, sweep, summary; the claims' verdicts."""
+    """Every output from the records: table, models, lottery, sweep, claims, summary; the verdicts (each
+    statement and claim a d with a bootstrap interval, `report.multiview.family_draws`)."""
     points = [(mu, [done[u] for u, *_ in units(cfg, mu, *pt) if u in done])
               for mu, *pt in cfg.points() for done in [_done(cfg, store, mu)]]  # fmt: skip
     main = points[0][1]
     if not main:
         raise UserError(f"{store.out_dir}: no multi-view records of config {cfg.science_hash()}; nothing to write")
-    sweep = [report.aggregate(report.models_frame(recs)).assign(mu=mu) for mu, recs in points[1:] if recs]
+    agg_at = lambda recs, mu: report.aggregate(report.models_frame(recs), mu, cfg.claim)  # noqa: E731
+    sweep = [agg_at(recs, mu).assign(mu=mu) for mu, recs in points[1:] if recs]
     sweep = pd.concat(sweep, ignore_index=True) if sweep else pd.DataFrame()
     models, views = report.models_frame(main), report.views_frame(main, view_threshold(cfg))
-    agg = report.aggregate(models)
-    md, lines = report.table_markdown(agg, cfg), report.claims(agg)
-    files = {"table.md": md, "table.csv": agg.to_csv(index=False), "models.csv": models.to_csv(index=False)}
+    agg = report.aggregate(models, cfg.data.mu, cfg.claim)
+    cf = report.claim_frame(models, cfg.data.mu, cfg.claim)
+    md, (lines, verdicts) = report.table_markdown(agg, cfg), report.claims(agg, cf)
+    files = {"table.md": md, "table.csv": agg.to_csv(index=False), "models.csv": models.to_csv(index=False),
+             "claims.csv": cf.to_csv(index=False)}  # fmt: skip
     if len(views):
         files["lottery.md"] = report.lottery_markdown(views, view_threshold(cfg))
         files["lottery.csv"] = views.to_csv(index=False)
@@ -297,7 +318,7 @@ def write(cfg: MultiViewConfig, store) -> Written:
     )
     for name, text in files.items():
         atomic_write(os.path.join(store.out_dir, name), text)
-    return Written(md, [ln for ln in lines if ln.startswith("- ")], {"table": md})
+    return Written(md, verdicts, {"table": md})
 
 
 _DESCRIPTION = "Allen-Zhu & Li's theorem on multi-view data: single, ensemble, KD, SD for nn, ntk and gp"

@@ -1,5 +1,6 @@
 """Figure 6's outputs, derived from its records alone: the claims (the paper's Observations 1-2 as
-three comparisons, `analysis.verdict`), table.md, table.csv, plot.png and summary.md."""
+three differences d with confidence intervals, decided by `verdict.decide_interval`), table.md,
+table.csv, claims.csv, plot.png and summary.md."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from scipy import stats
 
 from ntk_vs_nn import paper
-from ntk_vs_nn.analysis.verdict import between, decide
+from ntk_vs_nn.analysis.verdict import decide_interval
 
 COLUMNS = ("variant", "kind", "factor", "channels", "n_members", "single_mean", "single_std", "single_min",
            "single_max", "ensemble", "gain", "acc_by_size", "final_loss", "status", "wall_s")  # fmt: skip
@@ -25,50 +27,114 @@ def paper_rows(channels: int):
     return rows, (same[0] if same else "ResNet-28-2 (a)")
 
 
-def claims(table: dict, band_floor: float = 0.2) -> list[dict]:
-    """Verdicts from {variant: (single_mean, single_std, ensemble)} (ours or a paper row).
+PAPER_MEMBERS = 10  # L assumed for the paper's rows (its table gives mean ± std and one ensemble, not L)
+CLAIM_COLUMNS = ("source", "claim", "comparison", "strict", "d", "ci_low", "ci_high", "verdict", "level", "evidence")
+
+
+def interval(d: float, coef: dict, table: dict, members, level: float = 0.95) -> tuple[float, float]:
+    """Welch t-interval of ``d = const + sum_v coef[v] * single_mean_v`` (the ensembles held fixed):
+    se^2 = sum_v coef_v^2 std_v^2 / L_v, Welch-Satterthwaite degrees of freedom
+    se^4 / sum_v (coef_v^2 std_v^2 / L_v)^2 / (L_v - 1); ``d -+ t_{(1+level)/2, df} se``. ``members``:
+    L_v per variant (a dict) or one L for all. se = 0 gives [d, d]; a non-finite std, NaN."""
+    L = {v: members[v] if isinstance(members, dict) else members for v in coef}
+    a = {v: c**2 * table[v][1] ** 2 / L[v] for v, c in coef.items()}
+    se2 = float(sum(a.values()))
+    if not np.isfinite(se2) or not np.isfinite(d):
+        return float("nan"), float("nan")
+    if se2 == 0:
+        return float(d), float(d)
+    df = se2**2 / sum(x**2 / (L[v] - 1) for v, x in a.items() if L[v] > 1 and x > 0)
+    half = float(stats.t.ppf((1 + level) / 2, df)) * se2**0.5
+    return float(d - half), float(d + half)
+
+
+def claims(table: dict, members=PAPER_MEMBERS, level: float = 0.95) -> list[dict]:
+    """The three claims from {variant: (single_mean, single_std, ensemble)} (ours or a paper row), each
+    a difference d in accuracy points that the claim says is > 0 (gain = ensemble - single mean):
 
     A: splitting raises the ensemble gain: d = gain(deepest split) - gain(original).
-    B: averaging raises it less: d = mean over g of [gain(split_g) - gain(avg_g)] (g present in both).
-    C: the ensemble loses less than the single models when splitting (Observation 2): the share of the
-       single-model drop (original -> deepest split) that the ensemble also loses; < 1/2 holds, > 1 fails
-       (`verdict.between`; inconclusive when the single-model drop is inside the band).
-    Band for A, B = max(0.5 (σ_a + σ_b), floor); `verdict.decide`: holds if d > band, fails if d < -band.
+    C: the ensemble loses less than half of the single models' drop when splitting (Observation 2):
+       d = drop_single / 2 - drop_ensemble, drops from original to the deepest split (the sign of
+       1/2 - drop_ensemble / drop_single when the singles drop, without the ratio's instability).
+    B: averaging raises the gain less than splitting: d = mean over g of [gain(split_g) - gain(avg_g)]
+       (g present in both).
+
+    Each d is linear in the single means; its interval is `interval` (the records keep the L students
+    of a variant only as mean ± std and one ensemble, so nothing can be resampled; the ensembles are
+    held fixed), ``members`` = L (per variant or one for all), decided by `verdict.decide_interval`:
+    holds if ci_low > 0, fails if ci_high < 0, else inconclusive.
     """
 
     def gain(v):
         s, _, e = table[v]
         return e - s
 
+    def claim(name, comparison, d, coef, evidence):
+        lo, hi = interval(d, coef, table, members, level)
+        return dict(claim=name, comparison=comparison, strict=True, d=float(d), ci_low=lo, ci_high=hi,
+                    verdict=decide_interval(lo, hi, strict=True), evidence=evidence)  # fmt: skip
+
     out = []
     splits = sorted(int(v.split("_")[1]) for v in table if v.startswith("split_") and np.isfinite(table[v][2]))
     if "original" in table and splits:
         deep = f"split_{splits[-1]}"
-        d = gain(deep) - gain("original")
-        band = max(0.5 * (table[deep][1] + table["original"][1]), band_floor)
-        out.append(dict(claim="A: splitting channels raises the ensemble gain", d=d, band=band, verdict=decide(d, band),
-                        evidence=f"gain {gain('original'):+.2f} (original) -> {gain(deep):+.2f} ({deep})"))  # fmt: skip
+        out.append(claim("A: splitting channels raises the ensemble gain", f"gain({deep}) − gain(original)",
+                         gain(deep) - gain("original"), {deep: -1.0, "original": 1.0},
+                         f"gain {gain('original'):+.2f} (original) -> {gain(deep):+.2f} ({deep})"))  # fmt: skip
         drop_s = table["original"][0] - table[deep][0]
         drop_e = table["original"][2] - table[deep][2]
-        share = drop_e / drop_s if drop_s > 0 else float("nan")
-        v = between(share, 0.5, 1.0) if np.isfinite(share) and drop_s >= band else "inconclusive"
-        ev = f"single drops {drop_s:+.2f}, ensemble {drop_e:+.2f} (original -> {deep})"
-        out.append(dict(claim="C: the ensemble loses less than single models when splitting", d=share, band=0.5,
-                        verdict=v, evidence=ev))  # fmt: skip
+        share = f"{drop_e / drop_s:.2f}" if drop_s > 0 else "n/a"
+        ev = f"single drops {drop_s:+.2f}, ensemble {drop_e:+.2f} (original -> {deep}; share {share})"
+        out.append(claim("C: the ensemble loses less than half of the single models' drop when splitting",
+                         "drop(single)/2 − drop(ensemble)", drop_s / 2 - drop_e, {"original": 0.5, deep: -0.5},
+                         ev))  # fmt: skip
     both = [g for g in splits if f"avg_{g}" in table and np.isfinite(table[f"avg_{g}"][2])]
     if both:
         diffs = [gain(f"split_{g}") - gain(f"avg_{g}") for g in both]
-        d = float(np.mean(diffs))
-        stds = [0.5 * (table[f"split_{g}"][1] + table[f"avg_{g}"][1]) for g in both]
-        band = max(float(np.mean(stds)), band_floor)
+        coef = {}
+        for g in both:
+            coef[f"split_{g}"], coef[f"avg_{g}"] = -1.0 / len(both), 1.0 / len(both)
         ev = ", ".join(f"g={g}: {x:+.2f}" for g, x in zip(both, diffs))
-        out.append(dict(claim="B: averaging raises the gain less than splitting", d=d, band=band,
-                        verdict=decide(d, band), evidence=f"gain(split) − gain(avg): {ev}"))  # fmt: skip
+        out.append(claim("B: averaging raises the gain less than splitting", "mean_g gain(split_g) − gain(avg_g)",
+                         float(np.mean(diffs)), coef, f"gain(split) − gain(avg): {ev}"))  # fmt: skip
     return out
 
 
-def paper_claims(prow) -> list[dict]:
-    return claims({v: (r.single_mean_acc, r.single_std_acc, r.ensemble_acc) for v, r in prow.iterrows()})
+def ours_claims(df, level: float = 0.95) -> list[dict]:
+    """`claims` on our variants, L = each variant's recorded n_members."""
+    table = {r.variant: (r.single_mean, r.single_std, r.ensemble) for r in df.itertuples()}
+    return claims(table, {r.variant: int(r.n_members) for r in df.itertuples()}, level)
+
+
+def paper_claims(prow, level: float = 0.95) -> list[dict]:
+    table = {v: (r.single_mean_acc, r.single_std_acc, r.ensemble_acc) for v, r in prow.iterrows()}
+    return claims(table, PAPER_MEMBERS, level)
+
+
+def claims_frame(ours: list[dict], all_paper: dict, level: float) -> pd.DataFrame:
+    """claims.csv: one row per claim, ours first, then each row of the paper's table."""
+    rows = [dict(c, source="ours", level=level) for c in ours]
+    rows += [dict(c, source=f"paper {m}", level=level) for m, cs in all_paper.items() for c in cs]
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+
+
+def _num(x: float) -> str:
+    return f"{x:+.2f}" if np.isfinite(x) else "n/a"
+
+
+def _ci(c: dict) -> str:
+    return f"{_num(c['d'])} [{_num(c['ci_low'])}, {_num(c['ci_high'])}]"
+
+
+def rule_sentence(level: float) -> str:
+    return (
+        f"Rule: each claim is a difference d in accuracy points that it says is > 0, with a {100 * level:g} % "
+        "Welch t-interval from the single students' means (std / √L per variant, Welch–Satterthwaite degrees of "
+        "freedom): the records keep a variant's L students only as mean ± std and one ensemble, so nothing is "
+        "resampled and the ensembles are held fixed (their own noise is not in the interval); a claim holds if "
+        f"ci_low > 0, fails if ci_high < 0, and is inconclusive otherwise; the paper's rows by the same rule with "
+        f"L = {PAPER_MEMBERS} assumed."
+    )
 
 
 def tidy(results: list[dict], prow) -> pd.DataFrame:
@@ -109,11 +175,17 @@ def markdown(df, cfg, info: dict, ours: list[dict], theirs: list[dict]) -> str:
             f"{r.paper_gain:+.2f} |"
         )
     lines += ["", "## Claims (ours; the paper's row by the same rule)", "",
-              "| claim | ours | evidence | paper | paper evidence |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+              "| claim | d | ci_low | ci_high | verdict | evidence | paper d [CI] | paper verdict | paper evidence |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     paper_by = {c["claim"]: c for c in theirs}
     for c in ours:
-        p = paper_by.get(c["claim"], {"verdict": "–", "evidence": ""})
-        lines.append(f"| {c['claim']} | **{c['verdict']}** | {c['evidence']} | {p['verdict']} | {p['evidence']} |")
+        p = paper_by.get(c["claim"])
+        pd_, pv, pe = (_ci(p), p["verdict"], p["evidence"]) if p else ("–", "–", "")
+        lines.append(
+            f"| {c['claim']} | {_num(c['d'])} | {_num(c['ci_low'])} | {_num(c['ci_high'])} | **{c['verdict']}** | "
+            f"{c['evidence']} | {pd_} | {pv} | {pe} |"
+        )
+    lines += ["", rule_sentence(cfg.claim.level)]
     return "\n".join(lines + [""])
 
 
@@ -170,21 +242,22 @@ def summary_md(df, cfg, info, ours, all_paper: dict, command: str) -> str:
         "of the views are missing from each model and the ensemble collects them); averaging channels, which "
         "mixes views, grows it less.",
         "",
-        "| claim | verdict (ours) | d | band | evidence |",
-        "| --- | --- | --- | --- | --- |",
+        "| claim | d | ci_low | ci_high | verdict (ours) | evidence |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for c in ours:
-        lines.append(f"| {c['claim']} | **{c['verdict']}** | {c['d']:+.2f} | {c['band']:.2f} | {c['evidence']} |")
-    lines += ["", "The same rule on each complete row of the paper's table (CIFAR-100):", ""]
+        lines.append(
+            f"| {c['claim']} | {_num(c['d'])} | {_num(c['ci_low'])} | {_num(c['ci_high'])} | **{c['verdict']}** | "
+            f"{c['evidence']} |"
+        )
+    lines += ["", "The same rule on each complete row of the paper's table (CIFAR-100), d [CI]:", ""]
     for m, cs in all_paper.items():
         if cs:
-            lines.append(f"- {m}: " + "; ".join(f"{c['claim'][0]} {c['verdict']} ({c['d']:+.2f})" for c in cs))
+            lines.append(f"- {m}: " + "; ".join(f"{c['claim'][0]} {c['verdict']} ({_ci(c)})" for c in cs))
     lines += [
         "",
-        "Rules: A d = gain(deepest split) − gain(original); B d = mean over g of gain(split_g) − gain(avg_g); "
-        "band = max(0.5 (σ_a + σ_b), 0.2) with σ the single students' std; holds if d > band, fails if "
-        "d < −band. C: the ensemble's drop / the single models' drop (original → deepest split) < 0.5 holds, "
-        "> 1 fails (inconclusive between, or when the single drop is inside the band).",
+        "Comparisons: A d = gain(deepest split) − gain(original); C d = drop(single)/2 − drop(ensemble), original "
+        "→ deepest split; B d = mean over g of gain(split_g) − gain(avg_g). " + rule_sentence(cfg.claim.level),
         "",
     ]
     return "\n".join(lines)

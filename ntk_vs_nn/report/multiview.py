@@ -1,6 +1,10 @@
 """Outputs of the multi-view experiment (`experiments.multiview`): the table beside Allen-Zhu & Li's
-statements, the lottery (which view each model learned), the sweep over mu and the summary, all
-from the aggregated rows and the per-model view records."""
+statements, the lottery (which view each model learned), the sweep over mu, the KD / SD claims and
+the summary, all from the aggregated rows and the per-model records.
+
+Every statement and claim is a difference d that it says is >= 0 or > 0, with a percentile-bootstrap
+interval (`family_draws`: the trained models are resampled, then each group's test errors) decided
+by `verdict.decide_interval`."""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ntk_vs_nn.analysis.verdict import decide
+from ntk_vs_nn.analysis import bootstrap as bs
+from ntk_vs_nn.analysis.verdict import decide_interval
 
 PROTOCOLS = ("single", "ensemble", "kd", "sd")
 NAMES = {"single": "single", "ensemble": "ensemble", "kd": "KD", "sd": "SD"}
@@ -19,6 +24,10 @@ NAMES = {"single": "single", "ensemble": "ensemble", "kd": "KD", "sd": "SD"}
 
 def _fmt(x: float) -> str:
     return f"{x:.3f}"
+
+
+def _sgn(x: float) -> str:
+    return f"{x:+.3f}" if np.isfinite(x) else "n/a"
 
 
 def table_markdown(agg: pd.DataFrame, cfg) -> str:
@@ -31,20 +40,20 @@ def table_markdown(agg: pd.DataFrame, cfg) -> str:
         f"q = {lr.q}, varrho = {lr.varrho:g}, sigma0 = {lr.sigma0:g}, GD lr {lr.lr:g} x {lr.steps} steps "
         f"(ntk, gp: {lr.kernel_lr:g} / lambda_max); KD/SD: engine.distill_loss, alpha = {p.kd_alpha:g}, "
         f"tau = {p.kd_tau:g}; {d.n_test} test points. Error = (1 - mu) err_mv + mu err_sv, in units of mu; "
-        "mean +- SE over the models (SE: spread over inits and test-set binomial error). A statement *holds* "
-        "when mean +- 2 SE meets its range. The theorem is about the two-layer net (nn); ntk and gp rows are "
-        "the paper's contrast.",
+        "mean +- SE over the models (SE: spread over inits and test-set binomial error). The theorem is about "
+        "the two-layer net (nn); ntk and gp rows are the paper's contrast.",
         "",
         "| family | protocol | models | error / mu | std / mu | multi-view err % | single-view err % | train acc % "
-        "| theorem | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| theorem | d | ci_low | ci_high | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in agg.itertuples():
         lines.append(
             f"| {r.family} | {NAMES[r.protocol]} | {r.n_models} | {_fmt(r.error_mu)} +- {_fmt(r.error_mu_se)} | "
             f"{_fmt(r.error_mu_std)} | {r.err_mv_pct:.2f} | {r.err_sv_pct:.1f} | {r.train_acc_pct:.1f} | "
-            f"{r.statement} | {r.verdict} |"
+            f"{r.statement} | {_sgn(r.d)} | {_sgn(r.ci_low)} | {_sgn(r.ci_high)} | {r.verdict} |"
         )
+    lines += ["", STATEMENT_RULE, "", rule_sentence(cfg.claim)]
     return "\n".join(lines) + "\n"
 
 
@@ -128,6 +137,8 @@ def summary_markdown(cfg, claims: list[str], sweep: pd.DataFrame, command: str, 
         "## The theorem's statements (nn) and the kernel contrast",
         "",
         *claims,
+        "",
+        rule_sentence(cfg.claim),
     ]
     if sweep_lines:
         sw = cfg.sweep
@@ -142,8 +153,9 @@ def summary_markdown(cfg, claims: list[str], sweep: pd.DataFrame, command: str, 
         "## Files",
         "",
         "`table.{md,csv}` (aggregated), `models.csv` (one row per trained model), `lottery.{md,csv}`, "
-        "`sweep.{csv,png}`, `config.json` (every setting), `records.jsonl` (one record per model, with "
-        "provenance), `units/` (each model's train and test logits), `summary.md`.",
+        "`sweep.{csv,png}`, `claims.csv` (the KD / SD claims: d, interval, verdict), `config.json` (every setting), "
+        "`records.jsonl` (one record per model, with provenance), `units/` (each model's train and test logits), "
+        "`summary.md`.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -151,7 +163,7 @@ def summary_markdown(cfg, claims: list[str], sweep: pd.DataFrame, command: str, 
 def command(cfg, base, out: str) -> str:
     """The command line that makes ``cfg``: its preset and a ``--set`` per field that differs from ``base``."""
     sets = []
-    for sec in ("data", "learner", "protocol", "sweep"):
+    for sec in ("data", "learner", "protocol", "sweep", "claim"):
         a, b = dataclasses.asdict(getattr(cfg, sec)), dataclasses.asdict(getattr(base, sec))
         sets += [
             f"--set {sec}.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in a.items() if v != b[k]
@@ -173,12 +185,13 @@ def error_row(pred, test: dict, mu: float) -> dict:
 
 
 # -- rows and verdicts ---------------------------------------------------------------------------------
-# protocol -> (low, high) in units of mu and the theorem's words (arXiv 2012.09816, Thm 1 / seeds)
+# protocol -> (low, high) in units of mu (-inf: an upper bound only) and the theorem's words
+# (arXiv 2012.09816, Thm 1 / seeds)
 STATEMENTS = {
     "single": (0.49, 0.51, "single model error in [0.49, 0.51] mu"),
-    "ensemble": (0.0, 0.01, "ensemble error <= 0.01 mu"),
-    "kd": (0.0, 0.01, "KD student error <= 0.01 mu"),
-    "sd": (0.0, 0.26, "SD student error <= 0.26 mu"),
+    "ensemble": (-np.inf, 0.01, "ensemble error <= 0.01 mu"),
+    "kd": (-np.inf, 0.01, "KD student error <= 0.01 mu"),
+    "sd": (-np.inf, 0.26, "SD student error <= 0.26 mu"),
 }
 _MODEL_COLUMNS = ("family", "protocol", "member", "seconds", "train_acc_pct", "err_mv_pct", "err_sv_pct",
                   "n_mv", "n_sv", "error_pct", "error_mu", "se_mu")  # fmt: skip
@@ -200,64 +213,169 @@ def views_frame(records: list[dict], threshold: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def aggregate(models: pd.DataFrame) -> pd.DataFrame:
-    """One row per (family, protocol): mean, std and standard error in units of mu, and the verdict.
+def _counts(g: pd.DataFrame) -> np.ndarray:
+    """(models, 2) test errors [multi-view, single-view] of the rows (the recorded percentages x counts)."""
+    return np.rint(np.stack([g.err_mv_pct / 100 * g.n_mv, g.err_sv_pct / 100 * g.n_sv], axis=1)).astype(np.int64)
 
-    The standard error of a mean over n models is ``sqrt(std^2 / n + se_test^2)`` (spread over inits
-    plus the test-set binomial error). A statement holds when ``mean +- 2 se`` meets its range
-    ``[lo, hi]``: `decide` on ``d = min(hi - (mean - 2 se), (mean + 2 se) - lo)``, non-strict, band 0
-    (holds iff ``d >= 0``, else fails).
+
+def family_draws(fm: pd.DataFrame, mu: float, n_boot: int = 2000, seed: int = 0) -> dict[str, tuple[float, np.ndarray]]:
+    """{protocol: (mean error / mu of its models, ``n_boot`` bootstrap draws of it)} for one family's
+    models (the rows of `models_frame`; every model of a point is scored on the same test set).
+
+    The records keep each model's error counts on the n_mv multi-view and n_sv single-view test
+    points, not which points it got wrong, so the draws resample the models and then each protocol's
+    test errors (exact order, one ``rng = np.random.default_rng(seed)`` per family):
+      1. units (`analysis.bootstrap.unit_draws` on ``rng``, models in member order), block by block:
+         the pairs (single i, SD student i of single i) resampled together, then the singles without an
+         SD student, the SD students without a single, the ensemble, the KD student (a one-model block
+         always draws its model);
+      2. for each protocol in ``PROTOCOLS`` order: the mean multi-view and single-view error rates of
+         its drawn models, p_mv and p_sv, then ``k_mv = rng.binomial(n_mv, p_mv)`` and
+         ``k_sv = rng.binomial(n_sv, p_sv)`` (one test-set resample of the protocol's mean model);
+         draw = ((1 - mu) k_mv / n_mv + mu k_sv / n_sv) / mu.
+    The protocols' test resamples are independent, so differences between protocols (which share the
+    test points) get wider intervals than a paired resample would give; a one-model protocol's
+    interval is its test-set noise alone."""
+    rng = np.random.default_rng(seed)
+    by = {p: g.sort_values("member", kind="stable") for p, g in fm.groupby("protocol", sort=False)}
+    n = np.array([max(int(fm.n_mv.iloc[0]), 1), max(int(fm.n_sv.iloc[0]), 1)])
+    single, sd = by.get("single", fm.iloc[:0]), by.get("sd", fm.iloc[:0])
+    paired = sorted(set(single.member) & set(sd.member))
+    parts: dict[str, list[np.ndarray]] = {p: [] for p in by}
+    if paired:
+        d = bs.unit_draws({"single": _counts(single[single.member.isin(paired)]),
+                           "sd": _counts(sd[sd.member.isin(paired)])}, n_boot, rng)  # fmt: skip
+        parts["single"].append(d["single"])
+        parts["sd"].append(d["sd"])
+    for p, g in (("single", single), ("sd", sd)):
+        rest = g[~g.member.isin(paired)]
+        if len(rest):
+            parts[p].append(bs.unit_draws({p: _counts(rest)}, n_boot, rng)[p])
+    for p in ("ensemble", "kd"):
+        if p in by:
+            parts[p].append(bs.unit_draws({p: _counts(by[p])}, n_boot, rng)[p])
+    out = {}
+    for p in PROTOCOLS:
+        if p not in by:
+            continue
+        rate = np.concatenate(parts[p], axis=1).mean(axis=1) / n  # (n_boot, 2)
+        k_mv, k_sv = rng.binomial(n[0], rate[:, 0]), rng.binomial(n[1], rate[:, 1])
+        out[p] = (float(by[p].error_mu.mean()), ((1 - mu) * k_mv / n[0] + mu * k_sv / n[1]) / mu)
+    return out
+
+
+STATEMENT_RULE = (
+    "A statement's d (error / mu) is hi - error for 'error <= hi' and min(hi - error, error - lo) for "
+    "'error in [lo, hi]' (the statement is true iff d >= 0): it holds if ci_low >= 0, fails if ci_high < 0, "
+    "and is inconclusive otherwise."
+)
+
+
+def rule_sentence(claim) -> str:
+    return (
+        f"Intervals: {100 * claim.level:g} % percentile bootstrap ({claim.n_boot} draws, seed {claim.boot_seed}) "
+        "that resamples the trained models (an SD student with its teacher single) and then each protocol's test "
+        "errors binomially from its models' recorded counts (the records keep no per-point errors, so the "
+        "protocols' test resamples are independent); `verdict.decide_interval` decides."
+    )
+
+
+def aggregate(models: pd.DataFrame, mu: float, claim) -> pd.DataFrame:
+    """One row per (family, protocol): mean, std and standard error in units of mu (descriptive: the
+    standard error of a mean over n models is ``sqrt(std^2 / n + se_test^2)``, spread over inits plus
+    the test-set binomial error), and the statement's d = ``min(hi - error, error - lo)`` for its range
+    ``[lo, hi]`` (``hi - error`` for an upper bound, lo = -inf) with its interval (`family_draws`,
+    ``claim.n_boot``, ``claim.level``, ``claim.boot_seed``), decided by `verdict.decide_interval`,
+    non-strict: holds if ci_low >= 0, fails if ci_high < 0, else inconclusive.
     """
     out = []
+    draws = {
+        fam: family_draws(fm, mu, claim.n_boot, claim.boot_seed) for fam, fm in models.groupby("family", sort=False)
+    }
     for (family, protocol), g in models.groupby(["family", "protocol"], sort=False):
         n, mean = len(g), float(g.error_mu.mean())
         std = float(g.error_mu.std(ddof=1)) if n > 1 else 0.0
         se = float(np.sqrt(std**2 / n + float((g.se_mu**2).mean())))
         lo, hi, words = STATEMENTS[protocol]
-        verdict = decide(min(hi - (mean - 2 * se), (mean + 2 * se) - lo), 0.0, strict=False)
+        point, boot = draws[family][protocol]
+        c = bs.comparison(min(hi - point, point - lo), np.minimum(hi - boot, boot - lo), claim.level)
         out.append({"family": family, "protocol": protocol, "n_models": n, "error_mu": mean,
                     "error_mu_std": std, "error_mu_se": se, "err_mv_pct": float(g.err_mv_pct.mean()),
                     "err_sv_pct": float(g.err_sv_pct.mean()),
                     "train_acc_pct": float(g.train_acc_pct.mean()) if "train_acc_pct" in g else float("nan"),
-                    "statement": words, "verdict": verdict, "train_s": float(g.seconds.sum())})  # fmt: skip
+                    "statement": words, "d": c.d, "ci_low": c.lo, "ci_high": c.hi,
+                    "verdict": decide_interval(c.lo, c.hi, strict=False),
+                    "train_s": float(g.seconds.sum())})  # fmt: skip
     return pd.DataFrame(out)
 
 
-def claims(agg: pd.DataFrame) -> list[str]:
-    """The statements' verdicts (nn) and per family the KD / SD claims, through `decide`.
+CLAIM_COLUMNS = ("family", "claim", "comparison", "strict", "d", "ci_low", "ci_high", "verdict", "n_boot", "level")
+# kind -> [(claim, comparison, d from the protocols' errors {p: error / mu}, strict)]
+CLAIMS = {
+    "nn": [  # the theorem: KD captures the ensemble (message 5), SD helps (message 6)
+        ("KD recovers at least half of the ensemble's gain", "(single - KD) - (single - ensemble)/2",
+         lambda e: (e["single"] - e["kd"]) - (e["single"] - e["ensemble"]) / 2, False),
+        ("SD is better than a single model", "single - SD", lambda e: e["single"] - e["sd"], True),
+    ],
+    "kernel": [  # the paper's kernel messages 2 and 3: the ensemble cannot be distilled, SD does not help
+        ("KD recovers less than half of the ensemble's gain", "(single - ensemble)/2 - (single - KD)",
+         lambda e: (e["single"] - e["ensemble"]) / 2 - (e["single"] - e["kd"]), True),
+        ("SD is not better than a single model", "SD - single", lambda e: e["sd"] - e["single"], False),
+    ],
+}  # fmt: skip
 
-    KD "recovers at least half of the ensemble's gain": ``d = share - 0.5`` non-strict (kernels: "less
-    than half", ``0.5 - share`` strict); SD "better than a single by > 2 SE": ``d = (single - 2 se) - sd``
-    strict (kernels: "not better", ``-d`` non-strict); every band 0, ``se = hypot(se_single, se_sd)``. An
-    ensemble without gain (share undefined) is inconclusive.
-    """
-    lines = ["A statement holds when our mean +- 2 SE meets its range (SE in `table.md`).", ""]
+
+def claim_frame(models: pd.DataFrame, mu: float, claim) -> pd.DataFrame:
+    """Per family with all four protocols, its two KD / SD claims: d (errors in units of mu) with its
+    interval from the same draws as the statements (`family_draws`), `verdict.decide_interval`."""
+    rows = []
+    for fam, fm in models.groupby("family", sort=False):
+        if not set(PROTOCOLS) <= set(fm.protocol):
+            continue
+        draws = family_draws(fm, mu, claim.n_boot, claim.boot_seed)
+        point = {p: v[0] for p, v in draws.items()}
+        boot = {p: v[1] for p, v in draws.items()}
+        for text, comparison, fn, strict in CLAIMS["nn" if fam == "nn" else "kernel"]:
+            c = bs.comparison(fn(point), fn(boot), claim.level)
+            rows.append(dict(family=fam, claim=text, comparison=comparison, strict=strict, d=c.d, ci_low=c.lo,
+                             ci_high=c.hi, verdict=decide_interval(c.lo, c.hi, strict), n_boot=claim.n_boot,
+                             level=claim.level))  # fmt: skip
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
+
+
+def claims(agg: pd.DataFrame, cf: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """summary.md's lines (the nn statements, each family's gains, the KD / SD claims' table) and the
+    verdict lines (the nn statements and every KD / SD claim)."""
+    lines, verdicts = [STATEMENT_RULE, ""], []
     nn = agg[agg.family == "nn"].set_index("protocol")
     for protocol in PROTOCOLS:
         if protocol in nn.index:
             r = nn.loc[protocol]
-            lines.append(
+            line = (
                 f"- **{r.statement}** (nn): {r.verdict.upper()} - measured {_fmt(r.error_mu)} +- "
-                f"{_fmt(r.error_mu_se)} mu over {r.n_models} model(s)"
+                f"{_fmt(r.error_mu_se)} mu over {r.n_models} model(s); d = {_sgn(r.d)} [{_sgn(r.ci_low)}, "
+                f"{_sgn(r.ci_high)}]"
             )
+            lines.append(line)
+            verdicts.append(line)
     for fam, g in agg.groupby("family", sort=False):
         g = g.set_index("protocol")
         if not set(PROTOCOLS) <= set(g.index):
             continue
         single, ens, kd, sd = (float(g.loc[p, "error_mu"]) for p in PROTOCOLS)
-        margin = single - 2 * float(np.hypot(g.loc["single", "error_mu_se"], g.loc["sd", "error_mu_se"]))
         gain = single - ens
-        share = (single - kd) / gain if gain > 1e-9 else float("nan")
-        if fam == "nn":  # the theorem: KD captures the ensemble (message 5), SD helps (message 6)
-            verdicts = [("KD recovers at least half of the ensemble's gain", decide(share - 0.5, 0.0, strict=False)),
-                        ("SD is better than a single model (by > 2 SE)", decide(margin - sd, 0.0))]  # fmt: skip
-        else:  # the paper's kernel messages 2 and 3: the ensemble cannot be distilled, SD does not help
-            verdicts = [("KD recovers less than half of the ensemble's gain", decide(0.5 - share, 0.0)),
-                        ("SD is not better than a single model (by > 2 SE)",
-                         decide(sd - margin, 0.0, strict=False))]  # fmt: skip
-        words = "; ".join(f"{text}: {v.upper()}" for text, v in verdicts)
+        share = f"{100 * (single - kd) / gain:.0f} %" if gain > 1e-9 else "n/a"
         lines.append(
-            f"- {fam}: ensemble gain over the mean single {gain:+.3f} mu; KD recovers "
-            f"{100 * share:.0f} % of it; SD changes the single error by {sd - single:+.3f} mu. {words}"
+            f"- {fam}: ensemble gain over the mean single {gain:+.3f} mu; KD recovers {share} of it; SD changes the "
+            f"single error by {sd - single:+.3f} mu."
         )
-    return lines
+    if len(cf):
+        lines += ["", "| family | claim | comparison (error / mu) | d | ci_low | ci_high | verdict |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in cf.itertuples():
+            name = r.comparison + (" > 0" if r.strict else " >= 0")
+            lines.append(f"| {r.family} | {r.claim} | {name} | {_sgn(r.d)} | {_sgn(r.ci_low)} | {_sgn(r.ci_high)} "
+                         f"| **{r.verdict}** |")  # fmt: skip
+            verdicts.append(f"- {r.family}: {r.claim}: {r.verdict.upper()} (d = {_sgn(r.d)} [{_sgn(r.ci_low)}, "
+                            f"{_sgn(r.ci_high)}])")  # fmt: skip
+    return lines, verdicts
