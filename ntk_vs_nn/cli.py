@@ -89,24 +89,20 @@ def _finish(out: str, written: experiments.Written, t0: float, text: str | None 
 
 def cmd_run(args) -> int:
     t0 = time.perf_counter()
-    exp = experiments.get(args.experiment)
-    out = args.out or exp.out_dir(exp.configure(args.preset, args.set))
-    written = experiments.run_experiment(args.experiment, args.preset, args.set, out, _log)
-    return _finish(out, written, t0)
+    written = experiments.run_experiment(args.experiment, args.preset, args.set, args.out, _log)
+    return _finish(written.out, written, t0)
 
 
 def cmd_table(args) -> int:
     t0 = time.perf_counter()
-    exp = experiments.get("tables")
     sets = ([f"dataset={args.dataset}"] if args.dataset else []) + args.set
-    out = args.out or exp.out_dir(exp.configure(args.preset, sets))
     written = experiments.run_experiment(
-        "tables", args.preset, sets, out, _log, which=(args.which,), executor=args.executor,
+        "tables", args.preset, sets, args.out, _log, which=(args.which,), executor=args.executor,
         ray_address=args.ray_address, ray_max_retries=args.ray_max_retries, ray_cpus_per_task=args.ray_cpus_per_task,
     )  # fmt: skip
     if not written.parts:  # another process of a multi-host run: process 0 writes the tables
         return 0
-    return _finish(out, written, t0, written.parts[args.which])
+    return _finish(written.out, written, t0, written.parts[args.which])
 
 
 def cmd_messages(args) -> int:

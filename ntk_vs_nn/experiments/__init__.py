@@ -34,12 +34,14 @@ REGISTRY = {
 
 
 class Written(NamedTuple):
-    """What `write` produced: the text the CLI prints, one line per claim with its verdict, and
-    named parts of the text (e.g. each table) a command may print alone."""
+    """What `write` produced: the text the CLI prints, one line per claim with its verdict, named
+    parts of the text (e.g. each table) a command may print alone, and (set by `run_experiment`)
+    the output folder it used."""
 
     text: str
     verdicts: list[str]
     parts: dict = {}
+    out: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,4 +120,5 @@ def run_experiment(
     if store.writer:
         save_config(out, name, cfg)
     exp.run(cfg, store, log, **options)
-    return exp.write(cfg, store) if store.writer else Written("", [])
+    written = exp.write(cfg, store) if store.writer else Written("", [])
+    return written._replace(out=out)
