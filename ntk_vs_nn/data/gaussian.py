@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_vs_nn.config import UserError
-from ntk_vs_nn.models.small import GaussNet, apply_rows
+from ntk_vs_nn.engine.batching import apply_rows
+from ntk_vs_nn.models.small import GaussNet
 
 TEACHERS = ("linear", "fc2", "fc3", "res3", "conv2", "conv3", "resconv3")
 TOKENS = (("nomargin", "margin"), ("clean", "noise"), ("uniform", "rejection"), ("gaussian", "mixture"))

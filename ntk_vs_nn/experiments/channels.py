@@ -46,9 +46,10 @@ import numpy as np
 from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import DataConfig, TrainConfig, UserError, hash_dict
 from ntk_vs_nn.data.channels import VARIANTS, fallback_config, load_data, parse_variant, standardize, transform
+from ntk_vs_nn.engine.batching import apply_rows
 from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.models import build_model, parse_model_name
-from ntk_vs_nn.models.small import Backbone, apply_rows
+from ntk_vs_nn.models.small import Backbone
 from ntk_vs_nn.protocols import members_and_ensemble, module_trainer
 from ntk_vs_nn.report import channels as report
 from ntk_vs_nn.store import atomic_write

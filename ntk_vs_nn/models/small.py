@@ -1,10 +1,9 @@
 """The small networks of the theory experiments: Figure 3's teachers and students (`GaussNet`) and
-Figure 6's pretrained backbone (`Backbone`), and `apply_rows`, their chunked application."""
+Figure 6's pretrained backbone (`Backbone`); `engine.batching.apply_rows` applies them in chunks."""
 
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 
 
 class GaussNet(nn.Module):
@@ -75,15 +74,3 @@ class Backbone(nn.Module):
         if self.head_kind == "pool":
             return self.head(h.mean(axis=tuple(range(1, h.ndim - 1))))
         return self.head(h.reshape(h.shape[0], -1))
-
-
-def apply_rows(fn, batch_size: int):
-    """A jitted ``(variables, x) -> fn(variables, x)`` that runs ``fn`` on ``batch_size`` rows of ``x``
-    at a time (`jax.lax.map`), so a large ``x`` never becomes one large activation. ``fn`` must treat
-    rows independently (no batch statistics); its outputs are bit-identical to one call per chunk
-    (checked for GaussNet and Backbone on the CPU)."""
-
-    def rows(variables, x):
-        return jax.lax.map(lambda xi: fn(variables, xi[None])[0], x, batch_size=batch_size)
-
-    return jax.jit(rows)
