@@ -133,6 +133,8 @@ def test_every_experiment_runs_resumes_after_ctrl_c_and_regenerates(name, tmp_pa
         assert all(k in r for k in PROVENANCE), (name, sorted(r))
     saved = json.loads((out / "config.json").read_text())
     assert saved["experiment"] == name and saved["preset"] == "smoke"
+    exp, cfg = experiments.load_config(str(out))  # what `messages` reads back: the config that ran
+    assert exp is experiments.get(name) and cfg == exp.configure("smoke", [a for a in SMOKE_SETS[name] if a != "--set"])
     outputs = {f: (out / f).read_bytes() for f in os.listdir(out) if f.endswith((".md", ".csv"))}
     assert outputs
     for f in outputs:

@@ -16,7 +16,7 @@ from scipy import stats
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.data import channels as cd
 from ntk_vs_nn.experiments import channels as ch
-from ntk_vs_nn.experiments import load_config, run_experiment
+from ntk_vs_nn.experiments import run_experiment
 from ntk_vs_nn.report import channels as rc
 from ntk_vs_nn.store import Store
 
@@ -206,15 +206,7 @@ def test_resume_trains_only_the_missing_variant(tiny_run, tmp_path):
     assert {k: again[2][k] for k in same} == {k: recs[2][k] for k in same}  # the backbone retrains alike
 
 
-def test_write_regenerates_the_tables_from_the_records(tiny_run, tmp_path):
-    out = copy_of(tiny_run[0], tmp_path / "c")
-    before = outputs(out)
-    for n in before:
-        os.remove(os.path.join(out, n))
-    exp, cfg = load_config(out)  # what `ntk-vs-nn messages --out DIR` does
-    assert exp is ch.EXPERIMENT and cfg == ch.EXPERIMENT.configure("smoke", TINY)
-    exp.write(cfg, Store(out))
-    assert outputs(out) == before
+def test_write_without_records_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no Figure-6 records"):
         ch.write(ch.smoke(), Store.prepare(str(tmp_path / "empty")))
 

@@ -16,7 +16,7 @@ from ntk_vs_nn.analysis import bootstrap as bs
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.data import gaussian as gd
 from ntk_vs_nn.experiments import gaussian as g
-from ntk_vs_nn.experiments import load_config, run_experiment
+from ntk_vs_nn.experiments import run_experiment
 from ntk_vs_nn.report import gaussian as rg
 from ntk_vs_nn.store import Store
 
@@ -218,31 +218,6 @@ def test_end_to_end_writes_its_table_and_resumes(tiny_run, tmp_path):
     before = outputs(out)
     again = run_experiment("gaussian", "smoke", SETS, out)  # resumes: nothing retrained, same outputs
     assert records(out) == recs and again.text == written.text and outputs(out) == before
-
-
-def test_write_regenerates_the_tables_from_the_records(tiny_run, tmp_path):
-    out = str(tmp_path / "g")
-    shutil.copytree(tiny_run[0], out)
-    before = outputs(out)
-    for n in before:
-        os.remove(os.path.join(out, n))
-    exp, cfg = load_config(out)  # what `ntk-vs-nn messages --out DIR` does
-    assert exp is g.EXPERIMENT and cfg == g.EXPERIMENT.configure("smoke", SETS)
-    exp.write(cfg, Store(out))
-    assert outputs(out) == before
-
-
-def test_committed_results_regenerate_from_their_records(tmp_path):
-    """results/gaussian: table.md and table.csv are a function of records.jsonl and config.json."""
-    src = os.path.join(os.path.dirname(__file__), "..", "results", "gaussian")
-    out = tmp_path / "copy"
-    out.mkdir()
-    for n in ("records.jsonl", "config.json"):
-        (out / n).write_bytes(open(os.path.join(src, n), "rb").read())
-    exp, cfg = load_config(str(out))
-    exp.write(cfg, Store(str(out)))
-    for n in ("table.md", "table.csv", "summary.md", "claims.csv"):
-        assert (out / n).read_bytes() == open(os.path.join(src, n), "rb").read(), n
 
 
 def test_write_without_records_is_a_user_error(tmp_path):

@@ -17,8 +17,8 @@ import pytest
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.data import multiview as dmv
 from ntk_vs_nn.engine.trainer import distill_loss, lambda_max
-from ntk_vs_nn.experiments import load_config, run_experiment
 from ntk_vs_nn.experiments import multiview as mv
+from ntk_vs_nn.experiments import run_experiment
 from ntk_vs_nn.models import multiview as mmv
 from ntk_vs_nn.report import multiview as rmv
 from ntk_vs_nn.store import Store
@@ -482,14 +482,3 @@ def test_rerun_trains_and_records_nothing_new(smoke_run):
     before = (out / "records.jsonl").read_text()
     run_experiment("multiview", "smoke", [], str(out))
     assert (out / "records.jsonl").read_text() == before
-
-
-def test_write_regenerates_the_outputs_from_the_records(smoke_run):
-    out, _ = smoke_run
-    old = {name: (out / name).read_text() for name in OUTPUTS}
-    for name in OUTPUTS:
-        (out / name).unlink()
-    exp, cfg = load_config(str(out))
-    written = exp.write(cfg, Store(str(out)))
-    assert {name: (out / name).read_text() for name in OUTPUTS} == old
-    assert written.text == old["table.md"]
