@@ -259,7 +259,7 @@ def test_infinite_rows_share_one_stax_pass(tmp_path, tiny_data, tiny_cfg, monkey
     cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="weights", solver="ridge"))
     store = Store.prepare(str(tmp_path))
     for fam in ("ntk_inf", "nngp_inf"):
-        run_row(fam, MODEL, cfg, tiny_data, store, {})
+        run_row(fam, MODEL, cfg, tiny_data, store)
     assert calls == [("ntk", "nngp")]
     x_ot = np.concatenate([tiny_data.x_val, tiny_data.x_test])
     for fam, kind in (("ntk_inf", "ntk"), ("nngp_inf", "nngp")):
