@@ -19,6 +19,19 @@ class UserError(Exception):
     """Bad input from the user: reported as one line on stderr, exit code 2."""
 
 
+@dataclasses.dataclass(frozen=True)
+class IntervalConfig:
+    """The bootstrap settings of a claims section (as the tables' `messages` section): draws, level, seed."""
+
+    n_boot: int = 2000  # bootstrap draws of every claim's confidence interval
+    level: float = 0.95  # their confidence level
+    boot_seed: int = 0  # their random draws
+
+    def __post_init__(self):
+        if self.n_boot < 100 or not 0.5 < self.level < 1.0:
+            raise UserError("claim.n_boot must be >= 100 and claim.level in (0.5, 1)")
+
+
 def hash_dict(d: dict) -> str:
     """The 12-hex-digit config hash of a JSON-able dict (what each config's ``science_hash`` keeps)."""
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:12]

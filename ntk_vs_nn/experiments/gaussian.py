@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from ntk_vs_nn.config import TrainConfig, UserError, hash_dict
+from ntk_vs_nn.config.base import IntervalConfig
 from ntk_vs_nn.data.gaussian import TAG, TEACHERS, TOKENS, Teacher, make_cell_data, parse_setting, width
 from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.models.small import GaussNet
@@ -97,20 +98,13 @@ class GridConfig:
 
 
 @dataclass(frozen=True)
-class ClaimConfig:
+class ClaimConfig(IntervalConfig):
     """The claim's rule (not in the science hash): d = holds_below - mean gain over the cells, with a
     percentile-bootstrap interval over the cells (`report.gaussian.claim`)."""
 
     holds_below: float = 0.5  # "no gain": the mean ensemble gain (points) is below this
     fails_above: float = 1.0  # unused since the claim is decided on an interval (one threshold); kept so
     #                           that config.json files saved with it still load
-    n_boot: int = 2000  # bootstrap draws of the claim's confidence interval (as messages.n_boot)
-    level: float = 0.95  # its confidence level
-    boot_seed: int = 0  # its random draws
-
-    def __post_init__(self):
-        if self.n_boot < 100 or not 0.5 < self.level < 1.0:
-            raise UserError("claim.n_boot must be >= 100 and claim.level in (0.5, 1)")
 
 
 @dataclass(frozen=True)

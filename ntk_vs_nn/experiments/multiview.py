@@ -57,6 +57,7 @@ import pandas as pd
 
 from ntk_vs_nn import rng
 from ntk_vs_nn.config import TrainConfig, UserError, hash_dict
+from ntk_vs_nn.config.base import IntervalConfig
 from ntk_vs_nn.data.multiview import MultiViewData, draw_data
 from ntk_vs_nn.engine.trainer import Trainer, lambda_max
 from ntk_vs_nn.experiments import Experiment, Written
@@ -113,16 +114,8 @@ class SweepSection:
 
 
 @dataclass(frozen=True)
-class ClaimSection:
+class ClaimSection(IntervalConfig):
     """The intervals of the statements and claims (`report.multiview.family_draws`); not in the hash."""
-
-    n_boot: int = 2000  # bootstrap draws of every interval (as messages.n_boot)
-    level: float = 0.95  # their confidence level
-    boot_seed: int = 0  # their random draws
-
-    def __post_init__(self):
-        if self.n_boot < 100 or not 0.5 < self.level < 1.0:
-            raise UserError("claim.n_boot must be >= 100 and claim.level in (0.5, 1)")
 
 
 @dataclass(frozen=True)
