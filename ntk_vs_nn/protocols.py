@@ -342,15 +342,9 @@ def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, l
 
 
 # -- members and their ensemble (theory experiments) --
-def jitted_init(family):
-    """The family with its ``init`` compiled as one program: run op by op, a Flax init compiles every
-    primitive separately for each new shape, which dominated the small runs (tests, smoke)."""
-    return family._replace(init=jax.jit(family.init))
-
-
 def module_trainer(module, train_cfg, n_train: int, progress: bool = False) -> Trainer:
     """A `Trainer` of the plain network ``module`` (Figure 3's students, Figure 6's backbone and students)."""
-    return Trainer(jitted_init(network(module)), train_cfg, n_train, progress=progress)
+    return Trainer(network(module), train_cfg, n_train, progress=progress)
 
 
 def members_and_ensemble(trainer: Trainer, init_keys, data_keys, inputs, y_train, y_test, mode="sequential",

@@ -7,6 +7,11 @@ import pytest
 
 from ntk_vs_nn.config import Config
 from ntk_vs_nn.data import Dataset
+from ntk_vs_nn.engine.host import enable_compile_cache
+
+# Many tests compile the same small programs (a fresh trainer each): the persistent cache loads them
+# (the CLI and every worker process use the same one; NTK_VS_NN_XLA_CACHE=off turns it off)
+enable_compile_cache()
 
 N_TRAIN, N_VAL, N_TEST = 48, 16, 32
 LENGTH, NUM_CLASSES = 12, 3

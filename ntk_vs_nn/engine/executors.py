@@ -28,6 +28,7 @@ import warnings
 from typing import Callable
 
 from ntk_vs_nn.config import UserError
+from ntk_vs_nn.engine.host import enable_compile_cache
 from ntk_vs_nn.protocols import run_row
 from ntk_vs_nn.store import Store
 
@@ -70,6 +71,7 @@ def run_rows(
 def _task(family, model, cfg, data, out, row_fn):
     """One row inside a Ray worker: its own store handle and provenance (host, device)."""
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731 - Ray forwards it to the driver
+    enable_compile_cache()
     (row_fn or run_row)(family, model, cfg, data, Store(out), log)  # the worker's own provenance
     return family, model
 

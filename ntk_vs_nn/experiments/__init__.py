@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from ntk_vs_nn.config import UserError, from_dict, override
+from ntk_vs_nn.engine.host import enable_compile_cache
 from ntk_vs_nn.store import Store, atomic_write
 
 REGISTRY = {
@@ -115,6 +116,7 @@ def run_experiment(
     exp = get(name)
     cfg = exp.configure(preset, overrides)
     options = {**options, **exp.prepare(cfg, **options)}
+    enable_compile_cache()  # after prepare: the tables may split the host CPU before jax starts
     out = out or exp.out_dir(cfg)
     store = Store.prepare(out)
     if store.writer:
