@@ -33,6 +33,9 @@ class ModelFamily(NamedTuple):
     name: str
     init: Callable  # (key, x (B, ...)) -> variables {"params", "state"}
     apply: Callable  # (variables, x (B, ...)) -> logits (B, k)
+    # a sum of members kept as a list (`summed`, not stacked): (member family, n, factor); the
+    # trainer then differentiates member by member (`Trainer` "split" step)
+    parts: tuple | None = None
 
 
 def network(module, init_params: Callable | None = None) -> ModelFamily:
@@ -116,7 +119,7 @@ def summed(family: ModelFamily, n: int, scale: str = "mean", stacked: bool = Fal
         outs = [family.apply({"params": p, "state": s}, x) for p, s in zip(variables["params"], variables["state"])]
         return factor * sum(outs)
 
-    return ModelFamily(f"{family.name}_sum{n}", init, apply)
+    return ModelFamily(f"{family.name}_sum{n}", init, apply, None if stacked else (family, n, factor))
 
 
 def make_family(name: str, model: str, num_classes: int, ndim: int, cfg: Config) -> ModelFamily:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from typing import Callable
 
@@ -30,6 +31,7 @@ from ntk_vs_nn.analysis.bootstrap import encode_correct
 from ntk_vs_nn.config import INFINITE_FAMILIES, PROTOCOLS, Config, UserError  # noqa: F401 - PROTOCOLS re-exported
 from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.data.images import augment
+from ntk_vs_nn.engine import workers
 from ntk_vs_nn.engine.trainer import Trainer, progress_enabled
 from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, network, param_count, summed
 from ntk_vs_nn.kernels.function_space import FunctionTrainer
@@ -65,9 +67,12 @@ class Row:
         data: Dataset,
         store: Store,
         log: Callable[[str], None] = lambda s: None,
+        pool=None,
     ):
+        """``pool``: a `workers.Pool` that trains the units of the weights backend (None: here)."""
         self.family_name, self.model, self.cfg, self.data, self.store = family, model, cfg, data, store
         self.log = log
+        self._trainers = {}
         self.backend = cfg.kernel.backend if family in KERNEL_FAMILIES else "weights"
         if family in INFINITE_FAMILIES:
             self.backend = "function"
@@ -77,6 +82,11 @@ class Row:
         self.root = rng.root_key(cfg.run.seed)
         self.mode = resolve_members_mode(cfg.run.members)
         self.known = {r["unit"]: r for r in store.records()}
+        self.pool = pool if self.backend == "weights" else None  # function space: its kernels live here
+        if self.pool is not None and self.mode != "sequential":
+            raise UserError(
+                f"run.workers > 1 trains one member per worker: needs run.members=sequential, not {self.mode}"
+            )
         if self.backend != "weights":  # function space: no network training, no augmentation
             parse_model_name(model)
             self.fam = None
@@ -132,13 +142,18 @@ class Row:
         return None if preds is None else (rec, preds)
 
     # -- training units -------------------------------------------------------------------------
-    def train(self, units, init_keys, data_keys, trainer=None, teachers=None, alpha=0.0, tau=1.0, teacher_test=None):
-        """Train the units (protocol, member) not yet done; return {unit: predictions or None}.
+    def train(self, units, init_keys, data_keys, kind="teacher", teachers=None, alpha=0.0, tau=1.0, teacher_test=None):
+        """Train the units (protocol, member) not yet done with trainer ``kind`` (`trainer_for`);
+        return {unit: predictions or None}. Sequentially run members are fitted and recorded one at a
+        time, so a run killed at any moment loses at most the members in flight; fused modes record
+        their group together."""
+        return self.train_async(units, init_keys, data_keys, kind, teachers, alpha, tau, teacher_test)()
 
-        Sequentially run members are fitted and recorded one at a time, so a run killed at any
-        moment loses at most the member in flight; fused modes record their group together.
-        """
-        trainer = trainer or self.trainer
+    def train_async(self, units, init_keys, data_keys, kind="teacher", teachers=None, alpha=0.0, tau=1.0,
+                    teacher_test=None) -> Callable[[], dict]:  # fmt: skip
+        """`train`, started: returns the function that waits for it. With a worker pool the units
+        go to the workers now and run beside whatever else was submitted (the train-sum model beside
+        the students); without one they train here before this returns."""
         out, todo = {}, []
         for j, u in enumerate(units):
             done = self._done(*u)
@@ -146,9 +161,51 @@ class Row:
                 out[u] = done[1] if done[0]["status"] == "ok" else None
             else:
                 todo.append(j)
-        groups = [[j] for j in todo] if self.mode == "sequential" else [todo] if todo else []
-        t0 = time.perf_counter()
+        pick = lambda seq, g: None if seq is None else [seq[j] for j in g]  # noqa: E731
         what = ", ".join(dict.fromkeys(units[j][0] for j in todo))
+        t0 = time.perf_counter()
+
+        def finished():
+            if todo:
+                self.log(
+                    f"  {self.family_name} {self.model} {what}: {len(todo)} unit(s) in {time.perf_counter() - t0:.1f} s"
+                )
+            return out
+
+        if self.pool is not None and todo:
+            path = self.pool.stage(self.data)
+            key_data = lambda k: np.asarray(jax.random.key_data(k))  # noqa: E731 - typed keys as plain arrays
+            futures = [
+                self.pool.submit(
+                    _fit_in_worker,
+                    self.family_name,
+                    self.model,
+                    self.cfg,
+                    path,
+                    self.store.out_dir,
+                    kind,
+                    units[j],
+                    key_data(init_keys[j]),
+                    key_data(data_keys[j]),
+                    None if teachers is None else np.asarray(teachers[j]),
+                    alpha,
+                    tau,
+                    None if teacher_test is None else np.asarray(teacher_test[j]),
+                )  # fmt: skip
+                for j in todo
+            ]
+
+            def collect():
+                workers.results(futures)
+                self.known = {r["unit"]: r for r in self.store.records()}  # the workers recorded them
+                for j in todo:
+                    done = self._done(*units[j])
+                    out[units[j]] = done[1] if done is not None and done[0]["status"] == "ok" else None
+                return finished()
+
+            return collect
+        trainer = self.trainer_for(kind)
+        groups = [[j] for j in todo] if self.mode == "sequential" else [todo] if todo else []
         bar = tqdm(
             total=len(todo),
             desc=f"{self.family_name} {self.model} {what}",
@@ -156,19 +213,23 @@ class Row:
             disable=not progress_enabled(self.cfg.run.progress) or len(groups) < 2,
         )
         for group in groups:
-            pick = lambda seq, g=group: [seq[j] for j in g]  # noqa: E731
-            t_teach = None if teachers is None else np.stack(pick(teachers))
-            t_test = None if teacher_test is None else pick(teacher_test)
+            t_teach = None if teachers is None else np.stack(pick(teachers, group))
             out.update(
-                self._fit_group(trainer, pick(units), pick(init_keys), pick(data_keys), t_teach, alpha, tau, t_test)
+                self._fit_group(
+                    trainer,
+                    pick(units, group),
+                    pick(init_keys, group),
+                    pick(data_keys, group),
+                    t_teach,
+                    alpha,
+                    tau,
+                    pick(teacher_test, group),
+                )  # fmt: skip
             )
             bar.update(len(group))
         bar.close()
-        if todo:
-            self.log(
-                f"  {self.family_name} {self.model} {what}: {len(todo)} unit(s) in {time.perf_counter() - t0:.1f} s"
-            )
-        return out
+        finished()
+        return lambda: out
 
     def _fit_group(self, trainer, units, init_keys, data_keys, teachers, alpha, tau, teacher_test=None):
         desc = f"{self.family_name} {self.model} {units[0][0]} {units[0][1]}"
@@ -264,19 +325,30 @@ class Row:
             self.record(protocol, "all", "ok", m, test_logits=comb["test"], rule=rule)
         return comb
 
-    def train_sum(self):
+    def train_sum(self, wait=True):
+        """The train-sum model (one unit); ``wait=False``: started, returns the function that waits."""
+        # Member l of the sum gets fold_in(stream("init"), l): single member l's init key.
+        pending = self.train_async(
+            [("train_sum", 0)], [rng.stream(self.root, "init")], [rng.member_key(self.root, "data", 0)], kind="sum"
+        )
+        return (lambda: pending()[("train_sum", 0)]) if not wait else pending()[("train_sum", 0)]
+
+    def trainer_for(self, kind: str):
+        """The trainer of ``kind``: ``teacher`` (single members), ``sum`` (the train-sum model),
+        ``student`` (KD and SD students); built once per row."""
+        if kind == "teacher":
+            return self.trainer
+        if kind not in self._trainers:
+            self._trainers[kind] = self.sum_trainer() if kind == "sum" else self.student_trainer()
+        return self._trainers[kind]
+
+    def sum_trainer(self):
         L, p = self.cfg.protocol.members, self.cfg.protocol
         if self.backend != "weights":
-            trainer = FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
-        else:
-            fam = summed(self.fam, L, p.sum_scale, stacked=self.mode in ("vmap", "shard"))
-            train_cfg = self.cfg.train_for(self.family_name)
-            trainer = Trainer(fam, train_cfg, len(self.data.x_train), self.cfg.run.progress, self.augment)
-        # Member l of the sum gets fold_in(stream("init"), l): single member l's init key.
-        got = self.train(
-            [("train_sum", 0)], [rng.stream(self.root, "init")], [rng.member_key(self.root, "data", 0)], trainer=trainer
-        )
-        return got[("train_sum", 0)]
+            return FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
+        fam = summed(self.fam, L, p.sum_scale, stacked=self.mode in ("vmap", "shard"))
+        return Trainer(fam, self.cfg.train_for(self.family_name), len(self.data.x_train), self.cfg.run.progress,
+                       self.augment)  # fmt: skip
 
     def students(self, singles, ens):
         """K KD students of the ensemble (student k: its own init and data order) and SD student s
@@ -303,8 +375,8 @@ class Row:
             return {}
         tau = self.cfg.kd_tau_for(self.data.num_classes)
         return self.train(
-            units, init_keys, data_keys, trainer=self.student_trainer(), teachers=teachers, alpha=p.kd_alpha,
-            tau=tau, teacher_test=teacher_test,
+            units, init_keys, data_keys, kind="student", teachers=teachers, alpha=p.kd_alpha, tau=tau,
+            teacher_test=teacher_test,
         )  # fmt: skip
 
     def student_trainer(self):
@@ -321,9 +393,10 @@ class Row:
         return Trainer(self.fam, train_cfg, len(self.data.x_train), self.cfg.run.progress, self.augment)
 
 
-def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, log=lambda s: None) -> None:
-    """All five protocols for one (family, model) row."""
-    row = Row(family, model, cfg, data, store, log)
+def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, log=lambda s: None, pool=None) -> None:
+    """All five protocols for one (family, model) row; with a worker ``pool``, the train-sum model
+    trains beside the students."""
+    row = Row(family, model, cfg, data, store, log, pool)
     log(f"[{family} {model}] on {data.name} ({row.backend} backend)")
     if family in INFINITE_FAMILIES:  # deterministic: one member; ensembles and students equal it
         row.ensemble(row.single(1))
@@ -334,8 +407,9 @@ def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, l
         return
     singles = row.single()
     ens = row.ensemble(singles)
-    row.train_sum()
+    train_sum = row.train_sum(wait=False)
     got = row.students(singles, ens)
+    train_sum()
     sd = [got.get(("sd", s)) for s in range(cfg.sd_students)]
     if any(p is not None for p in sd):
         row.ensemble(sd, protocol="sd_ensemble")
@@ -381,3 +455,24 @@ def members_and_ensemble(trainer: Trainer, init_keys, data_keys, inputs, y_train
         out["train_acc_mean"] = float(np.mean([metrics.accuracy(trainer.predict(v, x_tr), y_train)
                                                for v, (x_tr, _) in zip(variables, pairs)]))  # fmt: skip
     return dict(out, final_loss=float(losses[:, -1].mean()), status="ok" if finite else "diverged")
+
+
+# -- a unit in a worker process (run.workers) --
+_WORKER_ROWS: dict = {}
+
+
+def _fit_in_worker(family, model, cfg, data_path, out, kind, unit, init_key, data_key, teacher, alpha, tau,
+                   teacher_test) -> None:  # fmt: skip
+    """Train and record one unit in a `workers.Pool` worker, exactly as `Row.train` does here: the
+    same Row, trainer, keys and teacher outputs (keys arrive as key data, arrays as numpy)."""
+    key = (family, model, cfg, data_path, out)
+    row = _WORKER_ROWS.get(key)
+    if row is None:
+        if len(_WORKER_ROWS) >= 4:  # one row's trainers at a time is the common case: keep a few
+            _WORKER_ROWS.pop(next(iter(_WORKER_ROWS)))
+        log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+        row = _WORKER_ROWS[key] = Row(family, model, cfg, workers.load_data(data_path), Store(out), log)
+    row._fit_group(
+        row.trainer_for(kind), [unit], [jax.random.wrap_key_data(init_key)], [jax.random.wrap_key_data(data_key)],
+        None if teacher is None else teacher[None], alpha, tau, None if teacher_test is None else [teacher_test],
+    )  # fmt: skip

@@ -53,10 +53,33 @@ def reference(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_killed_run_resumes_without_retraining_and_matches(reference, tmp_path, sig):
+def child_pids(pid):
+    """The processes ``pid`` started (its workers), from /proc."""
+    pids = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            pids |= {int(p) for p in f.read().split()}
+    return pids
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    "sig,workers", [(signal.SIGKILL, 1), (signal.SIGINT, 1), (signal.SIGKILL, 2), (signal.SIGINT, 2)]
+)
+def test_killed_run_resumes_without_retraining_and_matches(reference, tmp_path, sig, workers):
+    """A run killed mid-way (SIGKILL or Ctrl-C), in this process or with run.workers=2 (its workers
+    die with it), resumes without retraining a recorded unit, and its table equals the
+    uninterrupted in-process reference bit for bit (worker-trained units included)."""
     out = str(tmp_path / "run")
     argv = [sys.executable, "-m", "ntk_vs_nn", "table", "nn", *SMOKE, "--set", "train.epochs=4", "--out", out]
+    argv += ["--set", f"run.workers={workers}"]
     # SIG_DFL in the child: a test run from a background job inherits SIGINT ignored (the shell's rule
     # for `&`), and Python then leaves Ctrl-C ignored, as the user of such a shell asked
     proc = subprocess.Popen(
@@ -67,12 +90,19 @@ def test_killed_run_resumes_without_retraining_and_matches(reference, tmp_path, 
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     wait_for_records(out, proc, 1)
+    kids = child_pids(proc.pid) if workers > 1 else set()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "rerun the same command to resume" in err
     else:
         assert proc.returncode == -signal.SIGKILL
+    if workers > 1:
+        assert kids, "no worker processes were running"
+        t0 = time.time()
+        while any(alive(k) for k in kids) and time.time() - t0 < 30:
+            time.sleep(0.1)
+        assert not any(alive(k) for k in kids), "a worker outlived its killed parent"
     n_before = len([r for r in records(out) if r["protocol"] in TRAINED])
     assert 1 <= n_before < 7  # 3 singles + train-sum + KD + 2 SD: the kill landed mid-run
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300)

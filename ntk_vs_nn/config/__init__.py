@@ -122,6 +122,8 @@ class RunConfig:
     seed: int = 0  # root seed of every PRNG stream (replicate r runs with seed + r)
     replicates: int = 1  # R: the whole pipeline runs with the root seeds seed, seed + 1, ..., seed + R - 1
     members: str = "auto"  # auto | sequential | unrolled | vmap | shard: how L members execute
+    workers: int = 1  # processes the units of a protocol train in (engine/workers.py): 1 = this
+    #                   process, 0 = one per core, N; each worker runs single-threaded XLA
     progress: bool = True  # progress bars (always off when not a terminal or CI=true)
     cpu_devices: int = 1  # CPU: XLA devices the host is split into, each batch split over them (data
     #                       parallel; 1 = off, the default; 0 = one per core up to 8). Experimental:

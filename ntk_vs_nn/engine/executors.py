@@ -55,9 +55,11 @@ def run_rows(
     max_retries: int = 3,
     cpus_per_task: float = 1.0,
     row_fn: Callable | None = None,
+    pool=None,
 ) -> None:
     """Run ``row_fn(family, model, cfg, data, store, log)`` (default `protocols.run_row`) for
-    every ``(family, model)`` of ``rows``, all appending to the store in ``out``."""
+    every ``(family, model)`` of ``rows``, all appending to the store in ``out``; ``pool``: the
+    `workers.Pool` the local rows train their units in (``run.workers``)."""
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     if executor == "ray":
@@ -65,7 +67,7 @@ def run_rows(
     row_fn = row_fn or run_row
     store = Store(out)
     for family, model in rows:
-        row_fn(family, model, cfg, data, store, log)
+        row_fn(family, model, cfg, data, store, log, **({"pool": pool} if pool is not None else {}))
 
 
 def _task(family, model, cfg, data, out, row_fn):

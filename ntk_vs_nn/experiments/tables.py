@@ -8,6 +8,7 @@ their ensemble, the train-sum model, KD and SD students (`protocols.run_row`), o
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pandas as pd
@@ -16,6 +17,7 @@ from ntk_vs_nn.analysis import intervals, tables
 from ntk_vs_nn.analysis import messages as msgs
 from ntk_vs_nn.config import INFINITE_FAMILIES, KERNEL_FAMILIES, Config, UserError
 from ntk_vs_nn.config.presets import PRESETS
+from ntk_vs_nn.engine import workers
 from ntk_vs_nn.engine.host import configure_host_devices
 from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.store import INTERRUPTED, atomic_write
@@ -40,6 +42,10 @@ def families(cfg: Config, which: str) -> tuple[tuple[str, ...], tuple[str, ...]]
 def prepare(cfg: Config, which: tuple[str, ...] = TABLES, executor: str = "local", **_) -> dict:
     """Every check, and the dataset, before anything is written: split the host CPU into
     ``run.cpu_devices`` XLA devices (before jax starts), start a multi-host run, load the data."""
+    if cfg.run.workers < 0:
+        raise UserError(f"run.workers must be >= 0 (0 = one per core, 1 = this process), got {cfg.run.workers}")
+    if executor == "ray" and workers.worker_count(cfg.run.workers) > 1:
+        raise UserError("--executor ray runs each row in a Ray task: use run.workers=1 with it")
     if cfg.run.cpu_devices < 0:
         raise UserError(f"run.cpu_devices must be >= 0 (0 = one per core), got {cfg.run.cpu_devices}")
     configure_host_devices(cfg.run.cpu_devices)
@@ -81,14 +87,18 @@ def run(
         f"input {data.x_train.shape[1:]}, {data.num_classes} classes"
     )
     rows = [(fam, model) for w in which for model in families(cfg, w)[1] for fam in families(cfg, w)[0]]
-    for r, rcfg in enumerate(cfg.replicate_configs):
-        if cfg.run.replicates > 1:
-            log(f"replicate {r + 1}/{cfg.run.replicates}: root seed {rcfg.run.seed}")
-        rdata = data if r == 0 else load_dataset(cfg.dataset, cfg.data, rcfg.run.seed)
-        run_rows(
-            rows, rcfg, rdata, store.out_dir, log, executor=executor, ray_address=ray_address,
-            max_retries=ray_max_retries, cpus_per_task=ray_cpus_per_task,
-        )  # fmt: skip
+    n_workers = workers.worker_count(cfg.run.workers)
+    if n_workers > 1:
+        log(f"run.workers: {n_workers} worker processes, one single-threaded XLA each")
+    with workers.Pool(n_workers) if n_workers > 1 else contextlib.nullcontext() as pool:
+        for r, rcfg in enumerate(cfg.replicate_configs):
+            if cfg.run.replicates > 1:
+                log(f"replicate {r + 1}/{cfg.run.replicates}: root seed {rcfg.run.seed}")
+            rdata = data if r == 0 else load_dataset(cfg.dataset, cfg.data, rcfg.run.seed)
+            run_rows(
+                rows, rcfg, rdata, store.out_dir, log, executor=executor, ray_address=ray_address,
+                max_retries=ray_max_retries, cpus_per_task=ray_cpus_per_task, pool=pool,
+            )  # fmt: skip
     if INTERRUPTED.is_set():  # an interrupt swallowed after the last record
         raise KeyboardInterrupt
 
