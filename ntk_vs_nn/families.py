@@ -126,7 +126,8 @@ def make_family(name: str, model: str, num_classes: int, ndim: int, cfg: Config)
     """The family ``name`` over the network ``model``; unknown names raise a UserError."""
     if name not in FAMILIES:
         raise UserError(f"unknown family {name!r}; valid: {', '.join(FAMILIES)}")
-    base = network(build_model(model, num_classes, ndim, cfg.model.norm, cfg.model.groups, cfg.model.dtype))
+    m = cfg.model
+    base = network(build_model(model, num_classes, ndim, m.norm, m.groups, m.dtype, m.conv))
     if name == "nn":
         return base
     if name == "gp":

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from ntk_vs_nn.config import UserError
@@ -259,3 +260,68 @@ def test_float32_default_leaves_the_input_dtype_alone():
 def test_unknown_model_dtype_is_a_user_error():
     with pytest.raises(UserError, match="dtype"):
         build_model("SimpleCNN-3-1", 3, 1, dtype="float16")
+
+
+# -- model.conv=matmul: convolution as one matrix product (models/conv.py) --------------------------
+@pytest.fixture
+def x64():
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.parametrize("ndim", [1, 2])
+@pytest.mark.parametrize("kernel,stride,dilation,padding", [
+    (3, 1, 1, "SAME"), (3, 2, 1, "SAME"), (1, 2, 1, "SAME"), (3, 1, 2, "SAME"), (3, 2, 1, "VALID"), (2, 1, 1, "SAME"),
+    (3, 1, 1, ((2, 0),)),
+])  # fmt: skip
+def test_matmul_conv_equals_xla_conv_forward_and_backward_in_float64(x64, ndim, kernel, stride, dilation, padding):
+    from jax import lax
+
+    from ntk_vs_nn.models.conv import matmul_conv
+
+    rs = np.random.RandomState(ndim * 100 + kernel * 10 + stride)
+    x = jnp.asarray(rs.randn(3, *([9] * ndim), 4))
+    w = jnp.asarray(rs.randn(*([kernel] * ndim), 4, 5))
+    pad = padding if isinstance(padding, str) else padding * ndim
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, ("NWC", "WIO", "NWC") if ndim == 1 else ("NHWC", "HWIO", "NHWC"))
+    args = ((stride,) * ndim, pad)
+    kw = dict(rhs_dilation=(dilation,) * ndim, dimension_numbers=dn)
+    ref = lax.conv_general_dilated(x, w, *args, **kw)
+    got = matmul_conv(x, w, *args, **kw)
+    assert got.shape == ref.shape and got.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-12, atol=1e-12)
+    cot = jnp.asarray(rs.randn(*ref.shape))
+    g_ref = jax.vjp(lambda a, b: lax.conv_general_dilated(a, b, *args, **kw), x, w)[1](cot)
+    g_got = jax.vjp(lambda a, b: matmul_conv(a, b, *args, **kw), x, w)[1](cot)
+    for a, b in zip(g_got, g_ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,ndim", [("ResNet-10-1", 1), ("SimpleCNN-4-1", 2)])
+def test_models_with_matmul_conv_equal_xla_conv_also_vmapped_over_members(x64, name, ndim):
+    rs = np.random.RandomState(0)
+    x = jnp.asarray(rs.randn(2, *([12] * ndim), 1))
+    xla, mm = build_model(name, 10, ndim), build_model(name, 10, ndim, conv="matmul")
+    keys = jax.random.split(jax.random.key(0), 2)
+    params = jax.vmap(lambda k: xla.init(k, x[:1])["params"])(keys)  # two members, stacked
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)  # Flax draws float32 params
+    f = lambda m: jax.jit(jax.vmap(lambda p: m.apply({"params": p}, x)))(params)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(f(mm)), np.asarray(f(xla)), rtol=1e-10, atol=1e-10)
+    loss = lambda m: lambda p: jnp.sum(jax.vmap(lambda q: m.apply({"params": q}, x))(p) ** 2)  # noqa: E731
+    grad = lambda m: jax.tree.leaves(jax.jit(jax.grad(loss(m)))(params))  # noqa: E731
+    for a, b in zip(grad(mm), grad(xla)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-10)
+
+
+def test_matmul_conv_refuses_what_it_does_not_compute_and_bad_names():
+    from ntk_vs_nn.config import Config, UserError, override
+    from ntk_vs_nn.models.conv import matmul_conv
+
+    x, w = jnp.zeros((1, 8, 4)), jnp.zeros((3, 4, 4))
+    with pytest.raises(ValueError, match="grouped"):
+        matmul_conv(x, w, (1,), "SAME", feature_group_count=2)
+    with pytest.raises(UserError, match="model.conv must be one of"):
+        build_model("ResNet-10-1", 10, 1, conv="fft")
+    with pytest.raises(UserError, match="model.conv"):
+        override(Config(), ["model.conv=fft"])

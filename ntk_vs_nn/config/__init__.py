@@ -45,6 +45,8 @@ class ModelConfig:
     groups: int = 8  # GroupNorm groups (reduced to gcd(groups, channels))
     dtype: str = "float32"  # compute dtype of weight-space training: float32 | bfloat16 (GPUs; params,
     # logits, losses stay float32). Kernels (function backend) are always computed in float32.
+    conv: str = "xla"  # xla (lax.conv_general_dilated) | matmul (patches x kernel, models/conv.py:
+    #                    measured slower on the 2-core CPU, benchmarks/ensemble_members.py)
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,7 @@ class Config:
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
         _check_choice("model.dtype", self.model.dtype, ("float32", "bfloat16"))
+        _check_choice("model.conv", self.model.conv, ("xla", "matmul"))
         _check_choice("kernel.lr_units", self.kernel.lr_units, ("lambda_max", "absolute"))
         _check_choice("run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap", "shard"))
         _check_choice("kernel.backend", self.kernel.backend, ("weights", "function", "nt"))
@@ -280,6 +283,7 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
     {("kernel", "trace"): True},
     {("protocol", "kd_students"): 1, ("protocol", "student_epochs"): 0, ("kernel", "student_steps"): 0},
     {("kernel", "epochs"): 0, ("kernel", "weights_lr"): 0.0, ("kernel", "student_epochs"): 0},
+    {("model", "conv"): "xla"},
 ]
 _WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs")  # the kernel fields of the weights backend
 

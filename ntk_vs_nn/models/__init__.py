@@ -31,8 +31,10 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from ntk_vs_nn.config import UserError
+from ntk_vs_nn.models.conv import matmul_conv
 
 VALID_FORMS = (
     "ResNet-d-w (d = 6n+4, e.g. ResNet-10-1, ResNet-28-10), ResNet-34, ResNet-34-w, "
@@ -54,7 +56,10 @@ class Norm(nn.Module):
         return nn.GroupNorm(num_groups=groups, dtype=self.dtype)(x)
 
 
-def _conv(features, ndim, stride=1, kernel=3, name=None, dtype=None):
+CONVS = {"xla": lax.conv_general_dilated, "matmul": matmul_conv}  # model.conv: how a convolution is computed
+
+
+def _conv(features, ndim, stride=1, kernel=3, name=None, dtype=None, conv="xla"):
     return nn.Conv(
         features,
         (kernel,) * ndim,
@@ -63,6 +68,7 @@ def _conv(features, ndim, stride=1, kernel=3, name=None, dtype=None):
         use_bias=False,
         name=name,
         dtype=dtype,
+        conv_general_dilated=CONVS[conv],
     )
 
 
@@ -75,6 +81,7 @@ class _Block(nn.Module):
     norm: str
     groups: int
     dtype: Any = None
+    conv: str = "xla"
 
 
 class PreActBlock(_Block):
@@ -85,10 +92,10 @@ class PreActBlock(_Block):
         h = nn.relu(Norm(self.norm, self.groups, self.dtype)(x))
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = _conv(self.features, self.ndim, self.stride, kernel=1, dtype=self.dtype)(h)
-        h = _conv(self.features, self.ndim, self.stride, dtype=self.dtype)(h)
+            shortcut = _conv(self.features, self.ndim, self.stride, kernel=1, dtype=self.dtype, conv=self.conv)(h)
+        h = _conv(self.features, self.ndim, self.stride, dtype=self.dtype, conv=self.conv)(h)
         h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
-        h = _conv(self.features, self.ndim, dtype=self.dtype)(h)
+        h = _conv(self.features, self.ndim, dtype=self.dtype, conv=self.conv)(h)
         return h + shortcut
 
 
@@ -97,13 +104,13 @@ class BasicBlock(_Block):
 
     @nn.compact
     def __call__(self, x):
-        h = _conv(self.features, self.ndim, self.stride, dtype=self.dtype)(x)
+        h = _conv(self.features, self.ndim, self.stride, dtype=self.dtype, conv=self.conv)(x)
         h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
-        h = _conv(self.features, self.ndim, dtype=self.dtype)(h)
+        h = _conv(self.features, self.ndim, dtype=self.dtype, conv=self.conv)(h)
         h = Norm(self.norm, self.groups, self.dtype)(h)
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = _conv(self.features, self.ndim, self.stride, kernel=1, dtype=self.dtype)(x)
+            shortcut = _conv(self.features, self.ndim, self.stride, kernel=1, dtype=self.dtype, conv=self.conv)(x)
             shortcut = Norm(self.norm, self.groups, self.dtype)(shortcut)
         return nn.relu(h + shortcut)
 
@@ -129,6 +136,7 @@ class _Net(nn.Module):
     norm: str = "layer"
     groups: int = 8
     dtype: Any = None  # compute dtype: None = that of inputs and params; bfloat16 on GPUs
+    conv: str = "xla"  # xla (lax.conv_general_dilated) | matmul (models/conv.py)
 
 
 class WideResNet(_Net):
@@ -137,11 +145,11 @@ class WideResNet(_Net):
     @nn.compact
     def __call__(self, x):
         n = (self.depth - 4) // 6
-        h = _conv(16, self.ndim, dtype=self.dtype)(_cast(x, self.dtype))
+        h = _conv(16, self.ndim, dtype=self.dtype, conv=self.conv)(_cast(x, self.dtype))
         for stage, width in enumerate((16, 32, 64)):
             for i in range(n):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                h = PreActBlock(width * self.widen, stride, self.ndim, self.norm, self.groups, self.dtype)(h)
+                h = PreActBlock(width * self.widen, stride, self.ndim, self.norm, self.groups, self.dtype, self.conv)(h)
         h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
         return _pool_head(h, self.num_classes, self.dtype)
 
@@ -151,13 +159,13 @@ class ResNet34(_Net):
 
     @nn.compact
     def __call__(self, x):
-        h = _conv(64 * self.widen, self.ndim, dtype=self.dtype)(_cast(x, self.dtype))
+        h = _conv(64 * self.widen, self.ndim, dtype=self.dtype, conv=self.conv)(_cast(x, self.dtype))
         h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
         for stage, blocks in enumerate(self.stages):
             width = 64 * self.widen * 2**stage
             for i in range(blocks):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                h = BasicBlock(width, stride, self.ndim, self.norm, self.groups, self.dtype)(h)
+                h = BasicBlock(width, stride, self.ndim, self.norm, self.groups, self.dtype, self.conv)(h)
         return _pool_head(h, self.num_classes, self.dtype)
 
 
@@ -171,7 +179,8 @@ class SimpleCNN(_Net):
         for i in range(convs):
             stage = min(3 * i // convs, 2)
             first_of_stage = i > 0 and stage != min(3 * (i - 1) // convs, 2)
-            h = _conv(16 * self.widen * 2**stage, self.ndim, 2 if first_of_stage else 1, dtype=self.dtype)(h)
+            stride = 2 if first_of_stage else 1
+            h = _conv(16 * self.widen * 2**stage, self.ndim, stride, dtype=self.dtype, conv=self.conv)(h)
             h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
         return _pool_head(h, self.num_classes, self.dtype)
 
@@ -194,7 +203,9 @@ def parse_model_name(name: str) -> tuple[str, int, int]:
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}  # float32: no cast (float64 tests stay float64)
 
 
-def build_model(name: str, num_classes: int, ndim: int, norm="layer", groups=8, dtype="float32") -> nn.Module:
+def build_model(
+    name: str, num_classes: int, ndim: int, norm="layer", groups=8, dtype="float32", conv="xla"
+) -> nn.Module:
     """The Flax module for ``name`` on inputs with ``ndim`` spatial axes (1 or 2); ``dtype``: the
     compute dtype (``float32``, or ``bfloat16``: mixed precision, params and logits stay float32)."""
     kind, depth, widen = parse_model_name(name)
@@ -203,7 +214,9 @@ def build_model(name: str, num_classes: int, ndim: int, norm="layer", groups=8, 
     dt = DTYPES[dtype]
     if ndim not in (1, 2):
         raise UserError(f"model {name}: inputs must have 1 or 2 spatial axes, got {ndim}")
-    kw = dict(num_classes=num_classes, ndim=ndim, widen=widen, norm=norm, groups=groups, dtype=dt)
+    if conv not in CONVS:
+        raise UserError(f"model.conv must be one of {', '.join(CONVS)}; got {conv!r}")
+    kw = dict(num_classes=num_classes, ndim=ndim, widen=widen, norm=norm, groups=groups, dtype=dt, conv=conv)
     if kind == "resnet34":
         return ResNet34(**kw)
     return (WideResNet if kind == "wrn" else SimpleCNN)(depth=depth, **kw)
