@@ -122,12 +122,17 @@ def summed(family: ModelFamily, n: int, scale: str = "mean", stacked: bool = Fal
     return ModelFamily(f"{family.name}_sum{n}", init, apply, None if stacked else (family, n, factor))
 
 
-def make_family(name: str, model: str, num_classes: int, ndim: int, cfg: Config) -> ModelFamily:
-    """The family ``name`` over the network ``model``; unknown names raise a UserError."""
+def make_family(
+    name: str, model: str, num_classes: int, ndim: int, cfg: Config, conv: str | None = None
+) -> ModelFamily:
+    """The family ``name`` over the network ``model``; unknown names raise a UserError. ``conv``: how
+    convolutions are computed (default ``run.conv``, ``auto`` read as ``xla``; `protocols.Row`
+    resolves ``auto`` for its members mode)."""
     if name not in FAMILIES:
         raise UserError(f"unknown family {name!r}; valid: {', '.join(FAMILIES)}")
     m = cfg.model
-    base = network(build_model(model, num_classes, ndim, m.norm, m.groups, m.dtype, m.conv))
+    conv = conv or (cfg.run.conv if cfg.run.conv != "auto" else "xla")
+    base = network(build_model(model, num_classes, ndim, m.norm, m.groups, m.dtype, conv))
     if name == "nn":
         return base
     if name == "gp":

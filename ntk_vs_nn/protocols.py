@@ -52,6 +52,15 @@ def resolve_members_mode(mode: str) -> str:
     return "shard" if jax.device_count() > 1 else "vmap"
 
 
+def resolve_conv(conv: str, mode: str) -> str:
+    """``run.conv=auto`` -> ``matmul`` for members vmapped on a CPU (a batched matrix product was
+    0.73x the grouped convolutions vmap makes, 10 ResNet-10-1 members: results/benchmarks/
+    ensemble_members.json), else ``xla`` (faster for one network and for unrolled members)."""
+    if conv != "auto":
+        return conv
+    return "matmul" if mode in ("vmap", "shard") and jax.default_backend() == "cpu" else "xla"
+
+
 def _is_oom(err: Exception) -> bool:
     return isinstance(err, MemoryError) or "RESOURCE_EXHAUSTED" in str(err)
 
@@ -92,7 +101,8 @@ class Row:
             self.fam = None
             self.trainer = FunctionTrainer(family, model, cfg, data)
             return
-        self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg)
+        conv = resolve_conv(cfg.run.conv, self.mode)
+        self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg, conv)
         if cfg.train.augment == "crop_flip" and (family == "nn" or cfg.train.augment_kernels):
             if data.spatial_ndim != 2:
                 raise UserError(
@@ -348,7 +358,7 @@ class Row:
             return FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
         fam = summed(self.fam, L, p.sum_scale, stacked=self.mode in ("vmap", "shard"))
         return Trainer(fam, self.cfg.train_for(self.family_name), len(self.data.x_train), self.cfg.run.progress,
-                       self.augment)  # fmt: skip
+                       self.augment, sum_step=self.cfg.run.sum_step)  # fmt: skip
 
     def students(self, singles, ens):
         """K KD students of the ensemble (student k: its own init and data order) and SD student s

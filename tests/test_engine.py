@@ -278,9 +278,9 @@ def test_train_sum_of_one_member_is_single_member_with_fold_in_0(engine_setup, t
 
 @pytest.mark.parametrize("family", ["nn", "ntk"])
 def test_train_sum_split_member_by_member_equals_the_joint_program(tiny_cfg, tiny_data, family):
-    """sequential mode differentiates a sum member by member (`Trainer._fit_split`); unrolled mode is
-    one joint program of the whole sum: the same training, with distillation targets, augmentation
-    and the mean scale, to float32 rounding."""
+    """run.sum_step=split differentiates a sum member by member (`Trainer._fit_split`); unrolled mode
+    is one joint program of the whole sum: the same training, with distillation targets,
+    augmentation and the mean scale, to float32 rounding."""
     cfg = dataclasses.replace(tiny_cfg.train, epochs=3, batch_size=16, lr=1e-2, schedule="constant")
     fam = make_family(family, MODEL, K, 1, tiny_cfg)
     x, y = tiny_data.x_train, tiny_data.y_train
@@ -291,7 +291,7 @@ def test_train_sum_split_member_by_member_equals_the_joint_program(tiny_cfg, tin
 
     fits = {}
     for mode in ("sequential", "unrolled"):
-        trainer = Trainer(summed(fam, 3), cfg, len(x), augment=noisy)
+        trainer = Trainer(summed(fam, 3), cfg, len(x), augment=noisy, sum_step="split")
         fits[mode] = trainer.fit([jax.random.key(7)], [jax.random.key(8)], x, y, teachers, 0.5, 2.0, mode=mode)
     split, joint = fits["sequential"], fits["unrolled"]
     assert len(split.variables[0]["params"]) == 3

@@ -262,7 +262,7 @@ def test_unknown_model_dtype_is_a_user_error():
         build_model("SimpleCNN-3-1", 3, 1, dtype="float16")
 
 
-# -- model.conv=matmul: convolution as one matrix product (models/conv.py) --------------------------
+# -- run.conv=matmul: convolution as one matrix product (models/conv.py) --------------------------
 @pytest.fixture
 def x64():
     jax.config.update("jax_enable_x64", True)
@@ -321,7 +321,15 @@ def test_matmul_conv_refuses_what_it_does_not_compute_and_bad_names():
     x, w = jnp.zeros((1, 8, 4)), jnp.zeros((3, 4, 4))
     with pytest.raises(ValueError, match="grouped"):
         matmul_conv(x, w, (1,), "SAME", feature_group_count=2)
-    with pytest.raises(UserError, match="model.conv must be one of"):
+    with pytest.raises(UserError, match="run.conv must be one of"):
         build_model("ResNet-10-1", 10, 1, conv="fft")
-    with pytest.raises(UserError, match="model.conv"):
-        override(Config(), ["model.conv=fft"])
+    with pytest.raises(UserError, match="run.conv"):
+        override(Config(), ["run.conv=fft"])
+
+
+def test_run_conv_auto_is_matmul_only_for_members_vmapped_on_a_cpu():
+    from ntk_vs_nn.protocols import resolve_conv
+
+    assert resolve_conv("auto", "vmap") == resolve_conv("auto", "shard") == "matmul"  # the tests run on CPU
+    assert resolve_conv("auto", "sequential") == resolve_conv("auto", "unrolled") == "xla"
+    assert resolve_conv("xla", "vmap") == "xla" and resolve_conv("matmul", "sequential") == "matmul"

@@ -45,8 +45,6 @@ class ModelConfig:
     groups: int = 8  # GroupNorm groups (reduced to gcd(groups, channels))
     dtype: str = "float32"  # compute dtype of weight-space training: float32 | bfloat16 (GPUs; params,
     # logits, losses stay float32). Kernels (function backend) are always computed in float32.
-    conv: str = "xla"  # xla (lax.conv_general_dilated) | matmul (patches x kernel, models/conv.py:
-    #                    measured slower on the 2-core CPU, benchmarks/ensemble_members.py)
 
 
 @dataclass(frozen=True)
@@ -126,6 +124,12 @@ class RunConfig:
     members: str = "auto"  # auto | sequential | unrolled | vmap | shard: how L members execute
     workers: int = 1  # processes the units of a protocol train in (engine/workers.py): 1 = this
     #                   process, 0 = one per core, N; each worker runs single-threaded XLA
+    conv: str = "auto"  # how convolutions are computed: xla (lax.conv_general_dilated) | matmul (one
+    #                     matrix product of shifted windows, models/conv.py) | auto: matmul for members
+    #                     vmapped on a CPU (faster than the grouped convolutions vmap makes), else xla
+    sum_step: str = "joint"  # the train-sum model in sequential mode: joint (one program of all L
+    #                          members) | split (member by member: faster single-threaded, slower
+    #                          with 2 threads here; benchmarks/ensemble_members.py)
     progress: bool = True  # progress bars (always off when not a terminal or CI=true)
     cpu_devices: int = 1  # CPU: XLA devices the host is split into, each batch split over them (data
     #                       parallel; 1 = off, the default; 0 = one per core up to 8). Experimental:
@@ -167,7 +171,8 @@ class Config:
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
         _check_choice("model.dtype", self.model.dtype, ("float32", "bfloat16"))
-        _check_choice("model.conv", self.model.conv, ("xla", "matmul"))
+        _check_choice("run.conv", self.run.conv, ("auto", "xla", "matmul"))
+        _check_choice("run.sum_step", self.run.sum_step, ("joint", "split"))
         _check_choice("kernel.lr_units", self.kernel.lr_units, ("lambda_max", "absolute"))
         _check_choice("run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap", "shard"))
         _check_choice("kernel.backend", self.kernel.backend, ("weights", "function", "nt"))
@@ -283,7 +288,6 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
     {("kernel", "trace"): True},
     {("protocol", "kd_students"): 1, ("protocol", "student_epochs"): 0, ("kernel", "student_steps"): 0},
     {("kernel", "epochs"): 0, ("kernel", "weights_lr"): 0.0, ("kernel", "student_epochs"): 0},
-    {("model", "conv"): "xla"},
 ]
 _WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs")  # the kernel fields of the weights backend
 

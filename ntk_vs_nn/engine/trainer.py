@@ -124,12 +124,15 @@ class Trainer:
     """Compiled training and prediction for one family on one dataset (compile once per shape)."""
 
     def __init__(
-        self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False, augment=None, mesh=None
-    ):
+        self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False, augment=None, mesh=None,
+        sum_step: str = "joint",
+    ):  # fmt: skip
         """``augment(key, x_batch) -> x_batch``: optional on-device augmentation of each training batch
         (e.g. `images.augment`); distillation targets stay those of the un-augmented example.
-        ``mesh``: the device mesh of ``mode="shard"`` (default: `sharding.member_mesh()`, all devices)."""
-        self.family, self.cfg, self.augment, self.mesh = family, cfg, augment, mesh
+        ``mesh``: the device mesh of ``mode="shard"`` (default: `sharding.member_mesh()`, all devices).
+        ``sum_step``: a summed family (``family.parts``) in sequential mode: ``joint`` (one program of
+        the whole sum, as ``unrolled``) or ``split`` (member by member, `_fit_split`)."""
+        self.family, self.cfg, self.augment, self.mesh, self.sum_step = family, cfg, augment, mesh, sum_step
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps = n_train // self.batch_size
         self.full_batch = self.batch_size == n_train and augment is None  # GD: one lax.scan over epochs
@@ -256,7 +259,7 @@ class Trainer:
         self._scaled = lr_scales is not None
         variables = [self._init(k, x[:1]) for k in init_keys]
         epochs = self.cfg.epochs
-        if self.family.parts is not None and mode == "sequential" and not self.full_batch:
+        if self.family.parts is not None and mode == "sequential" and self.sum_step == "split" and not self.full_batch:
             return self._fit_split(variables, data_keys, x, y, teachers, alpha, tau, scales_all, t0, desc)
         groups = [[i] for i in range(m)] if mode == "sequential" else [list(range(m))]
         stacked = mode in ("vmap", "shard")

@@ -56,7 +56,7 @@ class Norm(nn.Module):
         return nn.GroupNorm(num_groups=groups, dtype=self.dtype)(x)
 
 
-CONVS = {"xla": lax.conv_general_dilated, "matmul": matmul_conv}  # model.conv: how a convolution is computed
+CONVS = {"xla": lax.conv_general_dilated, "matmul": matmul_conv}  # run.conv: how a convolution is computed
 
 
 def _conv(features, ndim, stride=1, kernel=3, name=None, dtype=None, conv="xla"):
@@ -215,7 +215,7 @@ def build_model(
     if ndim not in (1, 2):
         raise UserError(f"model {name}: inputs must have 1 or 2 spatial axes, got {ndim}")
     if conv not in CONVS:
-        raise UserError(f"model.conv must be one of {', '.join(CONVS)}; got {conv!r}")
+        raise UserError(f"run.conv must be one of {', '.join(CONVS)}; got {conv!r}")
     kw = dict(num_classes=num_classes, ndim=ndim, widen=widen, norm=norm, groups=groups, dtype=dt, conv=conv)
     if kind == "resnet34":
         return ResNet34(**kw)

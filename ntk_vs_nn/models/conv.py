@@ -1,4 +1,4 @@
-"""Convolution as a matrix product: ``model.conv=matmul``.
+"""Convolution as a matrix product: ``run.conv=matmul`` (``auto``: for members vmapped on a CPU).
 
 `matmul_conv` has `jax.lax.conv_general_dilated`'s signature (Flax's ``nn.Conv`` takes it as its
 ``conv_general_dilated``) and computes the same convolution as one matrix product of shifted input
@@ -8,9 +8,12 @@ slices side by side on the channel axis, ``(B, *out, K*C)``; times the kernel as
 grouped convolution vmapped ``conv_general_dilated`` becomes. Forward and backward are jax's
 derivatives of slices, a concatenation and a dot.
 
-Whether it is faster is measured, not assumed (benchmarks/ensemble_members.py, ``conv`` cases): on
-this project's 2-core CPU XLA's own convolution was faster for every shape the models use, one
-network or vmapped members, so ``model.conv`` stays ``xla`` by default. Equal to
+Whether it is faster is measured, not assumed (benchmarks/ensemble_members.py, ``conv`` case): on
+this project's 2-core CPU, 10 vmapped ResNet-10-1 members trained in 0.73x the time of the grouped
+convolutions (9.25 vs 12.68 s), but XLA's own convolution stayed faster for one network and for
+unrolled members (8.22 vs 5.37 s), and sequential members beat every fused mode; so ``run.conv=auto``
+picks ``matmul`` only where members are vmapped on a CPU. It changes rounding, not the model: like
+``run.members`` it is outside the config hash. Equal to
 ``lax.conv_general_dilated`` in float64 for 1-D and 2-D, strides, padding and kernel dilation
 (tests/test_models.py).
 """
@@ -40,7 +43,7 @@ def matmul_conv(
     ``(*window, C, O)`` (Flax's layout), any number of spatial axes, as one matrix product.
 
     Supported: strides, padding (``"SAME"``, ``"VALID"`` or explicit pairs), kernel dilation. Not:
-    input dilation, feature or batch groups (a ValueError: use ``model.conv=xla``)."""
+    input dilation, feature or batch groups (a ValueError: use ``run.conv=xla``)."""
     nd = lhs.ndim - 2
     if dimension_numbers is not None:
         dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -49,7 +52,7 @@ def matmul_conv(
         if dn != channels_last:
             raise ValueError(f"matmul_conv needs channels-last inputs and (*window, C, O) kernels, got {dn}")
     if (lhs_dilation and any(d != 1 for d in lhs_dilation)) or feature_group_count != 1 or batch_group_count != 1:
-        raise ValueError("matmul_conv: no input dilation or grouped convolutions (use model.conv=xla)")
+        raise ValueError("matmul_conv: no input dilation or grouped convolutions (use run.conv=xla)")
     window, (c_in, c_out) = rhs.shape[:nd], rhs.shape[nd:]
     dilation = tuple(rhs_dilation or (1,) * nd)
     strides = tuple(window_strides)
