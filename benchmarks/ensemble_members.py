@@ -234,7 +234,7 @@ def time_scan_vs_loop(model: str) -> dict:
 GOAL = 0.6  # issue 16: the best CPU mode for 10 ResNet-10-1 members <= 0.6x sequential
 
 
-def case(kind: str, model: str, members: dict, **extra) -> dict:
+def case(kind: str, model: str, members: dict, goal: float = GOAL, **extra) -> dict:
     """One case's result in the fields every benchmark reports."""
     seq = members["nn/sequential"]["run_s"]
     others = [k[3:] for k in members if k.startswith("nn/") and k != "nn/sequential"]
@@ -246,8 +246,8 @@ def case(kind: str, model: str, members: dict, **extra) -> dict:
         "value": members[f"nn/{best_mode}"]["run_s"],
         "unit": "s",
         "ratio": round(ratio, 3),
-        "goal": GOAL,
-        "holds": ratio <= GOAL,
+        "goal": goal,
+        "holds": ratio <= goal,
         "device": device(),
         "command": " ".join(["benchmarks/ensemble_members.py", *sys.argv[1:]]),
         "model": model,
@@ -275,7 +275,7 @@ def main():
     peaks = {"matmul_peak_gflops": round(matmul_peak_gflops(), 1), "conv_peak_gflops": round(conv_peak_gflops(), 1)}
     gflops = {"sequential": step_gflops(model, members["nn/sequential"]["run_s"]), "best": step_gflops(model, best)}
     conv = case("conv", model, members, scan_vs_loop=time_scan_vs_loop(model), train_sum=sums, gflops=gflops, **peaks)
-    mlp = case("mlp", f"MLP-{MLP_DEPTH}x{MLP_WIDTH}", time_members(model, "mlp"))
+    mlp = case("mlp", f"MLP-{MLP_DEPTH}x{MLP_WIDTH}", time_members(model, "mlp"), goal=1.0)  # fused <= sequential
     load = {"start": LOAD0, "end": [round(v, 2) for v in os.getloadavg()]}  # other work on the machine
     top = {k: v for k, v in conv.items() if k not in ("name", "value", "unit", "ratio", "goal", "holds", "device")}
     top.pop("command")

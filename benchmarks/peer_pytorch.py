@@ -11,6 +11,7 @@ runs of EPOCHS epochs after a warm-up (compilation for ours). In one run:
   ours         ``Trainer.fit`` (what the tables run), with each XLA:CPU option below, each in a
                fresh process (XLA_FLAGS is read once, when jax starts);
   ours_step    a bare jitted, donated train step in a Python loop (the engine's overhead = the gap);
+  ours matmul  ``Trainer.fit`` with ``run.conv=matmul`` (convolutions as matrix products, models/conv.py);
   pytorch      eager, channels_last, torch.get_num_threads() intra-op threads;
   ops          forward / backward of the convolutions and the norm alone, per framework (where the
                time goes).
@@ -66,7 +67,8 @@ def ours(what: str) -> dict:
     from ntk_vs_nn.engine.trainer import Trainer, make_optimizer
     from ntk_vs_nn.families import make_family, param_count
 
-    cfg = Config()
+    cfg = Config()  # run.conv from NTK_PEER_CONV: xla (default) or matmul (models/conv.py)
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, conv=os.environ.get("NTK_PEER_CONV", "xla")))
     train = dataclasses.replace(cfg.train, batch_size=BATCH, epochs=EPOCHS, schedule="constant", lr=2e-3)
     x, y = data(np)
     fam = make_family("nn", MODEL, CLASSES, 2, cfg)
@@ -229,8 +231,8 @@ def profile_torch(steps: int = 3) -> dict:
     }
 
 
-def ours_in_subprocess(what: str, flags: str, runner: str = "--ours") -> dict:
-    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+def ours_in_subprocess(what: str, flags: str, runner: str = "--ours", conv: str = "xla") -> dict:
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", "NTK_PEER_CONV": conv}
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), runner, what], env=env, capture_output=True, text=True
     )
@@ -428,6 +430,9 @@ def main():
     for name, flags in XLA_OPTIONS.items():
         options[name] = ours_in_subprocess("fit", flags)
         print("ours", name, options[name], flush=True)
+    # the convolutions as matrix products (run.conv=matmul), default XLA options
+    matmul = ours_in_subprocess("fit", "", conv="matmul")
+    print("ours matmul_conv", matmul, flush=True)
     # one intra-op thread each: kernel against kernel, and robust to other work on the machine
     # (PyTorch's OpenMP threads slow down far more than XLA's pool when the cores are oversubscribed)
     torch_1t = ours_in_subprocess("1", "", runner="--torch")
@@ -474,6 +479,7 @@ def main():
         best_xla_option=best,
         best_xla_flags=XLA_OPTIONS[best],
         ours_fit_by_xla_option=options,
+        ours_fit_matmul_conv=matmul,
         ours_bare_step=step,
         pytorch=torch_res,
         one_thread_each=one_thread,

@@ -52,13 +52,17 @@ def resolve_members_mode(mode: str) -> str:
     return "shard" if jax.device_count() > 1 else "vmap"
 
 
-def resolve_conv(conv: str, mode: str) -> str:
-    """``run.conv=auto`` -> ``matmul`` for members vmapped on a CPU (a batched matrix product was
-    0.73x the grouped convolutions vmap makes, 10 ResNet-10-1 members: results/benchmarks/
-    ensemble_members.json), else ``xla`` (faster for one network and for unrolled members)."""
+def resolve_conv(conv: str, mode: str, ndim: int = 1) -> str:
+    """``run.conv=auto`` -> ``matmul`` on a CPU for members vmapped (a batched matrix product took
+    0.75x the time of the grouped convolutions vmap makes: results/benchmarks/ensemble_members.json)
+    and for 2-D networks (the 2-D ResNet-10-1 trained at 322 img/s against 212 with XLA's
+    convolutions: results/benchmarks/peer_pytorch.json, an AVX2 CPU), else ``xla`` (1-D networks one
+    by one or unrolled: XLA's convolution was faster, 3.66 s against 7.29 s unrolled with matmul)."""
     if conv != "auto":
         return conv
-    return "matmul" if mode in ("vmap", "shard") and jax.default_backend() == "cpu" else "xla"
+    if jax.default_backend() != "cpu":
+        return "xla"
+    return "matmul" if mode in ("vmap", "shard") or ndim == 2 else "xla"
 
 
 def _is_oom(err: Exception) -> bool:
@@ -101,7 +105,7 @@ class Row:
             self.fam = None
             self.trainer = FunctionTrainer(family, model, cfg, data)
             return
-        conv = resolve_conv(cfg.run.conv, self.mode)
+        conv = resolve_conv(cfg.run.conv, self.mode, data.spatial_ndim)
         self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg, conv)
         if cfg.train.augment == "crop_flip" and (family == "nn" or cfg.train.augment_kernels):
             if data.spatial_ndim != 2:

@@ -327,9 +327,10 @@ def test_matmul_conv_refuses_what_it_does_not_compute_and_bad_names():
         override(Config(), ["run.conv=fft"])
 
 
-def test_run_conv_auto_is_matmul_only_for_members_vmapped_on_a_cpu():
+def test_run_conv_auto_is_matmul_for_vmapped_members_and_2d_nets_on_a_cpu():
     from ntk_vs_nn.protocols import resolve_conv
 
     assert resolve_conv("auto", "vmap") == resolve_conv("auto", "shard") == "matmul"  # the tests run on CPU
-    assert resolve_conv("auto", "sequential") == resolve_conv("auto", "unrolled") == "xla"
-    assert resolve_conv("xla", "vmap") == "xla" and resolve_conv("matmul", "sequential") == "matmul"
+    assert resolve_conv("auto", "sequential", 2) == resolve_conv("auto", "unrolled", 2) == "matmul"
+    assert resolve_conv("auto", "sequential", 1) == resolve_conv("auto", "unrolled", 1) == "xla"
+    assert resolve_conv("xla", "vmap", 2) == "xla" and resolve_conv("matmul", "sequential", 1) == "matmul"

@@ -1,4 +1,4 @@
-"""Convolution as a matrix product: ``run.conv=matmul`` (``auto``: for members vmapped on a CPU).
+"""Convolution as a matrix product: ``run.conv=matmul`` (``auto``: vmapped members and 2-D nets on a CPU).
 
 `matmul_conv` has `jax.lax.conv_general_dilated`'s signature (Flax's ``nn.Conv`` takes it as its
 ``conv_general_dilated``) and computes the same convolution as one matrix product of shifted input
@@ -8,11 +8,12 @@ slices side by side on the channel axis, ``(B, *out, K*C)``; times the kernel as
 grouped convolution vmapped ``conv_general_dilated`` becomes. Forward and backward are jax's
 derivatives of slices, a concatenation and a dot.
 
-Whether it is faster is measured, not assumed (benchmarks/ensemble_members.py, ``conv`` case): on
-this project's 2-core CPU, 10 vmapped ResNet-10-1 members trained in 0.73x the time of the grouped
-convolutions (9.25 vs 12.68 s), but XLA's own convolution stayed faster for one network and for
-unrolled members (8.22 vs 5.37 s), and sequential members beat every fused mode; so ``run.conv=auto``
-picks ``matmul`` only where members are vmapped on a CPU. It changes rounding, not the model: like
+Whether it is faster is measured, not assumed (``make bench``, this project's AVX2 CPU): 10 vmapped
+1-D ResNet-10-1 members trained in 0.75x the time of the grouped convolutions (10.29 vs 13.63 s,
+benchmarks/ensemble_members.py), the 2-D ResNet-10-1 at 1.52x the images/s of XLA's convolution
+(322 vs 212, benchmarks/peer_pytorch.py); but XLA's convolution stayed faster for 1-D networks one by
+one or unrolled (unrolled 7.29 vs 5.72 s). So ``run.conv=auto`` picks ``matmul`` on a CPU for vmapped
+members and 2-D networks (`protocols.resolve_conv`). It changes rounding, not the model: like
 ``run.members`` it is outside the config hash. Equal to
 ``lax.conv_general_dilated`` in float64 for 1-D and 2-D, strides, padding and kernel dilation
 (tests/test_models.py).
