@@ -5,7 +5,8 @@ smoke  seconds: tiny MNIST-1D, SimpleCNN-3-1, 3 members, 2 epochs. Both tables <
 quick  the real default: MNIST-1D (4,000 train of which 400 validate, 10,000 test), ResNet-10-1
        (1-D, LayerNorm-style GroupNorm), 10 members, Adam lr 2e-3 with cosine decay, 30 epochs,
        batch 128; K = 3 KD and S = 5 SD students of 90 epochs (KD alpha 0.9, tau 4); kernel rows
-       ntk and gp with their own budget (90 epochs, lr 0.1); R = 3 replicates (see `quick`).
+       ntk and gp with their own budget (90 epochs, lr 0.1); R = 3 replicates; one worker process
+       per core (see `quick`).
 fmnist Fashion-MNIST at CPU scale (see `fmnist`); paper-cifar10 / paper-cifar100: the paper's
        networks and training (GPU scale, see `_paper`).
 """
@@ -38,14 +39,18 @@ def quick() -> Config:
     - 10,000 test points: one model's accuracy then has a standard error of ~0.17 points, not ~0.5;
     - ntk_prime is left out of the kernel rows (at the same budget it scored 83.0 % vs ntk's 83.1 %,
       as in every cell of the earlier quick run, within 0.4 points; it would add ~50 % to the kernel
-      table): add it with ``--set table.ntk_families=ntk,ntk_prime,gp``."""
+      table): add it with ``--set table.ntk_families=ntk,ntk_prime,gp``;
+    - run.workers = 0 (one single-threaded worker process per core): the nn table took 240.5 s with it
+      against 249.7 s in one process (benchmarks/quick_tables_wall.py, results/benchmarks/
+      quick_tables_wall.json; the train-sum model trains beside the students). An execution choice:
+      the numbers are bit-identical either way (tests/test_workers.py)."""
     return Config(
         preset="quick",
         data=DataConfig(n_test=10000),
         protocol=ProtocolConfig(kd_students=3, student_epochs=90),
         kernel=KernelConfig(epochs=90, weights_lr=0.1),
         table=TableConfig(ntk_families=("ntk", "gp")),
-        run=RunConfig(replicates=3),
+        run=RunConfig(replicates=3, workers=0),
     )
 
 
