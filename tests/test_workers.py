@@ -65,3 +65,13 @@ def test_worker_count_and_bad_settings(capsys, tmp_path):
     argv = ["table", "nn", "--preset", "smoke", "--set", "run.workers=2", "--set", "run.members=vmap", "--out", out]
     assert main(argv) == 2
     assert "needs run.members=sequential" in capsys.readouterr().err
+
+
+def test_compile_cache_can_be_turned_off_and_survives_an_unwritable_home(monkeypatch):
+    from ntk_vs_nn.engine import host
+
+    for off in ("off", "", "0"):
+        monkeypatch.setenv(host.CACHE_ENV, off)
+        assert host.compile_cache_dir() is None and host.enable_compile_cache() is None
+    monkeypatch.setenv(host.CACHE_ENV, "/proc/no-such-dir/xla")  # cannot be created
+    assert host.enable_compile_cache() is None

@@ -51,7 +51,10 @@ def enable_compile_cache() -> str | None:
         return None
     import jax  # here, not at the top: this module must be importable before jax starts
 
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # an unwritable home: compile every time, as without the cache
+        return None
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
