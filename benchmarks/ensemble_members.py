@@ -158,14 +158,18 @@ def conv_peak_gflops(reps=10) -> float:
     return 2 * 64 * 32 * 32 * 9 * 128 * 128 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def step_gflops(model: str, run_s: float) -> dict:
-    """Effective GFLOP/s of 10 members' training in ``run_s`` (XLA's FLOPs of one step)."""
+def step_gflops(model: str, run_s: dict) -> dict:
+    """Effective GFLOP/s of 10 members' training in each of ``run_s`` (name -> seconds), from XLA's
+    FLOPs of one step (compiled once)."""
     cfg, ds, *_ = _setup()
     fam = make_family("nn", model, ds.num_classes, ds.spatial_ndim, cfg)
     bs = cfg.train.batch_size
     flops = step_flops(fam, optax.adam(1e-3), jnp.asarray(ds.x_train[:bs]), jnp.asarray(ds.y_train[:bs]))
     steps = len(ds.x_train) // bs * EPOCHS * L
-    return {"step_gflop": round(flops / 1e9, 4), "effective_gflops": round(flops * steps / run_s / 1e9, 1)}
+    return {
+        name: {"step_gflop": round(flops / 1e9, 4), "effective_gflops": round(flops * steps / s / 1e9, 1)}
+        for name, s in run_s.items()
+    }
 
 
 def time_members(model: str, kind: str = "conv") -> dict:
@@ -273,7 +277,7 @@ def main():
     sums.update(time_train_sum(model))
     best = min(v["run_s"] for k, v in members.items() if k.startswith("nn/"))
     peaks = {"matmul_peak_gflops": round(matmul_peak_gflops(), 1), "conv_peak_gflops": round(conv_peak_gflops(), 1)}
-    gflops = {"sequential": step_gflops(model, members["nn/sequential"]["run_s"]), "best": step_gflops(model, best)}
+    gflops = step_gflops(model, {"sequential": members["nn/sequential"]["run_s"], "best": best})
     conv = case("conv", model, members, scan_vs_loop=time_scan_vs_loop(model), train_sum=sums, gflops=gflops, **peaks)
     mlp = case("mlp", f"MLP-{MLP_DEPTH}x{MLP_WIDTH}", time_members(model, "mlp"), goal=1.0)  # fused <= sequential
     load = {"start": LOAD0, "end": [round(v, 2) for v in os.getloadavg()]}  # other work on the machine

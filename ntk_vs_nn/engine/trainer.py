@@ -45,6 +45,11 @@ from ntk_vs_nn.families import ModelFamily
 _AUGMENT_TAG = 0xA06  # augmentation keys: fold_in(fold_in(data_key, epoch), tag), then the step index
 
 
+def _augment_key(data_key, epoch: int):
+    """A member's augmentation key of one epoch (the step folds in its index)."""
+    return jax.random.fold_in(jax.random.fold_in(data_key, epoch), _AUGMENT_TAG)
+
+
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optimiser and learning-rate schedule of ``cfg`` over ``cfg.epochs`` epochs."""
     total = max(cfg.epochs * steps_per_epoch, 1)
@@ -366,7 +371,7 @@ class Trainer:
         losses = []
         for e in range(self.cfg.epochs):
             idx = self._order(data_keys, e, x.shape[0])
-            aug = jax.random.fold_in(jax.random.fold_in(data_keys[0], e), _AUGMENT_TAG)
+            aug = _augment_key(data_keys[0], e)
             epoch_losses = []
             for s in range(self.steps):
                 xb, yb, tb = batch(idx, s, x, y, teachers, aug)
@@ -394,7 +399,7 @@ class Trainer:
             idx = self._order(dk, e, args[0].shape[0])
             aug = dk  # unused without augmentation
             if self.augment is not None:  # per member and epoch; the step folds in its index
-                aug = [jax.random.fold_in(jax.random.fold_in(k, e), _AUGMENT_TAG) for k in dk]
+                aug = [_augment_key(k, e) for k in dk]
             if stacked:
                 aug = jnp.stack(aug)
             if dp is not None:  # (steps, M, batch): the batch axis over the data devices
