@@ -33,7 +33,6 @@ Examples:
 
 from __future__ import annotations
 
-import functools
 import gzip
 import os
 import struct
@@ -42,10 +41,10 @@ import zlib
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ntk_vs_nn.config import UserError
+from ntk_vs_nn.data.transforms import crop_flip
 
 FASHION_MNIST_ENV = "NTK_VS_NN_FASHION_MNIST"
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -426,36 +425,13 @@ def cifar(
 # ------------------------------------------------------------------------------------------------ augmentation
 
 
-@functools.partial(jax.jit, static_argnames=("pad",))
 def augment(key: jax.Array, x: jax.Array, pad: int = 4) -> jax.Array:
-    """CIFAR augmentation on device: random crop after zero padding, then random horizontal flip.
-
-    Each example gets its own crop offset, uniform over the (2*pad+1)^2 positions of an H x W window in the
-    zero-padded (H+2*pad, W+2*pad) image (offset (pad, pad) is the unshifted image), and is flipped left-right
-    with probability 1/2. Draws come only from `key`: the same key and batch give the same output. Jitted;
-    `pad` is static.
-
-    Args:
-        key: PRNG key.
-        x: (N, H, W, C) batch, channels last (float or integer; the dtype is kept).
-        pad: zero padding on each side, the largest shift (PROTOCOLS.md: 4).
-
-    Returns:
-        (N, H, W, C) augmented batch, same dtype as `x`.
+    """CIFAR augmentation on device: random crop after zero padding (``pad`` pixels, PROTOCOLS.md: 4),
+    then a random horizontal flip, per example (`transforms.crop_flip`; draws only from ``key``).
 
     Example:
         >>> x = jnp.ones((8, 32, 32, 3))
         >>> augment(jax.random.key(0), x).shape
         (8, 32, 32, 3)
     """
-    n, h, w, c = x.shape
-    k_crop, k_flip = jax.random.split(key)
-    offsets = jax.random.randint(k_crop, (n, 2), 0, 2 * pad + 1)
-    flips = jax.random.bernoulli(k_flip, 0.5, (n,))
-    padded = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-
-    def one(img, off, flip):
-        crop = jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
-        return jnp.where(flip, crop[:, ::-1, :], crop)
-
-    return jax.vmap(one)(padded, offsets, flips)
+    return crop_flip(key, x, pad=pad, flip=True)

@@ -39,10 +39,12 @@ import optax
 from tqdm.auto import tqdm
 
 from ntk_vs_nn.config import TrainConfig
+from ntk_vs_nn.data.transforms import mixup
 from ntk_vs_nn.engine import sharding
 from ntk_vs_nn.families import ModelFamily
 
 _AUGMENT_TAG = 0xA06  # augmentation keys: fold_in(fold_in(data_key, epoch), tag), then the step index
+_MIXUP_TAG = 0x313  # mixup's key: fold_in(the step's augmentation key, tag) (augmentation keeps its draws)
 
 
 def _augment_key(data_key, epoch: int):
@@ -99,15 +101,20 @@ def lambda_max(family: ModelFamily, variables, x, iters: int = 30, key=None) -> 
     return jnp.sum(jax.jvp(f, (params,), (v,))[1] ** 2) / n
 
 
-def distill_loss(logits, labels, teacher_logits, alpha, tau):
+def distill_loss(logits, labels, teacher_logits, alpha, tau, mix=None):
     """(1 - alpha) CE(student, y) + alpha tau^2 KL(softmax(teacher/tau) || softmax(student/tau)).
 
     Args:
       logits: (B, k) student logits. labels: (B,) int. teacher_logits: (B, k).
       alpha, tau: scalars; alpha = 0 is plain cross-entropy training.
+      mix: mixup's ``(labels_b, lam)``: the cross-entropy is lam CE(y) + (1 - lam) CE(y_b) (the
+        teacher's logits are those of the mixed input already).
     Returns: the batch mean, a scalar.
     """
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    if mix is not None:
+        labels_b, lam = mix
+        ce = lam * ce + (1 - lam) * optax.softmax_cross_entropy_with_integer_labels(logits, labels_b)
     log_p_t = jax.nn.log_softmax(teacher_logits / tau)
     log_p_s = jax.nn.log_softmax(logits / tau)
     kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
@@ -125,22 +132,40 @@ def progress_enabled(flag: bool) -> bool:
     return flag and os.environ.get("CI", "").lower() not in ("1", "true") and sys.stderr.isatty()
 
 
+def ensemble_logits(outs, rule: str = "logits"):
+    """The ensemble of member logits ``outs`` (a list of (B, k)) as `metrics.combine` forms it, in jax:
+    their mean (``logits``) or the log of their mean softmax (``probs``)."""
+    if len(outs) == 1:
+        return outs[0]
+    stack = jnp.stack(outs)
+    if rule == "logits":
+        return stack.mean(0)
+    return jax.nn.logsumexp(jax.nn.log_softmax(stack, -1), axis=0) - jnp.log(len(outs))
+
+
 class Trainer:
     """Compiled training and prediction for one family on one dataset (compile once per shape)."""
 
     def __init__(
         self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False, augment=None, mesh=None,
-        sum_step: str = "joint",
+        sum_step: str = "joint", mixup: float = 0.0, teacher: ModelFamily | None = None, teacher_rule: str = "logits",
     ):  # fmt: skip
         """``augment(key, x_batch) -> x_batch``: optional on-device augmentation of each training batch
-        (e.g. `images.augment`); distillation targets stay those of the un-augmented example.
+        (`data.transforms.make_augment`). ``mixup``: Beta(a, a) mixup of each batch after it (0: off).
+        ``teacher``: the family of an online teacher: `fit` then takes each student's teacher as
+        variables and evaluates it on exactly the (augmented, mixed) batch the student sees;
+        ``teacher_rule`` combines several teacher members (`ensemble_logits`). Without it the
+        distillation targets are fixed per training example (their un-transformed input), so fixed
+        targets with a transformation are the old, inconsistent practice and mixup needs a teacher.
         ``mesh``: the device mesh of ``mode="shard"`` (default: `sharding.member_mesh()`, all devices).
         ``sum_step``: a summed family (``family.parts``) in sequential mode: ``joint`` (one program of
         the whole sum, as ``unrolled``) or ``split`` (member by member, `_fit_split`)."""
         self.family, self.cfg, self.augment, self.mesh, self.sum_step = family, cfg, augment, mesh, sum_step
+        self.mixup, self.teacher, self.teacher_rule = float(mixup), teacher, teacher_rule
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps = n_train // self.batch_size
-        self.full_batch = self.batch_size == n_train and augment is None  # GD: one lax.scan over epochs
+        # GD: one lax.scan over epochs
+        self.full_batch = self.batch_size == n_train and augment is None and not self.mixup
         self.tx = make_optimizer(cfg, self.steps)
         self.progress = progress_enabled(progress)
         self._step_cache = {}
@@ -156,22 +181,38 @@ class Trainer:
     # The epoch loop stays in Python: on XLA:CPU a lax.scan over steps ran ~12x slower per step
     # than the same jitted step called from Python (benchmarks/ensemble_members.py), and the
     # step only takes device arrays, so the loop never waits for the host.
+    def _view(self, x, y, teacher, ib, key):
+        """One member's training batch: ``(x_b, y_b, teacher logits, mix)``. ``ib``: the batch's
+        indices (None: the whole set); ``key``: the step's transformation key; ``teacher``: the fixed
+        (N, k) targets, or the online teacher's variables (a list of members), evaluated here on the
+        transformed batch."""
+        xb, yb = (x, y) if ib is None else (x[ib], y[ib])
+        if self.augment is not None:
+            xb = self.augment(key, xb)
+        mix = None
+        if self.mixup:
+            xb, perm, lam = mixup(jax.random.fold_in(key, _MIXUP_TAG), xb, self.mixup)
+            mix = (yb[perm], lam)
+        if self.teacher is not None:
+            outs = [self.teacher.apply(v, xb) for v in teacher]
+            tb = jax.lax.stop_gradient(ensemble_logits(outs, self.teacher_rule))
+        else:
+            tb = teacher if ib is None else teacher[ib]
+        return xb, yb, tb, mix
+
     def _step(self, m: int, scaled: bool = False):
-        family, tx, augment = self.family, self.tx, self.augment
+        family, tx = self.family, self.tx
 
         def step(carries, states, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
             new, losses = [], []
             for i, ((params, opt_state), state) in enumerate(zip(carries, states)):
-                if idx is None:  # full batch: the whole set in its order
-                    xb, yb, tb = x, y, teachers[i]
-                else:
-                    ib = idx[s, i]
-                    xb = x[ib] if augment is None else augment(jax.random.fold_in(aug_keys[i], s), x[ib])
-                    yb, tb = y[ib], teachers[i][ib]
+                ib = None if idx is None else idx[s, i]  # None: full batch, the whole set in its order
+                key = None if idx is None else jax.random.fold_in(aug_keys[i], s)
+                xb, yb, tb, mix = self._view(x, y, teachers[i], ib, key)
 
-                def loss_fn(p, state=state, xb=xb, yb=yb, tb=tb):
+                def loss_fn(p, state=state, xb=xb, yb=yb, tb=tb, mix=mix):
                     logits = family.apply({"params": p, "state": state}, xb)
-                    return distill_loss(logits, yb, tb, alpha, tau)
+                    return distill_loss(logits, yb, tb, alpha, tau, mix)
 
                 loss, grads = jax.value_and_grad(loss_fn)(params)
                 updates, opt_state = tx.update(grads, opt_state, params)
@@ -193,7 +234,8 @@ class Trainer:
                 def fn(carry, state, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
                     def single(c, st, ix, t, k, sc):
                         ix = None if ix is None else ix[:, None]
-                        out, loss = one([c], [st], ix, s, x, y, t[None], alpha, tau, [k], sc[None])
+                        t = [t] if self.teacher is not None else t[None]  # online: one student's teacher list
+                        out, loss = one([c], [st], ix, s, x, y, t, alpha, tau, [k], sc[None])
                         return out[0], loss[0]
 
                     axes = (0, 0, None if idx is None else 1, 0, 0, 0)
@@ -246,7 +288,9 @@ class Trainer:
         Args:
           init_keys, data_keys: M keys each (member init, member data order).
           x: (N, ...) inputs, y: (N,) labels (device or host arrays).
-          teachers: (M, N, k) teacher logits per member, or None for plain training.
+          teachers: (M, N, k) teacher logits per member, or None for plain training; with an online
+            teacher (``Trainer(teacher=...)``), M lists of the teacher members' variables (all lists
+            of one length in the vmap and shard modes).
           alpha, tau: distillation weight and temperature (alpha = 0: plain cross-entropy).
           mode: "sequential" | "unrolled" | "vmap" | "shard".
           lr_scales: M multipliers of each member's learning rate (e.g. ``1 / lambda_max``), or None (1).
@@ -255,10 +299,16 @@ class Trainer:
         t0 = time.perf_counter()
         m = len(init_keys)
         x, y = jnp.asarray(x), jnp.asarray(y)
+        online = self.teacher is not None
+        if online and teachers is None:
+            raise ValueError("an online-teacher trainer needs each student's teacher variables")
+        if self.mixup and not online and teachers is not None:
+            raise ValueError("mixup needs an online teacher or none (fixed targets belong to unmixed inputs)")
         if teachers is None:
             probe = jax.eval_shape(self.family.apply, jax.eval_shape(self.family.init, init_keys[0], x[:1]), x[:1])
             teachers = jnp.zeros((m, x.shape[0], probe.shape[-1]), jnp.float32)
-        teachers = jnp.asarray(teachers)
+        if not online:
+            teachers = jnp.asarray(teachers)
         alpha, tau = jnp.float32(alpha), jnp.float32(tau)
         scales_all = jnp.ones(m, jnp.float32) if lr_scales is None else jnp.asarray(lr_scales, jnp.float32)
         self._scaled = lr_scales is not None
@@ -292,7 +342,11 @@ class Trainer:
                 run = sharding.pad_members(group, sharding.padded_count(len(group), mesh))
             vs = [variables[i] for i in run]
             dk = [data_keys[i] for i in run]
-            tg = teachers[jnp.asarray(run)]
+            tg = [teachers[i] for i in run] if online else teachers[jnp.asarray(run)]
+            if online and stacked:  # the students' teachers with a leading student axis
+                tg = jax.tree.map(lambda *a: jnp.stack(a), *tg)
+            elif online:
+                tg = jax.tree.map(jnp.asarray, tg)
             sc = scales_all[jnp.asarray(run)]
             # Params are donated to the step: copy them, since a family's state may alias them
             # (the ntk anchor starts as the very same arrays).
@@ -333,19 +387,17 @@ class Trainer:
     def _split_fns(self):
         if "split" not in self._step_cache:
             member, n, factor = self.family.parts
-            tx, augment = self.tx, self.augment
+            tx = self.tx
 
             def fwd(params, state, xb):
                 return jax.vjp(lambda p: member.apply({"params": p, "state": state}, xb), params)
 
             def batch(idx, s, x, y, teachers, aug_key):
-                ib = idx[s, 0]
-                xb = x[ib] if augment is None else augment(jax.random.fold_in(aug_key, s), x[ib])
-                return xb, y[ib], teachers[0][ib]
+                return self._view(x, y, teachers[0], idx[s, 0], jax.random.fold_in(aug_key, s))
 
-            def head(logits, yb, tb, alpha, tau):
+            def head(logits, yb, tb, mix, alpha, tau):
                 g_sum = factor * sum(logits)
-                loss, g = jax.value_and_grad(lambda o: distill_loss(o, yb, tb, alpha, tau))(g_sum)
+                loss, g = jax.value_and_grad(lambda o: distill_loss(o, yb, tb, alpha, tau, mix))(g_sum)
                 return loss, factor * g
 
             def update(grads, opt_state, params, scale):
@@ -374,9 +426,9 @@ class Trainer:
             aug = _augment_key(data_keys[0], e)
             epoch_losses = []
             for s in range(self.steps):
-                xb, yb, tb = batch(idx, s, x, y, teachers, aug)
+                xb, yb, tb, mix = batch(idx, s, x, y, teachers, aug)
                 outs = [fwd(p, st, xb) for p, st in zip(params, states)]
-                loss, g = head([o[0] for o in outs], yb, tb, alpha, tau)
+                loss, g = head([o[0] for o in outs], yb, tb, mix, alpha, tau)
                 grads = [back(o[1], g) for o in outs]
                 del outs  # the residuals: free them before the update
                 params, opt_state = update(grads, opt_state, params, scales[0])
@@ -398,7 +450,7 @@ class Trainer:
         for e in range(self.cfg.epochs):
             idx = self._order(dk, e, args[0].shape[0])
             aug = dk  # unused without augmentation
-            if self.augment is not None:  # per member and epoch; the step folds in its index
+            if self.augment is not None or self.mixup:  # per member and epoch; the step folds in its index
                 aug = [_augment_key(k, e) for k in dk]
             if stacked:
                 aug = jnp.stack(aug)
