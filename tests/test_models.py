@@ -20,10 +20,25 @@ from ntk_vs_nn.models import build_model, parse_model_name
         ("ResNet-34-2", ("resnet34", 34, 2)),
         ("SimpleCNN-10-3", ("simplecnn", 10, 3)),
         ("SimpleCNN-2-1", ("simplecnn", 2, 1)),
+        ("ResNet34", ("resnet34", 34, 1)),
+        ("ResNet34-2", ("wrn", 34, 2)),  # kernel-table spelling: the wide ResNet-34-2 (34 = 6*5 + 4)
+        ("ResNet-18", ("resnet18", 18, 1)),
+        ("ResNet-18-2", ("resnet18", 18, 2)),
+        ("ResNet-18-0.25", ("resnet18", 18, 0.25)),
+        ("ResNet-18-0.125", ("resnet18", 18, 0.125)),
+        ("ResNet-18-1.5", ("resnet18", 18, 1.5)),
+        ("ResNet-34-0.5", ("resnet34", 34, 0.5)),
+        ("PlainCNN-2-1", ("plaincnn", 2, 1)),
+        ("PlainCNN-1-3", ("plaincnn", 1, 3)),
     ],
 )
 def test_parse_model_name_accepts_the_paper_names(name, expected):
     assert parse_model_name(name) == expected
+
+
+@pytest.mark.parametrize("name", ["ResNet-18", "ResNet-18-2", "ResNet-34-2", "PlainCNN-2-1", "ResNet-10-1"])
+def test_whole_widen_factors_stay_ints(name):
+    assert type(parse_model_name(name)[2]) is int
 
 
 @pytest.mark.parametrize(
@@ -39,6 +54,16 @@ def test_parse_model_name_accepts_the_paper_names(name, expected):
         "SimpleCNN-3-0",
         "SimpleCNN-3",
         "resnet-10-1",
+        "ResNet-18-0",  # widen factor 0
+        "ResNet-18-0.001",  # 64 * 0.001 = 0.064 channels
+        "ResNet-18-0.3",  # 64 * 0.3 = 19.2: not a whole number of channels
+        "ResNet-34-0.01",
+        "ResNet18-2",  # 18 is not 6n+4 and ResNet-18-w is spelt with the hyphen
+        "ResNet-10-0.5",  # wide ResNets take whole widen factors
+        "PlainCNN-0-1",
+        "PlainCNN-2-0",
+        "PlainCNN-2",
+        "PlainCNN-2-0.5",
     ],
 )
 def test_parse_model_name_rejects_bad_names_listing_valid_forms(name):
@@ -47,6 +72,7 @@ def test_parse_model_name_rejects_bad_names_listing_valid_forms(name):
     msg = str(err.value)
     assert repr(name) in msg or name in msg
     assert "ResNet-d-w" in msg and "SimpleCNN-d-w" in msg and "ResNet-34" in msg
+    assert "ResNet-18" in msg and "PlainCNN-d-w" in msg
 
 
 def test_build_model_rejects_three_spatial_axes():
@@ -75,6 +101,10 @@ def _count(params):
         ("SimpleCNN-3-1", (5, 8, 8, 3)),
         ("ResNet-34", (5, 8, 8, 1)),
         ("ResNet-34", (5, 12, 2)),
+        ("ResNet-18-0.125", (5, 8, 8, 1)),
+        ("ResNet-18-0.125", (5, 12, 2)),
+        ("PlainCNN-2-1", (5, 12, 1)),
+        ("PlainCNN-2-1", (5, 8, 8, 3)),
     ],
 )
 def test_models_give_logits_of_shape_batch_by_classes_and_have_a_head(name, x_shape):
@@ -166,15 +196,16 @@ def test_group_norm_groups_that_do_not_divide_channels_are_reduced():
     assert out.shape == (2, 3)
 
 
-def resnet34_param_count(widen, in_channels, num_classes, stages=(3, 4, 6, 3)):
-    """Closed form for the CIFAR ResNet-34 of models.py (post-activation basic blocks, norms with
-    scale and bias, 1x1 projection + norm on the shortcut when the shape changes)."""
-    total = 9 * in_channels * 64 * widen + 2 * 64 * widen
-    prev = 64 * widen
+def resnet34_param_count(widen, in_channels, num_classes, stages=(3, 4, 6, 3), ndim=2):
+    """Closed form for the CIFAR ResNet-34 / ResNet-18 of models.py (post-activation basic blocks,
+    norms with scale and bias, 1x1 projection + norm on the shortcut when the shape changes)."""
+    k = 3**ndim
+    total = k * in_channels * int(64 * widen) + 2 * int(64 * widen)
+    prev = int(64 * widen)
     for stage, blocks in enumerate(stages):
-        width = 64 * widen * 2**stage
+        width = int(64 * widen) * 2**stage
         for i in range(blocks):
-            total += 9 * prev * width + 2 * width + 9 * width * width + 2 * width
+            total += k * prev * width + 2 * width + k * width * width + 2 * width
             if (stage > 0 and i == 0) or prev != width:
                 total += prev * width + 2 * width
             prev = width
@@ -191,7 +222,7 @@ def simplecnn_param_count(depth, widen, in_channels, num_classes):
     return total + prev * num_classes + num_classes
 
 
-PAPER_NETS = ["ResNet-28-2", "ResNet-34", "ResNet-34-2", "ResNet-16-10", "ResNet-22-10", "ResNet-28-10"]
+PAPER_NETS = ["ResNet-28-2", "ResNet-34", "ResNet-34-2", "ResNet-16-10", "ResNet-22-10", "ResNet-28-10", "ResNet-18"]
 PAPER_KERNELS = [
     "SimpleCNN-10-3",
     "ResNet10-2",
@@ -212,6 +243,7 @@ def test_paper_architectures_match_their_closed_form_count_on_cifar(name):
     expected = {
         "wrn": lambda: wrn_param_count(depth, widen, 3, 10, 2, "layer"),
         "resnet34": lambda: resnet34_param_count(widen, 3, 10),
+        "resnet18": lambda: resnet34_param_count(widen, 3, 10, stages=(2, 2, 2, 2)),
         "simplecnn": lambda: simplecnn_param_count(depth, widen, 3, 10),
     }[kind]()
     assert _count(params) == expected
@@ -222,6 +254,7 @@ def test_paper_architectures_match_their_closed_form_count_on_cifar(name):
     [
         ("ResNet-28-10", 36_479_194),  # WRN-28-10 on CIFAR-10 (Zagoruyko & Komodakis: 36.5M)
         ("ResNet-34", 21_282_122),  # the common CIFAR ResNet-34 (3x3 stem, BN affine params)
+        ("ResNet-18", 11_173_962),  # the common CIFAR ResNet-18 (kuangliu/pytorch-cifar: 11.17M)
     ],
 )
 def test_paper_nets_have_their_published_parameter_counts(name, published):
@@ -230,8 +263,96 @@ def test_paper_nets_have_their_published_parameter_counts(name, published):
     assert _count(params) == published
 
 
+def test_param_count_resnet_18_quarter_width_1d_matches_hand_count():
+    # ResNet-18-0.25: widths 16/32/64/128, 3-wide convs without bias, a norm (scale + bias) after
+    # every conv, 1x1 projection + norm at the first block of stages 2-4 (stride 2).
+    stem = 3 * 1 * 16 + 2 * 16
+    stage1 = 2 * (3 * 16 * 16 + 2 * 16 + 3 * 16 * 16 + 2 * 16)
+    stage2 = (3 * 16 * 32 + 3 * 32 * 32 + 16 * 32 + 3 * 2 * 32) + (2 * 3 * 32 * 32 + 2 * 2 * 32)
+    stage3 = (3 * 32 * 64 + 3 * 64 * 64 + 32 * 64 + 3 * 2 * 64) + (2 * 3 * 64 * 64 + 2 * 2 * 64)
+    stage4 = (3 * 64 * 128 + 3 * 128 * 128 + 64 * 128 + 3 * 2 * 128) + (2 * 3 * 128 * 128 + 2 * 2 * 128)
+    head = 128 * 10 + 10
+    params, out = _init_shapes(build_model("ResNet-18-0.25", num_classes=10, ndim=1), (1, 40, 1))
+    assert out.shape == (1, 10)
+    assert _count(params) == stem + stage1 + stage2 + stage3 + stage4 + head == 243_354
+    assert _count(params) == resnet34_param_count(0.25, 1, 10, stages=(2, 2, 2, 2), ndim=1)
+
+
+@pytest.mark.parametrize(
+    "name, widths", [("ResNet-18-0.25", (16, 32, 64, 128)), ("ResNet-18-2", (128, 256, 512, 1024))]
+)
+def test_resnet_18_widths_are_64w_times_two_per_stage(name, widths):
+    params, _ = _init_shapes(build_model(name, num_classes=10, ndim=2), (1, 32, 32, 3))
+    blocks = sorted((k for k in params if k.startswith("BasicBlock_")), key=lambda k: int(k.split("_")[1]))
+    assert len(blocks) == 8  # [2, 2, 2, 2]
+    out_channels = [params[b]["Conv_1"]["kernel"].shape[-1] for b in blocks]
+    assert out_channels == [w for w in widths for _ in range(2)]
+    assert params["Conv_0"]["kernel"].shape == (3, 3, 3, widths[0])  # the 3x3 stem
+    assert params["head"]["kernel"].shape == (widths[-1], 10)
+
+
+def test_resnet_34_fractional_width_matches_closed_form():
+    params, _ = _init_shapes(build_model("ResNet-34-0.125", num_classes=4, ndim=1), (1, 16, 2))
+    assert _count(params) == resnet34_param_count(0.125, 2, 4, ndim=1)
+
+
+def plaincnn_param_count(depth, widen, in_channels, num_classes, spatial, ndim, norm="none"):
+    """Closed form for PlainCNN-d-w: d [3-wide conv with bias, relu, 2-wide VALID max-pool] stages of
+    32w·2^i channels, flatten, Dense(128w), head; a norm (scale + bias) after each conv unless none."""
+    total, prev, size = 0, in_channels, spatial
+    for i in range(depth):
+        width = 32 * widen * 2**i
+        total += 3**ndim * prev * width + width + (0 if norm == "none" else 2 * width)
+        prev, size = width, size // 2
+    flat = prev * size**ndim
+    return total + flat * 128 * widen + 128 * widen + 128 * widen * num_classes + num_classes
+
+
+def test_param_count_plaincnn_2_1_on_mnist_is_the_practitioners_421642():
+    conv1 = 3 * 3 * 1 * 32 + 32  # 320
+    conv2 = 3 * 3 * 32 * 64 + 64  # 18,496
+    dense = 7 * 7 * 64 * 128 + 128  # 401,536: 28 -> 14 -> 7 after two 2x2 max-pools
+    head = 128 * 10 + 10  # 1,290
+    params, out = _init_shapes(build_model("PlainCNN-2-1", num_classes=10, ndim=2, norm="none"), (1, 28, 28, 1))
+    assert out.shape == (1, 10)
+    assert conv1 + conv2 + dense + head == 421_642
+    assert _count(params) == 421_642
+    assert params["Conv_0"]["bias"].shape == (32,) and params["head"]["kernel"].shape == (128, 10)
+
+
+@pytest.mark.parametrize(
+    "name, x_shape, norm",
+    [
+        ("PlainCNN-2-1", (1, 40, 1), "none"),  # MNIST-1D: 40 -> 20 -> 10
+        ("PlainCNN-5-1", (1, 40, 1), "none"),  # 40/20/10/5/2 -> 1 (VALID pooling floors 5 to 2)
+        ("PlainCNN-3-2", (1, 28, 28, 1), "layer"),  # 28/14/7 -> 3, a GroupNorm after every conv
+        ("PlainCNN-1-1", (1, 9, 9, 3), "group"),
+    ],
+)
+def test_param_count_of_plain_cnns_matches_closed_form(name, x_shape, norm):
+    _, depth, widen = parse_model_name(name)
+    ndim = len(x_shape) - 2
+    params, out = _init_shapes(build_model(name, num_classes=10, ndim=ndim, norm=norm), x_shape)
+    assert out.shape == (1, 10)
+    assert _count(params) == plaincnn_param_count(depth, widen, x_shape[-1], 10, x_shape[1], ndim, norm)
+
+
+def test_plaincnn_deeper_than_its_input_allows_is_a_user_error():
+    with pytest.raises(UserError, match="at most 5 stages"):
+        _init_shapes(build_model("PlainCNN-6-1", num_classes=10, ndim=1, norm="none"), (1, 40, 1))
+
+
+@pytest.mark.parametrize("name", ["ResNet-18-0.125", "ResNet-34", "PlainCNN-2-1"])
+def test_nets_neural_tangents_cannot_express_are_one_clear_user_error(name):
+    from ntk_vs_nn.kernels import nt as nt_backend
+
+    assert not nt_backend.supports(name)
+    with pytest.raises(UserError, match=f"model {name}: not expressible"):
+        nt_backend.infinite_kernel_fn(name, 10, 1)  # refused before neural-tangents is imported
+
+
 # -- bfloat16 compute (model.dtype, the GPU option of the paper presets) --------------------------------
-@pytest.mark.parametrize("name", ["ResNet-10-1", "ResNet-34", "SimpleCNN-3-1"])
+@pytest.mark.parametrize("name", ["ResNet-10-1", "ResNet-34", "SimpleCNN-3-1", "ResNet-18-0.125", "PlainCNN-2-1"])
 def test_bfloat16_computes_in_bf16_keeps_float32_params_and_logits_and_tracks_float32(name):
     x = jax.random.normal(jax.random.key(0), (4, 16, 16, 3))
     m32 = build_model(name, 10, 2)
@@ -298,7 +419,9 @@ def test_matmul_conv_equals_xla_conv_forward_and_backward_in_float64(x64, ndim, 
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,ndim", [("ResNet-10-1", 1), ("SimpleCNN-4-1", 2)])
+@pytest.mark.parametrize(
+    "name,ndim", [("ResNet-10-1", 1), ("SimpleCNN-4-1", 2), ("ResNet-18-0.125", 1), ("PlainCNN-2-1", 2)]
+)
 def test_models_with_matmul_conv_equal_xla_conv_also_vmapped_over_members(x64, name, ndim):
     rs = np.random.RandomState(0)
     x = jnp.asarray(rs.randn(2, *([12] * ndim), 1))

@@ -50,8 +50,9 @@ network with the same layers as our Flax model (`ntk_vs_nn.models`), layer for l
   against O(width) from each conv layer: measured 5 % of our empirical NTK for SimpleCNN-3-1,
   3 % for ResNet-10-1, 0.35 % for SimpleCNN-3-16). ``none``: no layer.
 
-``ResNet-34`` is refused as not expressible: its post-activation blocks add an identity shortcut
-that carries relu outputs (not mean-zero Gaussian), which stax ``FanInSum`` cannot propagate. Note
+``ResNet-34`` and ``ResNet-18`` are refused as not expressible: their post-activation blocks add an
+identity shortcut that carries relu outputs (not mean-zero Gaussian), which stax ``FanInSum`` cannot
+propagate; so is ``PlainCNN-d-w`` (max-pooling, flatten + hidden Dense). Note
 for ``ResNet-d-w``: its stem convolution has 16 channels at every w (`models.WideResNet`), so the
 infinite-width kernel is the limit in which the stem widens too (measured: the mean NNGP of 16
 random ResNet-10-w is 3.2 % off at w = 1, 2.3 % at w = 8; SimpleCNN-3-16's NNGP and NTK, 4 inits, 2.5 %).
@@ -97,11 +98,20 @@ NORMS = ("layer", "group", "none")
 PARAMETERIZATIONS = ("standard", "ntk")
 KINDS = ("ntk", "nngp")
 EXPRESSIBLE = ("simplecnn", "wrn")
-NOT_EXPRESSIBLE = {
-    "resnet34": "not expressible as an infinite-width neural-tangents kernel: its post-activation blocks add "
+_POST_ACTIVATION = (
+    "not expressible as an infinite-width neural-tangents kernel: its post-activation blocks add "
     "an identity shortcut carrying relu outputs (not mean-zero Gaussian) to the block, which stax FanInSum "
     "cannot propagate exactly; use ResNet-d-w (pre-activation) or SimpleCNN-d-w"
+)
+NOT_EXPRESSIBLE = {
+    "resnet34": _POST_ACTIVATION,
+    "resnet18": _POST_ACTIVATION,  # the same post-activation BasicBlocks (models.BasicResNet)
+    "plaincnn": "not expressible as an infinite-width neural-tangents kernel: max-pooling has no closed-form "
+    "kernel in stax (nor is its flatten + hidden Dense readout mapped here); use SimpleCNN-d-w or ResNet-d-w",
 }
+_NOT_EXPRESSIBLE_DEFAULT = (
+    "not expressible as an infinite-width neural-tangents kernel; use SimpleCNN-d-w or ResNet-d-w"
+)
 _IMPL_NAMES = {"jacobian_contraction": "JACOBIAN_CONTRACTION", "ntk_vector_products": "NTK_VECTOR_PRODUCTS"}
 _ABSENT = object()
 
@@ -274,7 +284,8 @@ def nt_train_test(fn: Callable, x_train, x_other, params, tile_size: int = 256):
 
 
 def supports(model_name: str, norm: str = "layer") -> bool:
-    """Whether `infinite_kernel_fn` can express ``model_name``: SimpleCNN-d-w and ResNet-d-w, not ResNet-34."""
+    """Whether `infinite_kernel_fn` can express ``model_name``: SimpleCNN-d-w and ResNet-d-w, not
+    ResNet-18/34 or PlainCNN-d-w."""
     try:
         kind = parse_model_name(model_name)[0]
     except UserError:
@@ -302,7 +313,7 @@ def infinite_kernel_fn(
     """
     kind, depth, widen = parse_model_name(model_name)
     if kind not in EXPRESSIBLE:
-        raise UserError(f"model {model_name}: {NOT_EXPRESSIBLE[kind]}")
+        raise UserError(f"model {model_name}: {NOT_EXPRESSIBLE.get(kind, _NOT_EXPRESSIBLE_DEFAULT)}")
     if ndim not in (1, 2):
         raise UserError(f"model {model_name}: inputs must have 1 or 2 spatial axes, got {ndim}")
     if norm not in NORMS:

@@ -5,8 +5,18 @@ Names (as in the paper):
                    (the paper's kernel-table spelling) is accepted too.
   ``ResNet-34``    the CIFAR variant of ResNet-34 (basic blocks 3,4,6,3; widths 64/128/256/512);
   ``ResNet-34-w``  the same with widths multiplied by w.
+  ``ResNet-18``    the CIFAR variant of ResNet-18: 3x3 stem (stride 1, no max-pool), norm, relu,
+                   post-activation basic blocks 2,2,2,2 of widths 64/128/256/512 (stride 2 at the
+                   first block of stages 2-4, 1x1 projection + norm when the shape changes), global
+                   average pool, dense head (`BasicResNet`, as ResNet-34);
+  ``ResNet-18-w``  the same with widths 64w/128w/256w/512w. For ResNet-18 and ResNet-34, w may be a
+                   fraction for CPU-sized nets (``ResNet-18-0.25``: 16/32/64/128): 64w must be a whole
+                   number >= 1 (w a multiple of 1/64), so every stage doubles the channels exactly.
   ``SimpleCNN-d-w`` a plain CNN of d layers: d-1 3-wide convolutions in three stages of widths
                    16w/32w/64w (stride 2 at each new stage) and a dense head.
+  ``PlainCNN-d-w`` the CNN a practitioner writes for (Fashion-)MNIST (`PlainCNN`): d stages of
+                   [3-wide conv with bias, 32w*2^i channels; relu; 2x2 max-pool], flatten,
+                   Dense(128w) + relu, dense head. Meant for ``model.norm=none``.
 
 Normalisation is a deliberate choice: ``layer`` (default: GroupNorm with one group, i.e. LayerNorm
 over positions and channels of each example), ``group`` (GroupNorm, ``model.groups`` groups) or
@@ -38,7 +48,8 @@ from ntk_vs_nn.models.conv import matmul_conv
 
 VALID_FORMS = (
     "ResNet-d-w (d = 6n+4, e.g. ResNet-10-1, ResNet-28-10), ResNet-34, ResNet-34-w, "
-    "SimpleCNN-d-w (d >= 2, e.g. SimpleCNN-10-3)"
+    "ResNet-18, ResNet-18-w (w may be a fraction with 64w a whole number, e.g. ResNet-18-0.25), "
+    "SimpleCNN-d-w (d >= 2, e.g. SimpleCNN-10-3), PlainCNN-d-w (d >= 1, e.g. PlainCNN-2-1)"
 )
 
 
@@ -59,13 +70,13 @@ class Norm(nn.Module):
 CONVS = {"xla": lax.conv_general_dilated, "matmul": matmul_conv}  # run.conv: how a convolution is computed
 
 
-def _conv(features, ndim, stride=1, kernel=3, name=None, dtype=None, conv="xla"):
+def _conv(features, ndim, stride=1, kernel=3, name=None, dtype=None, conv="xla", use_bias=False):
     return nn.Conv(
         features,
         (kernel,) * ndim,
         strides=(stride,) * ndim,
         padding="SAME",
-        use_bias=False,
+        use_bias=use_bias,
         name=name,
         dtype=dtype,
         conv_general_dilated=CONVS[conv],
@@ -100,7 +111,7 @@ class PreActBlock(_Block):
 
 
 class BasicBlock(_Block):
-    """ResNet-34 block (post-activation): conv-norm-relu-conv-norm, + shortcut, relu."""
+    """ResNet-18/34 block (post-activation): conv-norm-relu-conv-norm, + shortcut, relu."""
 
     @nn.compact
     def __call__(self, x):
@@ -119,12 +130,16 @@ def _cast(x, dtype):
     return x if dtype is None else x.astype(dtype)
 
 
-def _pool_head(h, num_classes, dtype=None):
-    """Global average pool and the linear head; with a compute dtype (bfloat16) the logits come
-    back in float32, so losses, softmax and metrics stay in full precision."""
-    h = jnp.mean(h, axis=tuple(range(1, h.ndim - 1)))
+def _head(h, num_classes, dtype=None):
+    """The linear head on (B, features); with a compute dtype (bfloat16) the logits come back in
+    float32, so losses, softmax and metrics stay in full precision."""
     out = nn.Dense(num_classes, name="head", dtype=dtype)(h)
     return out if dtype is None else out.astype(jnp.float32)
+
+
+def _pool_head(h, num_classes, dtype=None):
+    """Global average pool and the linear head (`_head`: float32 logits)."""
+    return _head(jnp.mean(h, axis=tuple(range(1, h.ndim - 1))), num_classes, dtype)
 
 
 class _Net(nn.Module):
@@ -132,7 +147,7 @@ class _Net(nn.Module):
 
     num_classes: int = 10
     ndim: int = 2  # spatial axes of the input: 1 (signals) or 2 (images)
-    widen: int = 1
+    widen: float = 1  # an int, except for the fractional widths of BasicResNet (ResNet-18-0.25)
     norm: str = "layer"
     groups: int = 8
     dtype: Any = None  # compute dtype: None = that of inputs and params; bfloat16 on GPUs
@@ -154,19 +169,32 @@ class WideResNet(_Net):
         return _pool_head(h, self.num_classes, self.dtype)
 
 
-class ResNet34(_Net):
+def _basic_width(widen, stage):
+    """Channels of stage ``stage`` (0-3) of a BasicResNet: 64·w·2^stage (64w is a whole number)."""
+    return round(64 * widen * 2**stage)
+
+
+class BasicResNet(_Net):
+    """The CIFAR ResNet-18 / ResNet-34 (``stages`` (2, 2, 2, 2) / (3, 4, 6, 3)): 3x3 stem of 64w
+    channels (stride 1, no max-pool), norm, relu, post-activation `BasicBlock` stages of
+    64w/128w/256w/512w channels (stride 2 at the first block of stages 2-4), global pool, head."""
+
     stages: Sequence[int] = (3, 4, 6, 3)
 
     @nn.compact
     def __call__(self, x):
-        h = _conv(64 * self.widen, self.ndim, dtype=self.dtype, conv=self.conv)(_cast(x, self.dtype))
+        h = _conv(_basic_width(self.widen, 0), self.ndim, dtype=self.dtype, conv=self.conv)(_cast(x, self.dtype))
         h = nn.relu(Norm(self.norm, self.groups, self.dtype)(h))
         for stage, blocks in enumerate(self.stages):
-            width = 64 * self.widen * 2**stage
+            width = _basic_width(self.widen, stage)
             for i in range(blocks):
                 stride = 2 if (stage > 0 and i == 0) else 1
                 h = BasicBlock(width, stride, self.ndim, self.norm, self.groups, self.dtype, self.conv)(h)
         return _pool_head(h, self.num_classes, self.dtype)
+
+
+ResNet34 = BasicResNet  # its former name (the default stages are ResNet-34's)
+BASIC_STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # ResNet-18 / ResNet-34 basic blocks per stage
 
 
 class SimpleCNN(_Net):
@@ -185,18 +213,68 @@ class SimpleCNN(_Net):
         return _pool_head(h, self.num_classes, self.dtype)
 
 
-def parse_model_name(name: str) -> tuple[str, int, int]:
-    """``(kind, depth, widen)`` from a model name, or a UserError listing the valid forms."""
-    m = re.fullmatch(r"ResNet-?(\d+)(?:-(\d+))?", name)
+class PlainCNN(_Net):
+    """The plain CNN a practitioner writes for (Fashion-)MNIST, ``PlainCNN-d-w``: d stages of
+    [3x3 (3 in 1-D) SAME convolution *with bias*, 32w·2^i channels; relu; 2x2 (2 in 1-D) max-pool,
+    stride 2], then flatten, Dense(128w) + relu and the ``head`` Dense. PlainCNN-2-1 on 28x28x1
+    images with 10 classes: 421,642 parameters (320 + 18,496 + 7·7·64·128 + 128 + 1,290).
+
+    Meant to be used with ``model.norm=none``; with ``layer``/``group`` a `Norm` follows every
+    convolution (before its relu). The pooling is ``VALID`` (floor: 7 -> 3), as Keras'
+    ``MaxPooling2D`` and PyTorch's ``MaxPool2d`` default, so the counts are those of the usual net;
+    a stage whose input has a spatial axis shorter than 2 (it would vanish) is a UserError naming
+    the most stages that input allows (e.g. 5 for MNIST-1D's 40 positions: 40/20/10/5/2 -> 1).
+    Not expressible as a neural-tangents infinite-width kernel (max-pooling, flatten)."""
+
+    depth: int = 2  # conv stages
+
+    @nn.compact
+    def __call__(self, x):
+        h = _cast(x, self.dtype)
+        for i in range(self.depth):
+            spatial = h.shape[1:-1]
+            if min(spatial) < 2:
+                most = max(min(x.shape[1:-1]).bit_length() - 1, 0)  # floor(log2): halvings to a size >= 1
+                raise UserError(
+                    f"model PlainCNN-{self.depth}-{self.widen}: stage {i + 1} would max-pool spatial shape "
+                    f"{tuple(spatial)} to nothing; inputs of {tuple(x.shape[1:-1])} allow at most {most} stages"
+                )
+            h = _conv(32 * self.widen * 2**i, self.ndim, dtype=self.dtype, conv=self.conv, use_bias=True)(h)
+            if self.norm != "none":
+                h = Norm(self.norm, self.groups, self.dtype)(h)
+            h = nn.relu(h)
+            h = nn.max_pool(h, (2,) * self.ndim, strides=(2,) * self.ndim, padding="VALID")
+        h = h.reshape(h.shape[0], -1)
+        h = nn.relu(nn.Dense(128 * self.widen, name="hidden", dtype=self.dtype)(h))
+        return _head(h, self.num_classes, self.dtype)
+
+
+def parse_model_name(name: str) -> tuple[str, int, int | float]:
+    """``(kind, depth, widen)`` from a model name, or a UserError listing the valid forms.
+
+    kind: ``wrn`` | ``resnet18`` | ``resnet34`` | ``simplecnn`` | ``plaincnn``. widen is an int, or
+    a float for the fractional widths of ResNet-18-w / ResNet-34-w (``ResNet-18-0.25`` -> 0.25;
+    ``ResNet-18-2`` -> 2)."""
+    m = re.fullmatch(r"ResNet-?(\d+)(?:-(\d+(?:\.\d+)?))?", name)
     if m:
-        depth, widen = int(m.group(1)), int(m.group(2) or 0)
-        if depth == 34 and (m.group(2) is None or (name.startswith("ResNet-34-") and widen >= 1)):
-            return "resnet34", 34, widen or 1
-        if widen >= 1 and depth >= 10 and (depth - 4) % 6 == 0:
-            return "wrn", depth, widen
+        depth, w = int(m.group(1)), m.group(2)
+        if depth in BASIC_STAGES and (w is None or name.startswith(f"ResNet-{depth}-")):
+            widen = 1 if w is None else float(w)
+            base = 64 * widen
+            if abs(base - round(base)) > 1e-9 or round(base) < 1:
+                raise UserError(
+                    f"model {name!r}: widths 64w·2^stage must be whole numbers >= 1, got 64·{w} = {base:g} "
+                    f"(w must be a positive multiple of 1/64, e.g. 0.25 or 0.125); valid forms: {VALID_FORMS}"
+                )
+            return f"resnet{depth}", depth, int(widen) if float(widen).is_integer() else widen
+        if w is not None and w.isdigit() and int(w) >= 1 and depth >= 10 and (depth - 4) % 6 == 0:
+            return "wrn", depth, int(w)
     m = re.fullmatch(r"SimpleCNN-(\d+)-(\d+)", name)
     if m and int(m.group(1)) >= 2 and int(m.group(2)) >= 1:
         return "simplecnn", int(m.group(1)), int(m.group(2))
+    m = re.fullmatch(r"PlainCNN-(\d+)-(\d+)", name)
+    if m and int(m.group(1)) >= 1 and int(m.group(2)) >= 1:
+        return "plaincnn", int(m.group(1)), int(m.group(2))
     raise UserError(f"unknown model {name!r}; valid forms: {VALID_FORMS}")
 
 
@@ -217,6 +295,6 @@ def build_model(
     if conv not in CONVS:
         raise UserError(f"run.conv must be one of {', '.join(CONVS)}; got {conv!r}")
     kw = dict(num_classes=num_classes, ndim=ndim, widen=widen, norm=norm, groups=groups, dtype=dt, conv=conv)
-    if kind == "resnet34":
-        return ResNet34(**kw)
-    return (WideResNet if kind == "wrn" else SimpleCNN)(depth=depth, **kw)
+    if kind in ("resnet18", "resnet34"):
+        return BasicResNet(stages=BASIC_STAGES[depth], **kw)
+    return {"wrn": WideResNet, "simplecnn": SimpleCNN, "plaincnn": PlainCNN}[kind](depth=depth, **kw)
