@@ -30,15 +30,16 @@ from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.analysis.bootstrap import encode_correct
 from ntk_vs_nn.config import INFINITE_FAMILIES, PROTOCOLS, Config, UserError  # noqa: F401 - PROTOCOLS re-exported
 from ntk_vs_nn.data import Dataset
-from ntk_vs_nn.data.images import augment
+from ntk_vs_nn.data.transforms import make_augment
 from ntk_vs_nn.engine import workers
 from ntk_vs_nn.engine.trainer import Trainer, progress_enabled
 from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, network, param_count, summed
 from ntk_vs_nn.kernels.function_space import FunctionTrainer
 from ntk_vs_nn.models import parse_model_name
-from ntk_vs_nn.store import Store, unit_id
+from ntk_vs_nn.store import Store, load_checkpoint, unit_id
 
 SPLITS = ("train", "val", "test")
+TEACHER_PROTOCOLS = ("single", "ensemble", "train_sum")  # units named by the teacher hash (`Config.teacher_hash`)
 
 
 def resolve_members_mode(mode: str) -> str:
@@ -89,9 +90,9 @@ class Row:
         self.backend = cfg.kernel.backend if family in KERNEL_FAMILIES else "weights"
         if family in INFINITE_FAMILIES:
             self.backend = "function"
-        self.augment = None
+        self.augment, self.mixup = None, 0.0
         self.chance = float(100.0 * np.bincount(data.y_train).max() / len(data.y_train))
-        self.hash = cfg.science_hash()
+        self.hash, self.teacher_hash = cfg.science_hash(), cfg.teacher_hash()
         self.root = rng.root_key(cfg.run.seed)
         self.mode = resolve_members_mode(cfg.run.members)
         self.known = {r["unit"]: r for r in store.records()}
@@ -100,29 +101,65 @@ class Row:
             raise UserError(
                 f"run.workers > 1 trains one member per worker: needs run.members=sequential, not {self.mode}"
             )
+        self.student_augment, self.student_mixup, self.online = None, 0.0, False
+        self._teacher_vars = {}
         if self.backend != "weights":  # function space: no network training, no augmentation
             parse_model_name(model)
+            if family not in INFINITE_FAMILIES:  # (those have no students)
+                self.student_inputs()  # transformed distillation inputs are an error here
             self.fam = None
             self.trainer = FunctionTrainer(family, model, cfg, data)
             return
         conv = resolve_conv(cfg.run.conv, self.mode, data.spatial_ndim)
         self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg, conv)
-        if cfg.train.augment == "crop_flip" and (family == "nn" or cfg.train.augment_kernels):
-            if data.spatial_ndim != 2:
-                raise UserError(
-                    f"train.augment=crop_flip needs 2-D images; {data.name} inputs are {data.spatial_ndim}-D"
-                )
-            self.augment = augment
-        self.trainer = Trainer(self.fam, cfg.train_for(family), len(data.x_train), cfg.run.progress, self.augment)
+        if family == "nn" or cfg.train.augment_kernels:  # the teachers' transformations (PROTOCOLS: nets only)
+            self.augment = self._augment(cfg.train.augment)
+            self.mixup = cfg.train.mixup
+        self.trainer = Trainer(self.fam, cfg.train_for(family), len(data.x_train), cfg.run.progress, self.augment,
+                               mixup=self.mixup)  # fmt: skip
+        self.student_augment, self.student_mixup, self.online = self.student_inputs()
+
+    def _augment(self, kind):
+        t = self.cfg.train
+        try:
+            return make_augment(kind, self.data.spatial_ndim, self.data.x_train.shape[1], t.crop_pad, t.shift, t.noise)
+        except UserError as e:
+            raise UserError(f"train.augment={kind} on {self.data.name}: {e}") from None
+
+    def student_inputs(self):
+        """``(augmentation, mixup alpha, online teacher?)`` of this row's KD and SD students, from
+        ``protocol.kd_inputs`` and ``protocol.teacher`` (docs/protocols.md, "Distillation inputs")."""
+        p, kind = self.cfg.protocol, self.cfg.protocol.kd_inputs
+        if kind == "auto":  # as the teachers train
+            aug, mix = self.augment, self.mixup
+        else:
+            aug, mix = None, 0.0
+            if kind in ("augment", "augment_mixup"):
+                default = "crop_flip" if self.data.spatial_ndim == 2 else "shift_noise"
+                aug = self._augment(self.cfg.train.augment if self.cfg.train.augment != "none" else default)
+            if kind in ("mixup", "augment_mixup"):
+                mix = p.kd_mixup
+        transformed = aug is not None or bool(mix)
+        if transformed and self.backend != "weights":
+            raise UserError(
+                f"protocol.kd_inputs={kind}: {self.family_name} in function space trains on the clean points only"
+            )
+        online = p.teacher == "online" or (p.teacher == "auto" and transformed)
+        if mix and not online:
+            raise UserError("mixup inputs need protocol.teacher=online (a fixed target belongs to an unmixed input)")
+        if online and self.backend == "weights" and not self.cfg.run.checkpoints:
+            raise UserError("an online teacher is loaded from its checkpoint: needs run.checkpoints=true")
+        return aug, mix, online and self.backend == "weights"
 
     # -- records ---------------------------------------------------------------------------
     def _unit(self, protocol, member):
-        return unit_id(self.hash, self.family_name, self.model, protocol, member)
+        h = self.teacher_hash if protocol in TEACHER_PROTOCOLS else self.hash
+        return unit_id(h, self.family_name, self.model, protocol, member)
 
     def record(self, protocol, member, status, metrics_=None, wall_s=0.0, test_logits=None, **extra):
         rec = {
             "unit": self._unit(protocol, member),
-            "config_hash": self.hash,
+            "config_hash": self.teacher_hash if protocol in TEACHER_PROTOCOLS else self.hash,
             "preset": self.cfg.preset,
             "family": self.family_name,
             "model": self.model,
@@ -201,7 +238,7 @@ class Row:
                     units[j],
                     key_data(init_keys[j]),
                     key_data(data_keys[j]),
-                    None if teachers is None else np.asarray(teachers[j]),
+                    None if teachers is None else teachers[j] if self.online else np.asarray(teachers[j]),
                     alpha,
                     tau,
                     None if teacher_test is None else np.asarray(teacher_test[j]),
@@ -220,6 +257,9 @@ class Row:
             return collect
         trainer = self.trainer_for(kind)
         groups = [[j] for j in todo] if self.mode == "sequential" else [todo] if todo else []
+        if teachers is not None and kind == "student" and self.online and self.mode != "sequential":
+            sizes = {j: len(teachers[j]) for j in todo}  # fused: students whose teachers have one size
+            groups = [[j for j in todo if sizes[j] == n] for n in dict.fromkeys(sizes.values())]
         bar = tqdm(
             total=len(todo),
             desc=f"{self.family_name} {self.model} {what}",
@@ -227,7 +267,7 @@ class Row:
             disable=not progress_enabled(self.cfg.run.progress) or len(groups) < 2,
         )
         for group in groups:
-            t_teach = None if teachers is None else np.stack(pick(teachers, group))
+            t_teach = None if teachers is None else self.teacher_inputs(pick(teachers, group), kind)
             out.update(
                 self._fit_group(
                     trainer,
@@ -362,7 +402,7 @@ class Row:
             return FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
         fam = summed(self.fam, L, p.sum_scale, stacked=self.mode in ("vmap", "shard"))
         return Trainer(fam, self.cfg.train_for(self.family_name), len(self.data.x_train), self.cfg.run.progress,
-                       self.augment, sum_step=self.cfg.run.sum_step)  # fmt: skip
+                       self.augment, sum_step=self.cfg.run.sum_step, mixup=self.mixup)  # fmt: skip
 
     def students(self, singles, ens):
         """K KD students of the ensemble (student k: its own init and data order) and SD student s
@@ -376,12 +416,16 @@ class Row:
         candidates = [("kd", k, ens) for k in range(p.kd_students)] + [
             ("sd", s, singles[s] if s < len(singles) else None) for s in range(self.cfg.sd_students)
         ]
+        members = [i for i, p_ in enumerate(singles) if p_ is not None]  # the ensemble's
         for protocol, i, teacher in candidates:
             if teacher is None:
                 self.record(protocol, i, "skipped", {"reason": "teacher did not finish"})
                 continue
             units.append((protocol, i))
-            teachers.append(np.asarray(teacher["train"], np.float32))
+            if self.online:  # the teacher's single members, loaded and evaluated in every step
+                teachers.append(members if protocol == "kd" else [i])
+            else:
+                teachers.append(np.asarray(teacher["train"], np.float32))
             teacher_test.append(np.asarray(teacher["test"], np.float32))
             init_keys.append(rng.member_key(self.root, protocol, i))
             data_keys.append(rng.member_key(self.root, f"{protocol}_data", i))
@@ -402,9 +446,40 @@ class Row:
             cfg = dataclasses.replace(self.cfg, kernel=dataclasses.replace(self.cfg.kernel, steps=steps))
             return FunctionTrainer(self.family_name, self.model, cfg, self.data)
         train_cfg = self.cfg.train_for(self.family_name, student=True)
-        if train_cfg == self.trainer.cfg:
+        same = (self.student_augment, self.student_mixup) == (self.augment, self.mixup) and not self.online
+        if train_cfg == self.trainer.cfg and same:
             return self.trainer
-        return Trainer(self.fam, train_cfg, len(self.data.x_train), self.cfg.run.progress, self.augment)
+        return Trainer(
+            self.fam, train_cfg, len(self.data.x_train), self.cfg.run.progress, self.student_augment,
+            mixup=self.student_mixup, teacher=self.fam if self.online else None,
+            teacher_rule=self.cfg.protocol.ensemble_rule,
+        )  # fmt: skip
+
+    def teacher_inputs(self, teachers, kind):
+        """What `Trainer.fit` takes as the teachers of ``teachers`` (one entry per student): stacked
+        fixed targets, or for an online teacher each student's list of teacher variables."""
+        if kind == "student" and self.online:
+            return [self.teacher_variables(t) for t in teachers]
+        return np.stack(teachers)
+
+    def teacher_variables(self, members) -> list:
+        """The variables of single members ``members`` (an online teacher's): params from their
+        checkpoints, the family's state (ntk anchor, gp's frozen layers) rebuilt from their init keys."""
+        out = []
+        for i in members:
+            if i in self._teacher_vars:
+                out.append(self._teacher_vars[i])
+                continue
+            path = self.store.checkpoint_path(self._unit("single", i))
+            if not os.path.isdir(path):
+                for h in self.cfg.science_hashes()[1:]:  # a single recorded under an older hash
+                    older = self.store.checkpoint_path(unit_id(h, self.family_name, self.model, "single", i))
+                    path = older if os.path.isdir(older) else path
+            params = load_checkpoint(path)
+            state = self.trainer._init(rng.member_key(self.root, "init", i), self.data.x_train[:1])["state"]
+            out.append({"params": jax.tree.map(jax.numpy.asarray, params), "state": state})
+            self._teacher_vars[i] = out[-1]
+        return out
 
 
 def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, log=lambda s: None, pool=None) -> None:
@@ -488,5 +563,6 @@ def _fit_in_worker(family, model, cfg, data_path, out, kind, unit, init_key, dat
         row = _WORKER_ROWS[key] = Row(family, model, cfg, workers.load_data(data_path), Store(out), log)
     row._fit_group(
         row.trainer_for(kind), [unit], [jax.random.wrap_key_data(init_key)], [jax.random.wrap_key_data(data_key)],
-        None if teacher is None else teacher[None], alpha, tau, None if teacher_test is None else [teacher_test],
+        None if teacher is None else row.teacher_inputs([teacher], kind), alpha, tau,
+        None if teacher_test is None else [teacher_test],
     )  # fmt: skip

@@ -145,7 +145,8 @@ def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
 
     cfg = Config()
     new, *older = cfg.science_hashes()
-    assert new == cfg.science_hash() and len(older) == 4 and new not in older
+    assert new == cfg.science_hash() and len(older) == 6 and new not in older
+    assert older[-1] == cfg.teacher_hash()
     # a non-neutral value of a later field changes both forms (it changes the numbers)
     tfds = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="tfds"))
     assert set(tfds.science_hashes()).isdisjoint(cfg.science_hashes())
@@ -155,7 +156,9 @@ def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
     # ... except the kernel families' own weight-space budget, which changes their numbers
     for field, value in [("epochs", 90), ("weights_lr", 0.03), ("student_epochs", 120)]:
         budget = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, **{field: value}))
-        assert set(budget.science_hashes()).isdisjoint(cfg.science_hashes()), field
+        students_only = field == "student_epochs"  # the teachers' units keep their hash
+        assert set(budget.science_hashes()[:-1]).isdisjoint(cfg.science_hashes()), field
+        assert (budget.teacher_hash() == cfg.teacher_hash()) == students_only, field
     fn = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, backend="function"))
     assert fn.science_hash() != cfg.science_hash()
     fn90 = dataclasses.replace(fn, kernel=dataclasses.replace(fn.kernel, epochs=90))  # no weights in function space
@@ -211,3 +214,23 @@ def test_committed_results_still_belong_to_their_config(folder):
     with open(os.path.join(root, "records.jsonl")) as f:
         recorded = {json.loads(line)["config_hash"] for line in f}
     assert recorded and recorded <= {h for rep in cfg.replicate_configs for h in rep.science_hashes()}
+
+
+def test_student_fields_leave_the_teacher_hash_alone_and_teacher_fields_change_it():
+    """Configs that differ only in how students are distilled share their teachers' units (one store,
+    the teachers trained once); anything the teachers read changes both hashes."""
+    from ntk_vs_nn.config import STUDENT_FIELDS, Config
+
+    cfg = Config()
+    for sets in (["protocol.kd_inputs=mixup"], ["protocol.teacher=online"], ["protocol.kd_alpha=0.5"],
+                 ["protocol.kd_students=3"], ["protocol.student_epochs=90"], ["kernel.student_epochs=5"],
+                 ["protocol.kd_mixup=0.2"], ["protocol.sd_students=2"]):  # fmt: skip
+        other = apply_overrides(cfg, sets)
+        assert other.science_hash() != cfg.science_hash(), sets
+        assert other.teacher_hash() == cfg.teacher_hash(), sets
+    for sets in (["train.epochs=7"], ["train.mixup=0.2"], ["train.augment=shift_noise"], ["protocol.members=4"],
+                 ["train.noise=0.3"], ["model.norm=none"]):  # fmt: skip
+        other = apply_overrides(cfg, sets)
+        assert other.teacher_hash() != cfg.teacher_hash(), sets
+    assert cfg.teacher_hash() not in cfg.science_hashes()[:-1]
+    assert set(STUDENT_FIELDS["protocol"]) <= {f.name for f in dataclasses.fields(cfg.protocol)}

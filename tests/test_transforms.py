@@ -190,3 +190,59 @@ def test_mixup_without_an_online_teacher_is_refused(tiny_data, tiny_cfg):
     targets = np.zeros((1, len(tiny_data.x_train), tiny_data.num_classes), np.float32)
     with pytest.raises(ValueError, match="mixup"):
         t.fit(_keys("kd", 1), _keys("kd_data", 1), tiny_data.x_train, tiny_data.y_train, targets, 0.9, 4.0)
+
+
+# -- the protocols: students' inputs and their teachers ------------------------------------------------
+def _run(tmp_path, cfg, data, family="nn", sets=()):
+    from ntk_vs_nn.config import apply_overrides
+    from ntk_vs_nn.protocols import run_row
+    from ntk_vs_nn.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    run_row(family, MODEL, apply_overrides(cfg, list(sets)), data, store)
+    return store
+
+
+def test_configs_differing_in_kd_inputs_share_their_teachers_in_one_store(tmp_path, tiny_cfg, tiny_data):
+    """kd_inputs=clean, then mixup, into one store: the second run trains only its students (the
+    singles and the train-sum model are found under the teachers' hash), and its students differ."""
+    store = _run(tmp_path, tiny_cfg, tiny_data, sets=["protocol.kd_inputs=clean"])
+    first = store.records()
+    store = _run(tmp_path, tiny_cfg, tiny_data, sets=["protocol.kd_inputs=mixup"])
+    new = store.records()[len(first) :]
+    assert {r["protocol"] for r in new} == {"kd", "sd", "sd_ensemble"}
+    kd = [r for r in store.records() if r["protocol"] == "kd"]
+    assert len(kd) == 2 and kd[0]["config_hash"] != kd[1]["config_hash"]
+    assert kd[0]["metrics"]["final_loss"] != kd[1]["metrics"]["final_loss"]
+    singles = [r for r in store.records() if r["protocol"] == "single"]
+    assert len(singles) == tiny_cfg.protocol.members and singles[0]["config_hash"] == tiny_cfg.teacher_hash()
+
+
+def test_kd_inputs_resolve_to_transformations_and_teacher_modes(tmp_path, tiny_cfg, tiny_data):
+    from ntk_vs_nn.config import apply_overrides
+    from ntk_vs_nn.protocols import Row
+    from ntk_vs_nn.store import Store
+
+    store = Store(str(tmp_path / "r"))
+
+    def row(*sets, family="nn"):
+        return Row(family, MODEL, apply_overrides(tiny_cfg, list(sets)), tiny_data, store)
+
+    r = row()  # no transformation anywhere: fixed targets, the teachers' own trainer
+    assert (r.student_augment, r.student_mixup, r.online) == (None, 0.0, False)
+    r = row("protocol.kd_inputs=augment")  # 1-D data: shift + noise by default, online teacher
+    assert r.student_augment.func is transforms.shift_noise and r.online and r.augment is None
+    assert row("protocol.kd_inputs=augment", "protocol.teacher=fixed").online is False
+    r = row("train.augment=shift_noise")  # auto: students as the teachers, online
+    assert r.augment is not None and r.student_augment is r.augment and r.online
+    r = row("protocol.kd_inputs=mixup", "protocol.kd_mixup=0.3", family="ntk")
+    assert r.student_mixup == 0.3 and r.student_augment is None and r.online
+    assert r.student_trainer().teacher is r.fam
+    with pytest.raises(UserError, match="teacher=online"):
+        row("protocol.kd_inputs=mixup", "protocol.teacher=fixed")
+    with pytest.raises(UserError, match="checkpoints"):
+        row("protocol.kd_inputs=mixup", "run.checkpoints=false")
+    with pytest.raises(UserError, match="2-D images"):
+        row("train.augment=crop_flip")
+    with pytest.raises(UserError, match="clean points"):
+        row("protocol.kd_inputs=mixup", "kernel.backend=function", family="ntk")

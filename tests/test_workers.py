@@ -26,9 +26,12 @@ def _row(tmp_path, name, family, cfg, data, pool=None):
     return store, {r["unit"]: r for r in store.records()}
 
 
-@pytest.mark.parametrize("family", ["nn", "ntk"])
-def test_worker_units_equal_in_process_units_bit_for_bit(tmp_path, tiny_cfg, tiny_data, pool, family):
-    cfg = dataclasses.replace(tiny_cfg, protocol=dataclasses.replace(tiny_cfg.protocol, kd_students=2))
+@pytest.mark.parametrize("family,kd_inputs", [("nn", "auto"), ("ntk", "auto"), ("nn", "augment_mixup")])
+def test_worker_units_equal_in_process_units_bit_for_bit(tmp_path, tiny_cfg, tiny_data, pool, family, kd_inputs):
+    """augment_mixup: online-teacher students (shift + noise, then mixup), the teacher loaded from its
+    checkpoint in the worker."""
+    protocol = dataclasses.replace(tiny_cfg.protocol, kd_students=2, kd_inputs=kd_inputs)
+    cfg = dataclasses.replace(tiny_cfg, protocol=protocol)
     here, recs_here = _row(tmp_path, "here", family, cfg, tiny_data)
     there, recs_there = _row(tmp_path, "there", family, cfg, tiny_data, pool)
     assert set(recs_here) == set(recs_there)

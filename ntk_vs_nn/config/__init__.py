@@ -59,8 +59,14 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 128
     eval_batch_size: int = 1000
-    augment: str = "none"  # none | crop_flip (4-pixel pad crop + horizontal flip, images only)
+    augment: str = "none"  # none | crop_flip (pad-and-crop + horizontal flip, images) | crop (no flip:
+    #                        classes a flip changes) | shift_noise (1-D signals): data/transforms.py
     augment_kernels: bool = False  # also augment the kernel families (PROTOCOLS: off by default)
+    crop_pad: int = 0  # crop padding in pixels; 0 = auto: 4 for 32-pixel images, 2 for 28
+    shift: int = 3  # shift_noise: the largest shift, in positions either way
+    noise: float = 0.1  # shift_noise: standard deviation of the added Gaussian noise (standardised units)
+    mixup: float = 0.0  # mixup alpha of the teachers' training (Beta(a, a) per batch; 0 = off);
+    #                     applied where augmentation is (nets; kernel families with augment_kernels)
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,14 @@ class ProtocolConfig:
     kd_students: int = 1  # K: KD students of the ensemble per replicate (student k: its own init and data order)
     student_epochs: int = 0  # epochs of the nets' KD and SD students (0 = train.epochs; kernel families
     #                          in weight space: kernel.student_epochs)
+    kd_inputs: str = "auto"  # what KD and SD students are distilled on: clean (the training points) |
+    #                          augment (train.augment; if none, the data's own: crop_flip for images,
+    #                          shift_noise for signals) | mixup (of the clean points, alpha kd_mixup) |
+    #                          augment_mixup (both) | auto = as the teachers train
+    kd_mixup: float = 1.0  # mixup alpha of the students' inputs (kd_inputs mixup / augment_mixup)
+    teacher: str = "auto"  # online: the teacher is evaluated on each batch the student sees | fixed:
+    #                        its outputs on the clean training points, once | auto: online whenever
+    #                        the students' inputs are transformed (then fixed targets are inconsistent)
 
 
 @dataclass(frozen=True)
@@ -166,7 +180,14 @@ class Config:
         _check_choice("model.norm", self.model.norm, ("group", "layer", "none"))
         _check_choice("train.optimizer", self.train.optimizer, ("adam", "adamw", "sgd"))
         _check_choice("train.schedule", self.train.schedule, ("constant", "cosine", "step"))
-        _check_choice("train.augment", self.train.augment, ("none", "crop_flip"))
+        _check_choice("train.augment", self.train.augment, ("none", "crop_flip", "crop", "shift_noise"))
+        _check_choice(
+            "protocol.kd_inputs", self.protocol.kd_inputs, ("auto", "clean", "augment", "mixup", "augment_mixup")
+        )
+        _check_choice("protocol.teacher", self.protocol.teacher, ("auto", "online", "fixed"))
+        t = self.train
+        if t.crop_pad < 0 or t.shift < 0 or t.noise < 0 or t.mixup < 0 or self.protocol.kd_mixup <= 0:
+            raise UserError("train.crop_pad, shift, noise, mixup must be >= 0 and protocol.kd_mixup > 0")
         _check_choice("data.source", self.data.source, ("auto", "binary", "tfds"))
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
@@ -249,14 +270,22 @@ class Config:
         """Hash of everything that changes the numbers (not the table layout or execution)."""
         return self._hash(len(_ADDED_LATER))
 
+    def teacher_hash(self) -> str:
+        """The hash of the teachers' units (single, ensemble, train-sum): the science hash without
+        the fields only students read (`STUDENT_FIELDS`), so configs that differ in how students are
+        distilled share their teachers in one store."""
+        return self._hash(len(_ADDED_LATER), students=False)
+
     def science_hashes(self) -> tuple[str, ...]:
         """The hash, then the older forms: for each generation g of `_ADDED_LATER`, the hash that
-        leaves out the fields added in generation g and later while they hold their neutral value.
-        Records under any of these hashes belong to this config."""
-        return tuple(dict.fromkeys(self._hash(g) for g in range(len(_ADDED_LATER), -1, -1)))
+        leaves out the fields added in generation g and later while they hold their neutral value;
+        last the teacher hash. Records under any of these hashes belong to this config."""
+        forms = [self._hash(g) for g in range(len(_ADDED_LATER), -1, -1)]
+        return tuple(dict.fromkeys(forms + [self.teacher_hash()]))
 
-    def _hash(self, generations: int) -> str:
-        """The hash as it was when only the first ``generations`` generations of fields existed."""
+    def _hash(self, generations: int, students: bool = True) -> str:
+        """The hash as it was when only the first ``generations`` generations of fields existed;
+        ``students=False``: the teacher hash (student fields left out, marked as such)."""
         d = self.to_dict()
         for key in ("preset", "table", "messages"):
             d.pop(key)
@@ -270,6 +299,11 @@ class Config:
             for (section, name), neutral in added.items():
                 if d.get(section, {}).get(name, None) == neutral:
                     d[section].pop(name)
+        if not students:
+            for section, names in STUDENT_FIELDS.items():
+                for name in names:
+                    d.get(section, {}).pop(name, None)
+            d["units"] = "teachers"
         return hash_dict({k: v for k, v in d.items() if v != {}})  # an emptied section: as if it never existed
 
 
@@ -288,7 +322,22 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
     {("kernel", "trace"): True},
     {("protocol", "kd_students"): 1, ("protocol", "student_epochs"): 0, ("kernel", "student_steps"): 0},
     {("kernel", "epochs"): 0, ("kernel", "weights_lr"): 0.0, ("kernel", "student_epochs"): 0},
+    {
+        ("train", "crop_pad"): 0,
+        ("train", "shift"): 3,
+        ("train", "noise"): 0.1,
+        ("train", "mixup"): 0.0,
+        ("protocol", "kd_inputs"): "auto",
+        ("protocol", "kd_mixup"): 1.0,
+        ("protocol", "teacher"): "auto",
+    },
 ]
+# The fields only KD and SD students read: left out of the teachers' hash (`Config.teacher_hash`).
+STUDENT_FIELDS = {
+    "protocol": ("kd_alpha", "kd_tau", "sd_students", "kd_students", "student_epochs", "kd_inputs", "kd_mixup",
+                 "teacher"),
+    "kernel": ("student_steps", "student_epochs"),
+}  # fmt: skip
 _WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs")  # the kernel fields of the weights backend
 
 

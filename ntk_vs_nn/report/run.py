@@ -73,21 +73,29 @@ def reference_dataset(dataset: str) -> tuple[str, bool]:
     return (d, True) if d in paper.DATASETS else ("cifar10", False)
 
 
-def config_hash(cfg: dict, records: list) -> str:
-    """The science hash of ``cfg`` (as `Config.science_hash`), or the records' most common one."""
+def config_hashes(cfg: dict, records: list) -> tuple[str, set]:
+    """The science hash of ``cfg`` (as `Config.science_hash`, the first of its forms the records
+    carry), or the records' most common one; and every hash whose records belong to the config (its
+    older forms and its teachers' hash)."""
     try:
         forms = from_dict(cfg).science_hashes()
         present = {r.get("config_hash") for r in records}
-        return next((h for h in forms if h in present), forms[0])
+        return next((h for h in forms if h in present), forms[0]), set(forms)
     except (UserError, TypeError, ValueError, KeyError):
         hashes = Counter(r.get("config_hash") for r in records)
-        return hashes.most_common(1)[0][0] if hashes else "unknown"
+        h = hashes.most_common(1)[0][0] if hashes else "unknown"
+        return h, {h}
+
+
+def config_hash(cfg: dict, records: list) -> str:
+    """The config's hash as `config_hashes` finds it."""
+    return config_hashes(cfg, records)[0]
 
 
 def run_info(cfg: dict, records: list) -> dict:
     """Provenance of the run: config hash, git SHAs, dates, summed wall time, device, versions."""
-    h = config_hash(cfg, records)
-    mine = [r for r in records if r.get("config_hash") == h]
+    h, forms = config_hashes(cfg, records)
+    mine = [r for r in records if r.get("config_hash") in forms]
     info = dict(config_hash=h, n_records=len(mine), n_other=len(records) - len(mine))
     info["git_sha"] = sorted({r.get("git_sha", "unknown") for r in mine}) or ["unknown"]
     info["device"] = sorted({r.get("device", "unknown") for r in mine}) or ["unknown"]
