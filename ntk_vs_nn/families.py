@@ -122,16 +122,29 @@ def summed(family: ModelFamily, n: int, scale: str = "mean", stacked: bool = Fal
     return ModelFamily(f"{family.name}_sum{n}", init, apply, None if stacked else (family, n, factor))
 
 
+def resolve_conv(conv: str, mode: str, ndim: int = 1) -> str:
+    """``run.conv=auto`` -> ``matmul`` on a CPU for members vmapped (a batched matrix product took
+    0.75x the time of the grouped convolutions vmap makes: results/benchmarks/ensemble_members.json)
+    and for 2-D networks (the 2-D ResNet-10-1 trained at 322 img/s against 212 with XLA's
+    convolutions: results/benchmarks/peer_pytorch.json, an AVX2 CPU), else ``xla`` (1-D networks one
+    by one or unrolled: XLA's convolution was faster, 3.66 s against 7.29 s unrolled with matmul)."""
+    if conv != "auto":
+        return conv
+    if jax.default_backend() != "cpu":
+        return "xla"
+    return "matmul" if mode in ("vmap", "shard") or ndim == 2 else "xla"
+
+
 def make_family(
     name: str, model: str, num_classes: int, ndim: int, cfg: Config, conv: str | None = None
 ) -> ModelFamily:
     """The family ``name`` over the network ``model``; unknown names raise a UserError. ``conv``: how
-    convolutions are computed (default ``run.conv``, ``auto`` read as ``xla``; `protocols.Row`
-    resolves ``auto`` for its members mode)."""
+    convolutions are computed (default ``run.conv``, ``auto`` resolved for members trained one by one,
+    `resolve_conv`; `protocols.Row` resolves it for its members mode)."""
     if name not in FAMILIES:
         raise UserError(f"unknown family {name!r}; valid: {', '.join(FAMILIES)}")
     m = cfg.model
-    conv = conv or (cfg.run.conv if cfg.run.conv != "auto" else "xla")
+    conv = conv or resolve_conv(cfg.run.conv, "sequential", ndim)
     base = network(build_model(model, num_classes, ndim, m.norm, m.groups, m.dtype, conv))
     if name == "nn":
         return base

@@ -33,7 +33,7 @@ from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.data.transforms import make_augment
 from ntk_vs_nn.engine import workers
 from ntk_vs_nn.engine.trainer import Trainer, progress_enabled
-from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, network, param_count, summed
+from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, network, param_count, resolve_conv, summed  # noqa: F401
 from ntk_vs_nn.kernels.function_space import FunctionTrainer
 from ntk_vs_nn.models import parse_model_name
 from ntk_vs_nn.store import Store, load_checkpoint, unit_id
@@ -51,19 +51,6 @@ def resolve_members_mode(mode: str) -> str:
     if jax.default_backend() == "cpu":
         return "sequential"
     return "shard" if jax.device_count() > 1 else "vmap"
-
-
-def resolve_conv(conv: str, mode: str, ndim: int = 1) -> str:
-    """``run.conv=auto`` -> ``matmul`` on a CPU for members vmapped (a batched matrix product took
-    0.75x the time of the grouped convolutions vmap makes: results/benchmarks/ensemble_members.json)
-    and for 2-D networks (the 2-D ResNet-10-1 trained at 322 img/s against 212 with XLA's
-    convolutions: results/benchmarks/peer_pytorch.json, an AVX2 CPU), else ``xla`` (1-D networks one
-    by one or unrolled: XLA's convolution was faster, 3.66 s against 7.29 s unrolled with matmul)."""
-    if conv != "auto":
-        return conv
-    if jax.default_backend() != "cpu":
-        return "xla"
-    return "matmul" if mode in ("vmap", "shard") or ndim == 2 else "xla"
 
 
 def _is_oom(err: Exception) -> bool:
@@ -496,7 +483,9 @@ def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, l
         return
     singles = row.single()
     ens = row.ensemble(singles)
-    train_sum = row.train_sum(wait=False)
+    train_sum = row.train_sum(wait=False) if cfg.table.train_sum else lambda: None
+    if not cfg.table.train_sum and row._done("train_sum", 0) is None:
+        row.record("train_sum", 0, "skipped", {"reason": "table.train_sum=false"})
     got = row.students(singles, ens)
     train_sum()
     sd = [got.get(("sd", s)) for s in range(cfg.sd_students)]

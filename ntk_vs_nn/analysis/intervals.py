@@ -68,11 +68,11 @@ def available(records: list[dict], config_hash) -> bool:
     return bool(ok) and all("test_correct" in r for r in ok)
 
 
-def _groups(by: dict, fam: str, model: str) -> tuple[bs.Groups, list[dict]]:
-    """The row's groups (a group with a replicate lacking any finished member is left out) and its
-    finished records."""
+def row_groups(by: dict, fam: str, model: str, names=GROUPS) -> tuple[bs.Groups, list[dict]]:
+    """The row's groups ``names`` (a group with a replicate lacking any finished member is left out)
+    and its finished records."""
     groups, recs = {}, []
-    for name in GROUPS:
+    for name in names:
         reps = by.get((fam, model, name))
         if not reps:
             continue
@@ -100,7 +100,7 @@ def messages(records, config_hash, families, models, cfg: MessagesConfig, kernel
     for model in models:
         for fam in families:
             kind = "nn" if fam == "nn" else "kernel" if fam in kernel_families else None
-            groups, recs = _groups(by, fam, model)
+            groups, recs = row_groups(by, fam, model)
             if kind is None or not recs:
                 continue
             draws = bs.bootstrap(groups, cfg.n_boot, cfg.boot_seed) if groups else None

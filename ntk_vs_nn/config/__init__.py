@@ -129,6 +129,9 @@ class TableConfig:
     nn_models: tuple[str, ...] = ("ResNet-10-1",)  # rows of table nn
     ntk_models: tuple[str, ...] = ("ResNet-10-1",)  # rows of table ntk (x kernel families)
     ntk_families: tuple[str, ...] = ("ntk", "ntk_prime", "gp")
+    train_sum: bool = True  # train the train-sum model (false: its cells are "skipped"; the replication)
+    kd_inputs: tuple[str, ...] = ()  # also train the students with each of these protocol.kd_inputs
+    #                                  (the teachers are shared) and write kd_inputs.{md,csv}
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ class RunConfig:
     #                   process, 0 = one per core, N; each worker runs single-threaded XLA
     conv: str = "auto"  # how convolutions are computed: xla (lax.conv_general_dilated) | matmul (one
     #                     matrix product of shifted windows, models/conv.py) | auto: on a CPU matmul
-    #                     for vmapped members and 2-D nets, xla otherwise (measured: protocols.resolve_conv)
+    #                     for vmapped members and 2-D nets, xla otherwise (measured: families.resolve_conv)
     sum_step: str = "joint"  # the train-sum model in sequential mode: joint (one program of all L
     #                          members) | split (member by member: faster single-threaded, slower
     #                          with 2 threads here; benchmarks/ensemble_members.py)
@@ -185,6 +188,8 @@ class Config:
             "protocol.kd_inputs", self.protocol.kd_inputs, ("auto", "clean", "augment", "mixup", "augment_mixup")
         )
         _check_choice("protocol.teacher", self.protocol.teacher, ("auto", "online", "fixed"))
+        for v in self.table.kd_inputs:
+            _check_choice("table.kd_inputs", v, ("auto", "clean", "augment", "mixup", "augment_mixup"))
         t = self.train
         if t.crop_pad < 0 or t.shift < 0 or t.noise < 0 or t.mixup < 0 or self.protocol.kd_mixup <= 0:
             raise UserError("train.crop_pad, shift, noise, mixup must be >= 0 and protocol.kd_mixup > 0")
@@ -237,6 +242,10 @@ class Config:
         if self.protocol.kd_tau > 0:
             return self.protocol.kd_tau
         return 4.0 if num_classes <= 10 else 1.0
+
+    def with_kd_inputs(self, kd_inputs: str) -> "Config":
+        """This config with the students distilled on ``kd_inputs`` (a ``table.kd_inputs`` variant)."""
+        return dataclasses.replace(self, protocol=dataclasses.replace(self.protocol, kd_inputs=kd_inputs))
 
     def replicate(self, r: int) -> "Config":
         """The config of replicate ``r`` (0-based): root seed ``run.seed + r``, one replicate."""

@@ -53,6 +53,13 @@ def prepare(cfg: Config, which: tuple[str, ...] = TABLES, executor: str = "local
     from ntk_vs_nn.engine.sharding import maybe_initialize_distributed
     from ntk_vs_nn.models import parse_model_name
 
+    kernel_rows = "ntk" in which and any(f in KERNEL_FAMILIES for f in cfg.table.ntk_families)
+    transformed = [v for v in cfg.table.kd_inputs if v not in ("auto", "clean")]
+    if kernel_rows and cfg.kernel.backend != "weights" and transformed:
+        raise UserError(
+            f"table.kd_inputs {', '.join(transformed)}: the kernel families in function space (kernel.backend="
+            f"{cfg.kernel.backend}) train on the clean points only; use kernel.backend=weights"
+        )
     for w in which:
         if w not in TABLES:
             raise UserError(f"unknown table {w!r}; valid: {', '.join(TABLES)}")
@@ -95,12 +102,39 @@ def run(
             if cfg.run.replicates > 1:
                 log(f"replicate {r + 1}/{cfg.run.replicates}: root seed {rcfg.run.seed}")
             rdata = data if r == 0 else load_dataset(cfg.dataset, cfg.data, rcfg.run.seed)
-            run_rows(
-                rows, rcfg, rdata, store.out_dir, log, executor=executor, ray_address=ray_address,
-                max_retries=ray_max_retries, cpus_per_task=ray_cpus_per_task, pool=pool,
-            )  # fmt: skip
+            for vcfg in variants(rcfg):  # the config, then its other distillation inputs (teachers done)
+                if vcfg is not rcfg:
+                    log(f"students on kd_inputs={vcfg.protocol.kd_inputs}")
+                run_rows(
+                    rows, vcfg, rdata, store.out_dir, log, executor=executor, ray_address=ray_address,
+                    max_retries=ray_max_retries, cpus_per_task=ray_cpus_per_task, pool=pool,
+                )  # fmt: skip
     if INTERRUPTED.is_set():  # an interrupt swallowed after the last record
         raise KeyboardInterrupt
+
+
+def variants(cfg: Config) -> list[Config]:
+    """``cfg``, then ``cfg`` with each other ``table.kd_inputs`` (`Config.with_kd_inputs`)."""
+    others = [v for v in dict.fromkeys(cfg.table.kd_inputs) if v != cfg.protocol.kd_inputs]
+    return [cfg] + [cfg.with_kd_inputs(v) for v in others]
+
+
+def _write_kd_inputs(cfg: Config, records, out: str) -> str:
+    """OUT/kd_inputs.{csv,md}: `analysis.distillation` over the ``table.kd_inputs`` variants."""
+    from ntk_vs_nn.analysis import distillation
+
+    named = {v: cfg.with_kd_inputs(v) for v in dict.fromkeys(cfg.table.kd_inputs)}
+    hashes = {v: [c.science_hashes() for c in c_v.replicate_configs] for v, c_v in named.items()}
+    fams = ("nn", *(f for f in cfg.table.ntk_families if f not in INFINITE_FAMILIES))
+    models = tuple(dict.fromkeys((*cfg.table.nn_models, *cfg.table.ntk_models)))
+    m = cfg.messages
+    df = distillation.compare(records, hashes, fams, models, m.n_boot, m.boot_seed, m.level)
+    header = f"Dataset `{cfg.dataset}`, preset `{cfg.preset}`, teachers `{cfg.teacher_hash()}`, "
+    header += f"students {', '.join(f'{v}: `{c.science_hash()}`' for v, c in named.items())}."
+    md = distillation.markdown(df, header)
+    atomic_write(os.path.join(out, "kd_inputs.csv"), df.to_csv(index=False))
+    atomic_write(os.path.join(out, "kd_inputs.md"), md)
+    return md
 
 
 def write(cfg: Config, store) -> Written:
@@ -148,6 +182,8 @@ def write(cfg: Config, store) -> Written:
         verdicts = [f"message {r['message']} [{r['family']} {r['model']}]: {r['verdict']}" for _, r in mdf.iterrows()]
     atomic_write(os.path.join(out, "messages.csv"), mdf.to_csv(index=False))
     atomic_write(os.path.join(out, "messages.md"), mmd)
+    if cfg.table.kd_inputs:
+        texts["kd_inputs"] = _write_kd_inputs(cfg, records, out)
     return Written("\n".join([*texts.values(), mmd]), verdicts, {**texts, "messages": mmd})
 
 

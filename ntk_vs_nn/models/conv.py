@@ -13,7 +13,7 @@ Whether it is faster is measured, not assumed (``make bench``, this project's AV
 benchmarks/ensemble_members.py), the 2-D ResNet-10-1 at 1.52x the images/s of XLA's convolution
 (322 vs 212, benchmarks/peer_pytorch.py); but XLA's convolution stayed faster for 1-D networks one by
 one or unrolled (unrolled 7.29 vs 5.72 s). So ``run.conv=auto`` picks ``matmul`` on a CPU for vmapped
-members and 2-D networks (`protocols.resolve_conv`). It changes rounding, not the model: like
+members and 2-D networks (`families.resolve_conv`). It changes rounding, not the model: like
 ``run.members`` it is outside the config hash. Equal to
 ``lax.conv_general_dilated`` in float64 for 1-D and 2-D, strides, padding and kernel dilation
 (tests/test_models.py).
