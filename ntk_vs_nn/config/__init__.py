@@ -132,6 +132,8 @@ class TableConfig:
     train_sum: bool = True  # train the train-sum model (false: its cells are "skipped"; the replication)
     kd_inputs: tuple[str, ...] = ()  # also train the students with each of these protocol.kd_inputs
     #                                  (the teachers are shared) and write kd_inputs.{md,csv}
+    reference: str = "paper"  # what the outputs set ours beside: paper (Allen-Zhu & Li's tables) |
+    #                           replication (the ResNet-18/Adam replication: replication.{md,csv})
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,7 @@ class Config:
             "protocol.kd_inputs", self.protocol.kd_inputs, ("auto", "clean", "augment", "mixup", "augment_mixup")
         )
         _check_choice("protocol.teacher", self.protocol.teacher, ("auto", "online", "fixed"))
+        _check_choice("table.reference", self.table.reference, ("paper", "replication"))
         for v in self.table.kd_inputs:
             _check_choice("table.kd_inputs", v, ("auto", "clean", "augment", "mixup", "augment_mixup"))
         t = self.train

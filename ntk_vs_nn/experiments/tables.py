@@ -137,6 +137,32 @@ def _write_kd_inputs(cfg: Config, records, out: str) -> str:
     return md
 
 
+def _write_replication(cfg: Config, records, out: str) -> str:
+    """OUT/replication.{md,csv}: each nn row beside the published ResNet-18/Adam replication."""
+    from ntk_vs_nn.analysis import replication
+
+    hashes = [c.science_hashes() for c in cfg.replicate_configs]
+    parts, frames = [], []
+    for model in cfg.table.nn_models:
+        m = cfg.messages
+        acc, gaps = replication.compare(records, hashes, "nn", model, cfg.sd_students, m.n_boot, m.boot_seed, m.level)
+        p, t = cfg.protocol, cfg.train
+        header = (
+            f"Ours: `{model}` on `{cfg.dataset}` ({cfg.data.n_train or 'all'} training images before a "
+            f"{cfg.data.val_fraction:.0%} validation split), {t.optimizer} lr {t.lr:g} ({t.schedule}), "
+            f"{t.epochs} epochs, batch {t.batch_size}, L = {p.members}, ensemble rule {p.ensemble_rule}, "
+            f"KD alpha {p.kd_alpha:g}, tau {cfg.kd_tau_for(10):g} (the post gives neither: the suite's defaults), "
+            f"students on kd_inputs={p.kd_inputs}. Published: ResNet-18, CIFAR-10, Adam lr 0.001, 100 epochs, "
+            "45,000 / 5,000 / 10,000."
+        )
+        parts.append(replication.markdown(acc, gaps, header))
+        frames.append(pd.concat([acc.assign(table="accuracy"), gaps.assign(table="gaps")]).assign(model=model))
+    md = "\n".join(parts)
+    atomic_write(os.path.join(out, "replication.csv"), pd.concat(frames).to_csv(index=False))
+    atomic_write(os.path.join(out, "replication.md"), md)
+    return md
+
+
 def write(cfg: Config, store) -> Written:
     """Tables (for whichever of nn / ntk have records) and messages, from OUT/records.jsonl."""
     out, records = store.out_dir, store.records()
@@ -184,6 +210,8 @@ def write(cfg: Config, store) -> Written:
     atomic_write(os.path.join(out, "messages.md"), mmd)
     if cfg.table.kd_inputs:
         texts["kd_inputs"] = _write_kd_inputs(cfg, records, out)
+    if cfg.table.reference == "replication" and any(r["family"] == "nn" for r in records):
+        texts["replication"] = _write_replication(cfg, records, out)
     return Written("\n".join([*texts.values(), mmd]), verdicts, {**texts, "messages": mmd})
 
 
