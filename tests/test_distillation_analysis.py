@@ -78,3 +78,29 @@ def test_sd_teacher_gap_uses_only_the_singles_that_taught():
     _, gaps = replication.compare(recs, [("H",)], "nn", "M", sd_students=2, n_boot=200)
     sd = gaps[gaps["gap"] == "SD - teacher"].iloc[0]
     assert sd["ours"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_cli_writes_kd_inputs_and_replication_outputs_with_train_sum_skipped(tmp_path):
+    """One smoke table: students on clean and mixup inputs (teachers trained once), the replication
+    report, no train-sum model; `messages` rewrites the same files from the records alone."""
+    import json
+
+    from ntk_vs_nn.cli import main
+
+    out = str(tmp_path / "t")
+    sets = ["table.kd_inputs=clean,mixup", "protocol.kd_inputs=clean", "table.train_sum=false",
+            "table.reference=replication", "protocol.ensemble_rule=probs", "run.progress=false"]  # fmt: skip
+    assert main(["table", "nn", "--preset", "smoke", "--out", out, *sum((["--set", s] for s in sets), [])]) == 0
+    recs = [json.loads(line) for line in open(f"{out}/records.jsonl")]
+    singles = [r for r in recs if r["protocol"] == "single"]
+    assert len(singles) == 3  # once, not per variant
+    assert {r["metrics"].get("reason") for r in recs if r["protocol"] == "train_sum"} == {"table.train_sum=false"}
+    assert len({r["config_hash"] for r in recs if r["protocol"] == "kd"}) == 2
+    kd_md = open(f"{out}/kd_inputs.md").read()
+    assert "| nn | SimpleCNN-3-1 | clean |" in kd_md and "| nn | SimpleCNN-3-1 | mixup |" in kd_md
+    rep = open(f"{out}/replication.md").read()
+    assert "ensemble - single" in rep and "SD - teacher" in rep and "| single | 3 |" in rep
+    assert "skipped" in open(f"{out}/table_nn.md").read()
+    before = open(f"{out}/kd_inputs.csv").read()
+    assert main(["messages", "--out", out]) == 0
+    assert open(f"{out}/kd_inputs.csv").read() == before
