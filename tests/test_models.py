@@ -457,3 +457,21 @@ def test_run_conv_auto_is_matmul_for_vmapped_members_and_2d_nets_on_a_cpu():
     assert resolve_conv("auto", "sequential", 2) == resolve_conv("auto", "unrolled", 2) == "matmul"
     assert resolve_conv("auto", "sequential", 1) == resolve_conv("auto", "unrolled", 1) == "xla"
     assert resolve_conv("xla", "vmap", 2) == "xla" and resolve_conv("matmul", "sequential", 1) == "matmul"
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 1), (2, 7, 6, 3), (2, 28, 28, 2)])
+def test_max_pool2_equals_flax_max_pool_forward_and_backward(x64, shape):
+    """The reshape max-pool of PlainCNN against flax's reduce-window max-pool (tie-free inputs, so
+    both gradients pick the same element)."""
+    import flax.linen as nn
+
+    from ntk_vs_nn.models import max_pool2
+
+    x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
+    nd = len(shape) - 2
+    ref = lambda a: nn.max_pool(a, (2,) * nd, strides=(2,) * nd, padding="VALID")  # noqa: E731
+    np.testing.assert_array_equal(max_pool2(x), ref(x))
+    w = jax.random.normal(jax.random.key(1), ref(x).shape, jnp.float64)
+    g = jax.grad(lambda a: jnp.sum(max_pool2(a) * w))(x)
+    g_ref = jax.grad(lambda a: jnp.sum(ref(a) * w))(x)
+    np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-12)

@@ -213,6 +213,18 @@ class SimpleCNN(_Net):
         return _pool_head(h, self.num_classes, self.dtype)
 
 
+def max_pool2(h):
+    """2 (x 2) max-pooling, stride 2, ``VALID`` (an odd last position is dropped), over every spatial
+    axis of a channels-last batch: a reshape and a max, the forward of ``flax.linen.max_pool`` with
+    that window. Its gradient is a comparison, not XLA's select-and-scatter: a PlainCNN-2-1 training
+    step on 28x28 images took 148 ms against 266 ms on the 2-core CPU (results/fmnist-sizing/)."""
+    spatial = h.shape[1:-1]
+    h = h[(slice(None), *(slice(0, s // 2 * 2) for s in spatial))]
+    pairs = [d for s in spatial for d in (s // 2, 2)]
+    h = h.reshape(h.shape[0], *pairs, h.shape[-1])
+    return h.max(axis=tuple(2 + 2 * i for i in range(len(spatial))))
+
+
 class PlainCNN(_Net):
     """The plain CNN a practitioner writes for (Fashion-)MNIST, ``PlainCNN-d-w``: d stages of
     [3x3 (3 in 1-D) SAME convolution *with bias*, 32w·2^i channels; relu; 2x2 (2 in 1-D) max-pool,
@@ -243,7 +255,7 @@ class PlainCNN(_Net):
             if self.norm != "none":
                 h = Norm(self.norm, self.groups, self.dtype)(h)
             h = nn.relu(h)
-            h = nn.max_pool(h, (2,) * self.ndim, strides=(2,) * self.ndim, padding="VALID")
+            h = max_pool2(h)
         h = h.reshape(h.shape[0], -1)
         h = nn.relu(nn.Dense(128 * self.widen, name="hidden", dtype=self.dtype)(h))
         return _head(h, self.num_classes, self.dtype)
