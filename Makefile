@@ -12,7 +12,7 @@ OUT     ?= runs/$(PRESET)-$(DATASET)
 SET     ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install install-nt test-nt table-nn table-ntk tables messages report data-fashion-mnist test lint bench clean table-gaussian table-channels table-multiview
+.PHONY: install install-nt test-nt table-nn table-ntk tables messages report data-fashion-mnist test lint bench clean table-gaussian table-channels table-multiview table-replication
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ messages: $(STAMP)
 # the theory experiments: ntk-vs-nn run NAME (default preset, output runs/NAME-PRESET unless OUT is given)
 table-multiview table-gaussian table-channels: table-%: $(STAMP)
 	$(PY) -m ntk_vs_nn run $* $(if $(filter command line,$(origin OUT)),--out $(OUT)) $(SETARGS)
+
+# the ResNet-18/Adam replication (nn table only, replication.{md,csv}): Fashion-MNIST at CPU scale by
+# default, REPLICATION=replication-cifar10 for the recipe's scale (GPUs); output runs/<preset>-<dataset>
+REPLICATION ?= replication
+table-replication: $(STAMP)
+	$(PY) -m ntk_vs_nn table nn --preset $(REPLICATION) $(if $(filter command line,$(origin OUT)),--out $(OUT)) $(SETARGS)
 
 data-fashion-mnist:
 	bash scripts/get_fashion_mnist.sh

@@ -234,3 +234,24 @@ def test_student_fields_leave_the_teacher_hash_alone_and_teacher_fields_change_i
         assert other.teacher_hash() != cfg.teacher_hash(), sets
     assert cfg.teacher_hash() not in cfg.science_hashes()[:-1]
     assert set(STUDENT_FIELDS["protocol"]) <= {f.name for f in dataclasses.fields(cfg.protocol)}
+
+
+def test_replication_presets_follow_the_recipe_and_fmnist_meets_the_premise_setting():
+    from ntk_vs_nn.config.presets import PRESETS, get_preset
+    from ntk_vs_nn.models import build_model
+
+    for name in PRESETS:  # every preset builds, and its networks parse
+        cfg = get_preset(name)
+        for model in (*cfg.table.nn_models, *cfg.table.ntk_models):
+            build_model(model, 10, 2, cfg.model.norm)
+    gpu = get_preset("replication-cifar10")
+    t, p = gpu.train, gpu.protocol
+    assert (gpu.dataset, gpu.table.nn_models, gpu.data.n_train) == ("cifar10", ("ResNet-18",), 0)
+    assert (t.optimizer, t.lr, t.epochs, t.schedule) == ("adam", 1e-3, 100, "constant")
+    assert (p.members, p.ensemble_rule, p.kd_students, gpu.sd_students) == (5, "probs", 1, 5)
+    assert gpu.table.train_sum is False and gpu.table.reference == "replication"
+    cpu = get_preset("replication")
+    assert cpu.dataset == "fashion_mnist" and cpu.protocol == gpu.protocol and cpu.table.reference == "replication"
+    fm = get_preset("fmnist")
+    assert fm.table.nn_models == ("PlainCNN-2-1",) and fm.model.norm == "none" and fm.data.n_train == 20000
+    assert get_preset("fmnist-full").data.n_train == 0
