@@ -246,3 +246,25 @@ def test_kd_inputs_resolve_to_transformations_and_teacher_modes(tmp_path, tiny_c
         row("train.augment=crop_flip")
     with pytest.raises(UserError, match="clean points"):
         row("protocol.kd_inputs=mixup", "kernel.backend=function", family="ntk")
+
+
+@pytest.mark.parametrize("family", ["ntk", "gp"])
+def test_online_teacher_variables_are_the_trained_singles_with_their_state(tmp_path, tiny_cfg, tiny_data, family):
+    """An online teacher is rebuilt from a single's checkpoint (params) and its init key (the ntk
+    anchor, gp's frozen layers): it equals the single as trained, and gives its recorded outputs."""
+    from ntk_vs_nn.config import apply_overrides
+    from ntk_vs_nn.protocols import Row
+    from ntk_vs_nn.store import Store
+
+    cfg = apply_overrides(tiny_cfg, ["protocol.members=2", "train.epochs=1"])
+    row = Row(family, MODEL, cfg, tiny_data, Store(str(tmp_path / "s")))
+    preds = row.single()
+    root = rng.root_key(cfg.run.seed)
+    fit = row.trainer.fit([rng.member_key(root, "init", i) for i in range(2)],
+                          [rng.member_key(root, "data", i) for i in range(2)], tiny_data.x_train, tiny_data.y_train,
+                          mode="sequential")  # fmt: skip
+    for v, t, p in zip(fit.variables, row.teacher_variables([0, 1]), preds):
+        for a, b in zip(jax.tree.leaves(v), jax.tree.leaves(t)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(row.trainer.predict(t, tiny_data.x_train), p["train"], rtol=1e-5, atol=1e-5)
+    assert jax.tree.structure(fit.variables[0]) == jax.tree.structure(row.teacher_variables([0])[0])
