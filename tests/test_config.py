@@ -255,3 +255,18 @@ def test_replication_presets_follow_the_recipe_and_fmnist_meets_the_premise_sett
     fm = get_preset("fmnist")
     assert fm.table.nn_models == ("PlainCNN-2-1",) and fm.model.norm == "none" and fm.data.n_train == 20000
     assert get_preset("fmnist-full").data.n_train == 0
+
+
+def test_train_fields_added_later_leave_the_theory_experiments_hashes_alone_only_at_neutral():
+    """The theory experiments hash their TrainConfig whole: the transformation fields added since
+    (crop_pad, shift, noise, mixup) stay out of it at their neutral values and enter it otherwise."""
+    from ntk_vs_nn.config import hash_dict
+    from ntk_vs_nn.experiments.channels import ChannelsConfig
+
+    cfg = ChannelsConfig()
+    d = dataclasses.asdict(cfg)
+    for name in ("crop_pad", "shift", "noise", "mixup"):
+        d["train"].pop(name)
+    assert cfg.science_hash() == hash_dict(d)  # as before the fields existed
+    mixed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixup=0.2))
+    assert mixed.science_hash() != cfg.science_hash()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ntk_vs_nn.config.base import UserError, from_dict, hash_dict, override, valid_keys
+from ntk_vs_nn.config.base import UserError, from_dict, hash_dict, override, section_fields, valid_keys
 
 __all__ = [
     "FAMILIES", "KERNEL_FAMILIES", "INFINITE_FAMILIES", "PROTOCOLS",
@@ -67,6 +67,9 @@ class TrainConfig:
     noise: float = 0.1  # shift_noise: standard deviation of the added Gaussian noise (standardised units)
     mixup: float = 0.0  # mixup alpha of the teachers' training (Beta(a, a) per batch; 0 = off);
     #                     applied where augmentation is (nets; kernel families with augment_kernels)
+
+
+section_fields(TrainConfig)  # its later fields leave every experiment's hash alone at neutral (config.base)
 
 
 @dataclass(frozen=True)
@@ -316,7 +319,8 @@ class Config:
                 for name in names:
                     d.get(section, {}).pop(name, None)
             d["units"] = "teachers"
-        return hash_dict({k: v for k, v in d.items() if v != {}})  # an emptied section: as if it never existed
+        # an emptied section: as if it never existed
+        return hash_dict({k: v for k, v in d.items() if v != {}}, strip_later=False)
 
 
 # Fields added after results were recorded, by generation, with the value that reproduces the

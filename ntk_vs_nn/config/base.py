@@ -32,8 +32,36 @@ class IntervalConfig:
             raise UserError("claim.n_boot must be >= 100 and claim.level in (0.5, 1)")
 
 
-def hash_dict(d: dict) -> str:
-    """The 12-hex-digit config hash of a JSON-able dict (what each config's ``science_hash`` keeps)."""
+# Fields added to a section class after experiments hashed it, with the value that reproduces the
+# older behaviour: `hash_dict` leaves them out of any section (a dict holding all of the class's
+# fields) at that value, so every experiment that embeds the section keeps its hashes.
+LATER_SECTION_FIELDS: dict[str, dict[str, object]] = {
+    "TrainConfig": {"crop_pad": 0, "shift": 3, "noise": 0.1, "mixup": 0.0},
+}
+_SECTION_KEYS: dict[str, frozenset] = {}  # class name -> its field names (filled by `section_fields`)
+
+
+def section_fields(cls) -> None:
+    """Register a section class whose `LATER_SECTION_FIELDS` `hash_dict` must leave out at neutral."""
+    _SECTION_KEYS[cls.__name__] = frozenset(f.name for f in dataclasses.fields(cls))
+
+
+def _strip_later(d):
+    if not isinstance(d, dict):
+        return d
+    d = {k: _strip_later(v) for k, v in d.items()}
+    for name, later in LATER_SECTION_FIELDS.items():
+        keys = _SECTION_KEYS.get(name)
+        if keys and set(d) == keys:
+            d = {k: v for k, v in d.items() if not (k in later and v == later[k])}
+    return d
+
+
+def hash_dict(d: dict, strip_later: bool = True) -> str:
+    """The 12-hex-digit config hash of a JSON-able dict (what each config's ``science_hash`` keeps);
+    fields added to a section later are left out at their neutral value (`LATER_SECTION_FIELDS`;
+    ``strip_later=False``: the tables' `Config`, whose own generations of fields handle them)."""
+    d = _strip_later(d) if strip_later else d
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
