@@ -34,7 +34,13 @@ def two(tmp_path_factory):
 def test_replicates_have_their_root_seeds_and_fill_the_table(two):
     recs = records(two)
     assert {r["seed"] for r in recs} == {0, 1}
-    assert len({r["config_hash"] for r in recs}) == 2  # one hash per replicate (its seed)
+    # per replicate (its seed) one hash of the teachers' units and one of the students'
+    for seed in (0, 1):
+        mine = [r for r in recs if r["seed"] == seed]
+        teach = {r["config_hash"] for r in mine if r["protocol"] in ("single", "ensemble", "train_sum")}
+        taught = {r["config_hash"] for r in mine if r["protocol"] in ("kd", "sd", "sd_ensemble")}
+        assert len(teach) == len(taught) == 1 and teach != taught
+    assert len({r["config_hash"] for r in recs}) == 4
     df = pd.read_csv(os.path.join(two, "table_nn.csv")).set_index("protocol")
     assert (df.n_replicates == 2).all() and (df.status == "ok").all()
     assert df.loc["single", "n_members"] == 6 and df.loc["kd", "n_members"] == 4 and df.loc["sd", "n_members"] == 4
