@@ -121,7 +121,9 @@ def replication(dataset: str = "fashion_mnist") -> Config:
     train-sum model. KD alpha 0.9, tau 4 (the post gives neither: the suite's defaults).
     ``cifar10``: the recipe's scale (ResNet-18, 100 epochs, 45,000 / 5,000 / 10,000; GPUs).
     ``fashion_mnist``: sized to the 2-core CPU, ResNet-18-0.125 (8-64 channels, 0.18 M params),
-    10,000 training images (1,000 validate), 15 epochs, the full test set."""
+    10,000 training images (1,000 validate), 15 epochs, the full test set. Its convolutions are XLA's:
+    a training step (batch 128, 28x28) took 312 ms against 478 ms with run.conv=matmul (2 threads,
+    idle machine), ~22 s per epoch, so the 11 trainings take about an hour."""
     cifar = dataset == "cifar10"
     model = "ResNet-18" if cifar else "ResNet-18-0.125"
     return Config(
@@ -131,7 +133,7 @@ def replication(dataset: str = "fashion_mnist") -> Config:
         train=TrainConfig(optimizer="adam", lr=1e-3, schedule="constant", epochs=100 if cifar else 15),
         protocol=ProtocolConfig(members=5, ensemble_rule="probs", kd_students=1, sd_students=5),
         table=TableConfig(nn_models=(model,), ntk_models=(), ntk_families=(), train_sum=False, reference="replication"),
-        run=RunConfig(workers=1 if cifar else 0),
+        run=RunConfig(workers=1 if cifar else 0, conv="auto" if cifar else "xla"),
     )
 
 
