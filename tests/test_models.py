@@ -419,9 +419,7 @@ def test_matmul_conv_equals_xla_conv_forward_and_backward_in_float64(x64, ndim, 
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize(
-    "name,ndim", [("ResNet-10-1", 1), ("SimpleCNN-4-1", 2), ("PlainCNN-2-1", 2)]
-)
+@pytest.mark.parametrize("name,ndim", [("ResNet-10-1", 1), ("SimpleCNN-4-1", 2), ("PlainCNN-2-1", 2)])
 def test_models_with_matmul_conv_equal_xla_conv_also_vmapped_over_members(x64, name, ndim):
     rs = np.random.RandomState(0)
     x = jnp.asarray(rs.randn(2, *([12] * ndim), 1))
