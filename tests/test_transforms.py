@@ -101,7 +101,7 @@ def _flat(res):
     return [np.asarray(jax.flatten_util.ravel_pytree(v["params"])[0]) for v in res.variables]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def x64():
     with jax.enable_x64(True):
         yield
