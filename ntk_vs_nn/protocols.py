@@ -139,14 +139,23 @@ class Row:
         return aug, mix, online and self.backend == "weights"
 
     # -- records ---------------------------------------------------------------------------
+    def _hash_of(self, protocol):
+        """The config hash a unit of ``protocol`` is named by: the teachers' or the students'."""
+        return self.teacher_hash if protocol in TEACHER_PROTOCOLS else self.hash
+
     def _unit(self, protocol, member):
-        h = self.teacher_hash if protocol in TEACHER_PROTOCOLS else self.hash
-        return unit_id(h, self.family_name, self.model, protocol, member)
+        return unit_id(self._hash_of(protocol), self.family_name, self.model, protocol, member)
+
+    def _unit_ids(self, protocol, member):
+        """The unit's id, then its ids under the config's older hash forms (records made before a
+        field was added still count)."""
+        older = [unit_id(h, self.family_name, self.model, protocol, member) for h in self.cfg.science_hashes()[1:]]
+        return [self._unit(protocol, member), *older]
 
     def record(self, protocol, member, status, metrics_=None, wall_s=0.0, test_logits=None, **extra):
         rec = {
             "unit": self._unit(protocol, member),
-            "config_hash": self.teacher_hash if protocol in TEACHER_PROTOCOLS else self.hash,
+            "config_hash": self._hash_of(protocol),
             "preset": self.cfg.preset,
             "family": self.family_name,
             "model": self.model,
@@ -171,9 +180,7 @@ class Row:
         return rec
 
     def _done(self, protocol, member):
-        rec = self.known.get(self._unit(protocol, member))
-        for h in self.cfg.science_hashes()[1:]:  # a unit recorded under the legacy hash counts too
-            rec = rec or self.known.get(unit_id(h, self.family_name, self.model, protocol, member))
+        rec = next((self.known[u] for u in self._unit_ids(protocol, member) if u in self.known), None)
         if rec is None or rec["status"] not in ("ok", "diverged"):
             return None
         preds = self.store.load_predictions(rec["unit"]) if rec["status"] == "ok" else {}
@@ -457,12 +464,8 @@ class Row:
             if i in self._teacher_vars:
                 out.append(self._teacher_vars[i])
                 continue
-            path = self.store.checkpoint_path(self._unit("single", i))
-            if not os.path.isdir(path):
-                for h in self.cfg.science_hashes()[1:]:  # a single recorded under an older hash
-                    older = self.store.checkpoint_path(unit_id(h, self.family_name, self.model, "single", i))
-                    path = older if os.path.isdir(older) else path
-            params = load_checkpoint(path)
+            paths = [self.store.checkpoint_path(u) for u in self._unit_ids("single", i)]
+            params = load_checkpoint(next((p for p in paths if os.path.isdir(p)), paths[0]))
             state = self.trainer._init(rng.member_key(self.root, "init", i), self.data.x_train[:1])["state"]
             out.append({"params": jax.tree.map(jax.numpy.asarray, params), "state": state})
             self._teacher_vars[i] = out[-1]
