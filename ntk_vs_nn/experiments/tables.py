@@ -137,15 +137,15 @@ def _write_kd_inputs(cfg: Config, records, out: str) -> str:
     return md
 
 
-def _write_replication(cfg: Config, records, out: str) -> str:
-    """OUT/replication.{md,csv}: each nn row beside the published ResNet-18/Adam replication."""
+def _write_replication(cfg: Config, records, reps, out: str) -> str:
+    """OUT/replication.{md,csv}: each nn row beside the published ResNet-18/Adam replication
+    (``reps``: the replicates' hashes, as `write` has them)."""
     from ntk_vs_nn.analysis import replication
 
-    hashes = [c.science_hashes() for c in cfg.replicate_configs]
     parts, frames = [], []
     for model in cfg.table.nn_models:
         m = cfg.messages
-        acc, gaps = replication.compare(records, hashes, "nn", model, cfg.sd_students, m.n_boot, m.boot_seed, m.level)
+        acc, gaps = replication.compare(records, reps, "nn", model, cfg.sd_students, m.n_boot, m.boot_seed, m.level)
         p, t = cfg.protocol, cfg.train
         header = (
             f"Ours: `{model}` on `{cfg.dataset}` ({cfg.data.n_train or 'all'} training images before a "
@@ -211,7 +211,7 @@ def write(cfg: Config, store) -> Written:
     if cfg.table.kd_inputs:
         texts["kd_inputs"] = _write_kd_inputs(cfg, records, out)
     if cfg.table.reference == "replication" and any(r["family"] == "nn" for r in records):
-        texts["replication"] = _write_replication(cfg, records, out)
+        texts["replication"] = _write_replication(cfg, records, reps, out)
     return Written("\n".join([*texts.values(), mmd]), verdicts, {**texts, "messages": mmd})
 
 

@@ -1,7 +1,19 @@
-"""Time one Adam training step (batch 128, 28x28x1, 10 classes) of PlainCNN-2-1 variants on this CPU."""
-import sys, time
-import jax, jax.numpy as jnp, numpy as np, optax
+"""Time one Adam training step (batch from argv, default 128; 28x28x1, 10 classes) of PlainCNN-2-1 variants
+on this CPU: the suite's net with XLA and matmul convolutions, and flax nets with reduce-window max-pool,
+reshape-and-max pool and average pool (results/fmnist-sizing/step_bench*.log).
+
+    .venv/bin/python scripts/fmnist_step_bench.py 128
+"""
+
+import sys
+import time
+
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
 from ntk_vs_nn.models import build_model
 
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 128
@@ -43,24 +55,28 @@ def bench(name, model):
 
     @jax.jit
     def step(p, s):
-        l, g = jax.value_and_grad(loss_fn)(p)
+        loss, g = jax.value_and_grad(loss_fn)(p)
         u, s = tx.update(g, s, p)
-        return optax.apply_updates(p, u), s, l
+        return optax.apply_updates(p, u), s, loss
 
     fwd = jax.jit(lambda p: model.apply({"params": p, **rest}, x))
-    p, s, l = step(params, st); l.block_until_ready()
+    p, s, loss = step(params, st)
+    loss.block_until_ready()
     fwd(params).block_until_ready()
     t = time.perf_counter()
     for _ in range(N_STEPS):
-        p, s, l = step(p, s)
-    l.block_until_ready()
+        p, s, loss = step(p, s)
+    loss.block_until_ready()
     dt = (time.perf_counter() - t) / N_STEPS
     t = time.perf_counter()
     for _ in range(N_STEPS):
         o = fwd(p)
     o.block_until_ready()
     df = (time.perf_counter() - t) / N_STEPS
-    print(f"{name:32s} step {dt*1e3:7.1f} ms  fwd {df*1e3:6.1f} ms  -> {dt*9000/B:5.1f} s per 9000-image epoch", flush=True)
+    print(
+        f"{name:32s} step {dt * 1e3:7.1f} ms  fwd {df * 1e3:6.1f} ms  -> {dt * 9000 / B:5.1f} s per 9000-image epoch",
+        flush=True,
+    )
 
 
 print("jax", jax.__version__, jax.devices(), "batch", B)
