@@ -10,7 +10,15 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from ntk_vs_nn.config.base import UserError, from_dict, hash_dict, override, section_fields, valid_keys
+from ntk_vs_nn.config.base import (
+    LATER_SECTION_FIELDS,
+    UserError,
+    from_dict,
+    hash_dict,
+    override,
+    section_fields,
+    valid_keys,
+)
 
 __all__ = [
     "FAMILIES", "KERNEL_FAMILIES", "INFINITE_FAMILIES", "PROTOCOLS",
@@ -339,10 +347,7 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
     {("protocol", "kd_students"): 1, ("protocol", "student_epochs"): 0, ("kernel", "student_steps"): 0},
     {("kernel", "epochs"): 0, ("kernel", "weights_lr"): 0.0, ("kernel", "student_epochs"): 0},
     {
-        ("train", "crop_pad"): 0,
-        ("train", "shift"): 3,
-        ("train", "noise"): 0.1,
-        ("train", "mixup"): 0.0,
+        **{("train", name): neutral for name, neutral in LATER_SECTION_FIELDS["TrainConfig"].items()},
         ("protocol", "kd_inputs"): "auto",
         ("protocol", "kd_mixup"): 1.0,
         ("protocol", "teacher"): "auto",
