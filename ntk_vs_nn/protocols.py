@@ -322,6 +322,7 @@ class Row:
                     m.update(
                         {(k if s == "test" else f"{s}_{k}"): val for k, val in metrics.summary(preds[s], y).items()}
                     )
+                m.update(metrics.calibrated(preds["val"], self.data.y_val, preds["test"], self.data.y_test))
                 if teacher_test is not None:  # a student: how faithfully it matches its teacher on test
                     m.update(metrics.fidelity(teacher_test[slot], preds["test"]))
                 # predictions and params first, the record last: a record always has both
@@ -361,12 +362,18 @@ class Row:
             return None
         rule = self.cfg.protocol.ensemble_rule
         comb = {s: metrics.combine([p[s] for p in ok], rule) for s in SPLITS}
-        m = metrics.summary(comb["test"], self.data.y_test)
-        m["val_acc"] = metrics.accuracy(comb["val"], self.data.y_val)
+        d = self.data
+        m = metrics.summary(comb["test"], d.y_test)
+        m.update(metrics.calibrated(comb["val"], d.y_val, comb["test"], d.y_test))
+        m["val_acc"] = metrics.accuracy(comb["val"], d.y_val)
         m["acc_by_size"] = [
-            metrics.accuracy(metrics.combine([p["test"] for p in ok[:n]], rule), self.data.y_test)
+            metrics.accuracy(metrics.combine([p["test"] for p in ok[:n]], rule), d.y_test)
             for n in range(1, len(ok) + 1)
         ]
+        if len(ok) > 1:  # the members' diversity on test, and the DE-1..DE-L curve the DEE reads
+            m.update(metrics.diversity([p["test"] for p in ok]))
+            val, test = [p["val"] for p in ok], [p["test"] for p in ok]
+            m["cnll_by_size"] = metrics.de_curve(val, d.y_val, test, d.y_test, rule)
         m["n_members"] = len(ok)
         prev = self.known.get(self._unit(protocol, "all"))
         if prev is None or prev.get("metrics") != m or "test_correct" not in prev:

@@ -76,6 +76,31 @@ def test_students_train_longer_and_record_fidelity_and_train_accuracy(two):
     assert 0 <= df.loc["kd", "agreement_mean"] <= 100 and df.loc["single", "train_acc_mean"] > 0
 
 
+def test_every_unit_records_calibration_and_the_table_reads_dee_per_replicate(two):
+    from ntk_vs_nn import metrics
+
+    recs = [r for r in records(two) if r["status"] == "ok"]
+    for r in recs:
+        m = r["metrics"]
+        assert {"brier", "cnll", "cbs", "cece", "temperature"} <= set(m), r["unit"]
+        assert m["cnll"] <= m["nll"] + 0.5 and m["temperature"] > 0
+    df = pd.read_csv(os.path.join(two, "table_nn.csv")).set_index("protocol")
+    ens = {r["seed"]: r["metrics"] for r in recs if r["protocol"] == "ensemble"}
+    for seed, m in ens.items():  # the DE curve of the replicate's singles: DE-L is the ensemble itself
+        assert len(m["cnll_by_size"]) == 3 and m["cnll_by_size"][-1] == pytest.approx(m["cnll"])
+        assert 0 <= m["disagreement"] <= 100 and m["pairwise_kl"] >= 0
+    expected = [
+        metrics.dee(r["metrics"]["cnll"], ens[r["seed"]]["cnll_by_size"]) for r in recs if r["protocol"] == "kd"
+    ]
+    assert df.loc["kd", "dee_mean"] == pytest.approx(np.mean(expected))
+    assert df.loc["single", "cnll_mean"] == pytest.approx(
+        np.mean([r["metrics"]["cnll"] for r in recs if r["protocol"] == "single"])
+    )
+    sd_div = [r["metrics"]["disagreement"] for r in recs if r["protocol"] == "sd_ensemble"]
+    assert df.loc["sd", "disagreement"] == pytest.approx(np.mean(sd_div)) and len(sd_div) == 2
+    assert np.isnan(df.loc["single", "disagreement"]) and np.isfinite(df.loc["ensemble", "brier_mean"])
+
+
 def test_a_replicate_reproduces_the_single_replicate_run_of_its_seed(two, tmp_path):
     """Replicate 1 of a run with seed 0 is the one-replicate run with seed 1: same units, same numbers."""
     out = str(tmp_path / "seed1")

@@ -12,6 +12,11 @@ replicates), status (ok, or what went wrong: oom, diverged, missing, skipped), w
 n_replicates, acc_by_replicate (each replicate's acc_mean; acc_best for kernel singles),
 train_acc_mean (the members' accuracy on their training set) and, for students, agreement_mean
 (top-1 agreement with the teacher on test, %) and kl_mean (KL(teacher ‖ student) on test, nats).
+Calibration (`ntk_vs_nn.metrics`; n/a in records made before they were added): brier_mean (summed
+over classes), cnll_mean, cbs_mean, cece_mean (at one temperature per unit, fitted on validation),
+dee_mean (deep-ensemble equivalent: the size of an ensemble of the same row's singles with the same
+cNLL, per replicate), and the members' diversity on test (ensemble: the singles; sd: the SD students):
+disagreement (pairwise top-1, %) and pairwise_kl (nats).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import INFINITE_FAMILIES, PROTOCOLS
 
 COLUMNS = [
@@ -43,6 +49,13 @@ COLUMNS = [
     "train_acc_mean",
     "agreement_mean",
     "kl_mean",
+    "brier_mean",
+    "cnll_mean",
+    "cbs_mean",
+    "cece_mean",
+    "dee_mean",
+    "disagreement",
+    "pairwise_kl",
 ]
 MULTI = ("single", "kd", "sd")  # protocols with several members per replicate
 
@@ -149,7 +162,22 @@ def _row(fam, model, dataset, protocol, reps, by, members, sd_students, kd_stude
     row["train_acc_mean"] = _mean(_metric(pooled, "train_acc"))
     row["agreement_mean"] = _mean(_metric(pooled, "agreement"))
     row["kl_mean"] = _mean(_metric(pooled, "kl_teacher"))
+    for key in ("brier", "cnll", "cbs", "cece"):
+        row[f"{key}_mean"] = _mean(_metric(pooled, key))
+    curves = [_only(m).get("cnll_by_size") for m in by.get((fam, model, "ensemble"), [])]
+    row["dee_mean"] = _mean(
+        [metrics.dee(r["metrics"]["cnll"], c) for ok, c in zip(oks, curves) if c for r in ok if "cnll" in r["metrics"]]
+    )
+    pool = {"ensemble": "ensemble", "sd": "sd_ensemble"}.get(protocol)
+    for key in ("disagreement", "pairwise_kl"):
+        row[key] = _mean([_only(m).get(key) for m in by.get((fam, model, pool), [])]) if pool else math.nan
     return row
+
+
+def _only(members: dict) -> dict:
+    """The metrics of a replicate's one-record unit (an ensemble) if it is ok, else {}."""
+    rec = next(iter(members.values()), None)
+    return rec["metrics"] if rec and rec["status"] == "ok" else {}
 
 
 def _cell(row, family, protocol) -> str:
