@@ -36,6 +36,8 @@ class ModelFamily(NamedTuple):
     # a sum of members kept as a list (`summed`, not stacked): (member family, n, factor); the
     # trainer then differentiates member by member (`Trainer` "split" step)
     parts: tuple | None = None
+    members: int = 0  # a BatchEnsemble network's M (0: any other family): `apply` gives the ensemble's
+    apply_members: Callable | None = None  # log-mean-softmax, this (variables, x) -> (M, B, k) each member's logits
 
 
 def network(module, init_params: Callable | None = None) -> ModelFamily:
@@ -51,7 +53,14 @@ def network(module, init_params: Callable | None = None) -> ModelFamily:
     def apply(variables, x):
         return module.apply({"params": variables["params"]}, x)
 
-    return ModelFamily("nn", init, apply)
+    members = getattr(module, "members", 0)
+    if not members:
+        return ModelFamily("nn", init, apply)
+
+    def apply_members(variables, x):
+        return module.apply({"params": variables["params"]}, x, per_member=True)
+
+    return ModelFamily("nn", init, apply, members=members, apply_members=apply_members)
 
 
 def linearized(family: ModelFamily, offset: bool = True) -> ModelFamily:

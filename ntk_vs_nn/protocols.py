@@ -16,6 +16,7 @@ same config hash is loaded instead of retrained, so a rerun of the same command 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -32,10 +33,11 @@ from ntk_vs_nn.config import INFINITE_FAMILIES, PROTOCOLS, Config, UserError  # 
 from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.data.transforms import make_augment
 from ntk_vs_nn.engine import workers
+from ntk_vs_nn.engine.perturb import perturb
 from ntk_vs_nn.engine.trainer import Trainer, progress_enabled
 from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, network, param_count, resolve_conv, summed  # noqa: F401
 from ntk_vs_nn.kernels.function_space import FunctionTrainer
-from ntk_vs_nn.models import parse_model_name
+from ntk_vs_nn.models import parse_model_name, split_members
 from ntk_vs_nn.store import Store, load_checkpoint, unit_id
 
 SPLITS = ("train", "val", "test")
@@ -90,15 +92,23 @@ class Row:
             )
         self.student_augment, self.student_mixup, self.online = None, 0.0, False
         self._teacher_vars = {}
+        kd_model = cfg.protocol.kd_student or model
         if self.backend != "weights":  # function space: no network training, no augmentation
             parse_model_name(model)
             if family not in INFINITE_FAMILIES:  # (those have no students)
                 self.student_inputs()  # transformed distillation inputs are an error here
+                if kd_model != model:
+                    raise UserError(f"protocol.kd_student={kd_model}: {family} in function space distils into itself")
             self.fam = None
             self.trainer = FunctionTrainer(family, model, cfg, data)
             return
         conv = resolve_conv(cfg.run.conv, self.mode, data.spatial_ndim)
         self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg, conv)
+        self.kd_fam = self.fam  # the KD students' family: protocol.kd_student's network, else the row's
+        if kd_model != model:
+            if family != "nn" and split_members(kd_model)[0]:
+                raise UserError(f"protocol.kd_student={kd_model}: BatchEnsemble students are nets (family nn)")
+            self.kd_fam = make_family(family, kd_model, data.num_classes, data.spatial_ndim, cfg, conv)
         if family == "nn" or cfg.train.augment_kernels:  # the teachers' transformations (PROTOCOLS: nets only)
             self.augment = self._augment(cfg.train.augment)
             self.mixup = cfg.train.mixup
@@ -131,12 +141,45 @@ class Row:
             raise UserError(
                 f"protocol.kd_inputs={kind}: {self.family_name} in function space trains on the clean points only"
             )
-        online = p.teacher == "online" or (p.teacher == "auto" and transformed)
+        perturbed = p.kd_perturb != "none"
+        if perturbed and self.backend != "weights":
+            raise UserError(f"protocol.kd_perturb={p.kd_perturb}: {self.family_name} in function space has no inputs")
+        memberwise = self.memberwise()
+        online = p.teacher == "online" or (p.teacher == "auto" and (transformed or perturbed or memberwise))
         if mix and not online:
             raise UserError("mixup inputs need protocol.teacher=online (a fixed target belongs to an unmixed input)")
+        if (perturbed or memberwise) and not online:
+            raise UserError(
+                "perturbed (protocol.kd_perturb) or member-wise distillation needs protocol.teacher=online: "
+                "the teachers are evaluated on the student's input"
+            )
         if online and self.backend == "weights" and not self.cfg.run.checkpoints:
             raise UserError("an online teacher is loaded from its checkpoint: needs run.checkpoints=true")
         return aug, mix, online and self.backend == "weights"
+
+    def memberwise(self) -> bool:
+        """Whether the KD students learn member i from teacher i (`protocol.kd_memberwise`): a
+        BatchEnsemble-M student of M teachers (auto), or as asked (an error when it cannot)."""
+        fam = getattr(self, "kd_fam", None)
+        m, L = (fam.members if fam is not None else 0), self.cfg.protocol.members
+        want = self.cfg.protocol.kd_memberwise
+        if want == "on" and m != L:
+            raise UserError(
+                f"protocol.kd_memberwise=on needs a BatchEnsemble-{L} student (protocol.kd_student=BE{L}-...) "
+                f"for the L = {L} teachers"
+            )
+        return want == "on" or (want == "auto" and m > 0 and m == L)
+
+    def perturbation(self):
+        """``protocol.kd_perturb`` as the trainer's ``perturb(key, x, teacher_apply, teachers)``, or None.
+        Images: in [0, 1] pixel space (the data's standardisation undone), clipped to [0, 1]."""
+        p = self.cfg.protocol
+        if p.kd_perturb == "none":
+            return None
+        scale, offset = self.data.pixels or (1.0, 0.0)
+        clip = (0.0, 1.0) if self.data.pixels else None
+        tau = self.cfg.kd_tau_for(self.data.num_classes)
+        return functools.partial(perturb, p.kd_perturb, tau=tau, eta=p.kd_eta, scale=scale, offset=offset, clip=clip)
 
     # -- records ---------------------------------------------------------------------------
     def _hash_of(self, protocol):
@@ -390,11 +433,12 @@ class Row:
 
     def trainer_for(self, kind: str):
         """The trainer of ``kind``: ``teacher`` (single members), ``sum`` (the train-sum model),
-        ``student`` (KD and SD students); built once per row."""
+        ``student`` (KD and SD students), ``kd_student`` (KD students of another network,
+        ``protocol.kd_student``); built once per row."""
         if kind == "teacher":
             return self.trainer
         if kind not in self._trainers:
-            self._trainers[kind] = self.sum_trainer() if kind == "sum" else self.student_trainer()
+            self._trainers[kind] = self.sum_trainer() if kind == "sum" else self.student_trainer(kind == "kd_student")
         return self._trainers[kind]
 
     def sum_trainer(self):
@@ -405,20 +449,29 @@ class Row:
         return Trainer(fam, self.cfg.train_for(self.family_name), len(self.data.x_train), self.cfg.run.progress,
                        self.augment, sum_step=self.cfg.run.sum_step, mixup=self.mixup)  # fmt: skip
 
-    def students(self, singles, ens):
+    def students(self, singles, ens, which=("kd", "sd")):
         """K KD students of the ensemble (student k: its own init and data order) and SD student s
         of single member s, trained together for ``protocol.student_epochs`` epochs (kernel
         families: ``kernel.student_epochs``; function space: ``kernel.student_steps`` steps; 0: as
-        the teachers).
+        the teachers); ``which``: only these of the two. KD students of another network
+        (``protocol.kd_student``) train apart from the SD students.
 
         A student whose teacher is missing (diverged, oom) is recorded as skipped."""
         p = self.cfg.protocol
+        other = self.backend == "weights" and self.kd_fam is not self.fam and "kd" in which
+        if other and len(which) > 1:
+            got = self.students(singles, ens, ("kd",))
+            return {**got, **self.students(singles, ens, tuple(w for w in which if w != "kd"))}
+        kind = "kd_student" if other else "student"
         units, teachers, teacher_test, init_keys, data_keys = [], [], [], [], []
-        candidates = [("kd", k, ens) for k in range(p.kd_students)] + [
-            ("sd", s, singles[s] if s < len(singles) else None) for s in range(self.cfg.sd_students)
+        candidates = [("kd", k, ens) for k in range(p.kd_students) if "kd" in which] + [
+            ("sd", s, singles[s] if s < len(singles) else None) for s in range(self.cfg.sd_students) if "sd" in which
         ]
         members = [i for i, p_ in enumerate(singles) if p_ is not None]  # the ensemble's
+        memberwise = kind == "kd_student" and self.memberwise()
         for protocol, i, teacher in candidates:
+            if memberwise and protocol == "kd" and len(members) != self.kd_fam.members:
+                teacher = None  # member i of the student needs teacher i: all of them
             if teacher is None:
                 self.record(protocol, i, "skipped", {"reason": "teacher did not finish"})
                 continue
@@ -434,12 +487,14 @@ class Row:
             return {}
         tau = self.cfg.kd_tau_for(self.data.num_classes)
         return self.train(
-            units, init_keys, data_keys, kind="student", teachers=teachers, alpha=p.kd_alpha, tau=tau,
+            units, init_keys, data_keys, kind=kind, teachers=teachers, alpha=p.kd_alpha, tau=tau,
             teacher_test=teacher_test,
         )  # fmt: skip
 
-    def student_trainer(self):
-        """The teachers' trainer, or one with the students' own budget."""
+    def student_trainer(self, kd: bool = False):
+        """The teachers' trainer, or one with the students' own budget, inputs and teacher; ``kd``: the
+        KD students' trainer of another network (``protocol.kd_student``: member-wise for a
+        BatchEnsemble student of as many teachers, `memberwise`)."""
         steps = self.cfg.kernel.student_steps
         if self.backend != "weights":
             if not steps:
@@ -448,12 +503,13 @@ class Row:
             return FunctionTrainer(self.family_name, self.model, cfg, self.data)
         train_cfg = self.cfg.train_for(self.family_name, student=True)
         same = (self.student_augment, self.student_mixup) == (self.augment, self.mixup) and not self.online
-        if train_cfg == self.trainer.cfg and same:
+        if train_cfg == self.trainer.cfg and same and not kd:
             return self.trainer
         return Trainer(
-            self.fam, train_cfg, len(self.data.x_train), self.cfg.run.progress, self.student_augment,
-            mixup=self.student_mixup, teacher=self.fam if self.online else None,
-            teacher_rule=self.cfg.protocol.ensemble_rule,
+            self.kd_fam if kd else self.fam, train_cfg, len(self.data.x_train), self.cfg.run.progress,
+            self.student_augment, mixup=self.student_mixup, teacher=self.fam if self.online else None,
+            teacher_rule=self.cfg.protocol.ensemble_rule, perturb=self.perturbation() if self.online else None,
+            memberwise=kd and self.memberwise(),
         )  # fmt: skip
 
     def teacher_inputs(self, teachers, kind):

@@ -121,6 +121,14 @@ BAD = [
     (["table", "nn", "--preset", "smoke", "--set", "train.epochs=two"], "cannot parse"),
     (["table", "nn", "--preset", "smoke", "--dataset", "npz:/nonexistent.npz"], "no such file"),
     (["table", "nope"], "invalid choice"),
+    (["table", "nn", "--preset", "smoke", "--set", "protocol.kd_perturb=sideways"], "protocol.kd_perturb"),
+    (
+        ["table", "nn", "--preset", "smoke", "--set", "protocol.kd_perturb=ods", "--set", "protocol.teacher=fixed"],
+        "protocol.teacher=online",
+    ),
+    (["table", "nn", "--preset", "smoke", "--set", "protocol.kd_memberwise=on"], "BatchEnsemble-3"),
+    (["table", "nn", "--preset", "smoke", "--set", "protocol.kd_student=BE2-Nope"], "unknown model"),
+    (["table", "ntk", "--preset", "smoke", "--set", "protocol.kd_student=BE3-SimpleCNN-3-1"], "are nets"),
 ]
 
 

@@ -144,9 +144,18 @@ def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
     from ntk_vs_nn.config import Config
 
     cfg = Config()
+    from ntk_vs_nn.config import _ADDED_LATER, _TEACHER_HASH_SINCE
+
     new, *older = cfg.science_hashes()
-    assert new == cfg.science_hash() and len(older) == 6 and new not in older
-    assert older[-1] == cfg.teacher_hash()
+    n = len(_ADDED_LATER)
+    full = {cfg._hash(g) for g in range(n + 1)}
+    assert new == cfg.science_hash() and new not in older and full <= set(cfg.science_hashes())
+    # the teacher hash, then its forms from before the newest fields (a field added later must not
+    # orphan the teachers of a run in progress); none from before the teacher hash existed
+    teachers = [h for h in older if h not in full]
+    assert teachers[0] == cfg.teacher_hash() and cfg._hash(n - 1, students=False) in teachers
+    assert cfg._hash(n - 1, students=False) != cfg.teacher_hash()  # (kernel.gp_lr is in the newest only)
+    assert cfg._hash(_TEACHER_HASH_SINCE - 1, students=False) not in teachers
     # a non-neutral value of a later field changes both forms (it changes the numbers)
     tfds = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="tfds"))
     assert set(tfds.science_hashes()).isdisjoint(cfg.science_hashes())
@@ -154,10 +163,10 @@ def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
     tiles = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, steps=5))
     assert tiles.science_hashes() == cfg.science_hashes()
     # ... except the kernel families' own weight-space budget, which changes their numbers
-    for field, value in [("epochs", 90), ("weights_lr", 0.03), ("student_epochs", 120)]:
+    for field, value in [("epochs", 90), ("weights_lr", 0.03), ("student_epochs", 120), ("gp_lr", 0.05)]:
         budget = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, **{field: value}))
         students_only = field == "student_epochs"  # the teachers' units keep their hash
-        assert set(budget.science_hashes()[:-1]).isdisjoint(cfg.science_hashes()), field
+        assert {budget._hash(g) for g in range(n + 1)}.isdisjoint(cfg.science_hashes()), field
         assert (budget.teacher_hash() == cfg.teacher_hash()) == students_only, field
     fn = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, backend="function"))
     assert fn.science_hash() != cfg.science_hash()
@@ -185,6 +194,9 @@ def test_kernel_families_train_with_their_own_budget_and_students_with_theirs():
     assert only.train_for("ntk", student=True).epochs == 90
     with pytest.raises(UserError):
         apply_overrides(Config(), ["kernel.weights_lr=-1"])
+    gp = apply_overrides(cfg, ["kernel.gp_lr=0.2"])  # gp's own step; the ntk families keep weights_lr
+    assert gp.train_for("gp").lr == gp.train_for("gp", student=True).lr == 0.2
+    assert gp.train_for("ntk").lr == gp.train_for("ntk_prime").lr == 0.03 and gp.train_for("nn").lr == cfg.train.lr
 
 
 def test_saved_config_of_an_older_version_loads_with_defaults():
@@ -232,7 +244,9 @@ def test_student_fields_leave_the_teacher_hash_alone_and_teacher_fields_change_i
                  ["train.noise=0.3"], ["model.norm=none"]):  # fmt: skip
         other = apply_overrides(cfg, sets)
         assert other.teacher_hash() != cfg.teacher_hash(), sets
-    assert cfg.teacher_hash() not in cfg.science_hashes()[:-1]
+    from ntk_vs_nn.config import _ADDED_LATER
+
+    assert cfg.teacher_hash() not in {cfg._hash(g) for g in range(len(_ADDED_LATER) + 1)}
     assert set(STUDENT_FIELDS["protocol"]) <= {f.name for f in dataclasses.fields(cfg.protocol)}
 
 

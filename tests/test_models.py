@@ -473,3 +473,23 @@ def test_max_pool2_equals_flax_max_pool_forward_and_backward(x64, shape):
     g = jax.grad(lambda a: jnp.sum(max_pool2(a) * w))(x)
     g_ref = jax.grad(lambda a: jnp.sum(ref(a) * w))(x)
     np.testing.assert_allclose(g, g_ref, rtol=0, atol=1e-12)
+
+
+def test_cifar_resnet_6n_plus_2_and_fractional_plaincnn_parameter_counts():
+    def count(name, shape, norm="none"):
+        v = build_model(name, 10, 2, norm).init(jax.random.key(0), jnp.zeros(shape))
+        return sum(int(a.size) for a in jax.tree.leaves(v["params"]))
+
+    # ResNet-32 (n = 5) without norms: stem, 3 stages of 5 blocks (two 3x3 convs), 1x1 projections at
+    # stages 2-3, head
+    c = lambda cin, cout, k=3: k * k * cin * cout  # noqa: E731
+    stage1 = 10 * c(16, 16)
+    stage2 = c(16, 32) + c(32, 32) + c(16, 32, 1) + 8 * c(32, 32)
+    stage3 = c(32, 64) + c(64, 64) + c(32, 64, 1) + 8 * c(64, 64)
+    assert count("ResNet-32", (1, 32, 32, 3)) == c(3, 16) + stage1 + stage2 + stage3 + 64 * 10 + 10
+    assert parse_model_name("ResNet-20") == ("resnet_cifar", 20, 1)
+    assert 0.46e6 < count("ResNet-32", (1, 32, 32, 3), "layer") < 0.48e6  # Nam et al.: 0.47 M with BN
+    # PlainCNN-2-0.5: 16 / 32 channels, Dense(64): 160 + 4,640 + 7*7*32*64 + 64 + 650
+    assert count("PlainCNN-2-0.5", (1, 28, 28, 1)) == 160 + 4640 + 7 * 7 * 32 * 64 + 64 + 650
+    with pytest.raises(UserError, match="1/32"):
+        parse_model_name("PlainCNN-2-0.3")

@@ -99,6 +99,15 @@ class ProtocolConfig:
     teacher: str = "auto"  # online: the teacher is evaluated on each batch the student sees | fixed:
     #                        its outputs on the clean training points, once | auto: online whenever
     #                        the students' inputs are transformed (then fixed targets are inconsistent)
+    kd_perturb: str = "none"  # the input of the KD term (Nam et al. 2021; engine/perturb.py): none |
+    #                           gaussian (x + eta N(0, I)) | ods | confods (a step eta along the input
+    #                           gradient of one teacher's randomly weighted softmax; confods: times its
+    #                           max probability). The CE term stays on the clean input; needs an online teacher
+    kd_eta: float = 1 / 255  # the perturbation's step: in [0, 1] pixel units for images (clipped to [0, 1]),
+    #                          in the data's standardised units for signals
+    kd_student: str = ""  # the KD students' network ("" = the row's own), e.g. BE4-PlainCNN-2-1
+    kd_memberwise: str = "auto"  # a BatchEnsemble-M KD student of an M-member ensemble: member i learns from
+    #                              teacher i (on | off: every member from the ensemble | auto = on for such a student)
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,8 @@ class KernelConfig:
     weights_lr: float = 0.0  # weights backend: the kernel families' peak learning rate (0 = train.lr)
     student_epochs: int = 0  # weights backend: epochs of the kernel families' KD and SD students
     #                          (0 = kernel.epochs); protocol.student_epochs is the nets' counterpart
+    gp_lr: float = 0.0  # weights backend: the gp family's own peak learning rate (0 = kernel.weights_lr): a
+    #                     linear model on frozen features tolerates, and needs, a far larger step than the ntk
     trace: bool = True  # ntk/ntk_prime in function space: True = the traced NTK used as Theta (x) I_k
     #                     (n x n: cheap, an approximation for a narrow net); False = the full
     #                     (n k x n k) NTK: exact (equals weight-space GD), k^2 x the memory (spilled to
@@ -201,6 +212,10 @@ class Config:
             "protocol.kd_inputs", self.protocol.kd_inputs, ("auto", "clean", "augment", "mixup", "augment_mixup")
         )
         _check_choice("protocol.teacher", self.protocol.teacher, ("auto", "online", "fixed"))
+        _check_choice("protocol.kd_perturb", self.protocol.kd_perturb, ("none", "gaussian", "ods", "confods"))
+        _check_choice("protocol.kd_memberwise", self.protocol.kd_memberwise, ("auto", "on", "off"))
+        if self.protocol.kd_eta < 0:
+            raise UserError(f"protocol.kd_eta must be >= 0, got {self.protocol.kd_eta}")
         _check_choice("table.reference", self.table.reference, ("paper", "replication"))
         for v in self.table.kd_inputs:
             _check_choice("table.kd_inputs", v, ("auto", "clean", "augment", "mixup", "augment_mixup"))
@@ -244,8 +259,8 @@ class Config:
                 "protocol.student_epochs, kernel.student_steps, kernel.epochs and kernel.student_epochs must be >= 0"
                 " (0 = as the teachers)"
             )
-        if self.kernel.weights_lr < 0:
-            raise UserError(f"kernel.weights_lr must be >= 0 (0 = train.lr), got {self.kernel.weights_lr}")
+        if self.kernel.weights_lr < 0 or self.kernel.gp_lr < 0:
+            raise UserError("kernel.weights_lr and kernel.gp_lr must be >= 0 (0 = train.lr, kernel.weights_lr)")
         if self.messages.n_boot < 100 or not 0.5 < self.messages.level < 1.0:
             raise UserError("messages.n_boot must be >= 100 and messages.level in (0.5, 1)")
         if self.train.lr <= 0:
@@ -277,7 +292,8 @@ class Config:
             epochs = self.kernel.epochs or t.epochs
             if student:
                 epochs = self.kernel.student_epochs or epochs
-            return dataclasses.replace(t, epochs=epochs, lr=self.kernel.weights_lr or t.lr)
+            lr = (family == "gp" and self.kernel.gp_lr) or self.kernel.weights_lr or t.lr
+            return dataclasses.replace(t, epochs=epochs, lr=lr)
         if student and self.protocol.student_epochs:
             return dataclasses.replace(t, epochs=self.protocol.student_epochs)
         return t
@@ -302,9 +318,12 @@ class Config:
     def science_hashes(self) -> tuple[str, ...]:
         """The hash, then the older forms: for each generation g of `_ADDED_LATER`, the hash that
         leaves out the fields added in generation g and later while they hold their neutral value;
-        last the teacher hash. Records under any of these hashes belong to this config."""
-        forms = [self._hash(g) for g in range(len(_ADDED_LATER), -1, -1)]
-        return tuple(dict.fromkeys(forms + [self.teacher_hash()]))
+        then the teacher hash and its older forms (the same generations). Records under any of these
+        hashes belong to this config."""
+        gens = range(len(_ADDED_LATER), -1, -1)
+        forms = [self._hash(g) for g in gens]
+        teachers = [self._hash(g, students=False) for g in gens if g >= _TEACHER_HASH_SINCE]
+        return tuple(dict.fromkeys(forms + teachers))
 
     def _hash(self, generations: int, students: bool = True) -> str:
         """The hash as it was when only the first ``generations`` generations of fields existed;
@@ -352,14 +371,22 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
         ("protocol", "kd_mixup"): 1.0,
         ("protocol", "teacher"): "auto",
     },
+    {
+        ("protocol", "kd_perturb"): "none",
+        ("protocol", "kd_eta"): 1 / 255,
+        ("protocol", "kd_student"): "",
+        ("protocol", "kd_memberwise"): "auto",
+        ("kernel", "gp_lr"): 0.0,
+    },
 ]
+_TEACHER_HASH_SINCE = 6  # the generation of fields the teacher hash was introduced with (older forms: none)
 # The fields only KD and SD students read: left out of the teachers' hash (`Config.teacher_hash`).
 STUDENT_FIELDS = {
     "protocol": ("kd_alpha", "kd_tau", "sd_students", "kd_students", "student_epochs", "kd_inputs", "kd_mixup",
-                 "teacher"),
+                 "teacher", "kd_perturb", "kd_eta", "kd_student", "kd_memberwise"),
     "kernel": ("student_steps", "student_epochs"),
 }  # fmt: skip
-_WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs")  # the kernel fields of the weights backend
+_WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs", "gp_lr")  # the kernel fields of the weights backend
 
 
 def _check_choice(name, value, choices):

@@ -37,6 +37,9 @@ class Dataset(NamedTuple):
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    # images: (std, mean) of the standardisation, so pixels in [0, 1] are x * std + mean (the space of
+    # the distillation perturbations, engine/perturb.py); None: no pixel space (signals, npz files)
+    pixels: tuple[float, float] | None = None
 
     @property
     def spatial_ndim(self) -> int:
@@ -155,9 +158,11 @@ def load_dataset(spec: str, cfg: DataConfig, seed: int) -> Dataset:
             raise UserError(f"{spec}: too few training samples ({len(x_tr)}) for val_fraction {cfg.val_fraction}")
         perm = np.asarray(jax.random.permutation(rng.stream(rng.root_key(seed), "split"), len(x_tr)))
         val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    pixels = (1.0, 0.0) if spec in ("fashion_mnist", "cifar10", "cifar100") else None
     if cfg.standardize:  # statistics of the training part only: validation stays unseen
         mean, std = x_tr[train].mean(), x_tr[train].std() + 1e-8
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std
+        pixels = None if pixels is None else (float(std), float(mean))
     return Dataset(
         name=name,
         x_train=x_tr[train],
@@ -167,4 +172,5 @@ def load_dataset(spec: str, cfg: DataConfig, seed: int) -> Dataset:
         x_test=x_te,
         y_test=y_te.astype(np.int32),
         num_classes=num_classes,
+        pixels=pixels,
     )

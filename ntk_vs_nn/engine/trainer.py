@@ -42,9 +42,11 @@ from ntk_vs_nn.config import TrainConfig
 from ntk_vs_nn.data.transforms import mixup
 from ntk_vs_nn.engine import sharding
 from ntk_vs_nn.families import ModelFamily
+from ntk_vs_nn.models.batch_ensemble import fast_weight_labels
 
 _AUGMENT_TAG = 0xA06  # augmentation keys: fold_in(fold_in(data_key, epoch), tag), then the step index
 _MIXUP_TAG = 0x313  # mixup's key: fold_in(the step's augmentation key, tag) (augmentation keeps its draws)
+_PERTURB_TAG = 0x0D5  # the distillation input's perturbation: fold_in(the step's key, tag)
 
 
 def _augment_key(data_key, epoch: int):
@@ -52,8 +54,10 @@ def _augment_key(data_key, epoch: int):
     return jax.random.fold_in(jax.random.fold_in(data_key, epoch), _AUGMENT_TAG)
 
 
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optimiser and learning-rate schedule of ``cfg`` over ``cfg.epochs`` epochs."""
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, fast_labels=None) -> optax.GradientTransformation:
+    """The optimiser and learning-rate schedule of ``cfg`` over ``cfg.epochs`` epochs. ``fast_labels``
+    (params -> a tree of "fast"/"slow"; BatchEnsemble's `fast_weight_labels`): the fast weights train at
+    half the learning rate and without weight decay (giung2's and uncertainty-baselines' choice)."""
     total = max(cfg.epochs * steps_per_epoch, 1)
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
     if cfg.schedule == "cosine":
@@ -67,14 +71,23 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int) -> optax.GradientTran
         sched = optax.linear_schedule(0.0, cfg.lr, warmup) if warmup else cfg.lr
         if warmup:
             sched = optax.join_schedules([sched, optax.constant_schedule(cfg.lr)], [warmup])
+    if fast_labels is None:
+        return _optimizer(cfg, sched, cfg.weight_decay)
+    half = (lambda step: 0.5 * sched(step)) if callable(sched) else 0.5 * sched
+    return optax.multi_transform(
+        {"slow": _optimizer(cfg, sched, cfg.weight_decay), "fast": _optimizer(cfg, half, 0.0)}, fast_labels
+    )
+
+
+def _optimizer(cfg: TrainConfig, sched, weight_decay: float) -> optax.GradientTransformation:
     if cfg.optimizer == "sgd":
         return optax.chain(
-            optax.add_decayed_weights(cfg.weight_decay),
+            optax.add_decayed_weights(weight_decay),
             optax.sgd(sched, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
         )
     if cfg.optimizer == "adamw":
-        return optax.adamw(sched, b1=cfg.momentum, weight_decay=cfg.weight_decay)
-    return optax.chain(optax.add_decayed_weights(cfg.weight_decay), optax.adam(sched, b1=cfg.momentum))
+        return optax.adamw(sched, b1=cfg.momentum, weight_decay=weight_decay)
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(sched, b1=cfg.momentum))
 
 
 @functools.partial(jax.jit, static_argnames=("family", "iters"))
@@ -101,24 +114,31 @@ def lambda_max(family: ModelFamily, variables, x, iters: int = 30, key=None) -> 
     return jnp.sum(jax.jvp(f, (params,), (v,))[1] ** 2) / n
 
 
-def distill_loss(logits, labels, teacher_logits, alpha, tau, mix=None):
+def distill_loss(logits, labels, teacher_logits, alpha, tau, mix=None, kd_logits=None):
     """(1 - alpha) CE(student, y) + alpha tau^2 KL(softmax(teacher/tau) || softmax(student/tau)).
 
     Args:
-      logits: (B, k) student logits. labels: (B,) int. teacher_logits: (B, k).
+      logits: (B, k) student logits, or (M, B, k) for the M members of a BatchEnsemble student (each
+        member's loss, averaged). labels: (B,) int. teacher_logits: (B, k), or (M, B, k): teacher i
+        for member i.
       alpha, tau: scalars; alpha = 0 is plain cross-entropy training.
       mix: mixup's ``(labels_b, lam)``: the cross-entropy is lam CE(y) + (1 - lam) CE(y_b) (the
         teacher's logits are those of the mixed input already).
+      kd_logits: the student's logits on the input of the KD term when it differs from the CE term's
+        (a perturbed input, Nam et al. 2021: the teacher's logits are on it); default ``logits``.
     Returns: the batch mean, a scalar.
     """
+    kd_logits = logits if kd_logits is None else kd_logits
+    labels = jnp.broadcast_to(labels, logits.shape[:-1])
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     if mix is not None:
         labels_b, lam = mix
+        labels_b = jnp.broadcast_to(labels_b, logits.shape[:-1])
         ce = lam * ce + (1 - lam) * optax.softmax_cross_entropy_with_integer_labels(logits, labels_b)
     log_p_t = jax.nn.log_softmax(teacher_logits / tau)
-    log_p_s = jax.nn.log_softmax(logits / tau)
+    log_p_s = jax.nn.log_softmax(kd_logits / tau)
     kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
-    return jnp.mean((1.0 - alpha) * ce + alpha * tau**2 * kl)
+    return jnp.mean((1.0 - alpha) * ce + alpha * tau**2 * kl)  # (B,) or (M, B) each
 
 
 class Members(NamedTuple):
@@ -149,6 +169,7 @@ class Trainer:
     def __init__(
         self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False, augment=None, mesh=None,
         sum_step: str = "joint", mixup: float = 0.0, teacher: ModelFamily | None = None, teacher_rule: str = "logits",
+        perturb=None, memberwise: bool = False,
     ):  # fmt: skip
         """``augment(key, x_batch) -> x_batch``: optional on-device augmentation of each training batch
         (`data.transforms.make_augment`). ``mixup``: Beta(a, a) mixup of each batch after it (0: off).
@@ -159,14 +180,24 @@ class Trainer:
         targets with a transformation are the old, inconsistent practice and mixup needs a teacher.
         ``mesh``: the device mesh of ``mode="shard"`` (default: `sharding.member_mesh()`, all devices).
         ``sum_step``: a summed family (``family.parts``) in sequential mode: ``joint`` (one program of
-        the whole sum, as ``unrolled``) or ``split`` (member by member, `_fit_split`)."""
+        the whole sum, as ``unrolled``) or ``split`` (member by member, `_fit_split`).
+        ``perturb(key, x, teacher_apply, teacher_variables) -> x_tilde``: the KD term's input (an online
+        teacher's stacked members, `engine.perturb`); the CE term keeps the unperturbed batch.
+        ``memberwise``: a BatchEnsemble student (``family.members`` = M) of M teacher members learns
+        member i from teacher i, not every member from their ensemble. A BatchEnsemble family trains each
+        member on the loss (averaged), its fast weights at half the learning rate (`make_optimizer`)."""
         self.family, self.cfg, self.augment, self.mesh, self.sum_step = family, cfg, augment, mesh, sum_step
         self.mixup, self.teacher, self.teacher_rule = float(mixup), teacher, teacher_rule
+        self.perturb, self.memberwise = perturb, memberwise
+        if (perturb is not None or memberwise) and teacher is None:
+            raise ValueError("perturbed or member-wise distillation needs an online teacher (Trainer(teacher=...))")
+        if memberwise and not family.members:
+            raise ValueError(f"member-wise distillation needs a BatchEnsemble student, not {family.name}")
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps = n_train // self.batch_size
         # GD: one lax.scan over epochs
-        self.full_batch = self.batch_size == n_train and augment is None and not self.mixup
-        self.tx = make_optimizer(cfg, self.steps)
+        self.full_batch = self.batch_size == n_train and augment is None and not self.mixup and perturb is None
+        self.tx = make_optimizer(cfg, self.steps, fast_weight_labels if family.members else None)
         self.progress = progress_enabled(progress)
         self._step_cache = {}
         self._scaled = False
@@ -182,10 +213,11 @@ class Trainer:
     # than the same jitted step called from Python (benchmarks/ensemble_members.py), and the
     # step only takes device arrays, so the loop never waits for the host.
     def _view(self, x, y, teacher, ib, key):
-        """One member's training batch: ``(x_b, y_b, teacher logits, mix)``. ``ib``: the batch's
+        """One member's training batch: ``(x_b, y_b, teacher logits, mix, x_kd)``. ``ib``: the batch's
         indices (None: the whole set); ``key``: the step's transformation key; ``teacher``: the fixed
         (N, k) targets, or the online teacher's variables (a list of members), evaluated here on the
-        transformed batch."""
+        transformed batch, or with `perturb` on its perturbation ``x_kd`` (else ``x_kd`` is None: the
+        KD term's input is the batch itself). Member-wise: the teachers' logits stacked (M, B, k)."""
         xb, yb = (x, y) if ib is None else (x[ib], y[ib])
         if self.augment is not None:
             xb = self.augment(key, xb)
@@ -193,26 +225,40 @@ class Trainer:
         if self.mixup:
             xb, perm, lam = mixup(jax.random.fold_in(key, _MIXUP_TAG), xb, self.mixup)
             mix = (yb[perm], lam)
+        x_kd = None
         if self.teacher is not None:
-            outs = [self.teacher.apply(v, xb) for v in teacher]
-            tb = jax.lax.stop_gradient(ensemble_logits(outs, self.teacher_rule))
+            if self.perturb is not None:
+                stacked = jax.tree.map(lambda *a: jnp.stack(a), *teacher)
+                x_kd = jax.lax.stop_gradient(
+                    self.perturb(jax.random.fold_in(key, _PERTURB_TAG), xb, self.teacher.apply, stacked)
+                )
+            outs = [self.teacher.apply(v, xb if x_kd is None else x_kd) for v in teacher]
+            tb = jnp.stack(outs) if self.memberwise else ensemble_logits(outs, self.teacher_rule)
+            tb = jax.lax.stop_gradient(tb)
         else:
             tb = teacher if ib is None else teacher[ib]
-        return xb, yb, tb, mix
+        return xb, yb, tb, mix, x_kd
+
+    def _student(self, variables, x):
+        """The student's logits: (B, k), or (M, B, k) per member of a BatchEnsemble family."""
+        if self.family.members:
+            return self.family.apply_members(variables, x)
+        return self.family.apply(variables, x)
 
     def _step(self, m: int, scaled: bool = False):
-        family, tx = self.family, self.tx
+        tx = self.tx
 
         def step(carries, states, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
             new, losses = [], []
             for i, ((params, opt_state), state) in enumerate(zip(carries, states)):
                 ib = None if idx is None else idx[s, i]  # None: full batch, the whole set in its order
                 key = None if idx is None else jax.random.fold_in(aug_keys[i], s)
-                xb, yb, tb, mix = self._view(x, y, teachers[i], ib, key)
+                xb, yb, tb, mix, x_kd = self._view(x, y, teachers[i], ib, key)
 
-                def loss_fn(p, state=state, xb=xb, yb=yb, tb=tb, mix=mix):
-                    logits = family.apply({"params": p, "state": state}, xb)
-                    return distill_loss(logits, yb, tb, alpha, tau, mix)
+                def loss_fn(p, state=state, xb=xb, yb=yb, tb=tb, mix=mix, x_kd=x_kd):
+                    v = {"params": p, "state": state}
+                    kd = None if x_kd is None else self._student(v, x_kd)
+                    return distill_loss(self._student(v, xb), yb, tb, alpha, tau, mix, kd)
 
                 loss, grads = jax.value_and_grad(loss_fn)(params)
                 updates, opt_state = tx.update(grads, opt_state, params)
@@ -393,7 +439,7 @@ class Trainer:
                 return jax.vjp(lambda p: member.apply({"params": p, "state": state}, xb), params)
 
             def batch(idx, s, x, y, teachers, aug_key):
-                return self._view(x, y, teachers[0], idx[s, 0], jax.random.fold_in(aug_key, s))
+                return self._view(x, y, teachers[0], idx[s, 0], jax.random.fold_in(aug_key, s))[:4]
 
             def head(logits, yb, tb, mix, alpha, tau):
                 g_sum = factor * sum(logits)
@@ -450,7 +496,7 @@ class Trainer:
         for e in range(self.cfg.epochs):
             idx = self._order(dk, e, args[0].shape[0])
             aug = dk  # unused without augmentation
-            if self.augment is not None or self.mixup:  # per member and epoch; the step folds in its index
+            if self.augment is not None or self.mixup or self.perturb is not None:  # the step folds in its index
                 aug = [_augment_key(k, e) for k in dk]
             if stacked:
                 aug = jnp.stack(aug)

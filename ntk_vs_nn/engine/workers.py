@@ -60,7 +60,9 @@ def load_data(path: str):
         from ntk_vs_nn.data import Dataset
 
         with np.load(path, allow_pickle=False) as z:
-            _DATA[path] = Dataset(str(z["name"]), *(z[k] for k in _FIELDS), int(z["num_classes"]))
+            got = z["pixels"] if "pixels" in z.files else np.zeros(0)
+            pixels = tuple(float(v) for v in got) if got.size else None
+            _DATA[path] = Dataset(str(z["name"]), *(z[k] for k in _FIELDS), int(z["num_classes"]), pixels)
     return _DATA[path]
 
 
@@ -81,7 +83,8 @@ class Pool:
             return got[1]
         path = os.path.join(self._dir, f"data-{len(self._staged)}.npz")
         arrays = {k: getattr(data, k) for k in _FIELDS}
-        np.savez(path, name=np.asarray(data.name), num_classes=np.asarray(data.num_classes), **arrays)
+        pixels = np.asarray(data.pixels if data.pixels is not None else [], np.float64)
+        np.savez(path, name=np.asarray(data.name), num_classes=np.asarray(data.num_classes), pixels=pixels, **arrays)
         self._staged[id(data)] = (data, path)  # the reference keeps id() unique while staged
         return path
 

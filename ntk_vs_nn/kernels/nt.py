@@ -87,7 +87,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ntk_vs_nn.config import UserError
-from ntk_vs_nn.models import parse_model_name
+from ntk_vs_nn.models import parse_model_name, split_members
 
 NT_VERSION = "0.6.5"
 INSTALL_HINT = (
@@ -106,6 +106,7 @@ _POST_ACTIVATION = (
 NOT_EXPRESSIBLE = {
     "resnet34": _POST_ACTIVATION,
     "resnet18": _POST_ACTIVATION,  # the same post-activation BasicBlocks (models.BasicResNet)
+    "resnet_cifar": _POST_ACTIVATION,  # ResNet-(6n+2): BasicResNet too
     "plaincnn": "not expressible as an infinite-width neural-tangents kernel: max-pooling has no closed-form "
     "kernel in stax (nor is its flatten + hidden Dense readout mapped here); use SimpleCNN-d-w or ResNet-d-w",
 }
@@ -285,12 +286,12 @@ def nt_train_test(fn: Callable, x_train, x_other, params, tile_size: int = 256):
 
 def supports(model_name: str, norm: str = "layer") -> bool:
     """Whether `infinite_kernel_fn` can express ``model_name``: SimpleCNN-d-w and ResNet-d-w, not
-    ResNet-18/34 or PlainCNN-d-w."""
+    ResNet-18/34, PlainCNN-d-w or BatchEnsemble nets (BE<M>-...)."""
     try:
         kind = parse_model_name(model_name)[0]
     except UserError:
         return False
-    return kind in EXPRESSIBLE and norm in NORMS
+    return kind in EXPRESSIBLE and norm in NORMS and not split_members(model_name)[0]
 
 
 def infinite_kernel_fn(
