@@ -47,6 +47,12 @@ messages: $(STAMP)
 table-multiview table-gaussian table-channels: table-%: $(STAMP)
 	$(PY) -m ntk_vs_nn run $* $(if $(filter command line,$(origin OUT)),--out $(OUT)) $(SETARGS)
 
+# Nam et al.'s diversity-aware distillation (diversity.{md,csv}): Fashion-MNIST at CPU scale by default,
+# DIVERSITY=diversity-cifar10 / diversity-cifar100 for GPUs; output runs/diversity-<preset>
+DIVERSITY ?= diversity
+table-diversity: $(STAMP)
+	$(PY) -m ntk_vs_nn run diversity --preset $(DIVERSITY) $(if $(filter command line,$(origin OUT)),--out $(OUT)) $(SETARGS)
+
 # the ResNet-18/Adam replication (nn table only, replication.{md,csv}): Fashion-MNIST at CPU scale by
 # default, REPLICATION=replication-cifar10 for the recipe's scale (GPUs); output runs/<preset>-<dataset>
 REPLICATION ?= replication

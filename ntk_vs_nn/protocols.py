@@ -294,7 +294,7 @@ class Row:
             return collect
         trainer = self.trainer_for(kind)
         groups = [[j] for j in todo] if self.mode == "sequential" else [todo] if todo else []
-        if teachers is not None and kind == "student" and self.online and self.mode != "sequential":
+        if teachers is not None and kind in ("student", "kd_student") and self.online and self.mode != "sequential":
             sizes = {j: len(teachers[j]) for j in todo}  # fused: students whose teachers have one size
             groups = [[j for j in todo if sizes[j] == n] for n in dict.fromkeys(sizes.values())]
         bar = tqdm(
@@ -366,6 +366,8 @@ class Row:
                         {(k if s == "test" else f"{s}_{k}"): val for k, val in metrics.summary(preds[s], y).items()}
                     )
                 m.update(metrics.calibrated(preds["val"], self.data.y_val, preds["test"], self.data.y_test))
+                if getattr(getattr(trainer, "family", None), "members", 0):  # a BatchEnsemble: its members' diversity
+                    m.update(metrics.diversity(list(trainer.predict_members(v, self.data.x_test))))
                 if teacher_test is not None:  # a student: how faithfully it matches its teacher on test
                     m.update(metrics.fidelity(teacher_test[slot], preds["test"]))
                 # predictions and params first, the record last: a record always has both
@@ -515,7 +517,7 @@ class Row:
     def teacher_inputs(self, teachers, kind):
         """What `Trainer.fit` takes as the teachers of ``teachers`` (one entry per student): stacked
         fixed targets, or for an online teacher each student's list of teacher variables."""
-        if kind == "student" and self.online:
+        if kind in ("student", "kd_student") and self.online:
             return [self.teacher_variables(t) for t in teachers]
         return np.stack(teachers)
 

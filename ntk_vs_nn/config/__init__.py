@@ -156,6 +156,16 @@ class TableConfig:
     #                                  (the teachers are shared) and write kd_inputs.{md,csv}
     reference: str = "paper"  # what the outputs set ours beside: paper (Allen-Zhu & Li's tables) |
     #                           replication (the ResNet-18/Adam replication: replication.{md,csv})
+    diversity: tuple[str, ...] = (  # `ntk-vs-nn run diversity`: the students, as student:perturbation, of
+        "be:none",
+        "be:gaussian",
+        "be:ods",
+        "be:confods",  # the DE-M teachers (be: a BatchEnsemble-M
+        "nn:none",
+        "nn:confods",
+        "ntk:none",
+        "ntk:confods",  # net, member i from teacher i; nn: one net
+    )  # of the ensemble; ntk: one ntk model of the ntk members' ensemble); perturbation: protocol.kd_perturb
 
 
 @dataclass(frozen=True)

@@ -517,6 +517,15 @@ class Trainer:
 
     def predict(self, variables, x) -> np.ndarray:
         """Logits (N, k) of one member on ``x`` (N, ...), in padded chunks (one compiled shape)."""
+        return self._chunked(self._predict, variables, x, 0)
+
+    def predict_members(self, variables, x) -> np.ndarray:
+        """A BatchEnsemble family's per-member logits (M, N, k) on ``x``."""
+        if "members" not in self._step_cache:
+            self._step_cache["members"] = jax.jit(self.family.apply_members)
+        return self._chunked(self._step_cache["members"], variables, x, 1)
+
+    def _chunked(self, fn, variables, x, axis):
         bs = min(self.cfg.eval_batch_size, len(x))
         out = []
         for start in range(0, len(x), bs):
@@ -524,5 +533,6 @@ class Trainer:
             pad = bs - len(chunk)
             if pad:
                 chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-            out.append(np.asarray(self._predict(variables, jnp.asarray(chunk)))[: bs - pad])
-        return np.concatenate(out)
+            got = np.asarray(fn(variables, jnp.asarray(chunk)))
+            out.append(got[: bs - pad] if axis == 0 else got[:, : bs - pad])
+        return np.concatenate(out, axis=axis)

@@ -31,6 +31,7 @@ REGISTRY = {
     "multiview": "ntk_vs_nn.experiments.multiview",
     "gaussian": "ntk_vs_nn.experiments.gaussian",
     "channels": "ntk_vs_nn.experiments.channels",
+    "diversity": "ntk_vs_nn.experiments.diversity",
 }
 
 

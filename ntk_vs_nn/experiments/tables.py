@@ -154,6 +154,10 @@ def _write_kd_inputs(cfg: Config, records, out: str) -> str:
     df = distillation.compare(records, hashes, fams, models, m.n_boot, m.boot_seed, m.level)
     header = f"Dataset `{cfg.dataset}`, preset `{cfg.preset}`, teachers `{cfg.teacher_hash()}`, "
     header += f"students {', '.join(f'{v}: `{c.science_hash()}`' for v, c in named.items())}."
+    if "auto" in named:  # what auto means for these teachers
+        t = cfg.train
+        seen = "clean inputs" if t.augment == "none" and not t.mixup else f"augment {t.augment}, mixup {t.mixup:g}"
+        header += f" kd_inputs auto: as the teachers train ({seen})."
     md = distillation.markdown(df, header)
     atomic_write(os.path.join(out, "kd_inputs.csv"), df.to_csv(index=False))
     atomic_write(os.path.join(out, "kd_inputs.md"), md)
