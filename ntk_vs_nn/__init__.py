@@ -5,9 +5,10 @@ The public API (everything else is internal and may change):
 
 - configs: `Config` (the tables experiment's sections), `get_preset`, `PRESETS`, `override`
   (``section.field=value`` items), `UserError`;
-- data: `load_dataset`, `Dataset`; models: `build_model`;
+- data: `load_dataset`, `Dataset`; models: `build_model`, the BatchEnsemble layers `BEDense`, `BEConv`;
+- metrics: the module `metrics` (`nll`, `brier`, `ece`, `calibrate`, `dee`, `disagreement`, ... on logits);
 - families: `ModelFamily`, `network`, `linearized`, `last_layer`, `summed`, `make_family`;
-- engine: `Trainer`, `distill_loss`;
+- engine: `Trainer`, `distill_loss`, `perturb` (Gaussian / ODS / ConfODS distillation inputs);
 - kernels: `empirical_ntk_fn` (empirical NTK of any Flax apply function), `nngp_fn`,
   `head_features`;
 - protocols: `PROTOCOLS`, `run_row` (single, ensemble, train-sum, KD, SD of one family and model);
@@ -32,6 +33,9 @@ _EXPORTS = {
     "load_dataset": "ntk_vs_nn.data",
     "Dataset": "ntk_vs_nn.data",
     "build_model": "ntk_vs_nn.models",
+    "BEDense": "ntk_vs_nn.models.batch_ensemble",
+    "BEConv": "ntk_vs_nn.models.batch_ensemble",
+    "perturb": "ntk_vs_nn.engine.perturb",
     "ModelFamily": "ntk_vs_nn.families",
     "network": "ntk_vs_nn.families",
     "linearized": "ntk_vs_nn.families",
@@ -49,8 +53,9 @@ _EXPORTS = {
     "load_config": "ntk_vs_nn.experiments",
 }
 _RENAMED = {"EXPERIMENTS": ("ntk_vs_nn.experiments", "REGISTRY"), "get_experiment": ("ntk_vs_nn.experiments", "get")}
+_MODULES = {"metrics": "ntk_vs_nn.metrics"}
 
-__all__ = sorted([*_EXPORTS, *_RENAMED])
+__all__ = sorted([*_EXPORTS, *_RENAMED, *_MODULES])
 
 
 def __getattr__(name: str):
@@ -59,6 +64,8 @@ def __getattr__(name: str):
     if name in _RENAMED:
         module, attr = _RENAMED[name]
         return getattr(importlib.import_module(module), attr)
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     raise AttributeError(f"module 'ntk_vs_nn' has no attribute {name!r}")
 
 

@@ -22,7 +22,8 @@ def test_every_public_name_resolves():
         assert getattr(ntk_vs_nn, name) is not None, name
     with pytest.raises(AttributeError):
         ntk_vs_nn.not_a_name  # noqa: B018
-    assert set(ntk_vs_nn.EXPERIMENTS) == {"tables", "multiview", "gaussian", "channels"}
+    assert set(ntk_vs_nn.EXPERIMENTS) == {"tables", "multiview", "gaussian", "channels", "diversity"}
+    assert ntk_vs_nn.metrics.dee(0.4, [0.5, 0.4, 0.3]) == 2.0
 
 
 def test_import_starts_no_jax():

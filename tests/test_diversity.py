@@ -10,18 +10,11 @@ import pytest
 
 from ntk_vs_nn.cli import main
 
-SETS = ["data.n_train=100", "data.n_test=60", "train.epochs=1", "run.replicates=2", "table.nn_models=PlainCNN-1-0.25",
-        "run.workers=1", "run.progress=false", "protocol.members=3", "table.diversity=be:none,be:confods,ntk:confods",
-        "kernel.weights_lr=0.002"]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def div(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("div"))
-    argv = ["run", "diversity", "--out", out]
-    for s in SETS:
-        argv += ["--set", s]
-    assert main(argv) == 0
+    assert main(["run", "diversity", "--preset", "smoke", "--out", out]) == 0  # 3 teachers, 2 seeds
     return out
 
 

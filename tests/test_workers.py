@@ -26,11 +26,17 @@ def _row(tmp_path, name, family, cfg, data, pool=None):
     return store, {r["unit"]: r for r in store.records()}
 
 
-@pytest.mark.parametrize("family,kd_inputs", [("nn", "auto"), ("ntk", "auto"), ("nn", "augment_mixup")])
-def test_worker_units_equal_in_process_units_bit_for_bit(tmp_path, tiny_cfg, tiny_data, pool, family, kd_inputs):
+@pytest.mark.parametrize(
+    "family,kd_inputs,extra",
+    [("nn", "auto", {}), ("ntk", "auto", {}), ("nn", "augment_mixup", {}),
+     ("nn", "auto", {"kd_student": "BE3-SimpleCNN-3-1", "kd_perturb": "confods"}),
+     ("ntk", "auto", {"kd_perturb": "ods"})],
+)  # fmt: skip
+def test_worker_units_equal_in_process_units_bit_for_bit(tmp_path, tiny_cfg, tiny_data, pool, family, kd_inputs, extra):
     """augment_mixup: online-teacher students (shift + noise, then mixup), the teacher loaded from its
-    checkpoint in the worker."""
-    protocol = dataclasses.replace(tiny_cfg.protocol, kd_students=2, kd_inputs=kd_inputs)
+    checkpoint in the worker; a BatchEnsemble KD student distilled member-wise on ConfODS inputs; ntk
+    students on ODS inputs (the ntk teachers' input gradients)."""
+    protocol = dataclasses.replace(tiny_cfg.protocol, kd_students=2, kd_inputs=kd_inputs, **extra)
     cfg = dataclasses.replace(tiny_cfg, protocol=protocol)
     here, recs_here = _row(tmp_path, "here", family, cfg, tiny_data)
     there, recs_there = _row(tmp_path, "there", family, cfg, tiny_data, pool)

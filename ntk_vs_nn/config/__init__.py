@@ -330,10 +330,13 @@ class Config:
         leaves out the fields added in generation g and later while they hold their neutral value;
         then the teacher hash and its older forms (the same generations). Records under any of these
         hashes belong to this config."""
-        gens = range(len(_ADDED_LATER), -1, -1)
-        forms = [self._hash(g) for g in gens]
-        teachers = [self._hash(g, students=False) for g in gens if g >= _TEACHER_HASH_SINCE]
-        return tuple(dict.fromkeys(forms + teachers))
+        forms = [self._hash(g) for g in range(len(_ADDED_LATER), -1, -1)]
+        return tuple(dict.fromkeys(forms + list(self.teacher_hashes())))
+
+    def teacher_hashes(self) -> tuple[str, ...]:
+        """The teacher hash, then its older forms (one per generation of fields since it exists)."""
+        gens = range(len(_ADDED_LATER), _TEACHER_HASH_SINCE - 1, -1)
+        return tuple(dict.fromkeys(self._hash(g, students=False) for g in gens))
 
     def _hash(self, generations: int, students: bool = True) -> str:
         """The hash as it was when only the first ``generations`` generations of fields existed;

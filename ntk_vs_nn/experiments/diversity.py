@@ -167,10 +167,28 @@ def diversity_preset(dataset: str = "fashion_mnist") -> Config:
     )
 
 
+def smoke() -> Config:
+    """Seconds: what the tests run (3 teachers, 1 epoch, 100 images; numbers meaningless)."""
+    cfg = diversity_preset()
+    return dataclasses.replace(
+        cfg,
+        preset="smoke",
+        data=DataConfig(n_train=100, n_test=60),
+        train=TrainConfig(epochs=1),
+        protocol=dataclasses.replace(cfg.protocol, members=3),
+        kernel=KernelConfig(weights_lr=0.002),
+        table=dataclasses.replace(
+            cfg.table, nn_models=("PlainCNN-1-0.25",), diversity=("be:none", "be:confods", "ntk:confods")
+        ),
+        run=RunConfig(replicates=2, workers=1, progress=False),
+    )
+
+
 PRESETS = {
     "diversity": diversity_preset,
     "diversity-cifar10": lambda: diversity_preset("cifar10"),
     "diversity-cifar100": lambda: diversity_preset("cifar100"),
+    "smoke": smoke,
 }
 
 EXPERIMENT = Experiment(

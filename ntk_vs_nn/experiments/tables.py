@@ -152,8 +152,10 @@ def _write_kd_inputs(cfg: Config, records, out: str) -> str:
     models = tuple(dict.fromkeys((*cfg.table.nn_models, *cfg.table.ntk_models)))
     m = cfg.messages
     df = distillation.compare(records, hashes, fams, models, m.n_boot, m.boot_seed, m.level)
-    header = f"Dataset `{cfg.dataset}`, preset `{cfg.preset}`, teachers `{cfg.teacher_hash()}`, "
-    header += f"students {', '.join(f'{v}: `{c.science_hash()}`' for v, c in named.items())}."
+    recorded = {r.get("config_hash") for r in records}
+    shown = lambda forms: next((x for x in forms if x in recorded), forms[0])  # noqa: E731 - as `write` names them
+    header = f"Dataset `{cfg.dataset}`, preset `{cfg.preset}`, teachers `{shown(cfg.teacher_hashes())}`, "
+    header += f"students {', '.join(f'{v}: `{shown(c.science_hashes())}`' for v, c in named.items())}."
     if "auto" in named:  # what auto means for these teachers
         t = cfg.train
         seen = "clean inputs" if t.augment == "none" and not t.mixup else f"augment {t.augment}, mixup {t.mixup:g}"
