@@ -17,8 +17,7 @@ import json
 import os
 import time
 
-import numpy as np
-
+from ntk_vs_nn.analysis.metrics import accuracy
 from ntk_vs_nn.config import apply_overrides
 from ntk_vs_nn.config.presets import get_preset
 from ntk_vs_nn.data import load_dataset
@@ -26,10 +25,6 @@ from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import make_family
 from ntk_vs_nn.protocols import Row
 from ntk_vs_nn.store import Store, provenance
-
-
-def accuracy(logits, y):
-    return float(100.0 * np.mean(np.argmax(logits, -1) == y))
 
 
 def students(cfg, data, out, budgets):
