@@ -8,10 +8,12 @@ the field's type; unknown keys are errors. Every choice PROTOCOLS.md leaves open
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 from ntk_vs_nn.config.base import (
     LATER_SECTION_FIELDS,
+    IntervalConfig,
     UserError,
     from_dict,
     hash_dict,
@@ -190,12 +192,14 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class MessagesConfig:
+class MessagesConfig(IntervalConfig):
+    """The verdicts' settings: the paired bootstrap of every comparison (`IntervalConfig`: n_boot draws,
+    level, boot_seed), the noise band of older records, the chance flag."""
+
+    SECTION: typing.ClassVar[str] = "messages"
+
     noise_sigma: float = 0.5  # records without test correctness (older runs): noise band =
     noise_floor: float = 0.1  # max(noise_sigma * sigma_single, noise_floor), accuracy points
-    n_boot: int = 2000  # paired bootstrap draws of every comparison's confidence interval
-    level: float = 0.95  # its confidence level
-    boot_seed: int = 0  # its random draws
     chance_margin: float = 5.0  # a unit whose train accuracy is within this many points of the
     #                             majority-class share never left chance: flagged, its verdicts inconclusive
 
@@ -271,8 +275,6 @@ class Config:
             )
         if self.kernel.weights_lr < 0 or self.kernel.gp_lr < 0:
             raise UserError("kernel.weights_lr and kernel.gp_lr must be >= 0 (0 = train.lr, kernel.weights_lr)")
-        if self.messages.n_boot < 100 or not 0.5 < self.messages.level < 1.0:
-            raise UserError("messages.n_boot must be >= 100 and messages.level in (0.5, 1)")
         if self.train.lr <= 0:
             raise UserError(f"train.lr must be > 0, got {self.train.lr}")
 

@@ -23,13 +23,16 @@ class UserError(Exception):
 class IntervalConfig:
     """The bootstrap settings of a claims section (as the tables' `messages` section): draws, level, seed."""
 
+    SECTION: typing.ClassVar[str] = "claim"  # the section's name in error messages
+
     n_boot: int = 2000  # bootstrap draws of every claim's confidence interval
     level: float = 0.95  # their confidence level
     boot_seed: int = 0  # their random draws
 
     def __post_init__(self):
         if self.n_boot < 100 or not 0.5 < self.level < 1.0:
-            raise UserError("claim.n_boot must be >= 100 and claim.level in (0.5, 1)")
+            s = self.SECTION
+            raise UserError(f"{s}.n_boot must be >= 100 and {s}.level in (0.5, 1)")
 
 
 # Fields added to a section class after experiments hashed it, with the value that reproduces the
