@@ -63,7 +63,7 @@ def test_whole_widen_factors_stay_ints(name):
         "PlainCNN-0-1",
         "PlainCNN-2-0",
         "PlainCNN-2",
-        "PlainCNN-2-0.5",
+        "PlainCNN-2-0.3",
     ],
 )
 def test_parse_model_name_rejects_bad_names_listing_valid_forms(name):

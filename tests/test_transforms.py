@@ -137,9 +137,9 @@ def test_mixup_target_is_the_teacher_on_the_mixed_input(tiny_data, tiny_cfg, mon
     seen = []
     real = trainer_mod.distill_loss
 
-    def spy(logits, labels, teacher_logits, alpha, tau, mix=None):
+    def spy(logits, labels, teacher_logits, alpha, tau, mix=None, kd_logits=None):
         jax.debug.callback(lambda *a: seen.append([np.asarray(v) for v in a]), teacher_logits, labels, mix[0], mix[1])
-        return real(logits, labels, teacher_logits, alpha, tau, mix)
+        return real(logits, labels, teacher_logits, alpha, tau, mix, kd_logits)
 
     monkeypatch.setattr(trainer_mod, "distill_loss", spy)
     student = Trainer(fam, cfg, len(tiny_data.x_train), mixup=1.0, teacher=fam)
