@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
 import sys
 import time
 from typing import Callable
@@ -224,10 +225,36 @@ class Row:
 
     def _done(self, protocol, member):
         rec = next((self.known[u] for u in self._unit_ids(protocol, member) if u in self.known), None)
+        if rec is None and protocol in TEACHER_PROTOCOLS:
+            return self._adopt(protocol, member)
         if rec is None or rec["status"] not in ("ok", "diverged"):
             return None
         preds = self.store.load_predictions(rec["unit"]) if rec["status"] == "ok" else {}
         return None if preds is None else (rec, preds)
+
+    def _adopt(self, protocol, member):
+        """A teacher unit recorded before units had a teacher hash, by a config that differs from this
+        one only in fields students read (e.g. the same teachers under kd_inputs=auto, in a store made
+        before ``protocol.kd_inputs`` existed): the teachers read none of those fields, so it is this
+        unit. Its predictions and checkpoint are copied to this unit's path and its record is written
+        again under the teacher hash (``adopted_from`` names the original), so it trains nothing."""
+        for h in self.cfg.neutral_student_hashes():
+            old = unit_id(h, self.family_name, self.model, protocol, member)
+            rec = self.known.get(old)
+            preds = self.store.load_predictions(old) if rec is not None and rec["status"] == "ok" else None
+            if preds is None:
+                continue
+            new = self._unit(protocol, member)
+            self.store.save_predictions(new, preds)
+            src, dst = self.store.checkpoint_path(old), self.store.checkpoint_path(new)
+            if os.path.isdir(src) and not os.path.isdir(dst) and self.store.writer:
+                shutil.copytree(src, dst)
+            keep = {k: rec[k] for k in ("n_params", "group_wall_s") if k in rec}
+            got = self.record(protocol, member, "ok", rec["metrics"], rec.get("wall_s", 0.0), test_logits=preds["test"],
+                              adopted_from=old, **keep)  # fmt: skip
+            self.log(f"  {self.family_name} {self.model} {protocol} {member}: adopted from {old}")
+            return got, preds
+        return None
 
     # -- training units -------------------------------------------------------------------------
     def train(self, units, init_keys, data_keys, kind="teacher", teachers=None, alpha=0.0, tau=1.0, teacher_test=None):

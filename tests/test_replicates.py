@@ -172,3 +172,24 @@ def test_message_intervals_are_the_paired_bootstrap_of_the_records(two):
     ens = [r["metrics"]["acc"] for r in recs if r["protocol"] == "ensemble"]
     hand = (np.mean(kd) - np.mean(singles)) - (np.mean(ens) - np.mean(singles)) / 2  # from the recorded accuracies
     assert row.d == pytest.approx(hand, abs=1e-9)
+
+
+def test_teachers_recorded_before_the_teacher_hash_are_adopted_not_retrained(tmp_path, monkeypatch):
+    """A store made before units had a teacher hash names its teachers by the full config hash; a config
+    that differs only in a later student field (kd_inputs=mixup) adopts them (predictions, checkpoint,
+    record under its teacher hash) instead of training them again, and its online teachers load."""
+    from ntk_vs_nn.config import Config
+
+    out = str(tmp_path / "old")
+    with monkeypatch.context() as m:  # the old naming
+        m.setattr(Config, "teacher_hash", lambda self: self.science_hash())
+        assert main(["table", "nn", "--preset", "smoke", "--out", out, *FAST]) == 0
+    old = {r["unit"]: r for r in records(out)}
+    assert main(["table", "nn", "--preset", "smoke", "--out", out, *FAST, "--set", "protocol.kd_inputs=mixup"]) == 0
+    new = records(out)[len(old) :]
+    teachers = [r for r in new if r["protocol"] in ("single", "train_sum")]
+    assert len(teachers) == 4 and all(r.get("adopted_from") in old for r in teachers)
+    for r in teachers:
+        assert r["metrics"] == old[r["adopted_from"]]["metrics"] and r["unit"] not in old
+    students = [r for r in new if r["protocol"] in ("kd", "sd") and r["status"] == "ok"]
+    assert len(students) == 3 and not any("adopted_from" in r for r in students)  # trained, on mixup inputs

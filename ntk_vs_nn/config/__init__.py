@@ -335,6 +335,22 @@ class Config:
         forms = [self._hash(g) for g in range(len(_ADDED_LATER), -1, -1)]
         return tuple(dict.fromkeys(forms + list(self.teacher_hashes())))
 
+    def neutral_student_hashes(self) -> tuple[str, ...]:
+        """The hash forms of this config with the student fields added with the teacher hash or later at
+        their neutral values (a store made before the teacher hash cannot have recorded other values),
+        when that differs from this config (else none): where such a store holds this config's teacher
+        units (`protocols.Row._adopt`)."""
+        neutral = {}
+        for added in _ADDED_LATER[_TEACHER_HASH_SINCE - 1 :]:
+            for (section, name), value in added.items():
+                if name in STUDENT_FIELDS.get(section, ()):
+                    neutral.setdefault(section, {})[name] = value
+        sections = {s: dataclasses.replace(getattr(self, s), **kw) for s, kw in neutral.items()}
+        base = dataclasses.replace(self, **sections)
+        if base == self:
+            return ()
+        return tuple(dict.fromkeys(base._hash(g) for g in range(len(_ADDED_LATER), -1, -1)))
+
     def teacher_hashes(self) -> tuple[str, ...]:
         """The teacher hash, then its older forms (one per generation of fields since it exists)."""
         gens = range(len(_ADDED_LATER), _TEACHER_HASH_SINCE - 1, -1)
