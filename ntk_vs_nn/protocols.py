@@ -93,6 +93,7 @@ class Row:
             )
         self.student_augment, self.student_mixup, self.online = None, 0.0, False
         self._teacher_vars = {}
+        check_students(cfg, model)
         kd_model = cfg.protocol.kd_student or model
         if self.backend != "weights":  # function space: no network training, no augmentation
             parse_model_name(model)
@@ -145,31 +146,17 @@ class Row:
         perturbed = p.kd_perturb != "none"
         if perturbed and self.backend != "weights":
             raise UserError(f"protocol.kd_perturb={p.kd_perturb}: {self.family_name} in function space has no inputs")
-        memberwise = self.memberwise()
+        memberwise = self.memberwise()  # (with a fixed teacher: `check_students` refused it, as perturbed)
         online = p.teacher == "online" or (p.teacher == "auto" and (transformed or perturbed or memberwise))
         if mix and not online:
             raise UserError("mixup inputs need protocol.teacher=online (a fixed target belongs to an unmixed input)")
-        if (perturbed or memberwise) and not online:
-            raise UserError(
-                "perturbed (protocol.kd_perturb) or member-wise distillation needs protocol.teacher=online: "
-                "the teachers are evaluated on the student's input"
-            )
         if online and self.backend == "weights" and not self.cfg.run.checkpoints:
             raise UserError("an online teacher is loaded from its checkpoint: needs run.checkpoints=true")
         return aug, mix, online and self.backend == "weights"
 
     def memberwise(self) -> bool:
-        """Whether the KD students learn member i from teacher i (`protocol.kd_memberwise`): a
-        BatchEnsemble-M student of M teachers (auto), or as asked (an error when it cannot)."""
-        fam = getattr(self, "kd_fam", None)
-        m, L = (fam.members if fam is not None else 0), self.cfg.protocol.members
-        want = self.cfg.protocol.kd_memberwise
-        if want == "on" and m != L:
-            raise UserError(
-                f"protocol.kd_memberwise=on needs a BatchEnsemble-{L} student (protocol.kd_student=BE{L}-...) "
-                f"for the L = {L} teachers"
-            )
-        return want == "on" or (want == "auto" and m > 0 and m == L)
+        """Whether this row's KD students learn member i from teacher i (`memberwise`)."""
+        return memberwise(self.cfg, self.model)
 
     def perturbation(self):
         """``protocol.kd_perturb`` as the trainer's ``perturb(key, x, teacher_apply, teachers)``, or None.
@@ -562,6 +549,33 @@ class Row:
             out.append({"params": jax.tree.map(jax.numpy.asarray, params), "state": state})
             self._teacher_vars[i] = out[-1]
         return out
+
+
+def memberwise(cfg: Config, model: str) -> bool:
+    """Whether the KD students of row ``model`` learn member i from teacher i (`protocol.kd_memberwise`):
+    ``on``, or ``auto`` for a BatchEnsemble-L student (``protocol.kd_student``, else the row's net) of the
+    L teachers."""
+    p = cfg.protocol
+    m = split_members(p.kd_student or model)[0]
+    return p.kd_memberwise == "on" or (p.kd_memberwise == "auto" and m > 0 and m == p.members)
+
+
+def check_students(cfg: Config, model: str) -> None:
+    """The students' settings of row ``model`` that cannot work, from the config alone: `Row` checks
+    them, and the experiments' ``prepare`` before anything is written."""
+    p = cfg.protocol
+    kd_model = p.kd_student or model
+    parse_model_name(kd_model)
+    if p.kd_memberwise == "on" and split_members(kd_model)[0] != p.members:
+        raise UserError(
+            f"protocol.kd_memberwise=on needs a BatchEnsemble-{p.members} student "
+            f"(protocol.kd_student=BE{p.members}-...) for the L = {p.members} teachers"
+        )
+    if (p.kd_perturb != "none" or memberwise(cfg, model)) and p.teacher == "fixed":
+        raise UserError(
+            "perturbed (protocol.kd_perturb) or member-wise distillation needs protocol.teacher=online: "
+            "the teachers are evaluated on the student's input"
+        )
 
 
 def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, log=lambda s: None, pool=None) -> None:

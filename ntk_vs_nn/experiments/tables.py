@@ -75,23 +75,16 @@ def prepare(cfg: Config, which: tuple[str, ...] = TABLES, executor: str = "local
 
 
 def check_students(cfg: Config, which=TABLES) -> None:
-    """The students' settings that `protocols.Row` would reject, before anything is written."""
-    from ntk_vs_nn.models import parse_model_name, split_members
+    """The students' settings that `protocols.Row` would reject (`protocols.check_students` for every
+    row's network), before anything is written."""
+    from ntk_vs_nn.models import split_members
+    from ntk_vs_nn.protocols import check_students as check_row
 
+    for w in which:
+        for model in families(cfg, w)[1]:
+            check_row(cfg, model)
     p = cfg.protocol
     members = split_members(p.kd_student)[0] if p.kd_student else 0
-    if p.kd_student:
-        parse_model_name(p.kd_student)
-    if (p.kd_perturb != "none" or p.kd_memberwise == "on") and p.teacher == "fixed":
-        raise UserError(
-            "perturbed (protocol.kd_perturb) or member-wise distillation needs protocol.teacher=online: "
-            "the teachers are evaluated on the student's input"
-        )
-    if p.kd_memberwise == "on" and members != p.members:
-        raise UserError(
-            f"protocol.kd_memberwise=on needs a BatchEnsemble-{p.members} student "
-            f"(protocol.kd_student=BE{p.members}-...) for the L = {p.members} teachers"
-        )
     if members and "ntk" in which and any(f in KERNEL_FAMILIES for f in cfg.table.ntk_families):
         raise UserError(f"protocol.kd_student={p.kd_student}: BatchEnsemble students are nets (family nn), not kernels")
 

@@ -97,28 +97,11 @@ CONVS = {"xla": lax.conv_general_dilated, "matmul": matmul_conv}  # run.conv: ho
 
 def _conv(features, ndim, stride=1, kernel=3, name=None, dtype=None, conv="xla", use_bias=False, members=0):
     """A SAME convolution: `nn.Conv`, or with ``members`` > 0 the `BEConv` of that many members."""
+    kw = dict(strides=(stride,) * ndim, padding="SAME", use_bias=use_bias, name=name, dtype=dtype,
+              conv_general_dilated=CONVS[conv])  # fmt: skip
     if members:
-        return BEConv(
-            features,
-            (kernel,) * ndim,
-            members,
-            strides=(stride,) * ndim,
-            padding="SAME",
-            use_bias=use_bias,
-            name=name,
-            dtype=dtype,
-            conv_general_dilated=CONVS[conv],
-        )
-    return nn.Conv(
-        features,
-        (kernel,) * ndim,
-        strides=(stride,) * ndim,
-        padding="SAME",
-        use_bias=use_bias,
-        name=name,
-        dtype=dtype,
-        conv_general_dilated=CONVS[conv],
-    )
+        return BEConv(features, (kernel,) * ndim, members, **kw)
+    return nn.Conv(features, (kernel,) * ndim, **kw)
 
 
 class _Block(nn.Module):

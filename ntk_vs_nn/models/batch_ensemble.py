@@ -62,6 +62,18 @@ def _check_batch(x, members: int, layer: str) -> None:
         )
 
 
+def _params(layer, window: tuple, c_in: int, x):
+    """A BE layer's params (the shared kernel of shape window + (C_in, C_out), fast_in, fast_out, the
+    optional per-member bias) and its input, promoted to the compute dtype as flax does."""
+    kernel = layer.param("kernel", layer.kernel_init, window + (c_in, layer.features), layer.param_dtype)
+    r = layer.param("fast_in", layer.fast_init, (layer.members, c_in), layer.param_dtype)
+    s = layer.param("fast_out", layer.fast_init, (layer.members, layer.features), layer.param_dtype)
+    b = None
+    if layer.use_bias:
+        b = layer.param("bias", nn.initializers.zeros_init(), (layer.members, layer.features), layer.param_dtype)
+    return promote_dtype(x, kernel, r, s, b, dtype=layer.dtype)
+
+
 def _per_member(x, scale, shift=None):
     """``x * scale[m] (+ shift[m])`` on member m's rows of a member-major x (M*B, ..., C); scale, shift (M, C)."""
     m = scale.shape[0]
@@ -96,14 +108,7 @@ class BEDense(nn.Module):
     @nn.compact
     def __call__(self, x):
         _check_batch(x, self.members, f"BEDense {self.name}")
-        c_in = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, (c_in, self.features), self.param_dtype)
-        r = self.param("fast_in", self.fast_init, (self.members, c_in), self.param_dtype)
-        s = self.param("fast_out", self.fast_init, (self.members, self.features), self.param_dtype)
-        b = None
-        if self.use_bias:
-            b = self.param("bias", nn.initializers.zeros_init(), (self.members, self.features), self.param_dtype)
-        x, kernel, r, s, b = promote_dtype(x, kernel, r, s, b, dtype=self.dtype)
+        x, kernel, r, s, b = _params(self, (), x.shape[-1], x)
         y = lax.dot_general(_per_member(x, r), kernel, (((x.ndim - 1,), (0,)), ((), ())), precision=self.precision)
         return _per_member(y, s, b)
 
@@ -147,14 +152,7 @@ class BEConv(nn.Module):
                 f"BEConv {self.name}: input {tuple(x.shape)} (batch, *spatial, channels) does not match "
                 f"kernel_size {self.kernel_size} and strides {self.strides}"
             )
-        c_in = x.shape[-1]
-        kernel = self.param("kernel", self.kernel_init, window + (c_in, self.features), self.param_dtype)
-        r = self.param("fast_in", self.fast_init, (self.members, c_in), self.param_dtype)
-        s = self.param("fast_out", self.fast_init, (self.members, self.features), self.param_dtype)
-        b = None
-        if self.use_bias:
-            b = self.param("bias", nn.initializers.zeros_init(), (self.members, self.features), self.param_dtype)
-        x, kernel, r, s, b = promote_dtype(x, kernel, r, s, b, dtype=self.dtype)
+        x, kernel, r, s, b = _params(self, window, x.shape[-1], x)
         spec = (0, nd + 1, *range(1, nd + 1))  # channels last, flax's dimension numbers
         dn = lax.ConvDimensionNumbers(spec, (nd + 1, nd, *range(nd)), spec)
         y = self.conv_general_dilated(
