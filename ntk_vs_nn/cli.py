@@ -169,13 +169,23 @@ def _run(args) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception:
+        # A Ctrl-C inside library cleanup (zipfile's close after the KeyboardInterrupt, seen in CI)
+        # surfaces as that library's own error: it is still the interrupt, not a failure.
+        if not INTERRUPTED.is_set():
+            raise
+        _interrupted()
     except KeyboardInterrupt:
-        print("interrupted: finished units are recorded; rerun the same command to resume", file=sys.stderr)
-        sys.stderr.flush()
-        sys.stdout.flush()
-        # Records are fsynced; exit now rather than wait for worker threads (orbax's) that an
-        # interrupt may have left blocked.
-        os._exit(130)
+        _interrupted()
+
+
+def _interrupted():
+    print("interrupted: finished units are recorded; rerun the same command to resume", file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    # Records are fsynced; exit now rather than wait for worker threads (orbax's) that an
+    # interrupt may have left blocked.
+    os._exit(130)
 
 
 if __name__ == "__main__":

@@ -226,3 +226,34 @@ def test_missing_image_data_says_how_to_get_it(tmp_path, dataset, env):
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     assert ("cifar-10-binary.tar.gz" in lines[0]) if dataset == "cifar10" else ("get_fashion_mnist" in lines[0])
     assert not out.exists()
+
+
+_CLEANUP_ERROR = """
+import os, signal, sys
+from ntk_vs_nn import cli
+
+def command(args):  # like np.savez_compressed: Ctrl-C inside, then the library's cleanup fails
+    try:
+        if {interrupt}:
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        raise ValueError("Can't close the ZIP file while there is an open writing handle on it")
+
+cli.COMMANDS["presets"] = command
+sys.exit(cli.main(["presets"]))
+"""
+
+
+@pytest.mark.parametrize("interrupt", [True, False])
+def test_ctrl_c_inside_a_library_cleanup_is_still_an_interrupt(interrupt):
+    """A KeyboardInterrupt that a library's cleanup turns into its own error (CI saw zipfile's
+    ValueError) exits 130 with the resume line; the same error without Ctrl-C stays a failure."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _CLEANUP_ERROR.format(interrupt=interrupt)],
+        capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: __import__("signal").signal(__import__("signal").SIGINT, __import__("signal").SIG_DFL),
+    )  # fmt: skip
+    if interrupt:
+        assert proc.returncode == 130 and "rerun the same command to resume" in proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 1 and "ValueError" in proc.stderr and "resume" not in proc.stderr, proc.stderr
