@@ -403,15 +403,18 @@ class Row:
         return out
 
     # -- the protocols -------------------------------------------------------------------------
-    def single(self, L=None):
+    def single(self, L=None, wait=True):
+        """L single members (``protocol.members``); ``wait=False``: started (with a worker pool they
+        train beside whatever else is submitted), returns the function that waits for them."""
         L = L or self.cfg.protocol.members
         units = [("single", i) for i in range(L)]
-        got = self.train(
+        pending = self.train_async(
             units,
             [rng.member_key(self.root, "init", i) for i in range(L)],
             [rng.member_key(self.root, "data", i) for i in range(L)],
         )
-        return [got[u] for u in units]
+        done = lambda: [got[u] for got in [pending()] for u in units]  # noqa: E731
+        return done if not wait else done()
 
     def ensemble(self, singles, protocol="ensemble"):
         """Combine members; record accuracy (and by size 1..L); return the combined predictions."""
@@ -465,19 +468,22 @@ class Row:
         return Trainer(fam, self.cfg.train_for(self.family_name), len(self.data.x_train), self.cfg.run.progress,
                        self.augment, sum_step=self.cfg.run.sum_step, mixup=self.mixup)  # fmt: skip
 
-    def students(self, singles, ens, which=("kd", "sd")):
+    def students(self, singles, ens, which=("kd", "sd"), wait=True):
         """K KD students of the ensemble (student k: its own init and data order) and SD student s
         of single member s, trained together for ``protocol.student_epochs`` epochs (kernel
         families: ``kernel.student_epochs``; function space: ``kernel.student_steps`` steps; 0: as
         the teachers); ``which``: only these of the two. KD students of another network
         (``protocol.kd_student``) train apart from the SD students.
 
-        A student whose teacher is missing (diverged, oom) is recorded as skipped."""
+        A student whose teacher is missing (diverged, oom) is recorded as skipped. ``wait=False``:
+        started, returns the function that waits for them (as `single`)."""
         p = self.cfg.protocol
         other = self.backend == "weights" and self.kd_fam is not self.fam and "kd" in which
         if other and len(which) > 1:
-            got = self.students(singles, ens, ("kd",))
-            return {**got, **self.students(singles, ens, tuple(w for w in which if w != "kd"))}
+            kd = self.students(singles, ens, ("kd",), wait=False)
+            rest = self.students(singles, ens, tuple(w for w in which if w != "kd"), wait=False)
+            done = lambda: {**kd(), **rest()}  # noqa: E731
+            return done if not wait else done()
         kind = "kd_student" if other else "student"
         units, teachers, teacher_test, init_keys, data_keys = [], [], [], [], []
         candidates = [("kd", k, ens) for k in range(p.kd_students) if "kd" in which] + [
@@ -500,12 +506,13 @@ class Row:
             init_keys.append(rng.member_key(self.root, protocol, i))
             data_keys.append(rng.member_key(self.root, f"{protocol}_data", i))
         if not units:
-            return {}
+            return (lambda: {}) if not wait else {}
         tau = self.cfg.kd_tau_for(self.data.num_classes)
-        return self.train(
+        pending = self.train_async(
             units, init_keys, data_keys, kind=kind, teachers=teachers, alpha=p.kd_alpha, tau=tau,
             teacher_test=teacher_test,
         )  # fmt: skip
+        return pending if not wait else pending()
 
     def student_trainer(self, kd: bool = False):
         """The teachers' trainer, or one with the students' own budget, inputs and teacher; ``kd``: the

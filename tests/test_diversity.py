@@ -57,3 +57,20 @@ def test_bad_entries_are_one_line_errors(tmp_path, capsys):
     assert rc == 2 and "table.diversity entry 'be:sideways'" in capsys.readouterr().err
     rc = main(["run", "diversity", "--out", str(tmp_path / "y"), "--set", "table.nn_models=BE4-PlainCNN-2-1"])
     assert rc == 2 and "plain nets" in capsys.readouterr().err
+
+
+def test_two_workers_match_one_process_bit_for_bit(div, tmp_path):
+    """With a worker pool each stage is submitted before it is waited for (the teachers of both
+    families beside the BatchEnsemble, then every student): the units equal the in-process run's."""
+    from ntk_vs_nn.store import Store
+
+    out = str(tmp_path / "w2")
+    sets = ["--set", "run.workers=2", "--set", "run.replicates=1"]
+    assert main(["run", "diversity", "--preset", "smoke", *sets, "--out", out]) == 0
+    recs = [r for r in _records(out) if r["status"] == "ok" and r["protocol"] != "ensemble"]
+    assert len(recs) == 2 * 3 + 1 + 3  # seed 0: nn and ntk teachers, the BatchEnsemble, three students
+    ours, ref = Store(out), Store(div)
+    for r in recs:
+        a, b = np.load(ours.unit_path(r["unit"])), np.load(ref.unit_path(r["unit"]))
+        for split in ("train", "val", "test"):
+            np.testing.assert_array_equal(a[split], b[split], err_msg=f"{r['unit']} {split}")

@@ -107,18 +107,25 @@ def run(cfg: Config, store, log=lambda s: None, data=None, **_) -> None:
             log(f"replicate {r + 1}/{cfg.run.replicates}: root seed {rcfg.run.seed}")
             rdata = data if r == 0 else load_dataset(cfg.dataset, cfg.data, rcfg.run.seed)
             row = lambda fam, c, m=model: Row(fam, m, c, rdata, store, log, pool)  # noqa: E731
+            # Everything of a stage is submitted before waiting, so a worker pool runs it side by
+            # side: the teachers of both families and the BatchEnsemble from scratch, then every student.
+            families = ("nn", "ntk") if any(s == "ntk" for s, _ in pairs) else ("nn",)
+            started = {fam: row(fam, rcfg) for fam in families}
+            waiting = {fam: t.single(wait=False) for fam, t in started.items()}
+            scratch = row("nn", rcfg, be_model(rcfg)).single(1, wait=False)  # the BatchEnsemble alone
             teachers = {}
-            for fam in ("nn", "ntk") if any(s == "ntk" for s, _ in pairs) else ("nn",):
-                t = row(fam, rcfg)
-                singles = t.single()
+            for fam, t in started.items():
+                singles = waiting[fam]()
                 teachers[fam] = (singles, t.ensemble(singles))
-            row("nn", rcfg, be_model(rcfg)).single(1)  # the BatchEnsemble trained from scratch
+            waits = [scratch]
             for student, kind in pairs:
                 fam = "ntk" if student == "ntk" else "nn"
-                singles, ens = teachers[fam]
-                row(fam, student_config(rcfg, student, kind)).students(singles, ens, ("kd",))
-                if INTERRUPTED.is_set():
-                    raise KeyboardInterrupt
+                students = row(fam, student_config(rcfg, student, kind))
+                waits.append(students.students(*teachers[fam], ("kd",), wait=False))
+            for wait in waits:
+                wait()
+            if INTERRUPTED.is_set():
+                raise KeyboardInterrupt
 
 
 def write(cfg: Config, store) -> Written:
