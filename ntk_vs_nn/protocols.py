@@ -413,8 +413,12 @@ class Row:
             [rng.member_key(self.root, "init", i) for i in range(L)],
             [rng.member_key(self.root, "data", i) for i in range(L)],
         )
-        done = lambda: [got[u] for got in [pending()] for u in units]  # noqa: E731
-        return done if not wait else done()
+
+        def done():
+            got = pending()  # once: it waits for the units and logs them
+            return [got[u] for u in units]
+
+        return _settle(done, wait)
 
     def ensemble(self, singles, protocol="ensemble"):
         """Combine members; record accuracy (and by size 1..L); return the combined predictions."""
@@ -448,7 +452,7 @@ class Row:
         pending = self.train_async(
             [("train_sum", 0)], [rng.stream(self.root, "init")], [rng.member_key(self.root, "data", 0)], kind="sum"
         )
-        return (lambda: pending()[("train_sum", 0)]) if not wait else pending()[("train_sum", 0)]
+        return _settle(lambda: pending()[("train_sum", 0)], wait)
 
     def trainer_for(self, kind: str):
         """The trainer of ``kind``: ``teacher`` (single members), ``sum`` (the train-sum model),
@@ -482,8 +486,7 @@ class Row:
         if other and len(which) > 1:
             kd = self.students(singles, ens, ("kd",), wait=False)
             rest = self.students(singles, ens, tuple(w for w in which if w != "kd"), wait=False)
-            done = lambda: {**kd(), **rest()}  # noqa: E731
-            return done if not wait else done()
+            return _settle(lambda: {**kd(), **rest()}, wait)
         kind = "kd_student" if other else "student"
         units, teachers, teacher_test, init_keys, data_keys = [], [], [], [], []
         candidates = [("kd", k, ens) for k in range(p.kd_students) if "kd" in which] + [
@@ -506,13 +509,13 @@ class Row:
             init_keys.append(rng.member_key(self.root, protocol, i))
             data_keys.append(rng.member_key(self.root, f"{protocol}_data", i))
         if not units:
-            return (lambda: {}) if not wait else {}
+            return _settle(dict, wait)
         tau = self.cfg.kd_tau_for(self.data.num_classes)
         pending = self.train_async(
             units, init_keys, data_keys, kind=kind, teachers=teachers, alpha=p.kd_alpha, tau=tau,
             teacher_test=teacher_test,
         )  # fmt: skip
-        return pending if not wait else pending()
+        return _settle(pending, wait)
 
     def student_trainer(self, kd: bool = False):
         """The teachers' trainer, or one with the students' own budget, inputs and teacher; ``kd``: the
@@ -556,6 +559,12 @@ class Row:
             out.append({"params": jax.tree.map(jax.numpy.asarray, params), "state": state})
             self._teacher_vars[i] = out[-1]
         return out
+
+
+def _settle(done: Callable, wait: bool):
+    """A protocol's result: ``done()`` (the function that waits for its units), or with ``wait=False``
+    ``done`` itself, for the caller to call once it has submitted everything else."""
+    return done() if wait else done
 
 
 def memberwise(cfg: Config, model: str) -> bool:

@@ -26,17 +26,9 @@ import numpy as np
 from ntk_vs_nn import experiments
 from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.data import load_dataset
-from ntk_vs_nn.engine.perturb import perturb
+from ntk_vs_nn.engine.perturb import choose_teacher, perturb, perturb_keys
 from ntk_vs_nn.protocols import Row
 from ntk_vs_nn.store import Store
-
-
-def _probs(logits):
-    return np.asarray(jax.nn.softmax(jnp.asarray(logits), axis=-1))
-
-
-def _kl(p, q):
-    return float(np.mean(np.sum(p * (np.log(p + 1e-12) - np.log(q + 1e-12)), axis=-1)))
 
 
 def main(argv=None) -> int:
@@ -59,8 +51,8 @@ def main(argv=None) -> int:
     scale, offset = data.pixels or (1.0, 0.0)
     clip = (0.0, 1.0) if data.pixels else None
     tau = rcfg.kd_tau_for(data.num_classes)
-    clean = [_probs(apply(v, x)) for v in teachers]
-    div = metrics.diversity([np.log(p) for p in clean])
+    clean = [np.asarray(apply(v, x)) for v in teachers]
+    div = metrics.diversity(clean)
     out = [{"kind": "clean", "eta": 0.0, "disagree": div["disagreement"], "pair_kl": div["pairwise_kl"]}]
     for eta_s in args.eta:
         eta = float(fractions.Fraction(eta_s))
@@ -71,15 +63,14 @@ def main(argv=None) -> int:
                 key = jax.random.fold_in(jax.random.key(args.seed), b)
                 xt = perturb(kind, key, xb, row.fam.apply, stacked, tau=tau, eta=eta, scale=scale, offset=offset,
                              clip=clip)  # fmt: skip
-                m = int(jax.random.randint(jax.random.split(key, 3)[0], (), 0, len(teachers)))
+                m = int(choose_teacher(perturb_keys(key)[0], len(teachers)))  # the teacher perturb used
                 for i, v in enumerate(teachers):
-                    outs[i].append(_probs(apply(v, xt)))
-                own = range(len(teachers)) if kind == "gaussian" else [m]
-                for i in own:
-                    p, q = clean[i][b : b + 250], outs[i][-1]
-                    moved_kl.append(_kl(p, q))
-                    moved_top.append(float(np.mean(p.argmax(-1) != q.argmax(-1))) * 100)
-            div = metrics.diversity([np.log(np.concatenate(o)) for o in outs])
+                    outs[i].append(np.asarray(apply(v, xt)))
+                for i in range(len(teachers)) if kind == "gaussian" else [m]:
+                    f = metrics.fidelity(clean[i][b : b + 250], outs[i][-1])
+                    moved_kl.append(f["kl_teacher"])
+                    moved_top.append(100.0 - f["agreement"])
+            div = metrics.diversity([np.concatenate(o) for o in outs])
             out.append({"kind": kind, "eta": eta_s, "kl_own": float(np.mean(moved_kl)),
                         "moved": float(np.mean(moved_top)), "disagree": div["disagreement"],
                         "pair_kl": div["pairwise_kl"]})  # fmt: skip
