@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -131,17 +132,32 @@ def summed(family: ModelFamily, n: int, scale: str = "mean", stacked: bool = Fal
     return ModelFamily(f"{family.name}_sum{n}", init, apply, None if stacked else (family, n, factor))
 
 
+@functools.cache
+def cpu_has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this machine's CPU has AVX-512 (``avx512f`` among the flags of ``cpuinfo``; False where
+    there is no such file)."""
+    try:
+        with open(cpuinfo) as f:
+            return any(ln.startswith("flags") and "avx512f" in ln.split() for ln in f)
+    except OSError:
+        return False
+
+
 def resolve_conv(conv: str, mode: str, ndim: int = 1) -> str:
     """``run.conv=auto`` -> ``matmul`` on a CPU for members vmapped (a batched matrix product took
-    0.75x the time of the grouped convolutions vmap makes: results/benchmarks/ensemble_members.json)
-    and for 2-D networks (the 2-D ResNet-10-1 trained at 322 img/s against 212 with XLA's
-    convolutions: results/benchmarks/peer_pytorch.json, an AVX2 CPU), else ``xla`` (1-D networks one
-    by one or unrolled: XLA's convolution was faster, 3.66 s against 7.29 s unrolled with matmul)."""
+    0.75x the time of the grouped convolutions vmap makes: results/benchmarks/ensemble_members.json),
+    and for 2-D networks on a CPU without AVX-512 (session 7's AVX2 machine: the 2-D ResNet-10-1 at
+    322 img/s against 212 with XLA's convolution, results/benchmarks/peer_pytorch.json); else ``xla``:
+    1-D networks one by one or unrolled (3.66 s against 7.29 s unrolled with matmul), and 2-D networks
+    where the CPU has AVX-512 (matmul took 1.1-1.9x XLA's time for every 2-D net the presets train:
+    results/benchmarks/conv_choice.json)."""
     if conv != "auto":
         return conv
     if jax.default_backend() != "cpu":
         return "xla"
-    return "matmul" if mode in ("vmap", "shard") or ndim == 2 else "xla"
+    if mode in ("vmap", "shard"):
+        return "matmul"
+    return "matmul" if ndim == 2 and not cpu_has_avx512() else "xla"
 
 
 def make_family(

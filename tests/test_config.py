@@ -268,6 +268,7 @@ def test_replication_presets_follow_the_recipe_and_fmnist_meets_the_premise_sett
     assert cpu.dataset == "fashion_mnist" and cpu.protocol == gpu.protocol and cpu.table.reference == "replication"
     fm = get_preset("fmnist")
     assert fm.table.nn_models == ("PlainCNN-2-1",) and fm.model.norm == "none" and fm.data.n_train == 20000
+    assert fm.protocol.kd_students == 3  # a KD verdict needs more than one student
     assert get_preset("fmnist-full").data.n_train == 0
 
 

@@ -448,13 +448,27 @@ def test_matmul_conv_refuses_what_it_does_not_compute_and_bad_names():
         override(Config(), ["run.conv=fft"])
 
 
-def test_run_conv_auto_is_matmul_for_vmapped_members_and_2d_nets_on_a_cpu():
+@pytest.mark.parametrize("avx512", [True, False])
+def test_run_conv_auto_is_matmul_for_vmapped_members_and_for_2d_nets_only_without_avx512(monkeypatch, avx512):
+    from ntk_vs_nn import families
     from ntk_vs_nn.protocols import resolve_conv
 
+    monkeypatch.setattr(families, "cpu_has_avx512", lambda: avx512)
     assert resolve_conv("auto", "vmap") == resolve_conv("auto", "shard") == "matmul"  # the tests run on CPU
-    assert resolve_conv("auto", "sequential", 2) == resolve_conv("auto", "unrolled", 2) == "matmul"
+    two_d = "xla" if avx512 else "matmul"
+    assert resolve_conv("auto", "sequential", 2) == resolve_conv("auto", "unrolled", 2) == two_d
     assert resolve_conv("auto", "sequential", 1) == resolve_conv("auto", "unrolled", 1) == "xla"
     assert resolve_conv("xla", "vmap", 2) == "xla" and resolve_conv("matmul", "sequential", 1) == "matmul"
+
+
+def test_cpu_has_avx512_reads_the_cpu_flags(tmp_path):
+    from ntk_vs_nn.families import cpu_has_avx512
+
+    for flags, want in (("fpu avx avx2 avx512f avx512bw", True), ("avx2 avx512_vnni fma", False), (None, False)):
+        info = tmp_path / f"cpuinfo-{want}-{flags is None}"
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n" if flags else "processor\t: 0\n")
+        assert cpu_has_avx512(str(info)) is want, flags
+    assert cpu_has_avx512(str(tmp_path / "missing")) is False
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 1), (2, 7, 6, 3), (2, 28, 28, 2)])

@@ -179,7 +179,8 @@ class RunConfig:
     #                   process, 0 = one per core, N; each worker runs single-threaded XLA
     conv: str = "auto"  # how convolutions are computed: xla (lax.conv_general_dilated) | matmul (one
     #                     matrix product of shifted windows, models/conv.py) | auto: on a CPU matmul
-    #                     for vmapped members and 2-D nets, xla otherwise (measured: families.resolve_conv)
+    #                     for vmapped members and 2-D nets without AVX-512, xla otherwise (measured:
+    #                     families.resolve_conv)
     sum_step: str = "joint"  # the train-sum model in sequential mode: joint (one program of all L
     #                          members) | split (member by member: faster single-threaded, slower
     #                          with 2 threads here; benchmarks/ensemble_members.py)

@@ -105,6 +105,7 @@ def fmnist_premise(full: bool = False) -> Config:
     20 for both, at half the cost. Cost, measured: ~27 s per nn epoch alone on one core (ntk ~1.5x, gp
     ~0.45x), i.e. hours for both tables on this CPU (results/fmnist-sizing/README.md), not the 90 minutes
     aimed at.
+    K = 3 KD students per replicate (as quick): a verdict on KD never rests on one draw of a student.
     ``full``: all 60,000 training images (6,000 validate), for GPUs (the mark there is >= 93 % test)."""
     return Config(
         preset="fmnist-full" if full else "fmnist",
@@ -112,6 +113,7 @@ def fmnist_premise(full: bool = False) -> Config:
         data=DataConfig(n_train=0 if full else 20000, n_test=0),
         model=ModelConfig(norm="none"),
         train=TrainConfig(epochs=20),
+        protocol=ProtocolConfig(kd_students=3),
         kernel=KernelConfig(epochs=10, weights_lr=0.005, gp_lr=0.05),
         table=TableConfig(nn_models=("PlainCNN-2-1",), ntk_models=("PlainCNN-2-1",), ntk_families=("ntk", "gp")),
         run=RunConfig(workers=1 if full else 0),

@@ -1,4 +1,5 @@
-"""Convolution as a matrix product: ``run.conv=matmul`` (``auto``: vmapped members and 2-D nets on a CPU).
+"""Convolution as a matrix product: ``run.conv=matmul`` (``auto``: on a CPU for vmapped members, and
+for 2-D nets where the CPU has no AVX-512).
 
 `matmul_conv` has `jax.lax.conv_general_dilated`'s signature (Flax's ``nn.Conv`` takes it as its
 ``conv_general_dilated``) and computes the same convolution as one matrix product of shifted input
@@ -12,8 +13,10 @@ Whether it is faster is measured, not assumed (``make bench``, this project's AV
 1-D ResNet-10-1 members trained in 0.75x the time of the grouped convolutions (10.29 vs 13.63 s,
 benchmarks/ensemble_members.py), the 2-D ResNet-10-1 at 1.52x the images/s of XLA's convolution
 (322 vs 212, benchmarks/peer_pytorch.py); but XLA's convolution stayed faster for 1-D networks one by
-one or unrolled (unrolled 7.29 vs 5.72 s). So ``run.conv=auto`` picks ``matmul`` on a CPU for vmapped
-members and 2-D networks (`families.resolve_conv`). It changes rounding, not the model: like
+one or unrolled (unrolled 7.29 vs 5.72 s); on the AVX-512 CPU of later sessions XLA's convolution is
+also 1.1-1.9x faster for every 2-D net one by one (benchmarks/conv_choice.py). So ``run.conv=auto``
+picks ``matmul`` on a CPU for vmapped members, and for 2-D nets only on a CPU without AVX-512
+(`families.resolve_conv`). It changes rounding, not the model: like
 ``run.members`` it is outside the config hash. Equal to
 ``lax.conv_general_dilated`` in float64 for 1-D and 2-D, strides, padding and kernel dilation
 (tests/test_models.py).
