@@ -102,9 +102,11 @@ def fmnist_premise(full: bool = False) -> Config:
     88.60 % test after 10 epochs, 99.24 / 89.05 after 20 (lr 0.01 overshoots in the first epoch); gp lr 0.05:
     82.53 / 80.79 after 5 epochs, 83.65 / 81.21 after 20 (lr 0.2 reaches the same loss, 0.445 against 0.448:
     gp is at its capacity, a linear model on 128 frozen features). 10 epochs are within 0.5 test points of
-    20 for both, at half the cost. Cost, measured: ~27 s per nn epoch alone on one core (ntk ~1.5x, gp
-    ~0.45x), i.e. hours for both tables on this CPU (results/fmnist-sizing/README.md), not the 90 minutes
-    aimed at.
+    20 for both, at half the cost. Cost, measured: ~27 s per nn epoch alone on one core with matrix-product
+    convolutions (ntk ~1.5x, gp ~0.45x; results/fmnist-sizing/README.md); with XLA's convolutions (run.conv=auto
+    on an AVX-512 CPU since session 11) a 20-epoch member took 311 s in each of two single-threaded
+    workers (15.5 s per epoch; 99.73-99.97 % train, 90.45-90.50 % test), so the nn table with its three
+    kd_inputs variants is ~2.4 h and the kernel table ~2.5 h on this CPU, not the 90 minutes aimed at.
     K = 3 KD students per replicate (as quick): a verdict on KD never rests on one draw of a student.
     ``full``: all 60,000 training images (6,000 validate), for GPUs (the mark there is >= 93 % test)."""
     return Config(
