@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from _common import write
 
-from ntk_vs_nn.families import resolve_conv
+from ntk_vs_nn.families import cpu_flags, resolve_conv
 from ntk_vs_nn.models import build_model
 
 BATCH, CALLS, REPEATS = 128, 5, 3
@@ -36,16 +36,13 @@ NETS = (
 
 
 def cpu() -> str:
-    """The CPU's model name and its AVX extensions (from /proc/cpuinfo where there is one)."""
+    """The CPU's model name and its AVX extensions (`families.cpu_flags`)."""
     try:
         with open("/proc/cpuinfo") as f:
-            info = f.read()
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
     except OSError:
-        return platform.processor()
-    name = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
-    flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    avx = sorted(f for f in set(flags) if f.startswith("avx"))
-    return f"{name} ({' '.join(avx)})"
+        name = platform.processor()
+    return f"{name} ({' '.join(sorted(f for f in cpu_flags() if f.startswith('avx')))})"
 
 
 def grad_ms(name: str, norm: str, conv: str) -> float:

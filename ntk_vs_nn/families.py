@@ -133,14 +133,18 @@ def summed(family: ModelFamily, n: int, scale: str = "mean", stacked: bool = Fal
 
 
 @functools.cache
-def cpu_has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """Whether this machine's CPU has AVX-512 (``avx512f`` among the flags of ``cpuinfo``; False where
-    there is no such file)."""
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags (the ``flags`` line of ``cpuinfo``; empty where there is no such file)."""
     try:
         with open(cpuinfo) as f:
-            return any(ln.startswith("flags") and "avx512f" in ln.split() for ln in f)
+            return frozenset(next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), ()))
     except OSError:
-        return False
+        return frozenset()
+
+
+def cpu_has_avx512(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this machine's CPU has AVX-512 (``avx512f`` among `cpu_flags`)."""
+    return "avx512f" in cpu_flags(cpuinfo)
 
 
 def resolve_conv(conv: str, mode: str, ndim: int = 1) -> str:
