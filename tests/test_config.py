@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from ntk_vs_nn import config
 from ntk_vs_nn.config import Config, UserError, apply_overrides
 
 
@@ -134,6 +135,21 @@ def test_science_hash_ignores_table_layout_and_execution(item):
     assert apply_overrides(Config(), [item]).science_hash() == Config().science_hash()
 
 
+@pytest.mark.parametrize(
+    "unread, reader",
+    [("protocol.kd_eta=0.03", "protocol.kd_perturb=gaussian"), ("protocol.kd_mixup=0.2", "protocol.kd_inputs=mixup")],
+)
+def test_a_field_nothing_reads_leaves_the_hash_alone_until_its_reader_is_on(unread, reader):
+    """kd_eta only matters to a perturbation, kd_mixup only to mixup inputs: a plain-KD student of a
+    kd_eta sweep is the same unit as the default's; once the reader is on, the value counts. Records
+    made under the old hash (the value in it) are still found (`science_hashes`)."""
+    base, read = Config(), apply_overrides(Config(), [reader])
+    assert apply_overrides(base, [unread]).science_hash() == base.science_hash()
+    assert apply_overrides(read, [unread]).science_hash() != read.science_hash()
+    legacy = apply_overrides(base, [unread])._hash(len(config._ADDED_LATER), unread=False)
+    assert legacy != base.science_hash() and legacy in apply_overrides(base, [unread]).science_hashes()
+
+
 def test_science_hash_is_stable_across_instances():
     assert Config().science_hash() == Config().science_hash()
 
@@ -236,7 +252,7 @@ def test_student_fields_leave_the_teacher_hash_alone_and_teacher_fields_change_i
     cfg = Config()
     for sets in (["protocol.kd_inputs=mixup"], ["protocol.teacher=online"], ["protocol.kd_alpha=0.5"],
                  ["protocol.kd_students=3"], ["protocol.student_epochs=90"], ["kernel.student_epochs=5"],
-                 ["protocol.kd_mixup=0.2"], ["protocol.sd_students=2"]):  # fmt: skip
+                 ["protocol.kd_inputs=mixup", "protocol.kd_mixup=0.2"], ["protocol.sd_students=2"]):  # fmt: skip
         other = apply_overrides(cfg, sets)
         assert other.science_hash() != cfg.science_hash(), sets
         assert other.teacher_hash() == cfg.teacher_hash(), sets

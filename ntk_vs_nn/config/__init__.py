@@ -331,9 +331,11 @@ class Config:
     def science_hashes(self) -> tuple[str, ...]:
         """The hash, then the older forms: for each generation g of `_ADDED_LATER`, the hash that
         leaves out the fields added in generation g and later while they hold their neutral value;
-        then the teacher hash and its older forms (the same generations). Records under any of these
-        hashes belong to this config."""
-        forms = [self._hash(g) for g in range(len(_ADDED_LATER), -1, -1)]
+        then the same with the fields nothing reads as they were set (records made before
+        `_UNREAD_DEFAULTS`); then the teacher hash and its older forms (the same generations). Records
+        under any of these hashes belong to this config."""
+        gens = range(len(_ADDED_LATER), -1, -1)
+        forms = [self._hash(g) for g in gens] + [self._hash(g, unread=False) for g in gens]
         return tuple(dict.fromkeys(forms + list(self.teacher_hashes())))
 
     def neutral_student_hashes(self) -> tuple[str, ...]:
@@ -357,13 +359,21 @@ class Config:
         gens = range(len(_ADDED_LATER), _TEACHER_HASH_SINCE - 1, -1)
         return tuple(dict.fromkeys(self._hash(g, students=False) for g in gens))
 
-    def _hash(self, generations: int, students: bool = True) -> str:
+    def _hash(self, generations: int, students: bool = True, unread: bool = True) -> str:
         """The hash as it was when only the first ``generations`` generations of fields existed;
-        ``students=False``: the teacher hash (student fields left out, marked as such)."""
+        ``students=False``: the teacher hash (student fields left out, marked as such); ``unread=False``:
+        the form from before fields nothing reads were set to their defaults (`_UNREAD_DEFAULTS`)."""
         d = self.to_dict()
         for key in ("preset", "table", "messages"):
             d.pop(key)
         d["run"] = {"seed": self.run.seed}
+        # fields read only under another field's value: at their default otherwise, so setting one
+        # where nothing reads it shares the units (plain KD students of a kd_eta sweep, say)
+        p = d["protocol"]
+        if unread and p["kd_perturb"] == "none":
+            p["kd_eta"] = _UNREAD_DEFAULTS["kd_eta"]
+        if unread and p["kd_inputs"] not in ("mixup", "augment_mixup"):
+            p["kd_mixup"] = _UNREAD_DEFAULTS["kd_mixup"]
         if self.kernel.backend == "weights":  # only the kernel families' weight-space budget counts
             d["kernel"] = {k: d["kernel"][k] for k in _WEIGHTS_KERNEL_FIELDS}
         else:
@@ -411,6 +421,7 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
         ("kernel", "gp_lr"): 0.0,
     },
 ]
+_UNREAD_DEFAULTS = {"kd_eta": ProtocolConfig.kd_eta, "kd_mixup": ProtocolConfig.kd_mixup}
 _TEACHER_HASH_SINCE = 6  # the generation of fields the teacher hash was introduced with (older forms: none)
 # The fields only KD and SD students read: left out of the teachers' hash (`Config.teacher_hash`).
 STUDENT_FIELDS = {
