@@ -344,6 +344,44 @@ def test_data_parallel_members_over_cpu_devices_equal_one_device(model):
         np.testing.assert_allclose(two[fam]["losses"], one[fam]["losses"], rtol=1e-5)
 
 
+SPLIT_SUM = r"""
+import dataclasses, json, sys
+sys.path.insert(0, "tests")
+import jax, numpy as np
+from conftest import make_tiny_config, make_tiny_dataset
+from ntk_vs_nn.engine.trainer import Trainer
+from ntk_vs_nn.families import make_family, summed
+
+data, cfg = make_tiny_dataset(), make_tiny_config()
+tc = dataclasses.replace(cfg.train, epochs=2, batch_size=16)
+fam = summed(make_family("nn", "SimpleCNN-3-1", data.num_classes, data.spatial_ndim, cfg), 3)
+t = Trainer(fam, tc, len(data.x_train), sum_step="split")
+fwd, batch, *rest = t._split_fns()
+seen = []
+def watched(*a):
+    out = batch(*a)
+    seen.append(len(out[0].sharding.device_set))
+    return out
+t._step_cache["split"] = (fwd, watched, *rest)
+got = t.fit([jax.random.key(1)], [jax.random.key(3)], data.x_train, data.y_train, mode="sequential")
+leaf = jax.tree.leaves(got.variables[0]["params"])[0]
+print("RESULT " + json.dumps({
+    "pred": np.asarray(t.predict(got.variables[0], data.x_test)).tolist(), "losses": got.losses.tolist(),
+    "batch_devices": seen[0], "params_devices": len(leaf.sharding.device_set),
+}))
+"""
+
+
+def test_split_train_sum_over_cpu_devices_equals_one_device():
+    """run.sum_step=split on a host split into 2 CPU devices: each batch is split over them like the
+    joint program's (it ignored run.cpu_devices before), the params come back on one device, and the
+    numbers equal a one-device process's (float32 reassociation only)."""
+    one, two = _run_script(SPLIT_SUM, 1), _run_script(SPLIT_SUM, 2)
+    assert (one["batch_devices"], two["batch_devices"], two["params_devices"]) == (1, 2, 1)
+    assert np.abs(np.asarray(one["pred"]) - np.asarray(two["pred"])).max() < ATOL * 10
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
+
+
 def test_host_devices_are_configured_only_before_jax_starts(monkeypatch):
     from ntk_vs_nn.engine import host as cli
 

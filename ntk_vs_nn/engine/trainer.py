@@ -460,16 +460,24 @@ class Trainer:
 
     def _fit_split(self, variables, data_keys, x, y, teachers, alpha, tau, scales, t0, desc) -> Members:
         """`fit` of one summed family (``family.parts``) in sequential mode; the joint program's numbers
-        up to float rounding (tests/test_engine.py)."""
+        up to float rounding (tests/test_engine.py). On a host split into several CPU devices each batch
+        is split over them, as in `fit` (params replicated, back on one device at the end)."""
         fwd, batch, head, back, update = self._split_fns()
         (v,) = variables
         params, states = jax.tree.map(jnp.copy, v["params"]), v["state"]
         opt_state = self._opt_init(v["params"])
+        dp = sharding.data_mesh(self.batch_size)
+        if dp is not None:
+            x, y, teachers, params, states, opt_state = sharding.replicate(
+                (x, y, teachers, params, states, opt_state), dp
+            )
         bar = tqdm(total=self.cfg.epochs, desc=desc, leave=False, disable=not self.progress)
         losses = []
         for e in range(self.cfg.epochs):
             idx = self._order(data_keys, e, x.shape[0])
             aug = _augment_key(data_keys[0], e)
+            if dp is not None:  # (steps, 1, batch): the batch axis over the data devices
+                idx, aug = sharding.shard(idx, dp, 2), sharding.replicate(aug, dp)
             epoch_losses = []
             for s in range(self.steps):
                 xb, yb, tb, mix = batch(idx, s, x, y, teachers, aug)
@@ -482,6 +490,8 @@ class Trainer:
             losses.append(jnp.stack(epoch_losses).mean())
             bar.update(1)
         bar.close()
+        if dp is not None:  # ordinary single-device arrays again, as the other modes give
+            params = jax.device_put(params, jax.local_devices()[0])
         jax.block_until_ready(params)
         out = [{"params": params, "state": v["state"]}]
         return Members(out, np.asarray(jnp.stack(losses))[None], time.perf_counter() - t0)
