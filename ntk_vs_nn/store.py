@@ -228,8 +228,14 @@ def _git_sha() -> str:
     return (sha or "unknown") + ("+dirty" if dirty else "")
 
 
+# The checkout's HEAD (and whether tracked files differ from it) when this process loaded the suite.
+# The code that runs is the code imported then: a commit made while a long run goes on must not
+# relabel the records written after it (one run's records once named three commits that way).
+LOADED_GIT_SHA = _git_sha()
+
+
 def provenance() -> dict:
-    """Versions, device, git SHA and host of this process (computed once per run)."""
+    """Versions, device, git SHA (as loaded: `LOADED_GIT_SHA`) and host of this process."""
     import jax
 
     versions = {"python": platform.python_version()}
@@ -242,7 +248,7 @@ def provenance() -> dict:
     return {
         "versions": versions,
         "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')} x{jax.device_count()}",
-        "git_sha": _git_sha(),
+        "git_sha": LOADED_GIT_SHA,
         "host": platform.node(),
     }
 

@@ -58,6 +58,20 @@ def test_messages_written_for_both_tables(smoke_out):
     assert set(df.verdict) <= {"holds", "fails", "inconclusive"}
 
 
+def test_provenance_names_the_commit_the_process_loaded_not_the_head_at_record_time(monkeypatch):
+    """A commit made during a long run must not relabel the records written after it: a record's git
+    SHA is the checkout's HEAD when the process loaded the suite, not when the record was written."""
+    from ntk_vs_nn import store
+
+    loaded = store.LOADED_GIT_SHA
+    here = os.path.dirname(store.__file__)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True)
+    if head.returncode == 0:  # a git checkout: the loaded SHA is its HEAD (the tests commit nothing)
+        assert loaded.split("+")[0] == head.stdout.strip()
+    monkeypatch.setattr(store, "_git_sha", lambda: "f" * 40)  # HEAD moved on after the import
+    assert store.provenance()["git_sha"] == loaded
+
+
 def test_records_carry_provenance_and_tables_follow_records(smoke_out):
     recs = read_records(smoke_out)
     for key in (
