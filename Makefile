@@ -81,6 +81,7 @@ bench: $(STAMP) install-nt $(VENV)/.installed-bench
 	cd benchmarks && ../$(PY) ensemble_members.py
 	cd benchmarks && ../$(PY) conv_choice.py
 	cd benchmarks && ../$(PY) linearized_step.py
+	cd benchmarks && ../$(PY) online_teacher.py
 	cd benchmarks && ../$(PY) train_throughput.py
 	cd benchmarks && ../$(PY) kernels_impl.py
 	cd benchmarks && ../$(PY) kernels.py
