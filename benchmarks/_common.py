@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import time
 
 import jax
 
@@ -13,6 +14,19 @@ OUT = os.path.join(ROOT, "results", "benchmarks")
 def device() -> str:
     d = jax.devices()[0]
     return f"{d.platform}:{getattr(d, 'device_kind', '')} x{jax.device_count()} ({os.cpu_count()} cpus)"
+
+
+def best_of(fn, repeats: int) -> dict:
+    """run_s: the fastest of ``repeats`` timed calls of ``fn`` after one (compiling) call; compile_s."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):  # interference only slows a run down
+        t0 = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t0)
+    return {"run_s": min(runs), "compile_s": first - min(runs)}
 
 
 def write(name: str, value: float, unit: str, goal: float, ratio: float, holds: bool, **extra) -> dict:

@@ -30,6 +30,7 @@ import os
 import sys
 import time
 
+import _common
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -82,16 +83,8 @@ def _setup(conv="xla"):
 
 
 def best_of(fn) -> dict:
-    """run_s: the fastest of REPEATS timed calls of ``fn`` after one (compiling) call; compile_s."""
-    t0 = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t0
-    runs = []
-    for _ in range(REPEATS):  # interference only slows a run down
-        t0 = time.perf_counter()
-        fn()
-        runs.append(time.perf_counter() - t0)
-    return {"run_s": round(min(runs), 2), "compile_s": round(first - min(runs), 2)}
+    """`_common.best_of` with this benchmark's REPEATS, rounded to 10 ms."""
+    return {k: round(v, 2) for k, v in _common.best_of(fn, REPEATS).items()}
 
 
 _WORKER = {}

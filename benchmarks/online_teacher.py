@@ -17,13 +17,14 @@ beside it. Writes results/benchmarks/online_teacher.json.
 """
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
-from _common import write
+import numpy as np
+from _common import best_of, write
 
 from ntk_vs_nn import rng
+from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config.presets import get_preset
 from ntk_vs_nn.data.transforms import crop_pad_for, make_augment
 from ntk_vs_nn.engine.trainer import Trainer
@@ -41,27 +42,30 @@ def main():
     x = jax.random.uniform(kx, (N_TRAIN, SIZE, SIZE, 1), jnp.float32)
     y = jax.random.randint(ky, (N_TRAIN,), 0, CLASSES)
     root = rng.root_key(0)
-    alpha, tau = cfg.protocol.kd_alpha, cfg.kd_tau_for(CLASSES)
+    alpha, tau, rule = cfg.protocol.kd_alpha, cfg.kd_tau_for(CLASSES), cfg.protocol.ensemble_rule
+    aug = make_augment("crop_flip", 2, SIZE, crop_pad_for(SIZE))
+    keys = [rng.member_key(root, "init", 100)], [rng.member_key(root, "data", 100)]
     ms, factors = {}, {}
     for fam_name in FAMILIES:
         fam = make_family(fam_name, model, CLASSES, 2, cfg)
         tcfg = dataclasses.replace(cfg.train_for(fam_name, student=True), epochs=1)
         members = [fam.init(rng.member_key(root, "init", i), x[:2]) for i in range(L)]
-        fixed_targets = jnp.mean(jnp.stack([fam.apply(v, x) for v in members]), axis=0)[None]
-        aug = make_augment("crop_flip", 2, SIZE, crop_pad_for(SIZE))
+        fixed_targets = metrics.combine([np.asarray(fam.apply(v, x)) for v in members], rule)[None]
+        online = dict(teacher=fam, teacher_rule=rule)
         cases = {
             "fixed": (Trainer(fam, tcfg, N_TRAIN), fixed_targets),
-            "online": (Trainer(fam, tcfg, N_TRAIN, teacher=fam), [members]),
-            "augment": (Trainer(fam, tcfg, N_TRAIN, augment=aug, teacher=fam), [members]),
-            "mixup": (Trainer(fam, tcfg, N_TRAIN, mixup=cfg.protocol.kd_mixup, teacher=fam), [members]),
+            "online": (Trainer(fam, tcfg, N_TRAIN, **online), [members]),
+            "augment": (Trainer(fam, tcfg, N_TRAIN, augment=aug, **online), [members]),
+            "mixup": (Trainer(fam, tcfg, N_TRAIN, mixup=cfg.protocol.kd_mixup, **online), [members]),
         }
-        keys = [rng.member_key(root, "init", 100)], [rng.member_key(root, "data", 100)]
         ms[fam_name] = {}
         for name, (trainer, teachers) in cases.items():
-            fit = lambda t=trainer, te=teachers: trainer_fit(t, keys, x, y, te, alpha, tau)  # noqa: E731
-            fit()  # compile
-            best = min(fit() for _ in range(REPEATS))
-            ms[fam_name][name] = round(best / trainer.steps * 1e3, 2)
+
+            def fit():
+                res = trainer.fit(*keys, x, y, teachers=teachers, alpha=alpha, tau=tau, mode="sequential")
+                jax.block_until_ready(res.variables[0]["params"])  # its params waited for
+
+            ms[fam_name][name] = round(best_of(fit, REPEATS)["run_s"] / trainer.steps * 1e3, 2)
             print(fam_name, name, ms[fam_name][name], "ms/step", flush=True)
         m = ms[fam_name]
         factors[fam_name] = {
@@ -82,14 +86,6 @@ def main():
         ms_per_step=ms,
         factors=factors,
     )
-
-
-def trainer_fit(trainer, keys, x, y, teachers, alpha, tau) -> float:
-    """Seconds of one fit of one KD student (its params waited for)."""
-    t0 = time.perf_counter()
-    res = trainer.fit(*keys, x, y, teachers=teachers, alpha=alpha, tau=tau, mode="sequential")
-    jax.block_until_ready(res.variables[0]["params"])
-    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

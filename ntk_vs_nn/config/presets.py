@@ -112,7 +112,7 @@ def fmnist_premise(full: bool = False) -> Config:
     KD recovered 44 % [22, 65] of the ensemble's gain on clean inputs, 3 % with crop + flip, 27 % with mixup);
     the kernel table with kd_inputs clean 63 min (ntk single mean 88.38 %, ensemble 89.97, KD recovers 24 %
     [2, 44]; gp 81.36, 85.15, its students below the single mean); a KD step of the online teacher costs
-    4.3x (ntk) and 11x (gp) one on fixed targets (benchmarks/online_teacher.py; mixup students 46 and 10
+    4.5x (ntk) and 10x (gp) one on fixed targets (benchmarks/online_teacher.py; mixup students 46 and 10
     min more); ntk KD - mean on mixup +0.00, on crop + flip -0.55: clean inputs distil best for the kernels too.
     K = 3 KD students per replicate (as quick): a verdict on KD never rests on one draw of a student.
     ``full``: all 60,000 training images (6,000 validate), for GPUs (the mark there is >= 93 % test)."""
