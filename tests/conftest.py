@@ -1,13 +1,24 @@
 """Shared fixtures: a tiny synthetic dataset and a tiny config, small enough for a 2-core CPU."""
 
 import dataclasses
+import os
+import tempfile
 
-import numpy as np
-import pytest
+# The guard against a test that reads a dataset installed on the machine (a system Fashion-MNIST, a CIFAR
+# archive, a tensorflow-datasets build): every real-data location points at one empty folder, for this
+# process and every process it starts (the CLI, workers). A test that needs real-format files writes its
+# own (tests/test_images.py); the presets the tests run use generated data (``synthetic:fashion_mnist``).
+# Set before anything imports tensorflow-datasets, which reads TFDS_DATA_DIR at import.
+NO_DATASETS = tempfile.mkdtemp(prefix="ntk_vs_nn-no-datasets-")
+DATA_ENV = ("NTK_VS_NN_FASHION_MNIST", "NTK_VS_NN_CIFAR_DIR", "TFDS_DATA_DIR")
+os.environ.update(dict.fromkeys(DATA_ENV, NO_DATASETS))
 
-from ntk_vs_nn.config import Config
-from ntk_vs_nn.data import Dataset
-from ntk_vs_nn.engine.host import enable_compile_cache
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ntk_vs_nn.config import Config  # noqa: E402
+from ntk_vs_nn.data import Dataset  # noqa: E402
+from ntk_vs_nn.engine.host import enable_compile_cache  # noqa: E402
 
 # Many tests compile the same small programs (a fresh trainer each): the persistent cache loads them
 # (the CLI and every worker process use the same one; NTK_VS_NN_XLA_CACHE=off turns it off)

@@ -134,7 +134,7 @@ def test_claim_settings_are_not_in_the_science_hash():
 
 
 def test_fashion_mnist_missing_falls_back_to_mnist1d(tmp_path):
-    cfg = ch.smoke()
+    cfg = dataclasses.replace(ch.smoke(), dataset="fashion_mnist")
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=str(tmp_path / "none")))
     msgs = []
     data, used = cd.load_data(cfg, msgs.append)

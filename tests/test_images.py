@@ -320,3 +320,58 @@ def test_augment_per_example_and_content_preserved():
         kept = out[i][out[i] != 0]
         assert np.isin(kept, x[i]).all()
     assert len({out[i].tobytes() for i in range(len(x))}) == len(x)
+
+
+# ------------------------------------------------------------------------------------- no machine dataset in tests
+
+
+def test_a_test_run_cannot_read_a_dataset_installed_on_the_machine(tmp_path, monkeypatch):
+    """The guard of tests/conftest.py, planted case: a readable Fashion-MNIST in the folder a run reads by
+    default (Debian's, here pointed at a planted copy) is read with the guard off and refused under it, in
+    this process and in a CLI process a test starts; so a test that reads a system dataset fails on a
+    developer's machine that has one, not only on a fresh one."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import DATA_ENV, NO_DATASETS
+
+    from ntk_vs_nn.config import DataConfig
+    from ntk_vs_nn.data import load_dataset
+
+    system = tmp_path / "system"
+    _write_fashion(system, n_train=30, n_test=10)
+    monkeypatch.setattr(images, "FASHION_MNIST_DEFAULT_DIR", str(system))
+    with monkeypatch.context() as m:  # the guard off: the run reads the planted system folder
+        m.delenv(images.FASHION_MNIST_ENV)
+        assert len(images.fashion_mnist(expected_counts=None).y_train) == 30
+    assert all(os.environ[k] == NO_DATASETS for k in DATA_ENV) and os.listdir(NO_DATASETS) == []
+    with pytest.raises(UserError, match=f"{NO_DATASETS}.*not found"):
+        load_dataset("fashion_mnist", DataConfig(), seed=0)
+    with pytest.raises(UserError, match="cifar10: no binary archive"):
+        load_dataset("cifar10", DataConfig(), seed=0)
+    argv = [sys.executable, "-m", "ntk_vs_nn", "table", "nn", "--preset", "smoke", "--dataset", "fashion_mnist"]
+    proc = subprocess.run([*argv, "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and NO_DATASETS in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("like,shape,classes", [("fashion_mnist", (28, 28, 1), 10), ("cifar100", (32, 32, 3), 100)])
+def test_synthetic_images_have_the_real_sets_shape_and_balanced_labels(like, shape, classes):
+    raw = images.synthetic(like, 300, 200)
+    assert raw.x_train.shape == (300, *shape) and raw.x_test.shape == (200, *shape) and raw.x_train.dtype == np.uint8
+    assert raw.n_val_last is None and raw.y_train.dtype == np.int32
+    counts = np.bincount(raw.y_train, minlength=classes)
+    assert counts.max() - counts.min() <= 1
+    again = images.synthetic(like, 300, 200)
+    assert all(np.array_equal(a, b) for a, b in zip(raw[:4], again[:4]))
+    with pytest.raises(UserError, match="unknown"):
+        images.synthetic("svhn")
+
+
+def test_synthetic_images_are_learnable_from_their_class_prototypes():
+    """A ridge regression on pixels beats chance by far on held-out images (a smoke run can learn them)."""
+    raw = images.synthetic("fashion_mnist", 1000, 500)
+    x = raw.x_train.reshape(1000, -1) / 255.0
+    w = np.linalg.solve(x.T @ x + 10.0 * np.eye(x.shape[1]), x.T @ np.eye(10)[raw.y_train])
+    acc = np.mean(np.argmax(raw.x_test.reshape(500, -1) / 255.0 @ w, 1) == raw.y_test)
+    assert acc > 0.4, acc

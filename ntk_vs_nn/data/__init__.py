@@ -1,4 +1,5 @@
-"""Datasets: the embedded MNIST-1D default and user arrays (``npz:PATH``).
+"""Datasets: the embedded MNIST-1D default, real images (Fashion-MNIST, CIFAR), generated images of their
+shape (``synthetic:fashion_mnist`` and the like: what the tests run) and user arrays (``npz:PATH``).
 
 A `Dataset` holds channels-last float32 inputs and int32 labels for train / validation / test.
 Input layout: (N, L, C) is a 1-D signal with C channels, (N, H, W, C) a 2-D image; MNIST-1D's
@@ -25,7 +26,8 @@ from ntk_vs_nn import rng
 from ntk_vs_nn.config import DataConfig, UserError
 from ntk_vs_nn.data import images
 
-DATASETS = ("mnist1d", "fashion_mnist", "cifar10", "cifar100", "npz:PATH")
+IMAGE_SETS = ("fashion_mnist", "cifar10", "cifar100")
+DATASETS = ("mnist1d", *IMAGE_SETS, *(f"synthetic:{n}" for n in IMAGE_SETS), "npz:PATH")
 
 
 class Dataset(NamedTuple):
@@ -93,7 +95,9 @@ def _images(spec: str, cfg: DataConfig):
     split (last 5,000 of the 50,000 training images validate) when all training images are used;
     a subset is split at random by ``data.val_fraction`` like every other dataset."""
     folder = cfg.data_dir or None
-    if spec == "fashion_mnist":
+    if spec.startswith("synthetic:"):
+        raw = images.synthetic(spec.split(":", 1)[1], cfg.n_train, cfg.n_test)
+    elif spec == "fashion_mnist":
         raw = images.fashion_mnist(folder)
     else:
         raw = images.cifar(spec, source=cfg.source, data_dir=folder)
@@ -138,8 +142,8 @@ def load_dataset(spec: str, cfg: DataConfig, seed: int) -> Dataset:
     n_val_fixed = None
     if spec == "mnist1d":
         name, arrays = "mnist1d", _mnist1d(cfg)
-    elif spec in ("fashion_mnist", "cifar10", "cifar100"):
-        name, arrays, n_val_fixed = spec, *_images(spec, cfg)
+    elif spec in IMAGE_SETS or (spec.startswith("synthetic:") and spec[10:] in IMAGE_SETS):
+        name, arrays, n_val_fixed = spec.replace(":", "-"), *_images(spec, cfg)
     elif spec.startswith("npz:") and len(spec) > 4:
         stem = os.path.splitext(os.path.basename(spec[4:]))[0]
         name, arrays = f"npz-{stem}", _npz(spec[4:], cfg)
@@ -158,7 +162,7 @@ def load_dataset(spec: str, cfg: DataConfig, seed: int) -> Dataset:
             raise UserError(f"{spec}: too few training samples ({len(x_tr)}) for val_fraction {cfg.val_fraction}")
         perm = np.asarray(jax.random.permutation(rng.stream(rng.root_key(seed), "split"), len(x_tr)))
         val, train = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-    pixels = (1.0, 0.0) if spec in ("fashion_mnist", "cifar10", "cifar100") else None
+    pixels = (1.0, 0.0) if name.removeprefix("synthetic-") in IMAGE_SETS else None
     if cfg.standardize:  # statistics of the training part only: validation stays unseen
         mean, std = x_tr[train].mean(), x_tr[train].std() + 1e-8
         x_tr, x_te = (x_tr - mean) / std, (x_te - mean) / std

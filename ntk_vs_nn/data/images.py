@@ -11,6 +11,10 @@ official *binary* version (or a tensorflow-datasets ``array_record`` build) is r
 Counts are checked against the official sizes by default (``expected_counts``); pass ``expected_counts=None``
 to accept any count (used by the tests, which build tiny files).
 
+``synthetic`` makes images of a real set's shape and class count (no file read): what the tests and the
+smoke presets run (``synthetic:fashion_mnist``), so nothing that a test runs depends on a dataset installed
+on the machine.
+
 Where the data comes from:
     * Fashion-MNIST: ``bash scripts/get_fashion_mnist.sh`` (Debian package ``dataset-fashion-mnist``, which
       installs the four gzipped IDX files in ``/usr/share/datasets/fashion-mnist``), or any folder with those
@@ -188,6 +192,50 @@ def fashion_mnist(directory: str | None = None, *, expected_counts: tuple[int, i
     y_test = _check_labels(arrays["test_labels"], 10, f"Fashion-MNIST test labels in {directory}")
     _check_counts(len(y_train), len(y_test), expected_counts, f"Fashion-MNIST in {directory}")
     return Raw(arrays["train_images"][..., None], y_train, arrays["test_images"][..., None], y_test, None)
+
+
+# --------------------------------------------------------------------------------------------------- synthetic
+
+SYNTHETIC_LIKE = {"fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10), "cifar100": ((32, 32, 3), 100)}
+SYNTHETIC_COUNTS = (1000, 500)  # (train, test) when the config asks for all (0)
+
+
+def synthetic(like: str, n_train: int = 0, n_test: int = 0, *, seed: int = 0) -> Raw:
+    """Generated images of the shape and class count of ``like`` (a key of `SYNTHETIC_LIKE`), learnable but
+    not trivially: each class has a smooth random prototype (a 7x7 field upsampled), an image is its class's
+    prototype at a random contrast plus pixel noise, as uint8. The same ``seed`` and counts give the same
+    bytes; labels are balanced (train and test each cycle through the classes, then are shuffled).
+
+    Args:
+        like: ``fashion_mnist``, ``cifar10`` or ``cifar100``.
+        n_train, n_test: counts; 0 = `SYNTHETIC_COUNTS`.
+        seed: the generator's seed (fixed per dataset, like MNIST-1D's; the run seed splits validation).
+
+    Returns:
+        `Raw` with x (N, H, W, C) uint8, y (N,) int32, ``n_val_last=None`` (the caller carves validation).
+    """
+    if like not in SYNTHETIC_LIKE:
+        raise UserError(f"synthetic data like {like!r}: unknown; valid: {', '.join(SYNTHETIC_LIKE)}")
+    (h, w, c), k = SYNTHETIC_LIKE[like]
+    n_train, n_test = n_train or SYNTHETIC_COUNTS[0], n_test or SYNTHETIC_COUNTS[1]
+    rs = np.random.RandomState(seed)
+    coarse = rs.randn(k, 7, 7, c)
+    rows, cols = np.linspace(0, 6, h), np.linspace(0, 6, w)  # bilinear upsampling of the 7x7 fields
+    r0, c0 = np.floor(rows).astype(int).clip(0, 5), np.floor(cols).astype(int).clip(0, 5)
+    fr, fc = (rows - r0)[None, :, None, None], (cols - c0)[None, None, :, None]
+    top = coarse[:, r0][:, :, c0] * (1 - fc) + coarse[:, r0][:, :, c0 + 1] * fc
+    bottom = coarse[:, r0 + 1][:, :, c0] * (1 - fc) + coarse[:, r0 + 1][:, :, c0 + 1] * fc
+    protos = top * (1 - fr) + bottom * fr  # (k, h, w, c)
+
+    def draw(n):
+        y = rs.permutation(np.arange(n) % k).astype(np.int32)
+        contrast = rs.uniform(0.5, 1.5, (n, 1, 1, 1))
+        x = 128 + 12 * contrast * protos[y] + 64 * rs.randn(n, h, w, c)
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8), y
+
+    x_tr, y_tr = draw(n_train)
+    x_te, y_te = draw(n_test)
+    return Raw(x_tr, y_tr, x_te, y_te, None)
 
 
 # ------------------------------------------------------------------------------------------------------- CIFAR

@@ -106,7 +106,7 @@ class ChannelsConfig:
     and the claims' interval settings."""
 
     preset: str = "cpu"
-    dataset: str = "fashion_mnist"  # fashion_mnist | mnist1d | cifar10 | cifar100
+    dataset: str = "fashion_mnist"  # fashion_mnist | mnist1d | cifar10 | cifar100 | synthetic:<one of those images>
     fallback: bool = True  # fashion_mnist missing -> MNIST-1D with a message (else: an error)
     data: DataConfig = field(default_factory=lambda: DataConfig(n_train=10000, n_test=0, val_fraction=0.0))
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -117,8 +117,11 @@ class ChannelsConfig:
     claim: ClaimSection = field(default_factory=ClaimSection)
 
     def __post_init__(self):
-        if self.dataset not in ("fashion_mnist", "mnist1d", "cifar10", "cifar100"):
-            raise UserError(f"dataset must be fashion_mnist, mnist1d, cifar10 or cifar100; got {self.dataset!r}")
+        images = ("fashion_mnist", "cifar10", "cifar100")
+        if self.dataset not in ("mnist1d", *images, *(f"synthetic:{n}" for n in images)):
+            raise UserError(
+                f"dataset must be fashion_mnist, mnist1d, cifar10, cifar100 or synthetic:<image set>; got {self.dataset!r}"
+            )
         for v in self.channels.variants:
             parse_variant(v)
         if self.channels.split_mode not in ("shared", "per_member"):
@@ -153,8 +156,9 @@ def cpu() -> ChannelsConfig:
 
 
 def smoke() -> ChannelsConfig:
-    return ChannelsConfig(
+    return ChannelsConfig(  # generated images of Fashion-MNIST's shape: the tests need no dataset installed
         preset="smoke",
+        dataset="synthetic:fashion_mnist",
         data=DataConfig(n_train=256, n_test=128, val_fraction=0.0),
         pretrain=PretrainConfig(width=4, epochs=1, batch_size=64),
         student=StudentSection(model="SimpleCNN-3-1", members=2),

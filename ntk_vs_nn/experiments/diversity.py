@@ -182,11 +182,13 @@ def diversity_preset(dataset: str = "fashion_mnist") -> Config:
 
 
 def smoke() -> Config:
-    """Seconds: what the tests run (3 teachers, 1 epoch, 100 images; numbers meaningless)."""
+    """Seconds: what the tests run (3 teachers, 1 epoch, 100 generated images of Fashion-MNIST's shape, so it
+    needs no dataset on the machine; numbers meaningless)."""
     cfg = diversity_preset()
     return dataclasses.replace(
         cfg,
         preset="smoke",
+        dataset="synthetic:fashion_mnist",
         data=DataConfig(n_train=100, n_test=60),
         train=TrainConfig(epochs=1),
         protocol=dataclasses.replace(cfg.protocol, members=3),
