@@ -120,7 +120,7 @@ class ChannelsConfig:
         images = ("fashion_mnist", "cifar10", "cifar100")
         if self.dataset not in ("mnist1d", *images, *(f"synthetic:{n}" for n in images)):
             raise UserError(
-                f"dataset must be fashion_mnist, mnist1d, cifar10, cifar100 or synthetic:<image set>; got {self.dataset!r}"
+                f"dataset must be mnist1d, fashion_mnist, cifar10, cifar100 or synthetic:<one>; got {self.dataset!r}"
             )
         for v in self.channels.variants:
             parse_variant(v)
