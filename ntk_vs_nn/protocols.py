@@ -210,6 +210,23 @@ class Row:
         self.known[rec["unit"]] = rec
         return rec
 
+    def training_state(self, trainer, variables, m: dict) -> dict:
+        """How a unit was trained and why it stopped (every record carries it; messages.md compares the
+        units of a comparison by it): optimiser, steps, stop reason, final train loss and accuracy.
+        Weight space stops at its budget (epochs); function space (mse) at the training time picked on
+        validation when ``kernel.steps=0``, else at its budget; ridge is a closed form."""
+        if self.backend == "weights":
+            t = trainer.cfg
+            opt = t.optimizer if t.optimizer != "sgd" else f"sgd (momentum {t.momentum:g})" if t.momentum else "sgd"
+            state = dict(optimizer=opt, lr=t.lr, schedule=t.schedule, epochs=t.epochs, steps=t.epochs * trainer.steps,
+                         stop="budget")  # fmt: skip
+        else:
+            k = trainer.cfg.kernel
+            picked = k.solver == "mse" and not k.steps  # the training time chosen on validation
+            stop = "closed_form" if k.solver == "ridge" else "validation" if picked else "budget"
+            state = dict(optimizer=f"function-space {k.solver}", steps=int(variables.get("steps", 0)), stop=stop)
+        return dict(state, train_loss=m.get("final_loss"), train_acc=m.get("train_acc"))
+
     def _done(self, protocol, member):
         rec = next((self.known[u] for u in self._unit_ids(protocol, member) if u in self.known), None)
         if rec is None and protocol in TEACHER_PROTOCOLS:
@@ -236,7 +253,7 @@ class Row:
             src, dst = self.store.checkpoint_path(old), self.store.checkpoint_path(new)
             if os.path.isdir(src) and not os.path.isdir(dst) and self.store.writer:
                 shutil.copytree(src, dst)
-            keep = {k: rec[k] for k in ("n_params", "group_wall_s") if k in rec}
+            keep = {k: rec[k] for k in ("n_params", "group_wall_s", "training") if k in rec}
             got = self.record(protocol, member, "ok", rec["metrics"], rec.get("wall_s", 0.0), test_logits=preds["test"],
                               adopted_from=old, **keep)  # fmt: skip
             self.log(f"  {self.family_name} {self.model} {protocol} {member}: adopted from {old}")
@@ -396,6 +413,7 @@ class Row:
                 m,
                 res.wall_s / len(units),
                 test_logits=preds["test"] if ok else None,
+                training=self.training_state(trainer, v, m),
                 n_params=n_params,
                 group_wall_s=round(res.wall_s, 3),
             )
@@ -470,7 +488,8 @@ class Row:
             return FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
         fam = summed(self.fam, L, p.sum_scale, stacked=self.mode in ("vmap", "shard"))
         return Trainer(fam, self.cfg.train_for(self.family_name), len(self.data.x_train), self.cfg.run.progress,
-                       self.augment, sum_step=self.cfg.run.sum_step, mixup=self.mixup)  # fmt: skip
+                       self.augment, sum_step=self.cfg.run.sum_step, mixup=self.mixup,
+                       grad_scale=self.cfg.sum_grad_scale(L))  # fmt: skip
 
     def students(self, singles, ens, which=("kd", "sd"), wait=True):
         """K KD students of the ensemble (student k: its own init and data order) and SD student s

@@ -34,10 +34,11 @@ def x64():
         yield
 
 
-def weight_space(fam, key, x_tr, x_te, loss_fn, eta, steps):
-    """Full-batch SGD of a family's params; outputs on train and test after ``steps`` steps."""
+def weight_space(fam, key, x_tr, x_te, loss_fn, eta, steps, grad_scale=1.0):
+    """Full-batch SGD of a family's params (each gradient times ``grad_scale``: a train-sum's
+    ``protocol.sum_grad``); outputs on train and test after ``steps`` steps."""
     v = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), fam.init(key, x_tr[:1]))
-    opt = optax.sgd(eta)
+    opt = optax.chain(optax.scale(grad_scale), optax.sgd(eta))
     state = opt.init(v["params"])
 
     @jax.jit
@@ -108,30 +109,34 @@ def test_gp_weight_space_equals_function_space(setup, case):
         assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
 
-def test_train_sum_kernel_is_the_scaled_sum_of_member_kernels(setup, tiny_data, tiny_cfg):
-    """Weight-space joint training of G = mean of 3 gp members = function space with c²·ΣΘ_l."""
+@pytest.mark.parametrize("sum_grad", ["member", "joint"])
+def test_train_sum_kernel_is_the_scaled_sum_of_member_kernels(setup, tiny_data, tiny_cfg, sum_grad):
+    """Weight-space joint training of G = mean of 3 gp members = function space with c² s·ΣΘ_l: s = L
+    (sum_grad=member, each member's gradient scaled to a single's: the mean kernel), 1 (joint: c²ΣΘ_l)."""
     module, x_tr, x_te, y = setup
     L, n, eta = 3, len(x_tr), 0.5
+    factor = 1 / L if sum_grad == "member" else 1 / L**2
     key = jax.random.key(5)
     fam = summed(last_layer(network(module)), L, "mean")
     loss_fn = lambda f: distill_loss(f, y, jnp.zeros((n, 3)), 0.0, 1.0)  # noqa: E731
-    w_tr, w_te, f0_tr, f0_te = weight_space(fam, key, x_tr, x_te, loss_fn, eta, STEPS)
-    cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="function", steps=STEPS))
+    cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="function", steps=STEPS),
+                              protocol=dataclasses.replace(tiny_cfg.protocol, sum_grad=sum_grad))  # fmt: skip
+    w_tr, w_te, f0_tr, f0_te = weight_space(fam, key, x_tr, x_te, loss_fn, eta, STEPS, cfg.sum_grad_scale(L))
     trainer = FunctionTrainer("gp", MODEL, cfg, tiny_data, n_sum=L)
     k_tt, k_ot, g0_tr, g0_ot = trainer._sum_kernel(key)
     assert rel_err(g0_tr, f0_tr) < 1e-6  # the sum's outputs at init (float32 kernels in the trainer)
     refs = [gp_kernel(module, jax.random.fold_in(key, i), x_tr, x_te) for i in range(L)]
-    assert rel_err(k_tt, sum(r[0] for r in refs) / L**2) < 1e-6
+    assert rel_err(k_tt, factor * sum(r[0] for r in refs)) < 1e-6
     f_tr, f_te, _, _ = solve(
-        sum(r[0] for r in refs) / L**2,
-        sum(r[1] for r in refs) / L**2,
+        factor * sum(r[0] for r in refs),
+        factor * sum(r[1] for r in refs),
         np.asarray(f0_tr),
         np.asarray(f0_te),
         np.asarray(y),
         None,
         0.0,
         1.0,
-        kc("xent", eta, sum(r[0] for r in refs) / L**2, n),
+        kc("xent", eta, factor * sum(r[0] for r in refs), n),
     )
     assert rel_err(f_tr, w_tr) < TOL and rel_err(f_te, w_te) < TOL
 
@@ -355,7 +360,7 @@ def test_full_kernel_trainer_members_sum_and_spill(tiny_data, tiny_cfg, monkeypa
         fam = summed(linearized(network(module)), L, "mean")
         x_tr, x_te = jnp.asarray(d.x_train, jnp.float64), jnp.asarray(d.x_test, jnp.float64)
         loss_fn = lambda f: distill_loss(f, d.y_train, jnp.zeros((n, k)), 0.0, 1.0)  # noqa: E731
-        w_tr, w_te, _, _ = weight_space(fam, key, x_tr, x_te, loss_fn, 0.3, STEPS)
+        w_tr, w_te, _, _ = weight_space(fam, key, x_tr, x_te, loss_fn, 0.3, STEPS, cfg.sum_grad_scale(L))
     preds = fit("ntk", n_sum=L).variables[0]["preds"]
     assert rel_err(preds["train"], w_tr) < 1e-4 and rel_err(preds["test"], w_te) < 1e-4
     traced = dataclasses.replace(cfg, kernel=dataclasses.replace(kcfg, trace=True))
@@ -380,3 +385,44 @@ def test_full_kernel_nt_backend_equals_ours(tiny_data, tiny_cfg, monkeypatch):
         preds[backend] = trainer.fit([key], [key], None, tiny_data.y_train).variables[0]["preds"]
     for s in ("train", "val", "test"):
         assert rel_err(preds["nt"][s], preds["function"][s]) < 1e-4
+
+
+@pytest.mark.parametrize("family", ["ntk", "gp"])
+def test_row_gradient_descent_equals_function_space_on_the_exact_kernel(tiny_data, tiny_cfg, tmp_path, family,
+                                                                       monkeypatch):  # fmt: skip
+    """The kernel rows' default, end to end through `protocols.Row`'s trainers: weight-space gradient
+    descent on the linearised model (kernel.optimizer=sgd, full batch, constant step, no momentum) equals
+    gradient descent in function space on the exact kernel (the full NTK, kernel.trace=false; gp's is exact
+    traced) with the same step (kernel.lr_units=absolute), for a single, the train-sum model of L = 3
+    (sum_grad=member: its kernel is the mean of the members') and a KD student of fixed targets."""
+    from ntk_vs_nn.protocols import Row
+    from ntk_vs_nn.store import Store
+
+    monkeypatch.setattr(function_space, "_CACHE", {})
+    d, eta, L, n = tiny_data, 0.5, 3, len(tiny_data.x_train)
+    train = dataclasses.replace(tiny_cfg.train, epochs=STEPS, batch_size=n, lr=eta, momentum=0.0, schedule="constant")
+    protocol = dataclasses.replace(tiny_cfg.protocol, members=L, kd_inputs="clean", kd_alpha=0.7, kd_tau=2.0)
+    base = dataclasses.replace(tiny_cfg, train=train, protocol=protocol)
+    weights = dataclasses.replace(base, kernel=KernelConfig(optimizer="sgd"))
+    funcs = dataclasses.replace(base, kernel=KernelConfig(backend="function", solver="xent", lr=eta,
+                                                          lr_units="absolute", steps=STEPS, trace=False))  # fmt: skip
+    w_row = Row(family, MODEL, weights, d, Store.prepare(str(tmp_path / "w")))
+    f_row = Row(family, MODEL, funcs, d, Store.prepare(str(tmp_path / "f")))
+    assert w_row.trainer.cfg.optimizer == "sgd" and w_row.trainer.full_batch
+    key, dkey = jax.random.key(21), jax.random.key(22)
+    teacher = np.asarray(jax.random.normal(jax.random.key(9), (1, n, 3)), np.float32) * 3
+
+    def preds(row, kind, **kw):
+        trainer = row.trainer_for(kind)
+        v = trainer.fit([key], [dkey], d.x_train, d.y_train, mode="sequential", **kw).variables[0]
+        if hasattr(trainer, "predict_splits"):
+            return trainer.predict_splits(v, d)["test"]
+        return trainer.predict(v, d.x_test)
+
+    for kind, kw in [("teacher", {}), ("sum", {}), ("student", dict(teachers=teacher, alpha=0.7, tau=2.0))]:
+        w, f = preds(w_row, kind, **kw), preds(f_row, kind, **kw)
+        assert rel_err(f, w) < 1e-4, (kind, rel_err(f, w))
+    # teeth: the sum's kernel at the older scale (sum_grad=joint: c² Σ Θ_l) is another trajectory
+    joint = dataclasses.replace(funcs, protocol=dataclasses.replace(protocol, sum_grad="joint"))
+    j_row = Row(family, MODEL, joint, d, Store.prepare(str(tmp_path / "j")))
+    assert rel_err(preds(j_row, "sum"), preds(w_row, "sum")) > 1e-3

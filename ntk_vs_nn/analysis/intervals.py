@@ -6,7 +6,10 @@ non-strict one holds when ci_low >= 0, fails when ci_high < 0; otherwise inconcl
 holds when all its primary comparisons hold and fails when any fails. Messages ② and ③ are also
 reported against the single mean (the paper's tables use the best of L). A row whose members never
 left chance on their training set (train accuracy within ``messages.chance_margin`` points of the
-majority class's share) is inconclusive whatever its intervals.
+majority class's share) is inconclusive whatever its intervals. A comparison whose groups stopped in
+different training states (by different rules or budgets, or with mean train accuracies more than
+``messages.state_margin`` points apart; an ensemble counts as its members) is flagged, and the flag names
+the groups and their states: the difference may then be the training, not the protocol.
 
 Used when every record of the rows carries its test correctness (runs made since it was recorded);
 older folders keep the noise-band rule of `analysis.messages`.
@@ -58,8 +61,73 @@ COMPARISONS = {
 COLUMNS = [
     "message", "family", "model", "dataset", "claim", "comparison", "strict", "primary", "d", "ci_low",
     "ci_high", "verdict", "message_verdict", "min_detectable", "n_test", "n_replicates", "n_boot", "flags",
-    "evidence",
+    "evidence", "state_flags",
 ]  # fmt: skip
+STATE_OF = {"ensemble": "single", "sd_ensemble": "sd"}  # a combination's training state is its members'
+
+
+class _Zero:
+    mean = best = std = 0.0
+
+
+def groups_read(fn) -> tuple[str, ...]:
+    """The groups a comparison's function reads, in order (it is called on a recorder)."""
+    seen = []
+
+    class Recorder(dict):
+        def __missing__(self, name):
+            seen.append(name)
+            return _Zero
+
+    fn(Recorder())
+    return tuple(dict.fromkeys(seen))
+
+
+def unit_state(rec: dict) -> dict:
+    """A finished unit's training state: how it stopped (``stop``: budget | validation | closed_form,
+    None when the record does not say), its budget (epochs, or function-space steps under a budget) and
+    its train accuracy. Records made before the ``training`` field: weight-space units stopped at their
+    ``epochs``."""
+    m, tr = rec["metrics"], rec.get("training") or {}
+    stop = tr.get("stop") or ("budget" if "epochs" in m else None)
+    if "epochs" in m:
+        budget = f"{m['epochs']} epochs"
+    elif stop == "budget" and tr.get("steps") is not None:
+        budget = f"{tr['steps']} steps"
+    else:
+        budget = None
+    return dict(stop=stop, budget=budget, train_acc=m.get("train_acc"))
+
+
+def state_flags(by: dict, fam: str, model: str, groups: tuple[str, ...], margin: float) -> str:
+    """Why the ``groups`` of one comparison stopped in unequal training states ("" when they did not): the
+    groups whose stop rules or budgets differ, or whose mean train accuracies lie more than ``margin``
+    points apart, with their states."""
+    states = {}
+    for g in dict.fromkeys(STATE_OF.get(g, g) for g in groups):
+        recs = [r for rep in by.get((fam, model, g), []) for r in rep.values() if r["status"] == "ok"]
+        if not recs:
+            continue
+        us = [unit_state(r) for r in recs]
+        accs = [u["train_acc"] for u in us if u["train_acc"] is not None]
+        states[g] = dict(
+            stop="/".join(sorted({u["stop"] for u in us if u["stop"]})) or None,
+            budget="/".join(sorted({u["budget"] for u in us if u["budget"]})) or None,
+            train_acc=float(np.mean(accs)) if accs else None,
+        )
+    if len(states) < 2:
+        return ""
+    out = []
+    stops = {g: s["stop"] for g, s in states.items() if s["stop"]}
+    if len(set(stops.values())) > 1:
+        out.append("stopped by " + ", ".join(f"{g}: {v}" for g, v in stops.items()))
+    budgets = {g: s["budget"] for g, s in states.items() if s["budget"] and s["stop"] == "budget"}
+    if len(set(budgets.values())) > 1:
+        out.append("budgets " + ", ".join(f"{g}: {v}" for g, v in budgets.items()))
+    accs = {g: s["train_acc"] for g, s in states.items() if s["train_acc"] is not None}
+    if accs and max(accs.values()) - min(accs.values()) > margin:
+        out.append("train accuracy " + ", ".join(f"{g}: {v:.2f} %" for g, v in accs.items()))
+    return "; ".join(out)
 
 
 def available(records: list[dict], config_hash) -> bool:
@@ -118,6 +186,7 @@ def messages(records, config_hash, families, models, cfg: MessagesConfig, kernel
                         verdict=verdict, min_detectable=bs.min_detectable(c.lo, c.hi),
                         n_test=draws.n_test if draws else 0, n_replicates=draws.n_replicates if draws else 0,
                         n_boot=cfg.n_boot, flags=flags,
+                        state_flags=state_flags(by, fam, model, groups_read(fn), cfg.state_margin),
                     ))  # fmt: skip
                 overall = combine([p["verdict"] for p in part if p["primary"]])
                 for p in part:
@@ -126,7 +195,9 @@ def messages(records, config_hash, families, models, cfg: MessagesConfig, kernel
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def markdown(df: pd.DataFrame, header: str = "") -> str:
+def markdown(df: pd.DataFrame, header: str = "", labels: dict | None = None) -> str:
+    """messages.md; ``labels``: a family's name as shown (`analysis.tables.markdown`)."""
+    labels = labels or {}
     circled = "①②③④⑤⑥⑦"
     level = "95 %"
     lines = ["# Messages ①–⑦ (Allen-Zhu & Li)", ""] + ([header, ""] if header else [])
@@ -138,12 +209,21 @@ def markdown(df: pd.DataFrame, header: str = "") -> str:
         name = r["comparison"] + ("" if r["strict"] else " ≥ 0") + ("" if r["primary"] else " (vs single mean)")
         ci = "n/a" if math.isnan(r["d"]) else f"{r['d']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
         flag = f" ({r['flags']})" if r["flags"] else ""
+        fam = labels.get(r["family"], r["family"])
         lines.append(
-            f"| {circled[r['message'] - 1]} | {r['family']} | {r['model']} | {r['claim']} | {name} "
+            f"| {circled[r['message'] - 1]} | {fam} | {r['model']} | {r['claim']} | {name} "
             f"| {ci} | {r['verdict']}{flag} | **{r['message_verdict']}** | ±{r['min_detectable']:.2f} |"
         )
     if len(df):
         r0 = df.iloc[0]
         lines += ["", f"n_test = {r0['n_test']}, {r0['n_replicates']} replicate(s), {r0['n_boot']} bootstrap draws."]
+    flagged = df[df["state_flags"].fillna("").astype(str) != ""] if "state_flags" in df else df.iloc[:0]
+    if len(flagged):
+        lines += ["", "**Compared at unequal training states** (the difference may be the training, not the "
+                  "protocol):", ""]  # fmt: skip
+        for _, r in flagged.sort_values(["message", "family", "model"], kind="stable").iterrows():
+            fam = labels.get(r["family"], r["family"])
+            where = f"{circled[r['message'] - 1]} {fam} {r['model']}, {r['comparison']}"
+            lines.append(f"- {where}: {r['state_flags']}")
     lines += ["", __doc__.split("\n\nUsed when", 1)[0].strip()]
     return "\n".join(lines) + "\n"

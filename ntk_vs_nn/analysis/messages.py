@@ -106,7 +106,9 @@ def messages(table: pd.DataFrame, cfg: MessagesConfig, kernel_families=("ntk", "
     return pd.DataFrame(rows, columns=["message", "family", "model", "dataset", "claim", "test", "verdict", "evidence"])
 
 
-def markdown(df: pd.DataFrame, header: str = "") -> str:
+def markdown(df: pd.DataFrame, header: str = "", labels: dict | None = None) -> str:
+    """messages.md of the noise-band rule; ``labels``: a family's name as shown (`analysis.tables.markdown`)."""
+    labels = labels or {}
     circled = "①②③④⑤⑥⑦"
     lines = ["# Messages ①–⑦ (Allen-Zhu & Li)", ""]
     if header:
@@ -117,7 +119,7 @@ def markdown(df: pd.DataFrame, header: str = "") -> str:
     ]
     for _, r in df.sort_values(["message", "family", "model"], kind="stable").iterrows():
         lines.append(
-            f"| {circled[r['message'] - 1]} | {r['family']} | {r['model']} | {r['claim']} | "
+            f"| {circled[r['message'] - 1]} | {labels.get(r['family'], r['family'])} | {r['model']} | {r['claim']} | "
             f"{r['test']} | **{r['verdict']}** | {r['evidence']} |"
         )
     lines += ["", __doc__.split("\n\n", 1)[1].strip()]

@@ -203,8 +203,10 @@ def _cell(row, family, protocol) -> str:
     return f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} ({n}){note}"
 
 
-def markdown(df: pd.DataFrame, title: str, header: str = "") -> str:
-    """The paper's layout: rows = (model, family), columns = the five protocols."""
+def markdown(df: pd.DataFrame, title: str, header: str = "", labels: dict | None = None) -> str:
+    """The paper's layout: rows = (model, family), columns = the five protocols; ``labels``: a family's
+    name as shown (``ntk (Adam)`` for a kernel row not trained by gradient descent)."""
+    labels = labels or {}
     names = {
         "single": "single",
         "ensemble": "ensemble",
@@ -223,7 +225,7 @@ def markdown(df: pd.DataFrame, title: str, header: str = "") -> str:
     for model, fam in keys:
         sub = {r["protocol"]: r for _, r in df[(df.model == model) & (df.family == fam)].iterrows()}
         cells = [_cell(sub.get(p), fam, p) for p in PROTOCOLS]
-        lines.append(f"| {model} | {fam} | " + " | ".join(cells) + " |")
+        lines.append(f"| {model} | {labels.get(fam, fam)} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Test accuracy in %. Nets: single = mean ± std over the members; kernels: single = "
@@ -237,5 +239,5 @@ def markdown(df: pd.DataFrame, title: str, header: str = "") -> str:
     for model, fam in keys:
         ens = df[(df.model == model) & (df.family == fam) & (df.protocol == "ensemble")]
         sizes = ens["acc_by_size"].iloc[0] if len(ens) else ""
-        lines.append(f"| {model} | {fam} | {sizes or 'missing'} |")
+        lines.append(f"| {model} | {labels.get(fam, fam)} | {sizes or 'missing'} |")
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ntk_vs_nn.config.base import (
     LATER_SECTION_FIELDS,
+    NEUTRAL_WHEN_MISSING,
     IntervalConfig,
     UserError,
     from_dict,
@@ -87,6 +88,11 @@ class ProtocolConfig:
     members: int = 10  # L: single members, ensemble size, members of the train-sum model
     ensemble_rule: str = "logits"  # logits (the paper's F = sum f) | probs
     sum_scale: str = "mean"  # train-sum G = mean or sum of the members' logits
+    sum_grad: str = "member"  # the train-sum model's step: member = each member's gradient scaled to a
+    #                           single's (by 1 / (L c^2), c = 1/L for mean): the sum's kernel is the mean of
+    #                           its members' kernels, its step does not shrink with L, and L identical copies
+    #                           follow one member | joint = the plain gradient of G (older runs: with
+    #                           sum_scale=mean an L x smaller step in function space under SGD)
     kd_alpha: float = 0.9  # weight of the distillation term (1 = pure distillation)
     kd_tau: float = 0.0  # temperature; 0 = auto: 4 for <= 10 classes, 1 otherwise
     sd_students: int = 0  # S; 0 = auto: min(L, 5)
@@ -141,6 +147,10 @@ class KernelConfig:
     #                          (0 = kernel.epochs); protocol.student_epochs is the nets' counterpart
     gp_lr: float = 0.0  # weights backend: the gp family's own peak learning rate (0 = kernel.weights_lr): a
     #                     linear model on frozen features tolerates, and needs, a far larger step than the ntk
+    optimizer: str = "sgd"  # weights backend: the kernel families' optimiser. sgd = gradient descent on the
+    #                         linearised model (train.momentum as heavy-ball momentum, train.schedule): kernel
+    #                         gradient descent in function space, the default | adam: labelled "(Adam)" in
+    #                         every table and record, not a kernel method | train: train.optimizer (older runs)
     trace: bool = True  # ntk/ntk_prime in function space: True = the traced NTK used as Theta (x) I_k
     #                     (n x n: cheap, an approximation for a narrow net); False = the full
     #                     (n k x n k) NTK: exact (equals weight-space GD), k^2 x the memory (spilled to
@@ -203,6 +213,9 @@ class MessagesConfig(IntervalConfig):
     noise_floor: float = 0.1  # max(noise_sigma * sigma_single, noise_floor), accuracy points
     chance_margin: float = 5.0  # a unit whose train accuracy is within this many points of the
     #                             majority-class share never left chance: flagged, its verdicts inconclusive
+    state_margin: float = 1.0  # two groups of a comparison whose mean train accuracies differ by more than
+    #                            this many points (or that stopped by different rules or budgets) are
+    #                            flagged in messages.md as compared at unequal training states
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,8 @@ class Config:
         _check_choice("data.source", self.data.source, ("auto", "binary", "tfds"))
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
+        _check_choice("protocol.sum_grad", self.protocol.sum_grad, ("member", "joint"))
+        _check_choice("kernel.optimizer", self.kernel.optimizer, ("sgd", "adam", "train"))
         _check_choice("model.dtype", self.model.dtype, ("float32", "bfloat16"))
         _check_choice("run.conv", self.run.conv, ("auto", "xla", "matmul"))
         _check_choice("run.sum_step", self.run.sum_step, ("joint", "split"))
@@ -306,10 +321,24 @@ class Config:
             if student:
                 epochs = self.kernel.student_epochs or epochs
             lr = (family == "gp" and self.kernel.gp_lr) or self.kernel.weights_lr or t.lr
-            return dataclasses.replace(t, epochs=epochs, lr=lr)
+            return dataclasses.replace(t, epochs=epochs, lr=lr, optimizer=self.kernel_optimizer)
         if student and self.protocol.student_epochs:
             return dataclasses.replace(t, epochs=self.protocol.student_epochs)
         return t
+
+    @property
+    def kernel_optimizer(self) -> str:
+        """The optimiser of the kernel families' weight-space units (``kernel.optimizer``; train: the nets')."""
+        return self.train.optimizer if self.kernel.optimizer == "train" else self.kernel.optimizer
+
+    def sum_grad_scale(self, members: int | None = None) -> float:
+        """The factor on the train-sum model's gradient (``protocol.sum_grad``): member, 1 / (L c^2) with
+        c the sum's scale (L for a mean, 1 / L for a sum), so that its function-space kernel is the mean
+        of its members' and a step is a single's; joint, 1."""
+        L = members or self.protocol.members
+        if self.protocol.sum_grad == "joint":
+            return 1.0
+        return float(L) if self.protocol.sum_scale == "mean" else 1.0 / L
 
     @property
     def sd_students(self) -> int:
@@ -420,7 +449,11 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
         ("protocol", "kd_memberwise"): "auto",
         ("kernel", "gp_lr"): 0.0,
     },
+    {("protocol", "sum_grad"): "joint", ("kernel", "optimizer"): "train"},
 ]
+# A saved config.json from before a field existed ran with the field's neutral value: what `from_dict`
+# fills in when the field is missing (not the class default, where that differs: sum_grad, optimizer).
+NEUTRAL_WHEN_MISSING[Config] = {key: v for added in _ADDED_LATER for key, v in added.items()}
 _UNREAD_DEFAULTS = {"kd_eta": ProtocolConfig.kd_eta, "kd_mixup": ProtocolConfig.kd_mixup}
 _TEACHER_HASH_SINCE = 6  # the generation of fields the teacher hash was introduced with (older forms: none)
 # The fields only KD and SD students read: left out of the teachers' hash (`Config.teacher_hash`).
@@ -429,7 +462,8 @@ STUDENT_FIELDS = {
                  "teacher", "kd_perturb", "kd_eta", "kd_student", "kd_memberwise"),
     "kernel": ("student_steps", "student_epochs"),
 }  # fmt: skip
-_WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs", "gp_lr")  # the kernel fields of the weights backend
+# the kernel fields of the weights backend
+_WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs", "gp_lr", "optimizer")
 
 
 def _check_choice(name, value, choices):

@@ -68,11 +68,18 @@ def hash_dict(d: dict, strip_later: bool = True) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:12]
 
 
+# config class -> {(section, field): value}: the value a saved config that lacks the field ran with (the
+# field's behaviour before it existed), where `from_dict` must not take the class default
+NEUTRAL_WHEN_MISSING: dict[type, dict[tuple[str, str], object]] = {}
+
+
 def from_dict(cls, d: dict):
     """Rebuild a sectioned config of type ``cls`` from ``dataclasses.asdict`` output (a saved
-    config.json). A section saved by an older version may lack fields added since: they take their
-    defaults; lists become tuples. Unknown or malformed content is a UserError."""
+    config.json). A section saved by an older version may lack fields added since: they take the value
+    that reproduces the older behaviour (`NEUTRAL_WHEN_MISSING`), else their defaults; lists become
+    tuples. Unknown or malformed content is a UserError."""
     hints = typing.get_type_hints(cls)
+    neutral = NEUTRAL_WHEN_MISSING.get(cls, {})
     try:
         kw = {}
         for f in dataclasses.fields(cls):
@@ -80,7 +87,9 @@ def from_dict(cls, d: dict):
                 continue
             typ = hints[f.name]
             if dataclasses.is_dataclass(typ):
-                kw[f.name] = typ(**{k: tuple(v) if isinstance(v, list) else v for k, v in d[f.name].items()})
+                saved = {k: tuple(v) if isinstance(v, list) else v for k, v in d[f.name].items()}
+                missing = {k: v for (s, k), v in neutral.items() if s == f.name and k not in saved}
+                kw[f.name] = typ(**missing, **saved)
             else:
                 kw[f.name] = tuple(d[f.name]) if isinstance(d[f.name], list) else d[f.name]
         return cls(**kw)

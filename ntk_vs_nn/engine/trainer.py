@@ -169,7 +169,7 @@ class Trainer:
     def __init__(
         self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False, augment=None, mesh=None,
         sum_step: str = "joint", mixup: float = 0.0, teacher: ModelFamily | None = None, teacher_rule: str = "logits",
-        perturb=None, memberwise: bool = False,
+        perturb=None, memberwise: bool = False, grad_scale: float = 1.0,
     ):  # fmt: skip
         """``augment(key, x_batch) -> x_batch``: optional on-device augmentation of each training batch
         (`data.transforms.make_augment`). ``mixup``: Beta(a, a) mixup of each batch after it (0: off).
@@ -185,7 +185,9 @@ class Trainer:
         teacher's stacked members, `engine.perturb`); the CE term keeps the unperturbed batch.
         ``memberwise``: a BatchEnsemble student (``family.members`` = M) of M teacher members learns
         member i from teacher i, not every member from their ensemble. A BatchEnsemble family trains each
-        member on the loss (averaged), its fast weights at half the learning rate (`make_optimizer`)."""
+        member on the loss (averaged), its fast weights at half the learning rate (`make_optimizer`).
+        ``grad_scale``: a factor on every gradient before the optimiser (weight decay included after it):
+        the train-sum model's ``Config.sum_grad_scale``, so its members step as singles do."""
         self.family, self.cfg, self.augment, self.mesh, self.sum_step = family, cfg, augment, mesh, sum_step
         self.mixup, self.teacher, self.teacher_rule = float(mixup), teacher, teacher_rule
         self.perturb, self.memberwise = perturb, memberwise
@@ -198,6 +200,8 @@ class Trainer:
         # GD: one lax.scan over epochs
         self.full_batch = self.batch_size == n_train and augment is None and not self.mixup and perturb is None
         self.tx = make_optimizer(cfg, self.steps, fast_weight_labels if family.members else None)
+        if grad_scale != 1.0:
+            self.tx = optax.chain(optax.scale(grad_scale), self.tx)
         self.progress = progress_enabled(progress)
         self._step_cache = {}
         self._scaled = False

@@ -31,7 +31,9 @@ the students reuse it): every solver then equals full-batch GD of the linearised
 for one (n, k) array a, which is J_other (J_trainᵀ a), a vjp and a jvp of the net.
 
 train_sum: G = c·Σ_l f_l (c = 1/L for ``sum_scale=mean``) is linear in the concatenated weights,
-so its kernel is c²·Σ_l Θ_l and f0 = c·Σ_l f0_l; it reuses the single members' kernels.
+so its kernel is c²·Σ_l Θ_l and f0 = c·Σ_l f0_l; with ``protocol.sum_grad=member`` (the default) each
+member's gradient is scaled by 1/(L c²) as in weight space (`Config.sum_grad_scale`), so the kernel is
+(1/L)·Σ_l Θ_l: the mean of the members' kernels. It reuses the single members' kernels.
 
 Kernels are cached in memory per (kind, model, dataset, init key) for the process, so ntk and
 ntk_prime, and train_sum, compute no kernel twice.
@@ -151,15 +153,16 @@ class FunctionTrainer:
             return self._member(key)
         parts = [self._member(jax.random.fold_in(key, i)) for i in range(self.n_sum)]
         c = self.scale
+        kc = c**2 * self.cfg.sum_grad_scale(self.n_sum)  # the kernel's factor: c² times the gradient's scale
         f0 = [c * sum(p[j].astype(np.float64) for p in parts) for j in (2, 3)]
         if not self.full:
-            return (*(c**2 * sum(p[j].astype(np.float64) for p in parts) for j in (0, 1)), *f0)
+            return (*(kc * sum(p[j].astype(np.float64) for p in parts) for j in (0, 1)), *f0)
         k_tt = np.zeros(parts[0][0].shape, parts[0][0].dtype)  # the members' dtype: the full kernel is large
         for p in parts:
             k_tt += p[0]
-        k_tt *= k_tt.dtype.type(c**2)
+        k_tt *= k_tt.dtype.type(kc)
         others = [p[1] for p in parts]
-        return k_tt, lambda a: c**2 * sum(_apply_other(o, a, True) for o in others), *f0
+        return k_tt, lambda a: kc * sum(_apply_other(o, a, True) for o in others), *f0
 
     # -- the Trainer interface -----------------------------------------------------------------
     def fit(self, init_keys, data_keys, x, y, teachers=None, alpha=0.0, tau=1.0, mode=None, desc=""):
