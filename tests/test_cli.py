@@ -58,6 +58,30 @@ def test_messages_written_for_both_tables(smoke_out):
     assert set(df.verdict) <= {"holds", "fails", "inconclusive"}
 
 
+def test_every_trained_unit_records_its_training_state(smoke_out):
+    """Optimiser, steps, stop reason, final train loss and accuracy on every trained unit; the kernel rows
+    train by gradient descent by default and carry no "(Adam)" label."""
+    trained = [r for r in read_records(smoke_out) if r["status"] == "ok" and "ensemble" not in r["protocol"]]
+    assert {r["family"] for r in trained} == {"nn", "ntk", "ntk_prime", "gp"}
+    for r in trained:
+        t = r["training"]
+        assert {"optimizer", "steps", "stop", "train_loss", "train_acc"} <= set(t), r["unit"]
+        assert t["stop"] == "budget" and t["steps"] > 0 and t["train_loss"] == r["metrics"]["final_loss"]
+        assert t["train_acc"] == r["metrics"]["train_acc"]
+        assert t["optimizer"].startswith("sgd" if r["family"] != "nn" else "adam"), t
+    assert "(Adam)" not in open(os.path.join(smoke_out, "table_ntk.md")).read()
+
+
+def test_kernel_rows_trained_by_adam_are_labelled_in_tables_and_messages(tmp_path):
+    out = str(tmp_path / "adam")
+    args = ["table", "ntk", "--preset", "smoke", "--out", out, *FAST, "--set", "kernel.optimizer=adam",
+            "--set", "table.ntk_families=gp"]  # fmt: skip
+    assert main(args) == 0
+    assert {r["training"]["optimizer"] for r in read_records(out) if "training" in r} == {"adam"}
+    assert "| SimpleCNN-3-1 | gp (Adam) |" in open(os.path.join(out, "table_ntk.md")).read()
+    assert "| gp (Adam) |" in open(os.path.join(out, "messages.md")).read()
+
+
 def test_provenance_names_the_commit_the_process_loaded_not_the_head_at_record_time(monkeypatch):
     """A commit made during a long run must not relabel the records written after it: a record's git
     SHA is the checkout's HEAD when the process loaded the suite, not when the record was written."""

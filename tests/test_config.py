@@ -157,9 +157,10 @@ def test_science_hash_is_stable_across_instances():
 def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
     import dataclasses
 
-    from ntk_vs_nn.config import Config
+    from ntk_vs_nn.config import Config, KernelConfig, ProtocolConfig
 
-    cfg = Config()
+    # every later field at its neutral value (the newest generation's defaults are not: see the end)
+    cfg = Config(protocol=ProtocolConfig(sum_grad="joint"), kernel=KernelConfig(optimizer="train"))
     from ntk_vs_nn.config import _ADDED_LATER, _TEACHER_HASH_SINCE
 
     new, *older = cfg.science_hashes()
@@ -170,7 +171,7 @@ def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
     # orphan the teachers of a run in progress); none from before the teacher hash existed
     teachers = [h for h in older if h not in full]
     assert teachers[0] == cfg.teacher_hash() and cfg._hash(n - 1, students=False) in teachers
-    assert cfg._hash(n - 1, students=False) != cfg.teacher_hash()  # (kernel.gp_lr is in the newest only)
+    assert cfg._hash(n - 1, students=False) != cfg.teacher_hash()  # (protocol.sum_grad is in the newest only)
     assert cfg._hash(_TEACHER_HASH_SINCE - 1, students=False) not in teachers
     # a non-neutral value of a later field changes both forms (it changes the numbers)
     tfds = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="tfds"))
@@ -178,6 +179,10 @@ def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
     # the kernel section only enters the hash when a kernel backend other than weights is chosen
     tiles = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, steps=5))
     assert tiles.science_hashes() == cfg.science_hashes()
+    # the default's newest fields are not neutral (gradient-descent kernel rows, the member-scaled sum):
+    # no older form drops them, so no store made before them holds its units
+    default = Config()
+    assert default._hash(n - 1) == default._hash(n) and set(default.science_hashes()).isdisjoint(full)
     # ... except the kernel families' own weight-space budget, which changes their numbers
     for field, value in [("epochs", 90), ("weights_lr", 0.03), ("student_epochs", 120), ("gp_lr", 0.05)]:
         budget = dataclasses.replace(cfg, kernel=dataclasses.replace(cfg.kernel, **{field: value}))
@@ -202,10 +207,12 @@ def test_kernel_families_train_with_their_own_budget_and_students_with_theirs():
     for fam in ("ntk", "ntk_prime", "gp"):
         t, s = cfg.train_for(fam), cfg.train_for(fam, student=True)
         assert (t.epochs, t.lr, s.epochs, s.lr) == (90, 0.03, 120, 0.03)
-        tr = cfg.train
-        assert (t.optimizer, t.batch_size, t.schedule) == (tr.optimizer, tr.batch_size, tr.schedule)
+        tr = cfg.train  # gradient descent (the kernel default), with the nets' batches and schedule
+        assert (t.optimizer, t.batch_size, t.schedule) == ("sgd", tr.batch_size, tr.schedule)
     plain = Config()
-    assert plain.train_for("gp", student=True) == plain.train
+    assert plain.train_for("gp", student=True) == dataclasses.replace(plain.train, optimizer="sgd")
+    older = apply_overrides(Config(), ["kernel.optimizer=train"])  # the older runs: the nets' optimiser
+    assert older.train_for("gp", student=True) == older.train
     only = apply_overrides(Config(), ["kernel.epochs=90"])  # students: as the kernel teachers
     assert only.train_for("ntk", student=True).epochs == 90
     with pytest.raises(UserError):
@@ -303,3 +310,22 @@ def test_train_fields_added_later_leave_the_theory_experiments_hashes_alone_only
     assert cfg.science_hash() == hash_dict(d)  # as before the fields existed
     mixed = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixup=0.2))
     assert mixed.science_hash() != cfg.science_hash()
+
+
+def test_a_saved_config_without_a_later_field_loads_with_its_older_behaviour():
+    """config.json from before protocol.sum_grad and kernel.optimizer existed ran the train-sum with the
+    plain gradient and the kernel rows with the nets' optimiser: loading it gives those values (not the
+    new defaults), so its records keep their hash; a fresh default config is another science (hash)."""
+    import dataclasses
+
+    from ntk_vs_nn.config import Config, KernelConfig, ProtocolConfig
+    from ntk_vs_nn.config.presets import from_dict
+
+    old = Config(protocol=ProtocolConfig(sum_grad="joint"), kernel=KernelConfig(optimizer="train"))
+    saved = dataclasses.asdict(old)
+    del saved["protocol"]["sum_grad"], saved["kernel"]["optimizer"]
+    loaded = from_dict(saved)
+    assert loaded == old and loaded.kernel_optimizer == "adam" and loaded.sum_grad_scale() == 1.0
+    assert loaded.science_hash() == old.science_hash() != Config().science_hash()
+    assert Config().kernel_optimizer == "sgd" and Config().sum_grad_scale() == 10.0
+    assert Config().train_for("ntk").optimizer == "sgd" and Config().train_for("nn").optimizer == "adam"

@@ -106,3 +106,76 @@ def test_noise_floor_applies_when_sigma_is_zero():
     assert compare(-0.2, 0.1) == "fails"
     assert compare(-0.05, 0.1, strict=False) == "inconclusive"
     assert compare(0.0, 0.1, strict=False) == "holds"
+
+
+# -- comparisons at unequal training states (analysis.intervals) ---------------------------------------
+def _unit(family, protocol, member, acc, train_acc, epochs=None, training=None, n=200, seed=0):
+    import numpy as np
+
+    from ntk_vs_nn.analysis.bootstrap import encode_correct
+
+    correct = np.random.RandomState(seed).rand(n) < acc / 100
+    m = {"acc": 100 * correct.mean(), "train_chance": 10.0}
+    if train_acc is not None:  # (an ensemble's record has none)
+        m["train_acc"] = train_acc
+    if epochs is not None:
+        m["epochs"] = epochs
+    rec = dict(
+        unit=f"h/{family}/M/{protocol}/{member}",
+        config_hash="h",
+        family=family,
+        model="M",
+        dataset="d",
+        protocol=protocol,
+        member=member,
+        status="ok",
+        metrics=m,
+        test_correct=encode_correct(correct),
+        n_test=n,
+    )
+    if training is not None:
+        rec["training"] = training
+    return rec  # fmt: skip
+
+
+def _kernel_records(sum_train_acc=100.0, sum_training=None, student_epochs=None):
+    gd = {"optimizer": "sgd", "steps": 300, "stop": "budget"}
+    recs = [_unit("ntk", "single", i, 80, 99.9, 30, gd, seed=i) for i in range(3)]
+    recs.append(_unit("ntk", "ensemble", "all", 85, None, seed=10))
+    recs.append(_unit("ntk", "train_sum", 0, 84, sum_train_acc, 30, sum_training or gd, seed=11))
+    recs.append(_unit("ntk", "kd", 0, 82, 99.5, student_epochs or 30, gd, seed=12))
+    recs += [_unit("ntk", "sd", i, 80, 99.6, student_epochs or 30, gd, seed=13 + i) for i in range(2)]
+    return recs
+
+
+def test_unequal_training_states_are_flagged_and_name_the_groups():
+    """A constructed case: a train-sum model that stopped at 91 % train against singles at 99.9 % is
+    flagged on ① train-sum - ens (train accuracy), not on ① ens - single-best (an ensemble counts as its
+    members); students with 90 epochs against 30-epoch singles are flagged on ② and ③ (budgets); a unit
+    stopped on validation against ones stopped by their budget is flagged (stop rule); equal states: none."""
+    from ntk_vs_nn.analysis import intervals
+
+    cfg = MessagesConfig(n_boot=200)
+
+    def flags(records):
+        df = intervals.messages(records, "h", ("ntk",), ("M",), cfg, ("ntk",))
+        return {(r["message"], r["comparison"]): r["state_flags"] for _, r in df.iterrows()}, df
+
+    same, _ = flags(_kernel_records())
+    assert not any(same.values()), same
+    got, df = flags(_kernel_records(sum_train_acc=91.0))
+    assert got[(1, "ens - single-best")] == ""
+    assert got[(1, "train-sum - ens")] == "train accuracy train_sum: 91.00 %, single: 99.90 %"
+    got, df = flags(_kernel_records(student_epochs=90))
+    assert got[(2, "(ens - best)/2 - (KD - best)")] == "budgets single: 30 epochs, kd: 90 epochs"
+    assert got[(3, "best - SD")] == "budgets single: 30 epochs, sd: 90 epochs"
+    assert got[(1, "train-sum - ens")] == ""
+    md = intervals.markdown(df)
+    assert "**Compared at unequal training states**" in md and "- ③ ntk M, best - SD: budgets" in md
+    picked = {"optimizer": "function-space mse", "steps": 1000, "stop": "validation"}
+    got, _ = flags(_kernel_records(sum_training=picked))
+    assert got[(1, "train-sum - ens")] == "stopped by train_sum: validation, single: budget"
+    # the margin is configurable: 10 points hides the 91 % vs 99.9 % gap
+    cfg = MessagesConfig(n_boot=200, state_margin=10.0)
+    got, _ = flags(_kernel_records(sum_train_acc=91.0))
+    assert got[(1, "train-sum - ens")] == ""
