@@ -35,7 +35,7 @@ from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.data.transforms import make_augment
 from ntk_vs_nn.engine import workers
 from ntk_vs_nn.engine.perturb import perturb
-from ntk_vs_nn.engine.trainer import Trainer, progress_enabled
+from ntk_vs_nn.engine.trainer import Trainer, lambda_max, progress_enabled
 from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, network, param_count, resolve_conv, summed  # noqa: F401
 from ntk_vs_nn.kernels.function_space import FunctionTrainer
 from ntk_vs_nn.models import parse_model_name, split_members
@@ -76,7 +76,7 @@ class Row:
         """``pool``: a `workers.Pool` that trains the units of the weights backend (None: here)."""
         self.family_name, self.model, self.cfg, self.data, self.store = family, model, cfg, data, store
         self.log = log
-        self._trainers = {}
+        self._trainers, self._lambda = {}, None
         self.backend = cfg.kernel.backend if family in KERNEL_FAMILIES else "weights"
         if family in INFINITE_FAMILIES:
             self.backend = "function"
@@ -114,7 +114,7 @@ class Row:
         if family == "nn" or cfg.train.augment_kernels:  # the teachers' transformations (PROTOCOLS: nets only)
             self.augment = self._augment(cfg.train.augment)
             self.mixup = cfg.train.mixup
-        self.trainer = Trainer(self.fam, cfg.train_for(family), len(data.x_train), cfg.run.progress, self.augment,
+        self.trainer = Trainer(self.fam, self.train_cfg(), len(data.x_train), cfg.run.progress, self.augment,
                                mixup=self.mixup)  # fmt: skip
         self.student_augment, self.student_mixup, self.online = self.student_inputs()
 
@@ -169,6 +169,30 @@ class Row:
         tau = self.cfg.kd_tau_for(self.data.num_classes)
         return functools.partial(perturb, p.kd_perturb, tau=tau, eta=p.kd_eta, scale=scale, offset=offset, clip=clip)
 
+    # -- the weight-space step -------------------------------------------------------------------
+    LAMBDA_POINTS = 512  # training points of the row's lambda_max (its top Gauss-Newton eigenvalue)
+
+    def train_cfg(self, student: bool = False):
+        """`Config.train_for` of this row's family, the kernel families' step resolved: with the step in
+        units of 1 / lambda_max (`Config.kernel_lr_in_lambda_units`), divided by `kernel_lambda`."""
+        t = self.cfg.train_for(self.family_name, student)
+        if self.family_name in KERNEL_FAMILIES and self.cfg.kernel_lr_in_lambda_units:
+            t = dataclasses.replace(t, lr=t.lr / self.kernel_lambda())
+        return t
+
+    def kernel_lambda(self) -> float:
+        """lambda_max(J^T J / n) of the row's member 0 at init on the first `LAMBDA_POINTS` training
+        points: for a linearised net (ntk) or a net's frozen features (gp) J is fixed, so this is the top
+        eigenvalue of the kernel the descent runs on (per point); one value for every unit of the row."""
+        if self._lambda is None:
+            x = self.data.x_train[: self.LAMBDA_POINTS]
+            v = jax.jit(self.fam.init)(rng.member_key(self.root, "init", 0), x[:1])
+            self._lambda = float(lambda_max(self.fam, v, jax.numpy.asarray(x)))
+            if not np.isfinite(self._lambda) or self._lambda <= 0:
+                raise UserError(f"{self.family_name} {self.model}: lambda_max = {self._lambda}; set "
+                                "kernel.weights_lr_units=absolute")  # fmt: skip
+        return self._lambda
+
     # -- records ---------------------------------------------------------------------------
     def _hash_of(self, protocol):
         """The config hash a unit of ``protocol`` is named by: the teachers' or the students'."""
@@ -220,6 +244,8 @@ class Row:
             opt = t.optimizer if t.optimizer != "sgd" else f"sgd (momentum {t.momentum:g})" if t.momentum else "sgd"
             state = dict(optimizer=opt, lr=t.lr, schedule=t.schedule, epochs=t.epochs, steps=t.epochs * trainer.steps,
                          stop="budget")  # fmt: skip
+            if self._lambda is not None:  # the step in units of 1 / lambda_max: what it was
+                state.update(lambda_max=self._lambda, lr_lambda_units=t.lr * self._lambda)
         else:
             k = trainer.cfg.kernel
             picked = k.solver == "mse" and not k.steps  # the training time chosen on validation
@@ -487,7 +513,7 @@ class Row:
         if self.backend != "weights":
             return FunctionTrainer(self.family_name, self.model, self.cfg, self.data, n_sum=L)
         fam = summed(self.fam, L, p.sum_scale, stacked=self.mode in ("vmap", "shard"))
-        return Trainer(fam, self.cfg.train_for(self.family_name), len(self.data.x_train), self.cfg.run.progress,
+        return Trainer(fam, self.train_cfg(), len(self.data.x_train), self.cfg.run.progress,
                        self.augment, sum_step=self.cfg.run.sum_step, mixup=self.mixup,
                        grad_scale=self.cfg.sum_grad_scale(L))  # fmt: skip
 
@@ -546,7 +572,7 @@ class Row:
                 return self.trainer
             cfg = dataclasses.replace(self.cfg, kernel=dataclasses.replace(self.cfg.kernel, steps=steps))
             return FunctionTrainer(self.family_name, self.model, cfg, self.data)
-        train_cfg = self.cfg.train_for(self.family_name, student=True)
+        train_cfg = self.train_cfg(student=True)
         same = (self.student_augment, self.student_mixup) == (self.augment, self.mixup) and not self.online
         if train_cfg == self.trainer.cfg and same and not kd:
             return self.trainer

@@ -210,7 +210,10 @@ def test_kernel_families_train_with_their_own_budget_and_students_with_theirs():
         tr = cfg.train  # gradient descent (the kernel default), with the nets' batches and schedule
         assert (t.optimizer, t.batch_size, t.schedule) == ("sgd", tr.batch_size, tr.schedule)
     plain = Config()
-    assert plain.train_for("gp", student=True) == dataclasses.replace(plain.train, optimizer="sgd")
+    # the step in units of 1 / lambda_max (the row divides by it): 1 unless kernel.weights_lr says otherwise
+    assert plain.train_for("gp", student=True) == dataclasses.replace(plain.train, optimizer="sgd", lr=1.0)
+    absolute = apply_overrides(Config(), ["kernel.weights_lr_units=absolute"])
+    assert absolute.train_for("gp").lr == absolute.train.lr and not absolute.kernel_lr_in_lambda_units
     older = apply_overrides(Config(), ["kernel.optimizer=train"])  # the older runs: the nets' optimiser
     assert older.train_for("gp", student=True) == older.train
     only = apply_overrides(Config(), ["kernel.epochs=90"])  # students: as the kernel teachers

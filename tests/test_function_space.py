@@ -403,7 +403,7 @@ def test_row_gradient_descent_equals_function_space_on_the_exact_kernel(tiny_dat
     train = dataclasses.replace(tiny_cfg.train, epochs=STEPS, batch_size=n, lr=eta, momentum=0.0, schedule="constant")
     protocol = dataclasses.replace(tiny_cfg.protocol, members=L, kd_inputs="clean", kd_alpha=0.7, kd_tau=2.0)
     base = dataclasses.replace(tiny_cfg, train=train, protocol=protocol)
-    weights = dataclasses.replace(base, kernel=KernelConfig(optimizer="sgd"))
+    weights = dataclasses.replace(base, kernel=KernelConfig(optimizer="sgd", weights_lr_units="absolute"))
     funcs = dataclasses.replace(base, kernel=KernelConfig(backend="function", solver="xent", lr=eta,
                                                           lr_units="absolute", steps=STEPS, trace=False))  # fmt: skip
     w_row = Row(family, MODEL, weights, d, Store.prepare(str(tmp_path / "w")))
@@ -426,3 +426,27 @@ def test_row_gradient_descent_equals_function_space_on_the_exact_kernel(tiny_dat
     joint = dataclasses.replace(funcs, protocol=dataclasses.replace(protocol, sum_grad="joint"))
     j_row = Row(family, MODEL, joint, d, Store.prepare(str(tmp_path / "j")))
     assert rel_err(preds(j_row, "sum"), preds(w_row, "sum")) > 1e-3
+
+
+@pytest.mark.parametrize("family", ["ntk", "gp"])
+def test_kernel_step_in_lambda_units_is_the_top_eigenvalue_of_the_explicit_kernel(tiny_data, tiny_cfg, tmp_path,
+                                                                                   family):  # fmt: skip
+    """kernel.weights_lr_units=lambda_max (the default with gradient descent): the row's step is
+    kernel.weights_lr / lambda_max(J^T J / n), lambda_max by power iteration (jvp, vjp) = the top
+    eigenvalue of the explicit Jacobian's J J^T / n (every parameter the descent moves), for every unit.
+    A gp row's J is its head's features; an ntk row's the linearised net's Jacobian at W0."""
+    from ntk_vs_nn import rng
+    from ntk_vs_nn.protocols import Row
+    from ntk_vs_nn.store import Store
+
+    cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(weights_lr=0.5))
+    row = Row(family, MODEL, cfg, tiny_data, Store.prepare(str(tmp_path / "s")))
+    x = jnp.asarray(tiny_data.x_train)  # 48 points: all of them (< Row.LAMBDA_POINTS)
+    v = row.fam.init(rng.member_key(row.root, "init", 0), x[:1])
+    jac = jax.jacrev(lambda p: row.fam.apply({"params": p, "state": v["state"]}, x).reshape(-1))(v["params"])
+    j = np.concatenate([np.asarray(a, np.float64).reshape(a.shape[0], -1) for a in jax.tree.leaves(jac)], 1)
+    top = float(np.linalg.eigvalsh(j @ j.T / len(x))[-1])
+    lam = row.kernel_lambda()  # 31 power-iteration steps approach it from below: within 2 % (a unit of step)
+    assert 0.98 * top < lam < top * (1 + 1e-5)
+    assert row.trainer.cfg.lr == pytest.approx(0.5 / lam, rel=1e-6) and row.trainer.cfg.optimizer == "sgd"
+    assert row.trainer_for("sum").cfg.lr == row.trainer.cfg.lr == row.train_cfg(student=True).lr

@@ -147,6 +147,11 @@ class KernelConfig:
     #                          (0 = kernel.epochs); protocol.student_epochs is the nets' counterpart
     gp_lr: float = 0.0  # weights backend: the gp family's own peak learning rate (0 = kernel.weights_lr): a
     #                     linear model on frozen features tolerates, and needs, a far larger step than the ntk
+    weights_lr_units: str = "lambda_max"  # weights backend, kernel.optimizer=sgd: lambda_max = kernel.weights_lr
+    #                                       (0 = 1) is in units of 1 / lambda_max(J^T J / n), the top eigenvalue of
+    #                                       the row's Gauss-Newton matrix at W0 (its member 0, 512 training points):
+    #                                       one setting fits every architecture, and every unit of the row (singles,
+    #                                       train-sum, students) takes that one step | absolute: as given (older runs)
     optimizer: str = "sgd"  # weights backend: the kernel families' optimiser. sgd = gradient descent on the
     #                         linearised model (train.momentum as heavy-ball momentum, train.schedule): kernel
     #                         gradient descent in function space, the default | adam: labelled "(Adam)" in
@@ -255,6 +260,7 @@ class Config:
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
         _check_choice("protocol.sum_grad", self.protocol.sum_grad, ("member", "joint"))
         _check_choice("kernel.optimizer", self.kernel.optimizer, ("sgd", "adam", "train"))
+        _check_choice("kernel.weights_lr_units", self.kernel.weights_lr_units, ("lambda_max", "absolute"))
         _check_choice("model.dtype", self.model.dtype, ("float32", "bfloat16"))
         _check_choice("run.conv", self.run.conv, ("auto", "xla", "matmul"))
         _check_choice("run.sum_step", self.run.sum_step, ("joint", "split"))
@@ -320,7 +326,8 @@ class Config:
             epochs = self.kernel.epochs or t.epochs
             if student:
                 epochs = self.kernel.student_epochs or epochs
-            lr = (family == "gp" and self.kernel.gp_lr) or self.kernel.weights_lr or t.lr
+            default = 1.0 if self.kernel_lr_in_lambda_units else t.lr
+            lr = (family == "gp" and self.kernel.gp_lr) or self.kernel.weights_lr or default
             return dataclasses.replace(t, epochs=epochs, lr=lr, optimizer=self.kernel_optimizer)
         if student and self.protocol.student_epochs:
             return dataclasses.replace(t, epochs=self.protocol.student_epochs)
@@ -330,6 +337,12 @@ class Config:
     def kernel_optimizer(self) -> str:
         """The optimiser of the kernel families' weight-space units (``kernel.optimizer``; train: the nets')."""
         return self.train.optimizer if self.kernel.optimizer == "train" else self.kernel.optimizer
+
+    @property
+    def kernel_lr_in_lambda_units(self) -> bool:
+        """Whether the kernel families' weight-space step is in units of 1 / lambda_max (the row divides
+        `train_for`'s lr by it): gradient descent with ``kernel.weights_lr_units=lambda_max``."""
+        return self.kernel_optimizer == "sgd" and self.kernel.weights_lr_units == "lambda_max"
 
     def sum_grad_scale(self, members: int | None = None) -> float:
         """The factor on the train-sum model's gradient (``protocol.sum_grad``): member, 1 / (L c^2) with
@@ -449,7 +462,7 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
         ("protocol", "kd_memberwise"): "auto",
         ("kernel", "gp_lr"): 0.0,
     },
-    {("protocol", "sum_grad"): "joint", ("kernel", "optimizer"): "train"},
+    {("protocol", "sum_grad"): "joint", ("kernel", "optimizer"): "train", ("kernel", "weights_lr_units"): "absolute"},
 ]
 # A saved config.json from before a field existed ran with the field's neutral value: what `from_dict`
 # fills in when the field is missing (not the class default, where that differs: sum_grad, optimizer).
@@ -463,7 +476,7 @@ STUDENT_FIELDS = {
     "kernel": ("student_steps", "student_epochs"),
 }  # fmt: skip
 # the kernel fields of the weights backend
-_WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs", "gp_lr", "optimizer")
+_WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs", "gp_lr", "optimizer", "weights_lr_units")
 
 
 def _check_choice(name, value, choices):
