@@ -403,7 +403,7 @@ def test_row_gradient_descent_equals_function_space_on_the_exact_kernel(tiny_dat
     train = dataclasses.replace(tiny_cfg.train, epochs=STEPS, batch_size=n, lr=eta, momentum=0.0, schedule="constant")
     protocol = dataclasses.replace(tiny_cfg.protocol, members=L, kd_inputs="clean", kd_alpha=0.7, kd_tau=2.0)
     base = dataclasses.replace(tiny_cfg, train=train, protocol=protocol)
-    weights = dataclasses.replace(base, kernel=KernelConfig(optimizer="sgd", weights_lr_units="absolute"))
+    weights = dataclasses.replace(base, kernel=KernelConfig(optimizer="sgd", weights_lr_units="absolute", momentum=0.0))
     funcs = dataclasses.replace(base, kernel=KernelConfig(backend="function", solver="xent", lr=eta,
                                                           lr_units="absolute", steps=STEPS, trace=False))  # fmt: skip
     w_row = Row(family, MODEL, weights, d, Store.prepare(str(tmp_path / "w")))

@@ -152,8 +152,9 @@ class KernelConfig:
     #                                       the row's Gauss-Newton matrix at W0 (its member 0, 512 training points):
     #                                       one setting fits every architecture, and every unit of the row (singles,
     #                                       train-sum, students) takes that one step | absolute: as given (older runs)
+    momentum: float = 0.99  # weights backend, kernel.optimizer=sgd: heavy-ball momentum of the descent
     optimizer: str = "sgd"  # weights backend: the kernel families' optimiser. sgd = gradient descent on the
-    #                         linearised model (train.momentum as heavy-ball momentum, train.schedule): kernel
+    #                         linearised model (kernel.momentum as heavy-ball momentum, train.schedule): kernel
     #                         gradient descent in function space, the default | adam: labelled "(Adam)" in
     #                         every table and record, not a kernel method | train: train.optimizer (older runs)
     trace: bool = True  # ntk/ntk_prime in function space: True = the traced NTK used as Theta (x) I_k
@@ -295,6 +296,8 @@ class Config:
                 "protocol.student_epochs, kernel.student_steps, kernel.epochs and kernel.student_epochs must be >= 0"
                 " (0 = as the teachers)"
             )
+        if not 0.0 <= self.kernel.momentum < 1.0:
+            raise UserError(f"kernel.momentum must be in [0, 1), got {self.kernel.momentum}")
         if self.kernel.weights_lr < 0 or self.kernel.gp_lr < 0:
             raise UserError("kernel.weights_lr and kernel.gp_lr must be >= 0 (0 = train.lr, kernel.weights_lr)")
         if self.train.lr <= 0:
@@ -328,6 +331,8 @@ class Config:
                 epochs = self.kernel.student_epochs or epochs
             default = 1.0 if self.kernel_lr_in_lambda_units else t.lr
             lr = (family == "gp" and self.kernel.gp_lr) or self.kernel.weights_lr or default
+            if self.kernel.optimizer == "sgd":  # heavy ball: the kernel rows' own momentum, no Nesterov
+                t = dataclasses.replace(t, momentum=self.kernel.momentum, nesterov=False)
             return dataclasses.replace(t, epochs=epochs, lr=lr, optimizer=self.kernel_optimizer)
         if student and self.protocol.student_epochs:
             return dataclasses.replace(t, epochs=self.protocol.student_epochs)
@@ -462,7 +467,12 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
         ("protocol", "kd_memberwise"): "auto",
         ("kernel", "gp_lr"): 0.0,
     },
-    {("protocol", "sum_grad"): "joint", ("kernel", "optimizer"): "train", ("kernel", "weights_lr_units"): "absolute"},
+    {
+        ("protocol", "sum_grad"): "joint",
+        ("kernel", "optimizer"): "train",
+        ("kernel", "weights_lr_units"): "absolute",
+        ("kernel", "momentum"): 0.99,  # (read only by kernel.optimizer=sgd, which did not exist)
+    },
 ]
 # A saved config.json from before a field existed ran with the field's neutral value: what `from_dict`
 # fills in when the field is missing (not the class default, where that differs: sum_grad, optimizer).
@@ -476,7 +486,8 @@ STUDENT_FIELDS = {
     "kernel": ("student_steps", "student_epochs"),
 }  # fmt: skip
 # the kernel fields of the weights backend
-_WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs", "gp_lr", "optimizer", "weights_lr_units")
+_WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs", "gp_lr", "optimizer", "weights_lr_units",
+                          "momentum")  # fmt: skip
 
 
 def _check_choice(name, value, choices):
