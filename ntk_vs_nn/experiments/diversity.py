@@ -163,7 +163,7 @@ def diversity_preset(dataset: str = "fashion_mnist") -> Config:
             model=ModelConfig(norm="none"),
             train=TrainConfig(epochs=12),
             protocol=ProtocolConfig(**members),
-            kernel=KernelConfig(weights_lr=0.005),
+            kernel=KernelConfig(weights_lr=0.005, optimizer="adam"),  # measured with Adam (labelled so)
             table=TableConfig(nn_models=("PlainCNN-2-0.5",), ntk_models=(), ntk_families=("ntk",)),
             run=RunConfig(replicates=3, workers=0, conv="xla"),
         )
@@ -192,7 +192,7 @@ def smoke() -> Config:
         data=DataConfig(n_train=100, n_test=60),
         train=TrainConfig(epochs=1),
         protocol=dataclasses.replace(cfg.protocol, members=3),
-        kernel=KernelConfig(weights_lr=0.002),
+        kernel=KernelConfig(weights_lr=0.002, optimizer="adam"),
         table=dataclasses.replace(
             cfg.table, nn_models=("PlainCNN-1-0.25",), diversity=("be:none", "be:confods", "ntk:confods")
         ),
