@@ -490,6 +490,20 @@ class Row:
             self.record(protocol, "all", "ok", m, test_logits=comb["test"], rule=rule)
         return comb
 
+    def control(self, wait=True):
+        """The control singles (`Config.control_members`): single member i's init and data order, trained
+        as the singles are (true labels, the teachers' inputs) for the students' budget; ``wait=False``:
+        started, returns the function that waits for them."""
+        n = self.cfg.control_members(self.family_name)
+        units = [("control", i) for i in range(n)]
+        pending = self.train_async(
+            units,
+            [rng.member_key(self.root, "init", i) for i in range(n)],
+            [rng.member_key(self.root, "data", i) for i in range(n)],
+            kind="control",
+        )
+        return _settle(lambda: [pending()[u] for u in units], wait)
+
     def train_sum(self, wait=True):
         """The train-sum model (one unit); ``wait=False``: started, returns the function that waits."""
         # Member l of the sum gets fold_in(stream("init"), l): single member l's init key.
@@ -501,9 +515,17 @@ class Row:
     def trainer_for(self, kind: str):
         """The trainer of ``kind``: ``teacher`` (single members), ``sum`` (the train-sum model),
         ``student`` (KD and SD students), ``kd_student`` (KD students of another network,
-        ``protocol.kd_student``); built once per row."""
+        ``protocol.kd_student``), ``control`` (singles at the students' budget); built once per row."""
         if kind == "teacher":
             return self.trainer
+        if kind == "control":  # the singles' training for the students' budget
+            cfg = self.train_cfg(student=True)
+            if cfg == self.trainer.cfg:
+                return self.trainer
+            if kind not in self._trainers:
+                self._trainers[kind] = Trainer(self.fam, cfg, len(self.data.x_train), self.cfg.run.progress,
+                                               self.augment, mixup=self.mixup)  # fmt: skip
+            return self._trainers[kind]
         if kind not in self._trainers:
             self._trainers[kind] = self.sum_trainer() if kind == "sum" else self.student_trainer(kind == "kd_student")
         return self._trainers[kind]
@@ -656,8 +678,10 @@ def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, l
     train_sum = row.train_sum(wait=False) if cfg.table.train_sum else lambda: None
     if not cfg.table.train_sum and row._done("train_sum", 0) is None:
         row.record("train_sum", 0, "skipped", {"reason": "table.train_sum=false"})
+    control = row.control(wait=False) if row.backend == "weights" else list
     got = row.students(singles, ens)
     train_sum()
+    control()
     sd = [got.get(("sd", s)) for s in range(cfg.sd_students)]
     if any(p is not None for p in sd):
         row.ensemble(sd, protocol="sd_ensemble")

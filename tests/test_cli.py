@@ -82,6 +82,29 @@ def test_kernel_rows_trained_by_adam_are_labelled_in_tables_and_messages(tmp_pat
     assert "| gp (Adam) |" in open(os.path.join(out, "messages.md")).read()
 
 
+def test_students_trained_longer_get_a_control_row_and_messages_5_6_are_decided_against_it(tmp_path, smoke_out):
+    """protocol.control=auto: where the nets' students train longer than their singles, max(K, S) control
+    singles (single member i's init and data order, the students' budget) are trained and recorded; the
+    table shows them; ⑤ and ⑥ are decided against them (primary), the uncontrolled comparisons stay as
+    secondary ones. Students at the singles' budget (the smoke default): no control units."""
+    assert not any(r["protocol"] == "control" for r in read_records(smoke_out))
+    out = str(tmp_path / "ctl")
+    assert main(["table", "nn", "--preset", "smoke", "--out", out, *FAST, "--set", "protocol.student_epochs=2"]) == 0
+    ctl = [r for r in read_records(out) if r["protocol"] == "control"]
+    assert sorted(r["member"] for r in ctl) == [0, 1] and all(r["metrics"]["epochs"] == 2 for r in ctl)
+    singles = {r["member"]: r for r in read_records(out) if r["protocol"] == "single"}
+    assert all(singles[r["member"]]["metrics"]["epochs"] == 1 for r in ctl)
+    assert "control: single at the students' budget" in open(os.path.join(out, "table_nn.md")).read()
+    df = pd.read_csv(os.path.join(out, "messages.csv"))
+    primary = df[df.primary]
+    assert set(primary[primary.message == 5].comparison) == {"(KD - control) - (ens - mean)/2"}
+    assert set(primary[primary.message == 6].comparison) == {"SD - (control + σ)"}
+    assert {"(KD - mean) - (ens - mean)/2", "SD - (mean + σ)"} <= set(df[~df.primary].comparison)
+    assert main(["table", "nn", "--preset", "smoke", "--out", str(tmp_path / "off"), *FAST,
+                 "--set", "protocol.student_epochs=2", "--set", "protocol.control=off"]) == 0  # fmt: skip
+    assert not any(r["protocol"] == "control" for r in read_records(str(tmp_path / "off")))
+
+
 def test_provenance_names_the_commit_the_process_loaded_not_the_head_at_record_time(monkeypatch):
     """A commit made during a long run must not relabel the records written after it: a record's git
     SHA is the checkout's HEAD when the process loaded the suite, not when the record was written."""

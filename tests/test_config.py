@@ -333,3 +333,17 @@ def test_a_saved_config_without_a_later_field_loads_with_its_older_behaviour():
     assert loaded.science_hash() == old.science_hash() != Config().science_hash()
     assert Config().kernel_optimizer == "sgd" and Config().sum_grad_scale() == 10.0
     assert Config().train_for("ntk").optimizer == "sgd" and Config().train_for("nn").optimizer == "adam"
+
+
+def test_control_singles_where_students_train_longer():
+    from ntk_vs_nn.config import Config
+    from ntk_vs_nn.config.presets import get_preset
+
+    quick = get_preset("quick")  # nets: 30-epoch singles, 90-epoch students; kernels: one budget
+    assert quick.control_members("nn") == max(quick.protocol.kd_students, quick.sd_students) == 5
+    assert quick.control_members("ntk") == quick.control_members("gp") == 0
+    assert Config().control_members("nn") == 0  # students as long as their singles
+    on = apply_overrides(Config(), ["protocol.control=on"])
+    assert on.control_members("nn") == 5 and apply_overrides(quick, ["protocol.control=off"]).control_members("nn") == 0
+    # a student field: the teachers of a run are shared whatever the control setting
+    assert on.teacher_hash() == Config().teacher_hash() and on.science_hash() != Config().science_hash()

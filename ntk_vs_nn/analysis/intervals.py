@@ -28,7 +28,7 @@ from ntk_vs_nn.analysis.tables import group
 from ntk_vs_nn.analysis.verdict import combine, decide_interval
 from ntk_vs_nn.config import MessagesConfig
 
-GROUPS = ("single", "ensemble", "train_sum", "kd", "sd")
+GROUPS = ("single", "ensemble", "train_sum", "kd", "sd", "control")
 
 # message -> [(comparison, d as a function of the group statistics, strict, primary)]
 COMPARISONS = {
@@ -57,6 +57,31 @@ COMPARISONS = {
     6: [("SD - (mean + σ)", lambda g: g["sd"].mean - g["single"].mean - g["single"].std, True, True)],
     7: [("ens - mean - 3σ", lambda g: g["ensemble"].mean - g["single"].mean - 3 * g["single"].std, True, True)],
 }  # fmt: skip
+
+# where a row has control singles (singles trained for the students' budget, `protocols.Row.control`), messages
+# ⑤ and ⑥ are decided against them: the students' gain is then not their longer training; the comparisons
+# against the singles at the teachers' budget stay, as secondary ones
+CONTROLLED = {
+    5: [
+        ("(KD - control) - (ens - mean)/2", lambda g: (g["kd"].mean - g["control"].mean)
+         - (g["ensemble"].mean - g["single"].mean) / 2, False, True),
+    ],
+    6: [("SD - (control + σ)", lambda g: g["sd"].mean - g["control"].mean - g["control"].std, True, True)],
+}  # fmt: skip
+
+
+# the groups whose training states a comparison sets against each other, where not all it reads: the
+# controlled ⑤ subtracts the control from KD and the singles from their ensemble, never KD from the singles
+STATE_PAIRS = {"(KD - control) - (ens - mean)/2": (("kd", "control"),)}
+
+
+def comparisons(message: int, has_control: bool) -> list:
+    """The comparisons of ``message``: `COMPARISONS`, or with control singles `CONTROLLED` first (primary)
+    and the uncontrolled ones as secondary."""
+    if not has_control or message not in CONTROLLED:
+        return COMPARISONS[message]
+    return CONTROLLED[message] + [(name, fn, strict, False) for name, fn, strict, _ in COMPARISONS[message]]
+
 
 COLUMNS = [
     "message", "family", "model", "dataset", "claim", "comparison", "strict", "primary", "d", "ci_low",
@@ -177,7 +202,7 @@ def messages(records, config_hash, families, models, cfg: MessagesConfig, kernel
                 if mkind != kind:
                     continue
                 part = []
-                for name, fn, strict, primary in COMPARISONS[msg]:
+                for name, fn, strict, primary in comparisons(msg, "control" in groups):
                     c = bs.compare(draws, fn, cfg.level) if draws else bs.Comparison(math.nan, math.nan, math.nan)
                     verdict = "inconclusive" if flags else decide_interval(c.lo, c.hi, strict)
                     part.append(dict(
@@ -186,7 +211,9 @@ def messages(records, config_hash, families, models, cfg: MessagesConfig, kernel
                         verdict=verdict, min_detectable=bs.min_detectable(c.lo, c.hi),
                         n_test=draws.n_test if draws else 0, n_replicates=draws.n_replicates if draws else 0,
                         n_boot=cfg.n_boot, flags=flags,
-                        state_flags=state_flags(by, fam, model, groups_read(fn), cfg.state_margin),
+                        state_flags="; ".join(f for f in (
+                            state_flags(by, fam, model, pair, cfg.state_margin)
+                            for pair in STATE_PAIRS.get(name, (groups_read(fn),))) if f),
                     ))  # fmt: skip
                 overall = combine([p["verdict"] for p in part if p["primary"]])
                 for p in part:

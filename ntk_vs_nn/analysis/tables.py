@@ -57,7 +57,8 @@ COLUMNS = [
     "disagreement",
     "pairwise_kl",
 ]
-MULTI = ("single", "kd", "sd")  # protocols with several members per replicate
+MULTI = ("single", "kd", "sd", "control")  # protocols with several members per replicate
+CONTROL = "control"  # singles at the students' budget (`protocols.Row.control`): a row of its own when recorded
 
 
 def _status(recs, expected):
@@ -117,7 +118,7 @@ def tidy(
     rows = []
     for model in models:
         for fam in families:
-            for protocol in PROTOCOLS:
+            for protocol in PROTOCOLS + ((CONTROL,) if (fam, model, CONTROL) in by else ()):
                 reps = [list(m.values()) for m in by.get((fam, model, protocol), [{} for _ in range(n_rep)])]
                 rows.append(_row(fam, model, dataset, protocol, reps, by, members, sd_students, kd_students))
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -131,7 +132,9 @@ def _row(fam, model, dataset, protocol, reps, by, members, sd_students, kd_stude
     pooled = [r for ok in oks for r in ok]
     accs = [r["metrics"]["acc"] for r in pooled]
     if protocol in MULTI:
-        expected = {"single": members, "sd": sd_students, "kd": kd_students}[protocol]
+        expected = {"single": members, "sd": sd_students, "kd": kd_students, CONTROL: max(kd_students, sd_students)}[
+            protocol
+        ]
         if fam in INFINITE_FAMILIES and protocol == "single":  # deterministic: one member
             expected = 1
         row["acc_mean"], row["acc_std"] = _mean(accs), _std(accs)
@@ -189,6 +192,8 @@ def _cell(row, family, protocol) -> str:
     note = "" if row["status"] == "ok" else f" [{row['status']}]"
     reps = int(row.get("n_replicates", 1) or 1)
     over = f", {reps} replicates" if reps > 1 else ""
+    if protocol == CONTROL:
+        return f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} (n={row['n_members']}){note}"
     if protocol == "single":
         if family == "nn":
             return f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} (n={row['n_members']}){note}"
@@ -217,14 +222,16 @@ def markdown(df: pd.DataFrame, title: str, header: str = "", labels: dict | None
     lines = [f"# {title}", ""]
     if header:
         lines += [header, ""]
+    shown = PROTOCOLS + ((CONTROL,) if (df["protocol"] == CONTROL).any() else ())
+    names[CONTROL] = "control: single at the students' budget"
     lines += [
-        "| model | family | " + " | ".join(names[p] for p in PROTOCOLS) + " |",
-        "|" + " --- |" * (2 + len(PROTOCOLS)),
+        "| model | family | " + " | ".join(names[p] for p in shown) + " |",
+        "|" + " --- |" * (2 + len(shown)),
     ]
     keys = list(dict.fromkeys(zip(df["model"], df["family"])))
     for model, fam in keys:
         sub = {r["protocol"]: r for _, r in df[(df.model == model) & (df.family == fam)].iterrows()}
-        cells = [_cell(sub.get(p), fam, p) for p in PROTOCOLS]
+        cells = [_cell(sub.get(p), fam, p) if p in sub or p != CONTROL else "—" for p in shown]
         lines.append(f"| {model} | {labels.get(fam, fam)} | " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -116,6 +116,10 @@ class ProtocolConfig:
     kd_student: str = ""  # the KD students' network ("" = the row's own), e.g. BE4-PlainCNN-2-1
     kd_memberwise: str = "auto"  # a BatchEnsemble-M KD student of an M-member ensemble: member i learns from
     #                              teacher i (on | off: every member from the ensemble | auto = on for such a student)
+    control: str = "auto"  # the control row: max(K, S) singles (member i's init and data order) trained like
+    #                        the singles but for the students' budget, so that messages 5 and 6 compare students
+    #                        with singles trained as long | auto = on where a family's students train longer
+    #                        than its singles | on | off
 
 
 @dataclass(frozen=True)
@@ -248,6 +252,7 @@ class Config:
         _check_choice("protocol.teacher", self.protocol.teacher, ("auto", "online", "fixed"))
         _check_choice("protocol.kd_perturb", self.protocol.kd_perturb, ("none", "gaussian", "ods", "confods"))
         _check_choice("protocol.kd_memberwise", self.protocol.kd_memberwise, ("auto", "on", "off"))
+        _check_choice("protocol.control", self.protocol.control, ("auto", "on", "off"))
         if self.protocol.kd_eta < 0:
             raise UserError(f"protocol.kd_eta must be >= 0, got {self.protocol.kd_eta}")
         _check_choice("table.reference", self.table.reference, ("paper", "replication"))
@@ -357,6 +362,15 @@ class Config:
         if self.protocol.sum_grad == "joint":
             return 1.0
         return float(L) if self.protocol.sum_scale == "mean" else 1.0 / L
+
+    def control_members(self, family: str) -> int:
+        """How many control singles ``family``'s row trains (``protocol.control``): max(K, S) where on, or
+        where auto and the family's students train more epochs than its singles; else 0."""
+        c = self.protocol.control
+        longer = self.train_for(family, student=True).epochs > self.train_for(family).epochs
+        if c == "off" or (c == "auto" and not longer):
+            return 0
+        return max(self.protocol.kd_students, self.sd_students)
 
     @property
     def sd_students(self) -> int:
@@ -472,6 +486,7 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
         ("kernel", "optimizer"): "train",
         ("kernel", "weights_lr_units"): "absolute",
         ("kernel", "momentum"): 0.99,  # (read only by kernel.optimizer=sgd, which did not exist)
+        ("protocol", "control"): "off",
     },
 ]
 # A saved config.json from before a field existed ran with the field's neutral value: what `from_dict`
@@ -482,7 +497,7 @@ _TEACHER_HASH_SINCE = 6  # the generation of fields the teacher hash was introdu
 # The fields only KD and SD students read: left out of the teachers' hash (`Config.teacher_hash`).
 STUDENT_FIELDS = {
     "protocol": ("kd_alpha", "kd_tau", "sd_students", "kd_students", "student_epochs", "kd_inputs", "kd_mixup",
-                 "teacher", "kd_perturb", "kd_eta", "kd_student", "kd_memberwise"),
+                 "teacher", "kd_perturb", "kd_eta", "kd_student", "kd_memberwise", "control"),
     "kernel": ("student_steps", "student_epochs"),
 }  # fmt: skip
 # the kernel fields of the weights backend
