@@ -452,17 +452,19 @@ class Row:
         train beside whatever else is submitted), returns the function that waits for them."""
         L = L or self.cfg.protocol.members
         units = [("single", i) for i in range(L)]
-        pending = self.train_async(
-            units,
-            [rng.member_key(self.root, "init", i) for i in range(L)],
-            [rng.member_key(self.root, "data", i) for i in range(L)],
-        )
+        pending = self.train_async(units, [rng.member_key(self.root, "init", i) for i in range(L)], self.data_keys(L))
 
         def done():
             got = pending()  # once: it waits for the units and logs them
             return [got[u] for u in units]
 
         return _settle(done, wait)
+
+    def data_keys(self, n: int) -> list:
+        """The data-order keys of singles 0..n-1: each its own (``protocol.data_order=member``), or all
+        member 0's (``shared``: the order every member of the train-sum model sees)."""
+        shared = self.cfg.protocol.data_order == "shared"
+        return [rng.member_key(self.root, "data", 0 if shared else i) for i in range(n)]
 
     def ensemble(self, singles, protocol="ensemble"):
         """Combine members; record accuracy (and by size 1..L); return the combined predictions."""
@@ -496,12 +498,8 @@ class Row:
         started, returns the function that waits for them."""
         n = self.cfg.control_members(self.family_name)
         units = [("control", i) for i in range(n)]
-        pending = self.train_async(
-            units,
-            [rng.member_key(self.root, "init", i) for i in range(n)],
-            [rng.member_key(self.root, "data", i) for i in range(n)],
-            kind="control",
-        )
+        init_keys = [rng.member_key(self.root, "init", i) for i in range(n)]
+        pending = self.train_async(units, init_keys, self.data_keys(n), kind="control")
         return _settle(lambda: [pending()[u] for u in units], wait)
 
     def train_sum(self, wait=True):

@@ -481,3 +481,21 @@ def test_sum_grad_scale_makes_the_sum_kernel_the_members_mean():
         c = 1 / 4 if scale == "mean" else 1.0
         kernel_factor = c**2 * cfg.sum_grad_scale()  # G's kernel = c^2 s sum_l Theta_l
         assert kernel_factor == pytest.approx(1 / 4 if grad == "member" else c**2)
+
+
+def test_shared_data_order_gives_every_single_member_0s_order(tiny_data, tiny_cfg, tmp_path):
+    """protocol.data_order=shared: each single draws member 0's data order (the train-sum model's), its own
+    init; single 0 is the same unit either way, single 1 trains on another order than with its own."""
+    from ntk_vs_nn.protocols import Row
+    from ntk_vs_nn.store import Store
+
+    preds = {}
+    for order in ("member", "shared"):
+        cfg = dataclasses.replace(tiny_cfg, protocol=dataclasses.replace(tiny_cfg.protocol, data_order=order))
+        row = Row("nn", MODEL, cfg, tiny_data, Store.prepare(str(tmp_path / order)))
+        keys = row.data_keys(3)
+        same = [bool(np.array_equal(jax.random.key_data(k), jax.random.key_data(keys[0]))) for k in keys]
+        assert same == ([True, False, False] if order == "member" else [True, True, True])
+        preds[order] = [p["test"] for p in row.single()]
+    np.testing.assert_array_equal(preds["member"][0], preds["shared"][0])
+    assert float(np.abs(preds["member"][1] - preds["shared"][1]).max()) > 1e-3

@@ -88,6 +88,9 @@ class ProtocolConfig:
     members: int = 10  # L: single members, ensemble size, members of the train-sum model
     ensemble_rule: str = "logits"  # logits (the paper's F = sum f) | probs
     sum_scale: str = "mean"  # train-sum G = mean or sum of the members' logits
+    data_order: str = "member"  # member: single i draws its own data order (stream data, i) | shared: every
+    #                             single takes member 0's order, as the train-sum model's members do (an
+    #                             ensemble that differs from the train-sum model only in how it is trained)
     sum_grad: str = "member"  # the train-sum model's step: member = each member's gradient scaled to a
     #                           single's (by 1 / (L c^2), c = 1/L for mean): the sum's kernel is the mean of
     #                           its members' kernels, its step does not shrink with L, and L identical copies
@@ -265,6 +268,7 @@ class Config:
         _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
         _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
         _check_choice("protocol.sum_grad", self.protocol.sum_grad, ("member", "joint"))
+        _check_choice("protocol.data_order", self.protocol.data_order, ("member", "shared"))
         _check_choice("kernel.optimizer", self.kernel.optimizer, ("sgd", "adam", "train"))
         _check_choice("kernel.weights_lr_units", self.kernel.weights_lr_units, ("lambda_max", "absolute"))
         _check_choice("model.dtype", self.model.dtype, ("float32", "bfloat16"))
@@ -487,6 +491,7 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
         ("kernel", "weights_lr_units"): "absolute",
         ("kernel", "momentum"): 0.99,  # (read only by kernel.optimizer=sgd, which did not exist)
         ("protocol", "control"): "off",
+        ("protocol", "data_order"): "member",
     },
 ]
 # A saved config.json from before a field existed ran with the field's neutral value: what `from_dict`
