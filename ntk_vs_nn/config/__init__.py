@@ -492,9 +492,8 @@ _ADDED_LATER: list[dict[tuple[str, str], object]] = [
         ("kernel", "optimizer"): "train",
         ("kernel", "weights_lr_units"): "absolute",
         ("kernel", "momentum"): 0.99,  # (read only by kernel.optimizer=sgd, which did not exist)
-        ("protocol", "control"): "off",
-        ("protocol", "data_order"): "member",
     },
+    {("protocol", "control"): "off", ("protocol", "data_order"): "member"},
 ]
 # A saved config.json from before a field existed ran with the field's neutral value: what `from_dict`
 # fills in when the field is missing (not the class default, where that differs: sum_grad, optimizer).
