@@ -192,11 +192,9 @@ def _cell(row, family, protocol) -> str:
     note = "" if row["status"] == "ok" else f" [{row['status']}]"
     reps = int(row.get("n_replicates", 1) or 1)
     over = f", {reps} replicates" if reps > 1 else ""
-    if protocol == CONTROL:
+    if protocol == CONTROL or (protocol == "single" and family == "nn"):  # mean ± std over the members
         return f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} (n={row['n_members']}){note}"
     if protocol == "single":
-        if family == "nn":
-            return f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} (n={row['n_members']}){note}"
         per = row["n_members"] // reps if reps > 1 else row["n_members"]
         return f"{row['acc_best']:.2f} (best of {per}{over}){note}"
     if protocol == "sd":
