@@ -345,5 +345,21 @@ def test_control_singles_where_students_train_longer():
     assert Config().control_members("nn") == 0  # students as long as their singles
     on = apply_overrides(Config(), ["protocol.control=on"])
     assert on.control_members("nn") == 5 and apply_overrides(quick, ["protocol.control=off"]).control_members("nn") == 0
-    # a student field: the teachers of a run are shared whatever the control setting
-    assert on.teacher_hash() == Config().teacher_hash() and on.science_hash() != Config().science_hash()
+    # control adds units of its own and changes no other unit: every hash is the same whatever its setting
+    assert on.teacher_hash() == Config().teacher_hash() and on.science_hash() == Config().science_hash()
+    off = apply_overrides(quick, ["protocol.control=off"])
+    assert off.science_hash() == quick.science_hash() and off.teacher_hash() == quick.teacher_hash()
+
+
+def test_a_store_made_before_control_existed_resolves_under_control_auto():
+    """The regression: the quick kernel table's store (made before protocol.control) lost its students'
+    units because control=auto, where the nets' students train longer, entered the students' hash."""
+    from ntk_vs_nn.config import _ADDED_LATER
+    from ntk_vs_nn.config.presets import get_preset
+
+    quick = get_preset("quick")
+    assert quick.protocol.control == "auto" and quick.control_members("nn") > 0
+    before = len(_ADDED_LATER) - 1  # the generation before control and data_order were added
+    old = apply_overrides(quick, ["protocol.control=off"])  # what such a store ran with
+    assert old._hash(before) in quick.science_hashes()
+    assert old._hash(before, students=False) in quick.teacher_hashes()

@@ -439,8 +439,9 @@ class Config:
             p["kd_eta"] = _UNREAD_DEFAULTS["kd_eta"]
         if unread and p["kd_inputs"] not in ("mixup", "augment_mixup"):
             p["kd_mixup"] = _UNREAD_DEFAULTS["kd_mixup"]
-        if p["control"] == "auto" and not any(self.control_members(f) for f in FAMILIES):
-            p["control"] = "off"  # auto trains no control here: the units of control=off (and of older stores)
+        # control adds units of its own (protocol "control") and changes which comparison decides 5 and 6,
+        # never another unit's numbers: out of the hash, so the units of older stores are these units
+        p.pop("control")
         if self.kernel.backend == "weights":  # only the kernel families' weight-space budget counts
             d["kernel"] = {k: d["kernel"][k] for k in _WEIGHTS_KERNEL_FIELDS}
         else:
