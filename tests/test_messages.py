@@ -179,3 +179,87 @@ def test_unequal_training_states_are_flagged_and_name_the_groups():
     cfg = MessagesConfig(n_boot=200, state_margin=10.0)
     got, _ = flags(_kernel_records(sum_train_acc=91.0))
     assert got[(1, "train-sum - ens")] == ""
+
+
+# -- effect sizes beside the paper's (analysis.intervals.EFFECTS, paper.effect_ranges) ---------------------
+def test_against_range_has_an_outcome_for_each_place_of_the_interval():
+    from ntk_vs_nn.analysis.verdict import AGAINST, against_range
+
+    assert against_range(-1.0, 0.5, 1.0, 2.0) == AGAINST[0] == "smaller than every paper row"
+    assert against_range(2.5, 3.0, 1.0, 2.0) == AGAINST[1]
+    assert against_range(1.2, 1.8, 1.0, 2.0) == AGAINST[2] == "within the paper's range"
+    assert against_range(0.5, 1.5, 1.0, 2.0) == against_range(0.5, 2.5, 1.0, 2.0) == AGAINST[3]
+    assert against_range(float("nan"), 1.0, 1.0, 2.0) == against_range(0.0, 1.0, float("nan"), 2.0) == ""
+
+
+def test_paper_effects_are_the_messages_effects_on_the_papers_cells():
+    """The paper's ⑦ (ensemble gain / σ) and ① (train-sum − ensemble) recomputed from the parsed tables
+    by hand, against `paper.effect_values`; a row with a lost digit or oom has no ① value."""
+    import math
+
+    from ntk_vs_nn import paper
+    from ntk_vs_nn.analysis.intervals import EFFECTS
+
+    got = paper.effect_values(EFFECTS)
+    nn = paper.load("nn")
+    for _, r in nn.iterrows():
+        want = (r["ensemble_acc"] - r["single_mean_acc"]) / r["single_std_acc"]
+        row = got[(got["message"] == 7) & (got["model"] == paper.canonical_model(r["model"]))
+                  & (got["dataset"] == r["dataset"])]  # fmt: skip
+        assert len(row) == 1 and math.isclose(row["value"].iloc[0], want, rel_tol=1e-12)
+    ker = paper.load("kernel")
+    ntk = ker[(ker["kernel"] == "NTK") & (ker["dataset"] == "cifar10")]
+    gaps = (ntk["train_sum_acc"] - ntk["ensemble_acc"]).dropna()
+    ranges = paper.effect_ranges(EFFECTS)
+    assert ranges[("ntk", 1, "cifar10")] == (gaps.min(), gaps.max(), len(gaps))
+    assert len(gaps) < len(ntk)  # the lost-digit and oom rows are left out
+    assert ("ntk", 1, "cifar100") not in ranges  # every NTK CIFAR-100 cell is oom
+
+
+def _exact_unit(protocol, member, correct, train_acc=99.9):
+    from ntk_vs_nn.analysis.bootstrap import encode_correct
+
+    m = {"acc": 100 * correct.mean(), "train_chance": 10.0, "train_acc": train_acc}
+    return dict(unit=f"h/ntk/M/{protocol}/{member}", config_hash="h", family="ntk", model="M", dataset="d",
+                protocol=protocol, member=member, status="ok", metrics=m, test_correct=encode_correct(correct),
+                n_test=len(correct))  # fmt: skip
+
+
+def _effect_row(sum_gain_points, n=20000):
+    """Records of one kernel row whose train-sum model is right on ``sum_gain_points`` % more test points
+    than the ensemble (and wrong on none it gets right): message ①'s effect row of messages.csv."""
+    import numpy as np
+
+    from ntk_vs_nn.analysis import intervals
+
+    rs = np.random.RandomState(0)
+    ens = rs.rand(n) < 0.7
+    tsum = ens.copy()
+    k = int(round(abs(sum_gain_points) * n / 100))
+    flip = np.flatnonzero(~ens if sum_gain_points > 0 else ens)[:k]
+    tsum[flip] = not sum_gain_points < 0
+    recs = [_exact_unit("single", i, rs.rand(n) < 0.6) for i in range(3)]
+    recs += [_exact_unit("ensemble", "all", ens), _exact_unit("train_sum", 0, tsum)]
+    recs += [_exact_unit("kd", 0, rs.rand(n) < 0.62), _exact_unit("sd", 0, rs.rand(n) < 0.6)]
+    df = intervals.messages(recs, "h", ("ntk",), ("M",), MessagesConfig(n_boot=300), ("ntk",))
+    return df, df[df["message"] == 1].iloc[0]
+
+
+def test_an_effect_inside_the_papers_range_and_one_below_it():
+    """Constructed cases on message ① for ntk: a train-sum gain at the middle of the paper's CIFAR-10 NTK
+    rows (on 20,000 test points its interval fits inside their range) reads "within the paper's range";
+    a train-sum model 3 points below its ensemble reads "smaller than every paper row" (and fails);
+    messages.md shows both beside the paper's range."""
+    from ntk_vs_nn.analysis import intervals
+
+    lo, hi, _ = intervals.paper_ranges()[("ntk", 1, "cifar10")]
+    df, row = _effect_row((lo + hi) / 2)
+    assert row["effect"].startswith("train-sum − ens") and abs(row["effect_value"] - (lo + hi) / 2) < 0.01
+    assert lo <= row["effect_ci_low"] < row["effect_ci_high"] <= hi
+    assert row["vs_cifar10"] == "within the paper's range" and row["vs_cifar100"] == ""  # no NTK CIFAR-100 row
+    md = intervals.markdown(df)
+    assert f"{lo:+.2f} to {hi:+.2f} | within the paper's range" in md
+    df, row = _effect_row(-3.0)
+    assert row["effect_ci_high"] < lo and row["vs_cifar10"] == "smaller than every paper row"
+    assert row["message_verdict"] == "fails"
+    assert "smaller than every paper row" in intervals.markdown(df)

@@ -13,10 +13,17 @@ the groups and their states: the difference may then be the training, not the pr
 
 Used when every record of the rows carries its test correctness (runs made since it was recorded);
 older folders keep the noise-band rule of `analysis.messages`.
+
+Each message also carries its effect in the paper's own units (`EFFECTS`: ① train-sum − ensemble, ③
+SD − best and ④ ensemble − train-sum in points; ② and ⑤ the share of the ensemble's gain that KD
+recovers; ⑥ the SD gain and ⑦ the ensemble gain in single-model σ), with its interval, beside the range
+of the paper's Figure 1 rows (CIFAR-10 and CIFAR-100 apart; the same functions applied to the paper's
+cells, `paper.effect_ranges`) and where the interval lies against that range (`verdict.against_range`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -25,7 +32,7 @@ import pandas as pd
 from ntk_vs_nn.analysis import bootstrap as bs
 from ntk_vs_nn.analysis.messages import CLAIMS
 from ntk_vs_nn.analysis.tables import group
-from ntk_vs_nn.analysis.verdict import combine, decide_interval
+from ntk_vs_nn.analysis.verdict import against_range, combine, decide_interval
 from ntk_vs_nn.config import MessagesConfig
 
 GROUPS = ("single", "ensemble", "train_sum", "kd", "sd", "control")
@@ -70,6 +77,63 @@ CONTROLLED = {
 }  # fmt: skip
 
 
+def _ratio(a, b):
+    """a / b, NaN where b is 0 (floats or the draws' arrays)."""
+    b = np.asarray(b, dtype=float)
+    return np.where(b != 0, np.asarray(a, dtype=float) / np.where(b != 0, b, 1.0), np.nan)
+
+
+# message -> (the effect in the paper's units, d as a function of the group statistics); where a row has
+# control singles ⑤ and ⑥ measure the students against them (`CONTROLLED_EFFECTS`)
+EFFECTS = {
+    1: ("train-sum − ens (points)", lambda g: g["train_sum"].mean - g["ensemble"].mean),
+    2: ("KD's share of the ensemble's gain over the best single",
+        lambda g: _ratio(g["kd"].mean - g["single"].best, g["ensemble"].mean - g["single"].best)),
+    3: ("SD − best (points)", lambda g: g["sd"].mean - g["single"].best),
+    4: ("ens − train-sum (points)", lambda g: g["ensemble"].mean - g["train_sum"].mean),
+    5: ("KD's share of the ensemble's gain",
+        lambda g: _ratio(g["kd"].mean - g["single"].mean, g["ensemble"].mean - g["single"].mean)),
+    6: ("SD gain / σ", lambda g: _ratio(g["sd"].mean - g["single"].mean, g["single"].std)),
+    7: ("ensemble gain / σ", lambda g: _ratio(g["ensemble"].mean - g["single"].mean, g["single"].std)),
+}  # fmt: skip
+CONTROLLED_EFFECTS = {
+    5: ("KD's share of the ensemble's gain, KD against the control",
+        lambda g: _ratio(g["kd"].mean - g["control"].mean, g["ensemble"].mean - g["single"].mean)),
+    6: ("SD gain over the control / σ", lambda g: _ratio(g["sd"].mean - g["control"].mean, g["control"].std)),
+}  # fmt: skip
+PAPER_DATASETS = ("cifar10", "cifar100")
+
+
+@functools.cache
+def paper_ranges() -> dict:
+    """{(family, message, dataset): (smallest, largest, rows)} of the paper's effects (`EFFECTS`)."""
+    from ntk_vs_nn import paper  # the published tables (package data)
+
+    return paper.effect_ranges(EFFECTS)
+
+
+def effect(draws, msg: int, has_control: bool, fam: str, level: float) -> dict:
+    """The effect columns of message ``msg`` for family ``fam`` (kernel families by name, nets as nn)."""
+    label, fn = (CONTROLLED_EFFECTS if has_control and msg in CONTROLLED_EFFECTS else EFFECTS)[msg]
+    c = bs.Comparison(math.nan, math.nan, math.nan)
+    if draws:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            try:
+                point, boot = float(fn(draws.point)), np.broadcast_to(fn(draws.boot), (draws.n_boot,))
+            except KeyError:  # a group the effect reads is missing
+                point, boot = math.nan, np.full(draws.n_boot, math.nan)
+        # a ratio's draws whose resampled members are all one model have σ (or a gain) of 0: left out,
+        # while they are rare (at most 1 % of the draws); more, and the interval is undefined
+        finite = boot[np.isfinite(boot)]
+        if len(finite) >= 0.99 * draws.n_boot:
+            c = bs.comparison(point, finite, level)
+    out = dict(effect=label, effect_value=c.d, effect_ci_low=c.lo, effect_ci_high=c.hi)
+    for ds in PAPER_DATASETS:
+        lo, hi, _ = paper_ranges().get((fam, msg, ds), (math.nan, math.nan, 0))
+        out.update({f"paper_{ds}_lo": lo, f"paper_{ds}_hi": hi, f"vs_{ds}": against_range(c.lo, c.hi, lo, hi)})
+    return out
+
+
 # the groups whose training states a comparison sets against each other, where not all it reads: the
 # controlled ⑤ subtracts the control from KD and the singles from their ensemble, never KD from the singles
 STATE_PAIRS = {"(KD - control) - (ens - mean)/2": (("kd", "control"),)}
@@ -86,9 +150,14 @@ def comparisons(message: int, has_control: bool) -> list:
 COLUMNS = [
     "message", "family", "model", "dataset", "claim", "comparison", "strict", "primary", "d", "ci_low",
     "ci_high", "verdict", "message_verdict", "min_detectable", "n_test", "n_replicates", "n_boot", "flags",
-    "evidence", "state_flags",
+    "evidence", "state_flags", "effect", "effect_value", "effect_ci_low", "effect_ci_high",
+    *(f"{k}{ds}{e}" for ds in ("cifar10", "cifar100") for k, e in (("paper_", "_lo"), ("paper_", "_hi"), ("vs_", ""))),
 ]  # fmt: skip
 STATE_OF = {"ensemble": "single", "sd_ensemble": "sd"}  # a combination's training state is its members'
+
+
+def _nan(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 class _Zero:
@@ -216,10 +285,24 @@ def messages(records, config_hash, families, models, cfg: MessagesConfig, kernel
                             for pair in STATE_PAIRS.get(name, (groups_read(fn),))) if f),
                     ))  # fmt: skip
                 overall = combine([p["verdict"] for p in part if p["primary"]])
+                eff = effect(draws, msg, "control" in groups, fam, cfg.level)
                 for p in part:
+                    p.update(eff)
                     ev = f"{p['comparison']} = {p['d']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
                     rows.append({**p, "message_verdict": overall, "evidence": ev + (f"; {flags}" if flags else "")})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _effect_line(r, fam: str, circled: str) -> str:
+    """One message's row of messages.md's effect table."""
+    ours = "n/a" if _nan(r["effect_value"]) else f"{r['effect_value']:+.2f}"
+    if not (_nan(r["effect_ci_low"]) or _nan(r["effect_ci_high"])):
+        ours += f" [{r['effect_ci_low']:+.2f}, {r['effect_ci_high']:+.2f}]"
+    cells = []
+    for ds in PAPER_DATASETS:
+        lo, hi, where = r[f"paper_{ds}_lo"], r[f"paper_{ds}_hi"], r[f"vs_{ds}"]
+        cells += ["–" if _nan(lo) else f"{lo:+.2f} to {hi:+.2f}", where if isinstance(where, str) else ""]
+    return f"| {circled} | {fam} | {r['model']} | {r['effect']} | {ours} | " + " | ".join(cells) + " |"
 
 
 def markdown(df: pd.DataFrame, header: str = "", labels: dict | None = None) -> str:
@@ -244,6 +327,13 @@ def markdown(df: pd.DataFrame, header: str = "", labels: dict | None = None) -> 
     if len(df):
         r0 = df.iloc[0]
         lines += ["", f"n_test = {r0['n_test']}, {r0['n_replicates']} replicate(s), {r0['n_boot']} bootstrap draws."]
+    if len(df) and "effect" in df:
+        lines += ["", "**Effect sizes in the paper's units**, beside the range of the paper's Figure 1 rows "
+                  "(smallest to largest, over its models) and where our interval lies against it:", "",
+                  f"| # | family | model | effect | ours [{level} CI] | paper CIFAR-10 | vs CIFAR-10 "
+                  "| paper CIFAR-100 | vs CIFAR-100 |", "|" + " --- |" * 9]  # fmt: skip
+        for _, r in df.drop_duplicates(["message", "family", "model"]).iterrows():
+            lines.append(_effect_line(r, labels.get(r["family"], r["family"]), circled[r["message"] - 1]))
     flagged = df[df["state_flags"].fillna("").astype(str) != ""] if "state_flags" in df else df.iloc[:0]
     if len(flagged):
         lines += ["", "**Compared at unequal training states** (the difference may be the training, not the "

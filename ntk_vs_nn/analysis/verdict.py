@@ -17,6 +17,10 @@ tables' messages of folders recorded without test correctness (`analysis.message
 
 A missing or non-finite ``d`` or bound is inconclusive. A claim made of several comparisons holds
 when all hold, fails when any fails, and is inconclusive otherwise (`combine`).
+
+Beside the verdict, an effect in the paper's units is set against the range of the paper's rows
+(`against_range`): its interval lies below every row, above every row, inside the range, or overlaps
+it; so a small decided effect ("smaller than every paper row") is told apart from an undecided one.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 import math
 
 VERDICTS = ("holds", "fails", "inconclusive")
+AGAINST = ("smaller than every paper row", "larger than every paper row", "within the paper's range",
+           "overlaps the paper's range")  # fmt: skip
 
 
 def decide(d: float | None, band: float, strict: bool = True) -> str:
@@ -54,3 +60,16 @@ def decide_interval(lo: float | None, hi: float | None, strict: bool = True) -> 
     if hi < 0:
         return "fails"
     return "holds" if (lo > 0 if strict else lo >= 0) else "inconclusive"
+
+
+def against_range(lo: float, hi: float, paper_lo: float, paper_hi: float) -> str:
+    """Where an effect's interval [lo, hi] lies against the paper's rows' range [paper_lo, paper_hi]
+    (`AGAINST`): wholly below the smallest row, wholly above the largest, inside the range, or
+    overlapping an edge; "" when a bound or the range is missing."""
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi, paper_lo, paper_hi)):
+        return ""
+    if hi < paper_lo:
+        return AGAINST[0]
+    if lo > paper_hi:
+        return AGAINST[1]
+    return AGAINST[2] if paper_lo <= lo and hi <= paper_hi else AGAINST[3]

@@ -34,12 +34,14 @@ import io
 import itertools
 import math
 import re
+import warnings
 from importlib import resources
+from types import SimpleNamespace
 from typing import NamedTuple
 
 import pandas as pd
 
-from ntk_vs_nn.analysis.messages import messages
+from ntk_vs_nn.analysis.messages import CLAIMS, messages
 from ntk_vs_nn.analysis.tables import COLUMNS
 from ntk_vs_nn.config import MessagesConfig
 
@@ -275,3 +277,36 @@ def verdicts(cfg=None, kinds=("nn", "kernel")) -> pd.DataFrame:
             base["note"] = notes
             frames.append(base)
     return pd.concat(frames, ignore_index=True)
+
+
+def effect_values(effects: dict) -> pd.DataFrame:
+    """Each message's effect on every Figure 1 row whose cells it reads are published: ``effects`` maps a
+    message to (label, fn), fn reading group statistics ``g[protocol].mean / .best / .std`` as
+    `analysis.intervals.EFFECTS` does, here on the paper's cells (nets: single mean ± std; kernels: the
+    best of 10 single). Columns family, model, dataset, message, value; a row with a cell lost, oom or
+    unpublished has no value for the effects that read it."""
+    rows = []
+    for kind in ("nn", "kernel"):
+        for raw_row in load_raw(kind).to_dict("records"):
+            tidy_rows = _tidy_rows(kind, raw_row)
+            g = {r["protocol"]: SimpleNamespace(mean=r["acc_mean"], best=r["acc_best"], std=r["acc_std"])
+                 for r in tidy_rows}  # fmt: skip
+            fam, model = tidy_rows[0]["family"], tidy_rows[0]["model"]
+            for msg, (_, fn) in effects.items():
+                if CLAIMS[msg][0] != ("nn" if kind == "nn" else "kernel"):
+                    continue
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    value = float(fn(g))
+                if math.isfinite(value):
+                    rows.append(dict(family=fam, model=model, dataset=raw_row["dataset"], message=msg, value=value))
+    return pd.DataFrame(rows, columns=["family", "model", "dataset", "message", "value"])
+
+
+def effect_ranges(effects: dict) -> dict:
+    """{(family, message, dataset): (smallest, largest, number of rows)} of `effect_values`."""
+    df = effect_values(effects)
+    return {
+        key: (float(v.min()), float(v.max()), len(v))
+        for key, v in df.groupby(["family", "message", "dataset"])["value"]
+    }
