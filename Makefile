@@ -12,7 +12,7 @@ OUT     ?= runs/$(PRESET)-$(DATASET)
 SET     ?=
 SETARGS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: install install-nt test-nt table-nn table-ntk tables messages report data-fashion-mnist test lint bench clean table-gaussian table-channels table-multiview table-replication
+.PHONY: install install-nt test-nt table-nn table-ntk tables messages report docs data-fashion-mnist test lint bench clean table-gaussian table-channels table-multiview table-replication
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ table-replication: $(STAMP)
 
 data-fashion-mnist:
 	bash scripts/get_fashion_mnist.sh
+
+# rewrite the numbers README.md and docs/ quote from results files (their <!-- q ... --> markers)
+docs: $(STAMP)
+	$(PY) -m ntk_vs_nn docs
 
 report: $(STAMP)
 	$(PY) -m ntk_vs_nn report --out $(OUT)

@@ -72,6 +72,9 @@ def _parser():
         "also write OUT/stability.{csv,md}, each comparison's verdict in both",
     )
     sub.add_parser("presets", help="list every experiment's presets")
+    d = sub.add_parser("docs", help="rewrite the numbers README.md and docs/ quote from results files")
+    d.add_argument("--check", action="store_true", help="rewrite nothing; exit 1 listing every stale quote")
+    d.add_argument("--root", default=".", help="the repository root (default: here)")
     return p
 
 
@@ -136,6 +139,21 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_docs(args) -> int:
+    from ntk_vs_nn.report import quotes
+
+    paths = quotes.docs_files(args.root)
+    if args.check:
+        found = quotes.stale(paths, args.root)
+        for q in found:
+            print(f"{q.path}:{q.line}: quotes {q.have!r}, its source gives {q.want!r} ({q.spec})")
+        print(f"{len(found)} stale quote(s) in {len(paths)} file(s)")
+        return 1 if found else 0
+    changed = quotes.rewrite(paths, args.root)
+    print(f"rewrote {len(changed)} of {len(paths)} file(s)" + (f": {', '.join(changed)}" if changed else ""))
+    return 0
+
+
 def _on_sigint(signum, frame):
     INTERRUPTED.set()  # in case a library swallows the KeyboardInterrupt: the store raises it again
     raise KeyboardInterrupt
@@ -154,7 +172,10 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGINT, previous)
 
 
-COMMANDS = {"run": cmd_run, "table": cmd_table, "messages": cmd_messages, "report": cmd_report, "presets": cmd_presets}
+COMMANDS = {
+    "run": cmd_run, "table": cmd_table, "messages": cmd_messages, "report": cmd_report, "presets": cmd_presets,
+    "docs": cmd_docs,
+}  # fmt: skip
 
 
 def _run(args) -> int:
