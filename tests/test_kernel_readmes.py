@@ -13,9 +13,7 @@ FOLDER = os.path.join("results", "kernel-attribution-mnist1d")
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "kernel_readmes", os.path.join(REPO, "scripts", "kernel_readmes.py")
-    )
+    spec = importlib.util.spec_from_file_location("kernel_readmes", os.path.join(REPO, "scripts", "kernel_readmes.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
