@@ -4,8 +4,7 @@ import dataclasses
 
 import pytest
 
-from ntk_vs_nn import config
-from ntk_vs_nn.config import Config, UserError, apply_overrides
+from ntk_vs_nn.config import Config, UserError, apply_overrides, hashing
 
 
 @pytest.mark.parametrize(
@@ -146,7 +145,7 @@ def test_a_field_nothing_reads_leaves_the_hash_alone_until_its_reader_is_on(unre
     base, read = Config(), apply_overrides(Config(), [reader])
     assert apply_overrides(base, [unread]).science_hash() == base.science_hash()
     assert apply_overrides(read, [unread]).science_hash() != read.science_hash()
-    legacy = apply_overrides(base, [unread])._hash(len(config._ADDED_LATER), unread=False)
+    legacy = apply_overrides(base, [unread])._hash(len(hashing.ADDED_LATER), unread=False)
     assert legacy != base.science_hash() and legacy in apply_overrides(base, [unread]).science_hashes()
 
 
@@ -161,7 +160,8 @@ def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():
 
     # every later field at its neutral value (the newest generation's defaults are not: see the end)
     cfg = Config(protocol=ProtocolConfig(sum_grad="joint"), kernel=KernelConfig(optimizer="train"))
-    from ntk_vs_nn.config import _ADDED_LATER, _TEACHER_HASH_SINCE
+    from ntk_vs_nn.config.hashing import ADDED_LATER as _ADDED_LATER
+    from ntk_vs_nn.config.hashing import TEACHER_HASH_SINCE as _TEACHER_HASH_SINCE
 
     new, *older = cfg.science_hashes()
     n = len(_ADDED_LATER)
@@ -258,7 +258,8 @@ def test_committed_results_still_belong_to_their_config(folder):
 def test_student_fields_leave_the_teacher_hash_alone_and_teacher_fields_change_it():
     """Configs that differ only in how students are distilled share their teachers' units (one store,
     the teachers trained once); anything the teachers read changes both hashes."""
-    from ntk_vs_nn.config import STUDENT_FIELDS, Config
+    from ntk_vs_nn.config import Config
+    from ntk_vs_nn.config.hashing import STUDENT_FIELDS
 
     cfg = Config()
     for sets in (["protocol.kd_inputs=mixup"], ["protocol.teacher=online"], ["protocol.kd_alpha=0.5"],
@@ -271,7 +272,7 @@ def test_student_fields_leave_the_teacher_hash_alone_and_teacher_fields_change_i
                  ["train.noise=0.3"], ["model.norm=none"]):  # fmt: skip
         other = apply_overrides(cfg, sets)
         assert other.teacher_hash() != cfg.teacher_hash(), sets
-    from ntk_vs_nn.config import _ADDED_LATER
+    from ntk_vs_nn.config.hashing import ADDED_LATER as _ADDED_LATER
 
     assert cfg.teacher_hash() not in {cfg._hash(g) for g in range(len(_ADDED_LATER) + 1)}
     assert set(STUDENT_FIELDS["protocol"]) <= {f.name for f in dataclasses.fields(cfg.protocol)}
@@ -354,7 +355,7 @@ def test_control_singles_where_students_train_longer():
 def test_a_store_made_before_control_existed_resolves_under_control_auto():
     """The regression: the quick kernel table's store (made before protocol.control) lost its students'
     units because control=auto, where the nets' students train longer, entered the students' hash."""
-    from ntk_vs_nn.config import _ADDED_LATER
+    from ntk_vs_nn.config.hashing import ADDED_LATER as _ADDED_LATER
     from ntk_vs_nn.config.presets import get_preset
 
     quick = get_preset("quick")

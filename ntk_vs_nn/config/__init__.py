@@ -11,8 +11,8 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
+from ntk_vs_nn.config import hashing  # the hash and its older forms
 from ntk_vs_nn.config.base import (
-    LATER_SECTION_FIELDS,
     NEUTRAL_WHEN_MISSING,
     IntervalConfig,
     UserError,
@@ -385,131 +385,36 @@ class Config:
 
     def science_hash(self) -> str:
         """Hash of everything that changes the numbers (not the table layout or execution)."""
-        return self._hash(len(_ADDED_LATER))
+        return hashing.config_hash(self, len(hashing.ADDED_LATER))
 
     def teacher_hash(self) -> str:
         """The hash of the teachers' units (single, ensemble, train-sum): the science hash without
-        the fields only students read (`STUDENT_FIELDS`), so configs that differ in how students are
+        the fields only students read (`hashing.STUDENT_FIELDS`), so configs that differ in how students are
         distilled share their teachers in one store."""
-        return self._hash(len(_ADDED_LATER), students=False)
+        return hashing.config_hash(self, len(hashing.ADDED_LATER), students=False)
 
     def science_hashes(self) -> tuple[str, ...]:
-        """The hash, then the older forms: for each generation g of `_ADDED_LATER`, the hash that
-        leaves out the fields added in generation g and later while they hold their neutral value;
-        then the same with the fields nothing reads as they were set (records made before
-        `_UNREAD_DEFAULTS`); then the teacher hash and its older forms (the same generations). Records
-        under any of these hashes belong to this config."""
-        gens = range(len(_ADDED_LATER), -1, -1)
-        forms = [self._hash(g) for g in gens] + [self._hash(g, unread=False) for g in gens]
-        return tuple(dict.fromkeys(forms + list(self.teacher_hashes())))
+        """The hash, then its older forms: records under any of them belong to this config
+        (`hashing.science_hashes`)."""
+        return hashing.science_hashes(self)
 
     def neutral_student_hashes(self) -> tuple[str, ...]:
-        """The hash forms of this config with the student fields added with the teacher hash or later at
-        their neutral values (a store made before the teacher hash cannot have recorded other values),
-        when that differs from this config (else none): where such a store holds this config's teacher
-        units (`protocols.Row._adopt`)."""
-        neutral = {}
-        for added in _ADDED_LATER[_TEACHER_HASH_SINCE - 1 :]:
-            for (section, name), value in added.items():
-                if name in STUDENT_FIELDS.get(section, ()):
-                    neutral.setdefault(section, {})[name] = value
-        sections = {s: dataclasses.replace(getattr(self, s), **kw) for s, kw in neutral.items()}
-        base = dataclasses.replace(self, **sections)
-        if base == self:
-            return ()
-        return tuple(dict.fromkeys(base._hash(g) for g in range(len(_ADDED_LATER), -1, -1)))
+        """Where a store made before the teacher hash holds this config's teacher units
+        (`hashing.neutral_student_hashes`, `protocols.Row._adopt`)."""
+        return hashing.neutral_student_hashes(self)
 
     def teacher_hashes(self) -> tuple[str, ...]:
-        """The teacher hash, then its older forms (one per generation of fields since it exists)."""
-        gens = range(len(_ADDED_LATER), _TEACHER_HASH_SINCE - 1, -1)
-        return tuple(dict.fromkeys(self._hash(g, students=False) for g in gens))
+        """The teacher hash, then its older forms (`hashing.teacher_hashes`)."""
+        return hashing.teacher_hashes(self)
 
     def _hash(self, generations: int, students: bool = True, unread: bool = True) -> str:
-        """The hash as it was when only the first ``generations`` generations of fields existed;
-        ``students=False``: the teacher hash (student fields left out, marked as such); ``unread=False``:
-        the form from before fields nothing reads were set to their defaults (`_UNREAD_DEFAULTS`)."""
-        d = self.to_dict()
-        for key in ("preset", "table", "messages"):
-            d.pop(key)
-        d["run"] = {"seed": self.run.seed}
-        # fields read only under another field's value: at their default otherwise, so setting one
-        # where nothing reads it shares the units (plain KD students of a kd_eta sweep, say)
-        p = d["protocol"]
-        if unread and p["kd_perturb"] == "none":
-            p["kd_eta"] = _UNREAD_DEFAULTS["kd_eta"]
-        if unread and p["kd_inputs"] not in ("mixup", "augment_mixup"):
-            p["kd_mixup"] = _UNREAD_DEFAULTS["kd_mixup"]
-        # control adds units of its own (protocol "control") and changes which comparison decides 5 and 6,
-        # never another unit's numbers: out of the hash, so the units of older stores are these units
-        p.pop("control")
-        if self.kernel.backend == "weights":  # only the kernel families' weight-space budget counts
-            d["kernel"] = {k: d["kernel"][k] for k in _WEIGHTS_KERNEL_FIELDS}
-        else:
-            for k in ("tile_size", *_WEIGHTS_KERNEL_FIELDS):
-                d["kernel"].pop(k)
-        for added in _ADDED_LATER[generations:]:
-            for (section, name), neutral in added.items():
-                if d.get(section, {}).get(name, None) == neutral:
-                    d[section].pop(name)
-        if not students:
-            for section, names in STUDENT_FIELDS.items():
-                for name in names:
-                    d.get(section, {}).pop(name, None)
-            d["units"] = "teachers"
-        # an emptied section: as if it never existed
-        return hash_dict({k: v for k, v in d.items() if v != {}}, strip_later=False)
+        """The hash as it was after ``generations`` generations of fields (`hashing.config_hash`)."""
+        return hashing.config_hash(self, generations, students, unread)
 
 
-# Fields added after results were recorded, by generation, with the value that reproduces the
-# older behaviour: the hash of an older generation leaves them out at that value, so records of
-# results/quick-mnist1d (commit 9b9151a, before generation 0) and results/fmnist-fashion_mnist
-# (before generation 1) still belong to their configs.
-_ADDED_LATER: list[dict[tuple[str, str], object]] = [
-    {
-        ("data", "source"): "auto",
-        ("data", "data_dir"): "",
-        ("train", "augment"): "none",
-        ("train", "augment_kernels"): False,
-    },
-    {("model", "dtype"): "float32", ("kernel", "lr_units"): "lambda_max"},
-    {("kernel", "trace"): True},
-    {("protocol", "kd_students"): 1, ("protocol", "student_epochs"): 0, ("kernel", "student_steps"): 0},
-    {("kernel", "epochs"): 0, ("kernel", "weights_lr"): 0.0, ("kernel", "student_epochs"): 0},
-    {
-        **{("train", name): neutral for name, neutral in LATER_SECTION_FIELDS["TrainConfig"].items()},
-        ("protocol", "kd_inputs"): "auto",
-        ("protocol", "kd_mixup"): 1.0,
-        ("protocol", "teacher"): "auto",
-    },
-    {
-        ("protocol", "kd_perturb"): "none",
-        ("protocol", "kd_eta"): 1 / 255,
-        ("protocol", "kd_student"): "",
-        ("protocol", "kd_memberwise"): "auto",
-        ("kernel", "gp_lr"): 0.0,
-    },
-    {
-        ("protocol", "sum_grad"): "joint",
-        ("kernel", "optimizer"): "train",
-        ("kernel", "weights_lr_units"): "absolute",
-        ("kernel", "momentum"): 0.99,  # (read only by kernel.optimizer=sgd, which did not exist)
-    },
-    {("protocol", "control"): "off", ("protocol", "data_order"): "member"},
-]
 # A saved config.json from before a field existed ran with the field's neutral value: what `from_dict`
 # fills in when the field is missing (not the class default, where that differs: sum_grad, optimizer).
-NEUTRAL_WHEN_MISSING[Config] = {key: v for added in _ADDED_LATER for key, v in added.items()}
-_UNREAD_DEFAULTS = {"kd_eta": ProtocolConfig.kd_eta, "kd_mixup": ProtocolConfig.kd_mixup}
-_TEACHER_HASH_SINCE = 6  # the generation of fields the teacher hash was introduced with (older forms: none)
-# The fields only KD and SD students read: left out of the teachers' hash (`Config.teacher_hash`).
-STUDENT_FIELDS = {
-    "protocol": ("kd_alpha", "kd_tau", "sd_students", "kd_students", "student_epochs", "kd_inputs", "kd_mixup",
-                 "teacher", "kd_perturb", "kd_eta", "kd_student", "kd_memberwise", "control"),
-    "kernel": ("student_steps", "student_epochs"),
-}  # fmt: skip
-# the kernel fields of the weights backend
-_WEIGHTS_KERNEL_FIELDS = ("epochs", "weights_lr", "student_epochs", "gp_lr", "optimizer", "weights_lr_units",
-                          "momentum")  # fmt: skip
+NEUTRAL_WHEN_MISSING[Config] = hashing.neutral_when_missing()
 
 
 def _check_choice(name, value, choices):
