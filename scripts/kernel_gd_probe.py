@@ -37,7 +37,8 @@ def main():
     rows = []
     for item in a.grid.split(","):
         fam, epochs, step = item.split(":")
-        cfg = apply_overrides(base, [f"kernel.epochs={epochs}", f"kernel.weights_lr={step}"])
+        # the step applies to gp too (a preset's kernel.gp_lr, e.g. fmnist's for Adam, would override it)
+        cfg = apply_overrides(base, [f"kernel.epochs={epochs}", f"kernel.weights_lr={step}", "kernel.gp_lr=0"])
         row = Row(fam, cfg.table.ntk_models[0], cfg, data, Store.prepare(tempfile.mkdtemp()), print)
         root = rng.root_key(cfg.run.seed)
         res = row.trainer.fit([rng.member_key(root, "init", 0)], [rng.member_key(root, "data", 0)], data.x_train,
@@ -46,7 +47,8 @@ def main():
         acc = {s: accuracy(row.trainer.predict(v, getattr(data, f"x_{s}")), getattr(data, f"y_{s}"))
                for s in ("train", "val", "test")}  # fmt: skip
         t = row.trainer.cfg
-        rows.append(dict(family=fam, epochs=int(epochs), step_lambda_units=float(step), lambda_max=row.kernel_lambda(),
+        rows.append(dict(family=fam, epochs=int(epochs), step_lambda_units=t.lr * row.kernel_lambda(),  # as run
+                         lambda_max=row.kernel_lambda(),
                          lr=t.lr, optimizer=t.optimizer, momentum=t.momentum, schedule=t.schedule,
                          wall_s=round(res.wall_s, 1), loss=[round(float(x), 5) for x in res.losses[0]],
                          **{f"{s}_acc": v_ for s, v_ in acc.items()}))  # fmt: skip
