@@ -36,7 +36,6 @@ import shlex
 import subprocess
 import sys
 
-import numpy as np
 import pandas as pd
 
 from ntk_vs_nn.analysis import bootstrap as bs
@@ -94,46 +93,22 @@ def _verdict(lo: float, hi: float) -> str:
     return "differ" if lo > TOLERANCE or hi < -TOLERANCE else "unclear"
 
 
-def paired_draws(w: list[np.ndarray], f: list[np.ndarray], n_boot: int, seed: int) -> dict:
-    """Point and bootstrap draws of the mean and best member accuracy (%) of two runs' units of one group,
-    ``w`` and ``f`` (per replicate a (members, n_test) bool array, member i of one the same seed as member
-    i of the other): each draw resamples the test points, the replicates and the members, the same
-    indices for both runs, so their difference is paired at every level (`analysis.bootstrap` resamples
-    each group's members on their own: right within a run, too wide across two runs of one seed)."""
-    R, n = len(w), w[0].shape[1]
-    if [a.shape for a in w] != [a.shape for a in f]:
-        raise ValueError("the two runs' units differ in replicates or members")
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(np.float32)
-    rep = rng.integers(0, R, size=(n_boot, R)) if R > 1 else np.zeros((n_boot, 1), dtype=np.int64)
-    m = min(a.shape[0] for a in w)
-    pick = rng.integers(0, m, size=(n_boot, R, m))  # the same drawn members on both sides
-    out = {}
-    for side, arrs in (("w", w), ("f", f)):
-        acc = np.stack([a[:m].astype(np.float32) @ counts.T for a in arrs]) * (100.0 / n)  # (R, m, B)
-        point = np.stack([a[:m].mean(1) * 100.0 for a in arrs])  # (R, m)
-        b = np.arange(n_boot)[:, None, None]
-        drawn = acc[rep[..., None], pick, b]  # (B, R slots, m)
-        out[side] = {"mean": (point.mean(1).mean(), drawn.mean(2).mean(1)),
-                     "best": (point.max(1).mean(), drawn.max(2).mean(1))}  # fmt: skip
-    return out
-
-
 def comparison(root: str, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """function − gd per (family, protocol): the mean accuracy (single: also the best member), with a
-    paired-bootstrap interval (`paired_draws`: the two backends share the seeds, members and test set)."""
+    bootstrap interval paired over test points, replicates and members (the two backends share the seeds:
+    member i of one is member i of the other, `bootstrap(tied=...)`)."""
     w, f = _groups(os.path.join(root, "gd")), _groups(os.path.join(root, "function"))
     rows = []
     for fam in FAMILIES:
-        for p in PROTOCOLS:
-            if (fam, p) not in w or (fam, p) not in f:
-                continue
-            draws = paired_draws(w[(fam, p)], f[(fam, p)], n_boot, seed)
+        both = [p for p in PROTOCOLS if (fam, p) in w and (fam, p) in f]
+        groups = {f"{side}:{p}": g[(fam, p)] for side, g in (("w", w), ("f", f)) for p in both}
+        draws = bs.bootstrap(groups, n_boot, seed, tied={f"f:{p}": f"w:{p}" for p in both})
+        for p in both:
             for stat in ("mean", "best") if p == "single" else ("mean",):
-                (pw, bw), (pf, bf) = draws["w"][stat], draws["f"][stat]
-                c = bs.comparison(pf - pw, bf - bw)
+                pick = lambda g, side, p=p, stat=stat: getattr(g[f"{side}:{p}"], stat)  # noqa: E731
+                c = bs.compare(draws, lambda g: pick(g, "f") - pick(g, "w"))
                 rows.append(dict(
-                    family=fam, protocol=p, statistic=stat, gd=float(pw), function=float(pf),
+                    family=fam, protocol=p, statistic=stat, gd=pick(draws.point, "w"), function=pick(draws.point, "f"),
                     d=c.d, ci_low=c.lo, ci_high=c.hi, verdict=_verdict(c.lo, c.hi),
                 ))  # fmt: skip
     return pd.DataFrame(rows)

@@ -330,3 +330,19 @@ def test_encode_decode_round_trip(n):
 )
 def test_decide_interval(lo, hi, strict, verdict):
     assert decide_interval(lo, hi, strict=strict) == verdict
+
+
+def test_tied_groups_share_their_member_draws():
+    """Two copies of one group: tied, their difference is 0 in every draw (paired over members as well as
+    test points and replicates); untied, the members are resampled apart and the interval has width.
+    A tie between groups of unequal member counts is an error."""
+    rs = np.random.RandomState(0)
+    reps = [rs.rand(4, 300) < 0.7, rs.rand(4, 300) < 0.6]
+    groups = {"a": reps, "b": [r.copy() for r in reps]}
+    diff = lambda g: g["b"].mean - g["a"].mean  # noqa: E731
+    tied = bootstrap(groups, 300, tied={"b": "a"})
+    assert np.all(diff(tied.boot) == 0) and diff(tied.point) == 0
+    loose = bootstrap(groups, 300)
+    assert np.ptp(diff(loose.boot)) > 0
+    with pytest.raises(ValueError, match="cannot reuse"):
+        bootstrap({"a": reps, "b": [r[:3] for r in reps]}, 10, tied={"b": "a"})

@@ -25,7 +25,7 @@ Random draws (exact order, so that an independent implementation can reproduce t
   c. for each group in ``sorted(groups)``: ``u = rng.random((n_boot, R, L_max))``, L_max = most
      members of the group in any replicate; with m = member count of replicate rep[b, s], slot s
      of draw b uses members ``min(floor(u[b, s, j] * m), m - 1)`` for j < m (the rest is unused;
-     a one-member group always gets member 0).
+     a one-member group always gets member 0); a group in ``tied`` draws none and uses its lead's u.
 Accuracy under every test resample is one product, correct (models x n) @ counts.T (n x c) / n, exact
 in float32 (integer sums < 2**24); steps b-c then act on the small (models x n_boot) matrix.
 
@@ -124,11 +124,19 @@ def _stats(vals: np.ndarray, valid: np.ndarray, count: np.ndarray) -> Stats:
     return Stats(mean, best, std)
 
 
-def bootstrap(groups: Groups, n_boot: int = 2000, seed: int = 0, chunk: int | None = None) -> Draws:
+def bootstrap(
+    groups: Groups, n_boot: int = 2000, seed: int = 0, chunk: int | None = None, tied: dict[str, str] | None = None
+) -> Draws:
     """Point estimates and ``n_boot`` paired-bootstrap draws of every group's mean/best/std (in %).
     The draw order is in the module docstring; ``chunk`` (draws per test-resample block, default
-    ~4M indices) only bounds memory."""
+    ~4M indices) only bounds memory. ``tied`` maps a group to another whose member draws it reuses
+    (step c draws no ``u`` for it): member i of the one is member i of the other (two runs of the same
+    seeds), so their difference is paired over members too; tied groups need equal member counts."""
     names, R, n = _check(groups)
+    tied = tied or {}
+    for g, lead in tied.items():
+        if lead in tied or [np.shape(a)[0] for a in groups[g]] != [np.shape(a)[0] for a in groups[lead]]:
+            raise ValueError(f"group {g!r} cannot reuse {lead!r}'s members (untied, equal member counts)")
     mats = [np.asarray(a, dtype=bool) for g in names for a in groups[g]]
     correct = np.concatenate(mats).astype(np.float32)  # (models, n)
     rows, start = {}, 0  # group -> (R, L_max) row ids into `correct`, member counts (R,)
@@ -152,10 +160,11 @@ def bootstrap(groups: Groups, n_boot: int = 2000, seed: int = 0, chunk: int | No
     point_acc = correct.astype(np.float64).mean(1) * 100.0
     point, boot = {}, {}
     cols = np.arange(n_boot)[:, None, None]
+    us = {g: rng.random((n_boot, R, rows[g][0].shape[1])) for g in names if g not in tied}
     for g in names:
         ids, m = rows[g]
         L = ids.shape[1]
-        u = rng.random((n_boot, R, L))
+        u = us[tied.get(g, g)]
         mm = m[rep]  # (B, R) member count of each slot's replicate
         j = np.minimum(np.floor(u * mm[..., None]).astype(np.int64), mm[..., None] - 1)
         valid = np.arange(L) < mm[..., None]
