@@ -35,6 +35,7 @@ from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.data.transforms import make_augment
 from ntk_vs_nn.engine import workers
 from ntk_vs_nn.engine.perturb import perturb
+from ntk_vs_nn.engine.resume import EpochSnapshot
 from ntk_vs_nn.engine.trainer import Trainer, lambda_max, progress_enabled
 from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, network, param_count, resolve_conv, summed  # noqa: F401
 from ntk_vs_nn.kernels.function_space import FunctionTrainer
@@ -42,6 +43,7 @@ from ntk_vs_nn.models import parse_model_name, split_members
 from ntk_vs_nn.store import Store, load_checkpoint, unit_id
 
 SPLITS = ("train", "val", "test")
+SNAPSHOT_EVERY_S = 600.0  # a unit part-way through training saves its progress this often (`engine.resume`)
 TEACHER_PROTOCOLS = ("single", "ensemble", "train_sum")  # units named by the teacher hash (`Config.teacher_hash`)
 
 
@@ -382,6 +384,7 @@ class Row:
     def _fit_group(self, trainer, units, init_keys, data_keys, teachers, alpha, tau, teacher_test=None):
         desc = f"{self.family_name} {self.model} {units[0][0]} {units[0][1]}"
         t0 = time.perf_counter()
+        snaps = self._snapshots(trainer, units)
         try:
             res = trainer.fit(
                 init_keys,
@@ -393,6 +396,7 @@ class Row:
                 tau,
                 mode=self.mode,
                 desc=desc,
+                **({"snapshots": snaps} if snaps else {}),
             )
         except Exception as err:  # noqa: BLE001 - only out-of-memory is recorded, the rest raises
             if not _is_oom(err):
@@ -444,7 +448,17 @@ class Row:
                 group_wall_s=round(res.wall_s, 3),
             )
             out[u] = preds if ok else None
+        for snap in snaps or ():
+            snap.clear()
         return out
+
+    def _snapshots(self, trainer, units) -> list | None:
+        """One `EpochSnapshot` per unit (its progress saved every ``SNAPSHOT_EVERY_S`` seconds), where the
+        trainer resumes part-way and ``run.checkpoints`` is on; else None."""
+        if not (self.cfg.run.checkpoints and getattr(trainer, "resumable", False)):
+            return None
+        paths = [self.store.snapshot_path(self._unit(*u)) for u in units]
+        return None if None in paths else [EpochSnapshot(p, SNAPSHOT_EVERY_S) for p in paths]
 
     # -- the protocols -------------------------------------------------------------------------
     def single(self, L=None, wait=True):

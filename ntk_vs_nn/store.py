@@ -140,6 +140,13 @@ class Store:
         np.savez_compressed(tmp, **arrays)
         os.replace(tmp, path)
 
+    def snapshot_path(self, unit: str) -> str | None:
+        """Where a unit part-way through its training keeps its progress (`engine.resume`); None where
+        this process does not write (a multi-host run resumes no unit part-way: its processes must agree)."""
+        if not self.writer or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            return None
+        return self.unit_path(unit)[: -len(".npz")] + ".partial.npz"
+
     def checkpoint_path(self, unit: str) -> str:
         return self.unit_path(unit)[: -len(".npz")] + ".ckpt"
 

@@ -166,6 +166,8 @@ def ensemble_logits(outs, rule: str = "logits"):
 class Trainer:
     """Compiled training and prediction for one family on one dataset (compile once per shape)."""
 
+    resumable = True  # `fit` takes ``snapshots`` (`resume.EpochSnapshot`)
+
     def __init__(
         self, family: ModelFamily, cfg: TrainConfig, n_train: int, progress: bool = False, augment=None, mesh=None,
         sum_step: str = "joint", mixup: float = 0.0, teacher: ModelFamily | None = None, teacher_rule: str = "logits",
@@ -332,6 +334,7 @@ class Trainer:
         mode: str = "unrolled",
         desc: str = "",
         lr_scales=None,
+        snapshots=None,
     ) -> Members:
         """Train M members.
 
@@ -344,6 +347,8 @@ class Trainer:
           alpha, tau: distillation weight and temperature (alpha = 0: plain cross-entropy).
           mode: "sequential" | "unrolled" | "vmap" | "shard".
           lr_scales: M multipliers of each member's learning rate (e.g. ``1 / lambda_max``), or None (1).
+          snapshots: M `resume.EpochSnapshot`s or None: a member trained in a group of its own saves its
+            progress there and resumes from it (minibatch epochs; a full-batch scan runs whole).
         Returns: `Members` (variables per member, per-epoch losses, wall time).
         """
         t0 = time.perf_counter()
@@ -365,7 +370,8 @@ class Trainer:
         variables = [self._init(k, x[:1]) for k in init_keys]
         epochs = self.cfg.epochs
         if self.family.parts is not None and mode == "sequential" and self.sum_step == "split" and not self.full_batch:
-            return self._fit_split(variables, data_keys, x, y, teachers, alpha, tau, scales_all, t0, desc)
+            snap = snapshots[0] if snapshots else None
+            return self._fit_split(variables, data_keys, x, y, teachers, alpha, tau, scales_all, t0, desc, snap)
         groups = [[i] for i in range(m)] if mode == "sequential" else [list(range(m))]
         stacked = mode in ("vmap", "shard")
         mesh = (self.mesh or sharding.member_mesh()) if mode == "shard" else None
@@ -414,7 +420,10 @@ class Trainer:
                 x, y = sharding.replicate((x, y), mesh)
             fn = self._compiled(len(run), "vmap" if stacked else "unrolled")
             args = (x, y, tg, alpha, tau)
-            carries, group_losses = self._epochs(fn, carries, states, dk, args, sc, stacked, dp, mesh, member_axis, bar)
+            snap = snapshots[group[0]] if snapshots and len(run) == 1 else None
+            carries, group_losses = self._epochs(
+                fn, carries, states, dk, args, sc, stacked, dp, mesh, member_axis, bar, snap
+            )
             if stacked:
                 if mesh is not None:  # back to ordinary single-device arrays, as the other modes give
                     carries = jax.tree.map(jnp.asarray, sharding.gather(carries))
@@ -462,7 +471,7 @@ class Trainer:
             )  # fmt: skip
         return self._step_cache["split"]
 
-    def _fit_split(self, variables, data_keys, x, y, teachers, alpha, tau, scales, t0, desc) -> Members:
+    def _fit_split(self, variables, data_keys, x, y, teachers, alpha, tau, scales, t0, desc, snap=None) -> Members:
         """`fit` of one summed family (``family.parts``) in sequential mode; the joint program's numbers
         up to float rounding (tests/test_engine.py). On a host split into several CPU devices each batch
         is split over them, as in `fit` (params replicated, back on one device at the end)."""
@@ -476,8 +485,13 @@ class Trainer:
                 (x, y, teachers, params, states, opt_state), dp
             )
         bar = tqdm(total=self.cfg.epochs, desc=desc, leave=False, disable=not self.progress)
-        losses = []
-        for e in range(self.cfg.epochs):
+        losses, start = [], 0
+        got = snap and snap.load((params, opt_state), self.cfg.epochs)
+        if got:
+            start, (params, opt_state), done = got
+            losses = [jnp.asarray(v) for v in done]
+            bar.update(start)
+        for e in range(start, self.cfg.epochs):
             idx = self._order(data_keys, e, x.shape[0])
             aug = _augment_key(data_keys[0], e)
             if dp is not None:  # (steps, 1, batch): the batch axis over the data devices
@@ -493,6 +507,8 @@ class Trainer:
                 epoch_losses.append(loss)
             losses.append(jnp.stack(epoch_losses).mean())
             bar.update(1)
+            if snap:
+                snap.save(e + 1, self.cfg.epochs, (params, opt_state), jnp.stack(losses), e + 1 == self.cfg.epochs)
         bar.close()
         if dp is not None:  # ordinary single-device arrays again, as the other modes give
             params = jax.device_put(params, jax.local_devices()[0])
@@ -500,14 +516,20 @@ class Trainer:
         out = [{"params": params, "state": v["state"]}]
         return Members(out, np.asarray(jnp.stack(losses))[None], time.perf_counter() - t0)
 
-    def _epochs(self, fn, carries, states, dk, args, sc, stacked, dp, mesh, member_axis, bar):
-        """Run every epoch of one member group: ``(carries, (epochs, M) mean losses)``."""
+    def _epochs(self, fn, carries, states, dk, args, sc, stacked, dp, mesh, member_axis, bar, snap=None):
+        """Run every epoch of one member group: ``(carries, (epochs, M) mean losses)``; ``snap``: an
+        `EpochSnapshot` of a one-member group, saved to and resumed from (not in the full-batch scan)."""
         if self.full_batch:  # one scan over the epochs; the augmentation keys are unused
             carries, losses = fn(carries, states, None, 0, *args, jnp.stack(dk) if stacked else dk, sc)
             bar.update(self.cfg.epochs)
             return carries, losses
-        group_losses = []
-        for e in range(self.cfg.epochs):
+        group_losses, start = [], 0
+        got = snap and snap.load(carries, self.cfg.epochs)
+        if got:
+            start, carries, done = got
+            group_losses = [jnp.asarray(v) for v in done]
+            bar.update(start)
+        for e in range(start, self.cfg.epochs):
             idx = self._order(dk, e, args[0].shape[0])
             aug = dk  # unused without augmentation
             if self.augment is not None or self.mixup or self.perturb is not None:  # the step folds in its index
@@ -527,6 +549,8 @@ class Trainer:
                 epoch_losses.append(loss)
             group_losses.append(jnp.stack(epoch_losses).mean(0))
             bar.update(1)
+            if snap:
+                snap.save(e + 1, self.cfg.epochs, carries, jnp.stack(group_losses), e + 1 == self.cfg.epochs)
         return carries, jnp.stack(group_losses)
 
     def predict(self, variables, x) -> np.ndarray:
