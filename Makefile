@@ -84,6 +84,7 @@ lint: $(STAMP)
 bench: $(STAMP) install-nt $(VENV)/.installed-bench
 	cd benchmarks && ../$(PY) ensemble_members.py
 	cd benchmarks && ../$(PY) conv_choice.py
+	cd benchmarks && ../$(PY) ynn_fusion.py
 	cd benchmarks && ../$(PY) linearized_step.py
 	cd benchmarks && ../$(PY) online_teacher.py
 	cd benchmarks && ../$(PY) train_throughput.py

@@ -141,7 +141,7 @@ def main() -> dict:
     ref_case = next(c for c in cases if c["model"] == MODELS[0][0] and c["mode"] == "traced")
     import jax
 
-    from ntk_vs_nn.kernels import nt as nt_backend
+    from ntk_vs_nn.kernels import nt_compat
 
     return write(
         "empirical_ntk_vs_nt",
@@ -158,7 +158,7 @@ def main() -> dict:
         dtype="float32",
         repeats=REPEATS,
         our_implementation="default (auto: structured_derivatives for these nets), tile_size = N",
-        nt_version=nt_backend.import_neural_tangents().__version__,
+        nt_version=nt_compat.import_neural_tangents().__version__,
         jax_version=jax.__version__,
         cases=cases,
         nt_vector_products_reference=reference,

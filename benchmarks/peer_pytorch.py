@@ -64,7 +64,8 @@ def ours(what: str) -> dict:
 
     from ntk_vs_nn import rng
     from ntk_vs_nn.config import Config
-    from ntk_vs_nn.engine.trainer import Trainer, make_optimizer
+    from ntk_vs_nn.engine.optim import make_optimizer
+    from ntk_vs_nn.engine.trainer import Trainer
     from ntk_vs_nn.families import make_family, param_count
 
     cfg = Config()  # run.conv from NTK_PEER_CONV: xla (default) or matmul (models/conv.py)
@@ -247,7 +248,7 @@ def torch_model():
     import torch
     from torch import nn
 
-    class Block(nn.Module):  # pre-activation block, as models.PreActBlock
+    class Block(nn.Module):  # pre-activation block, as models.resnet.PreActBlock
         def __init__(self, cin, cout, stride):
             super().__init__()
             self.n0, self.c0 = nn.GroupNorm(1, cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
@@ -260,7 +261,7 @@ def torch_model():
             h = self.c0(h)
             return self.c1(torch.relu(self.n1(h))) + short
 
-    class WRN(nn.Module):  # models.WideResNet(depth 10, widen 1) in 2-D
+    class WRN(nn.Module):  # models.resnet.WideResNet(depth 10, widen 1) in 2-D
         def __init__(self):
             super().__init__()
             self.stem = nn.Conv2d(1, 16, 3, 1, 1, bias=False)

@@ -19,7 +19,8 @@ from _common import write
 from ntk_vs_nn import rng
 from ntk_vs_nn.config.presets import quick
 from ntk_vs_nn.data import load_dataset
-from ntk_vs_nn.engine.trainer import Trainer, distill_loss
+from ntk_vs_nn.engine.losses import distill_loss
+from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import make_family
 
 EPOCHS = 3

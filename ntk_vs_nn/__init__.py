@@ -43,7 +43,7 @@ _EXPORTS = {
     "summed": "ntk_vs_nn.families",
     "make_family": "ntk_vs_nn.families",
     "Trainer": "ntk_vs_nn.engine.trainer",
-    "distill_loss": "ntk_vs_nn.engine.trainer",
+    "distill_loss": "ntk_vs_nn.engine.losses",
     "empirical_ntk_fn": "ntk_vs_nn.kernels.empirical",
     "nngp_fn": "ntk_vs_nn.kernels.empirical",
     "head_features": "ntk_vs_nn.kernels.empirical",

@@ -18,13 +18,13 @@ import platform
 import re
 import shutil
 import subprocess
-import sys
 import threading
 from importlib import metadata
 
 import numpy as np
 
 from ntk_vs_nn.config import UserError
+from ntk_vs_nn.logs import LOG
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -92,19 +92,36 @@ class Store:
         """All well-formed records; a corrupt line (e.g. a write cut by a crash) is skipped."""
         if not os.path.exists(self.path):
             return []
-        out, bad = [], 0
         with open(self.path) as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                    if isinstance(rec, dict) and "unit" in rec:
-                        out.append(rec)
-                    else:
-                        bad += 1
-                except json.JSONDecodeError:
+            return self._parse(f)
+
+    def records_since(self, offset: int) -> tuple[list[dict], int]:
+        """``(records, next offset)``: the well-formed records of the whole lines appended after byte
+        ``offset`` (0: from the start), and where the next read starts. A last line without its newline
+        (another process is writing it) is left for the next read; corrupt lines are skipped as in `records`."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return [], offset
+        end = data.rfind(b"\n") + 1
+        return self._parse(data[:end].splitlines()), offset + end
+
+    def _parse(self, lines) -> list[dict]:
+        """The records of ``lines`` (str or bytes), each corrupt one skipped and counted in one warning."""
+        out, bad = [], 0
+        for line in lines:
+            try:
+                rec = json.loads(line)
+                if isinstance(rec, dict) and "unit" in rec:
+                    out.append(rec)
+                else:
                     bad += 1
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                bad += 1
         if bad:
-            print(f"warning: {self.path}: skipped {bad} corrupt line(s)", file=sys.stderr)
+            LOG.warning(f"warning: {self.path}: skipped {bad} corrupt line(s)")
         return out
 
     def append(self, record: dict) -> None:

@@ -10,7 +10,9 @@ import optax
 import pytest
 
 from ntk_vs_nn.config import TrainConfig
+from ntk_vs_nn.engine import steps
 from ntk_vs_nn.engine import trainer as tr
+from ntk_vs_nn.engine.losses import ensemble_logits
 from ntk_vs_nn.engine.perturb import perturb
 from ntk_vs_nn.families import network
 from ntk_vs_nn.models import build_model
@@ -51,7 +53,7 @@ def _first_step(student, teachers, kind, memberwise, data, rule="probs"):
     # by hand: the batch order and the step's perturbation key, as the trainer draws them
     ib = t._order([k_data], 0, N)[0, 0]
     xb, yb = x[ib], y[ib]
-    key = jax.random.fold_in(jax.random.fold_in(tr._augment_key(k_data, 0), 0), tr._PERTURB_TAG)
+    key = jax.random.fold_in(jax.random.fold_in(steps._augment_key(k_data, 0), 0), steps._PERTURB_TAG)
     tfam = _fam("PlainCNN-1-1")
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *teachers)
     x_t = fn(key, xb, tfam.apply, stacked)
@@ -66,7 +68,7 @@ def test_the_kd_term_is_on_the_perturbed_input_and_the_ce_term_on_the_clean_one(
     student = _fam("PlainCNN-1-1")
     got, (xb, yb, x_t, outs, v) = _first_step(student, teachers, "gaussian", False, data)
     assert not np.allclose(x_t, xb)
-    ens = tr.ensemble_logits(outs, "probs")
+    ens = ensemble_logits(outs, "probs")
     expected = jnp.mean((1 - ALPHA) * _ce(student.apply(v, xb), yb) + ALPHA * TAU**2 * _kl(ens, student.apply(v, x_t)))
     assert got == pytest.approx(float(expected), rel=1e-5)
     # the bugs this catches: CE on the perturbed input, the student's KD term on the clean one
@@ -91,7 +93,7 @@ def test_a_batchensemble_student_learns_member_i_from_teacher_i(data, kind):
     assert abs(got - float(swapped)) > 1e-5
     # not member-wise: every member learns from the ensemble
     got_ens, _ = _first_step(student, teachers, kind, False, data)
-    ens = tr.ensemble_logits(outs, "probs")
+    ens = ensemble_logits(outs, "probs")
     assert got_ens == pytest.approx(float(jnp.mean(member_ce + ALPHA * TAU**2 * _kl(ens, pert))), rel=1e-5)
 
 

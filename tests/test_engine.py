@@ -12,7 +12,9 @@ import pytest
 from scipy.special import log_softmax
 
 from ntk_vs_nn.config import TrainConfig
-from ntk_vs_nn.engine.trainer import Trainer, distill_loss, make_optimizer
+from ntk_vs_nn.engine.losses import distill_loss
+from ntk_vs_nn.engine.optim import make_optimizer
+from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import make_family, summed
 
 MODEL, K = "SimpleCNN-3-1", 3
@@ -384,7 +386,7 @@ def test_bfloat16_members_train_and_keep_float32_params(tiny_cfg, tiny_data, fam
 def test_full_batch_is_plain_gradient_descent_with_per_member_lr_scales(tiny_cfg, tiny_data):
     import jax.flatten_util  # noqa: F401
 
-    from ntk_vs_nn.engine.trainer import lambda_max
+    from ntk_vs_nn.engine.optim import lambda_max
 
     x, y = tiny_data.x_train, tiny_data.y_train
     sgd = dataclasses.replace(tiny_cfg.train, optimizer="sgd", momentum=0.0, weight_decay=0.0, epochs=3, lr=0.05,

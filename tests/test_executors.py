@@ -54,7 +54,7 @@ def test_unknown_executor_is_one_error_line(tmp_path, capsys):
 
 
 def test_local_executor_runs_every_row_in_order(tiny_cfg, tiny_data, tmp_path):
-    from ntk_vs_nn.engine.executors import run_rows
+    from ntk_vs_nn.experiments.executors import run_rows
 
     seen = []
     run_rows(
@@ -124,7 +124,7 @@ def test_killed_worker_is_retried_and_no_unit_is_recorded_twice(ray_cluster, loc
     from ntk_vs_nn.config import apply_overrides
     from ntk_vs_nn.config.presets import get_preset
     from ntk_vs_nn.data import load_dataset
-    from ntk_vs_nn.engine.executors import run_rows
+    from ntk_vs_nn.experiments.executors import run_rows
 
     cfg = apply_overrides(get_preset("smoke"), [s for s in SMOKE[2:] if s != "--set"])
     data = load_dataset(cfg.dataset, cfg.data, cfg.run.seed)
@@ -146,7 +146,7 @@ def test_killed_worker_is_retried_and_no_unit_is_recorded_twice(ray_cluster, loc
 
 def test_worker_dying_on_every_try_is_one_clear_error(ray_cluster, tmp_path, tiny_cfg, tiny_data):
     from ntk_vs_nn.config import UserError
-    from ntk_vs_nn.engine.executors import run_rows
+    from ntk_vs_nn.experiments.executors import run_rows
 
     def always_dies(*a, **kw):
         import os

@@ -18,11 +18,12 @@ import pytest
 from conftest import rel_err
 
 from ntk_vs_nn.config import KernelConfig
-from ntk_vs_nn.engine.trainer import distill_loss
+from ntk_vs_nn.engine.losses import distill_loss
 from ntk_vs_nn.families import last_layer, linearized, network, summed
 from ntk_vs_nn.kernels import function_space
-from ntk_vs_nn.kernels.empirical import empirical_ntk_fn, kernel_ridge
+from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
 from ntk_vs_nn.kernels.function_space import FunctionTrainer, solve
+from ntk_vs_nn.kernels.predict import kernel_ridge
 from ntk_vs_nn.models import build_model
 
 MODEL, STEPS, TOL = "SimpleCNN-3-1", 40, 1e-8
@@ -169,7 +170,7 @@ def test_trainer_kernels_and_offsets(tiny_data, tiny_cfg):
 
 def test_ridge_is_kernel_ridge_from_f0(setup):
     """f = f0 + Θ(·, X)(Θ + r·mean(diag Θ)·I)^{-1}(Y − f0(X)), via kernels.kernel_ridge on Y − f0."""
-    from ntk_vs_nn.kernels.empirical import kernel_ridge
+    from ntk_vs_nn.kernels.predict import kernel_ridge
 
     module, x_tr, x_te, y = setup
     k_tt, k_te = gp_kernel(module, jax.random.key(3), x_tr, x_te)
@@ -202,11 +203,11 @@ def test_mse_auto_steps_picks_the_best_validation_time(setup, tiny_data):
 
 def test_infinite_width_row_is_one_deterministic_member(tmp_path, tiny_data, tiny_cfg):
     """ntk_inf: one member solved on the stax kernel; the other protocols are recorded as skipped."""
-    from ntk_vs_nn.kernels import nt as nt_backend
+    from ntk_vs_nn.kernels import infinite, nt_compat
     from ntk_vs_nn.protocols import run_row
     from ntk_vs_nn.store import Store
 
-    if not nt_backend.available():
+    if not nt_compat.available():
         pytest.skip("neural-tangents not installed (make install-nt)")
     cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="weights", solver="ridge"))
     store = Store.prepare(str(tmp_path))
@@ -217,7 +218,7 @@ def test_infinite_width_row_is_one_deterministic_member(tmp_path, tiny_data, tin
     assert recs[("ensemble", "all")]["metrics"]["acc"] == recs[("single", "0")]["metrics"]["acc"]
     assert all(recs[(p, "0")]["status"] == "skipped" for p in ("train_sum", "kd", "sd"))
     # the prediction is kernel ridge on the infinite-width kernel from f0 = 0
-    k_tt, k_ot = nt_backend.infinite_kernels(
+    k_tt, k_ot = infinite.infinite_kernels(
         MODEL, 3, 1, tiny_data.x_train, np.concatenate([tiny_data.x_val, tiny_data.x_test]), kind="ntk"
     )
     reg = cfg.kernel.ridge * np.mean(np.diag(k_tt))
@@ -252,14 +253,14 @@ def test_absolute_lr_units_replay_weight_space_gd_with_the_same_learning_rate(se
 def test_infinite_rows_share_one_stax_pass(tmp_path, tiny_data, tiny_cfg, monkeypatch):
     """ntk_inf and nngp_inf of a table come from one infinite_kernels call (kind=("ntk", "nngp")),
     and each row gets its own kind's kernel."""
-    from ntk_vs_nn.kernels import nt as nt_backend
+    from ntk_vs_nn.kernels import infinite, nt_compat
     from ntk_vs_nn.protocols import run_row
     from ntk_vs_nn.store import Store
 
-    if not nt_backend.available():
+    if not nt_compat.available():
         pytest.skip("neural-tangents not installed (make install-nt)")
-    calls, real = [], nt_backend.infinite_kernels
-    monkeypatch.setattr(nt_backend, "infinite_kernels", lambda *a, **kw: calls.append(kw["kind"]) or real(*a, **kw))
+    calls, real = [], infinite.infinite_kernels
+    monkeypatch.setattr(infinite, "infinite_kernels", lambda *a, **kw: calls.append(kw["kind"]) or real(*a, **kw))
     monkeypatch.setattr(function_space, "_CACHE", {})
     cfg = dataclasses.replace(tiny_cfg, kernel=KernelConfig(backend="weights", solver="ridge"))
     store = Store.prepare(str(tmp_path))
@@ -371,9 +372,9 @@ def test_full_kernel_trainer_members_sum_and_spill(tiny_data, tiny_cfg, monkeypa
 def test_full_kernel_nt_backend_equals_ours(tiny_data, tiny_cfg, monkeypatch):
     """kernel.backend=nt with kernel.trace=false (neural-tangents' full kernels, Θ(other, train) an
     explicit array) gives the predictions of our backend (Θ(other, train) as J_other J_trainᵀ)."""
-    from ntk_vs_nn.kernels import nt as nt_backend
+    from ntk_vs_nn.kernels import nt_compat
 
-    if not nt_backend.available():
+    if not nt_compat.available():
         pytest.skip("neural-tangents not installed (make install-nt)")
     monkeypatch.setattr(function_space, "_CACHE", {})
     key, preds = jax.random.key(6), {}

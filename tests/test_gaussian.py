@@ -17,6 +17,7 @@ from ntk_vs_nn.config import UserError
 from ntk_vs_nn.data import gaussian as gd
 from ntk_vs_nn.experiments import gaussian as g
 from ntk_vs_nn.experiments import run_experiment
+from ntk_vs_nn.experiments.gaussian import Teacher
 from ntk_vs_nn.report import gaussian as rg
 from ntk_vs_nn.store import Store
 
@@ -29,9 +30,9 @@ def small(**data) -> g.GaussianConfig:
 def test_teacher_labels_deterministic_given_seed():
     cfg = small()
     for arch in ("fc3", "conv2"):
-        a = gd.sample(gd.Teacher(arch, cfg, jax.random.key(0)), jax.random.key(5), 500, "gaussian", "uniform", 0.0)
-        b = gd.sample(gd.Teacher(arch, cfg, jax.random.key(0)), jax.random.key(5), 500, "gaussian", "uniform", 0.0)
-        c = gd.sample(gd.Teacher(arch, cfg, jax.random.key(1)), jax.random.key(5), 500, "gaussian", "uniform", 0.0)
+        a = gd.sample(Teacher(arch, cfg, jax.random.key(0)), jax.random.key(5), 500, "gaussian", "uniform", 0.0)
+        b = gd.sample(Teacher(arch, cfg, jax.random.key(0)), jax.random.key(5), 500, "gaussian", "uniform", 0.0)
+        c = gd.sample(Teacher(arch, cfg, jax.random.key(1)), jax.random.key(5), 500, "gaussian", "uniform", 0.0)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
         assert not np.array_equal(a[1], c[1])  # another seed, another teacher: other labels on the same x
@@ -40,7 +41,7 @@ def test_teacher_labels_deterministic_given_seed():
 
 def test_cell_data_deterministic_and_noise_only_on_train():
     cfg = small(n_train=300, n_test=200)
-    t = gd.Teacher("fc3", cfg, jax.random.key(0))
+    t = Teacher("fc3", cfg, jax.random.key(0))
     a = gd.make_cell_data(t, "nomargin/noise/uniform/mixture", cfg, jax.random.key(0))
     b = gd.make_cell_data(t, "nomargin/noise/uniform/mixture", cfg, jax.random.key(0))
     for key in ("x_train", "y_train", "x_test", "y_test"):
@@ -53,7 +54,7 @@ def test_rejection_sampling_balances_classes():
     """Tolerance: exact. Each class gets its quota N // k (the first N mod k classes one more), while
     uniform sampling from the same teacher is visibly unbalanced (so the test can fail)."""
     cfg = small()
-    t = gd.Teacher("fc3", cfg, jax.random.key(0))
+    t = Teacher("fc3", cfg, jax.random.key(0))
     n, k = 1002, cfg.data.k
     _, y_uni, _ = gd.sample(t, jax.random.key(1), n, "gaussian", "uniform", 0.0)
     x, y, stats = gd.sample(t, jax.random.key(1), n, "gaussian", "rejection", 0.0)
@@ -68,7 +69,7 @@ def test_rejection_sampling_balances_classes():
 
 def test_margin_filter_enforces_the_margin():
     cfg = small()
-    t = gd.Teacher("conv2", cfg, jax.random.key(0))
+    t = Teacher("conv2", cfg, jax.random.key(0))
     margin = 0.5
     x_all, _, _ = gd.sample(t, jax.random.key(2), 2000, "gaussian", "uniform", 0.0)
     assert (gd.top2_gap(t.logits(x_all, "gaussian")) < margin).mean() > 0.1  # the filter has work to do
@@ -82,7 +83,7 @@ def test_margin_filter_enforces_the_margin():
 
 def test_impossible_margin_is_a_clear_error():
     cfg = small(max_draw_factor=2)
-    t = gd.Teacher("linear", cfg, jax.random.key(0))
+    t = Teacher("linear", cfg, jax.random.key(0))
     with pytest.raises(UserError, match="only .* of 500 draws accepted"):
         gd.sample(t, jax.random.key(0), 500, "gaussian", "uniform", 50.0)
 

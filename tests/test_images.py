@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ntk_vs_nn.config import UserError
-from ntk_vs_nn.data import images
+from ntk_vs_nn.data import cifar, images
 
 # ----------------------------------------------------------------------------------------------- Fashion-MNIST
 
@@ -168,21 +168,21 @@ def test_cifar_binary(tmp_path, name, layout):
             (tmp_path / m).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / m).write_bytes(data)
     n_train = len(expected[1])
-    raw = images.cifar(name, "binary", str(tmp_path), expected_counts=(n_train, 3), n_val=1)
+    raw = cifar.cifar(name, "binary", str(tmp_path), expected_counts=(n_train, 3), n_val=1)
     _check(raw, expected, 1)
-    raw = images.cifar(name, "auto", str(tmp_path), expected_counts=None, n_val=1)  # auto prefers the binary
+    raw = cifar.cifar(name, "auto", str(tmp_path), expected_counts=None, n_val=1)  # auto prefers the binary
     _check(raw, expected, 1)
 
 
 def test_cifar_env_folder_and_official_counts(tmp_path, monkeypatch):
     members, expected = _fake_cifar("cifar10")
     _write_tar(tmp_path / _archive("cifar10"), members)
-    monkeypatch.setenv(images.CIFAR_ENV, str(tmp_path))
-    _check(images.cifar("cifar10", "binary", expected_counts=None, n_val=1), expected, 1)
+    monkeypatch.setenv(cifar.CIFAR_ENV, str(tmp_path))
+    _check(cifar.cifar("cifar10", "binary", expected_counts=None, n_val=1), expected, 1)
     with pytest.raises(UserError, match="expected 50000 / 10000"):
-        images.cifar("cifar10", "binary")
+        cifar.cifar("cifar10", "binary")
     with pytest.raises(UserError, match="n_val=10 must be in"):
-        images.cifar("cifar10", "binary", expected_counts=None, n_val=10)
+        cifar.cifar("cifar10", "binary", expected_counts=None, n_val=10)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
@@ -192,7 +192,7 @@ def test_cifar_truncated_record(tmp_path, name):
     members[key] = members[key][:-1]
     _write_tar(tmp_path / _archive(name), members)
     with pytest.raises(UserError, match="not a whole number of .*-byte records"):
-        images.cifar(name, "binary", str(tmp_path), expected_counts=None)
+        cifar.cifar(name, "binary", str(tmp_path), expected_counts=None)
 
 
 @pytest.mark.parametrize("name, bad", [("cifar10", 10), ("cifar100", 100)])
@@ -204,7 +204,7 @@ def test_cifar_label_out_of_range(tmp_path, name, bad):
     members[key] = bytes(data)
     _write_tar(tmp_path / _archive(name), members)
     with pytest.raises(UserError, match=f"label {bad} out of range \\[0, {bad}\\)"):
-        images.cifar(name, "binary", str(tmp_path), expected_counts=None)
+        cifar.cifar(name, "binary", str(tmp_path), expected_counts=None)
 
 
 @pytest.mark.parametrize("evil", ["../evil.bin", "cifar-10-batches-bin/../../evil.bin", "/etc/evil.bin"])
@@ -213,7 +213,7 @@ def test_cifar_tar_rejects_unsafe_members(tmp_path, evil):
     members = {evil: b"x", **members}
     _write_tar(tmp_path / _archive("cifar10"), members)
     with pytest.raises(UserError, match="unsafe member name"):
-        images.cifar("cifar10", "binary", str(tmp_path), expected_counts=None)
+        cifar.cifar("cifar10", "binary", str(tmp_path), expected_counts=None)
     assert not (tmp_path.parent / "evil.bin").exists()
 
 
@@ -222,43 +222,43 @@ def test_cifar_tar_missing_member_and_corrupt_archive(tmp_path):
     del members["cifar-10-batches-bin/test_batch.bin"]
     _write_tar(tmp_path / _archive("cifar10"), members)
     with pytest.raises(UserError, match="missing members cifar-10-batches-bin/test_batch.bin"):
-        images.cifar("cifar10", "binary", str(tmp_path), expected_counts=None)
+        cifar.cifar("cifar10", "binary", str(tmp_path), expected_counts=None)
     (tmp_path / _archive("cifar10")).write_bytes(b"\x1f\x8bnot really")
     with pytest.raises(UserError, match="not a readable .tar.gz"):
-        images.cifar("cifar10", "binary", str(tmp_path), expected_counts=None)
+        cifar.cifar("cifar10", "binary", str(tmp_path), expected_counts=None)
 
 
 def test_cifar_refuses_pickled_python_version(tmp_path):
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"whatever")
     with pytest.raises(UserError, match="pickle.*never unpickled.*cifar-10-binary.tar.gz"):
-        images.cifar("cifar10", "binary", str(tmp_path), expected_counts=None)
+        cifar.cifar("cifar10", "binary", str(tmp_path), expected_counts=None)
 
 
 def test_cifar_missing_data_says_where_to_put_it(tmp_path, monkeypatch):
-    monkeypatch.delenv(images.CIFAR_ENV, raising=False)
+    monkeypatch.delenv(cifar.CIFAR_ENV, raising=False)
     with pytest.raises(UserError, match="folder .* not found; put cifar-100-binary.tar.gz"):
-        images.cifar("cifar100", "binary", str(tmp_path / "nope"))
+        cifar.cifar("cifar100", "binary", str(tmp_path / "nope"))
     with pytest.raises(UserError, match="no folder given"):
-        images.cifar("cifar10", "binary")
+        cifar.cifar("cifar10", "binary")
     # auto: empty folder, and no tfds build in it either (or no tfds at all)
     with pytest.raises(UserError) as e:
-        images.cifar("cifar10", "auto", str(tmp_path))
+        cifar.cifar("cifar10", "auto", str(tmp_path))
     msg = str(e.value)
     assert "\n" not in msg and "cifar-10-binary.tar.gz" in msg and "tfds build cifar10" in msg
 
 
 def test_cifar_bad_arguments():
     with pytest.raises(UserError, match="unknown CIFAR data set 'svhn'"):
-        images.cifar("svhn")
+        cifar.cifar("svhn")
     with pytest.raises(UserError, match="unknown CIFAR source 'web'"):
-        images.cifar("cifar10", source="web")
+        cifar.cifar("cifar10", source="web")
 
 
 @pytest.mark.parametrize("name, classes", [("cifar10", 10), ("cifar100", 100)])
 def test_cifar_tfds_mock(name, classes):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=6):
-        raw = images.cifar(name, "tfds", expected_counts=(6, 6), n_val=2)
+        raw = cifar.cifar(name, "tfds", expected_counts=(6, 6), n_val=2)
     assert raw.x_train.shape == (6, 32, 32, 3) and raw.x_train.dtype == np.uint8
     assert raw.x_test.shape == (6, 32, 32, 3)
     assert raw.y_train.dtype == np.int32 and raw.n_val_last == 2
@@ -268,7 +268,7 @@ def test_cifar_tfds_mock(name, classes):
 def test_cifar_tfds_without_build(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(UserError, match="no tensorflow-datasets array_record build found.*tfds build cifar10"):
-        images.cifar("cifar10", "tfds", str(tmp_path))
+        cifar.cifar("cifar10", "tfds", str(tmp_path))
 
 
 # ------------------------------------------------------------------------------------------------ augmentation
@@ -284,11 +284,11 @@ def _candidates(img: np.ndarray, pad: int) -> np.ndarray:
 
 def test_augment_shape_dtype_determinism():
     x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 32, 32, 3)), jnp.float32)
-    a = images.augment(jax.random.key(1), x)
+    a = cifar.augment(jax.random.key(1), x)
     assert a.shape == x.shape and a.dtype == x.dtype
-    np.testing.assert_array_equal(a, images.augment(jax.random.key(1), x))
-    assert not np.array_equal(a, images.augment(jax.random.key(2), x))
-    assert images.augment(jax.random.key(0), jnp.zeros((2, 8, 8, 1), jnp.uint8)).dtype == jnp.uint8
+    np.testing.assert_array_equal(a, cifar.augment(jax.random.key(1), x))
+    assert not np.array_equal(a, cifar.augment(jax.random.key(2), x))
+    assert cifar.augment(jax.random.key(0), jnp.zeros((2, 8, 8, 1), jnp.uint8)).dtype == jnp.uint8
 
 
 def test_augment_is_crop_and_flip_of_the_input():
@@ -296,7 +296,7 @@ def test_augment_is_crop_and_flip_of_the_input():
     # Distinct positive pixel values, so each output matches exactly one (offset, flip) and padding shows as 0.
     base = 1.0 + np.arange(6 * 6 * 2, dtype=np.float32).reshape(6, 6, 2)
     x = np.broadcast_to(base, (n, 6, 6, 2))
-    out = np.asarray(images.augment(jax.random.key(3), jnp.asarray(x), pad=pad))
+    out = np.asarray(cifar.augment(jax.random.key(3), jnp.asarray(x), pad=pad))
     cands = _candidates(base, pad)  # (162, 6, 6, 2); index 40 = unshifted, 40 + 81 = unshifted flipped
     hits = (out[:, None] == cands[None]).all(axis=(2, 3, 4))  # (n, 162)
     assert (hits.sum(1) == 1).all(), "every output is exactly one crop (+ flip) of its padded input"
@@ -312,7 +312,7 @@ def test_augment_is_crop_and_flip_of_the_input():
 def test_augment_per_example_and_content_preserved():
     rng = np.random.default_rng(0)
     x = (1.0 + rng.permutation(8 * 10 * 10 * 3)).astype(np.float32).reshape(8, 10, 10, 3)
-    out = np.asarray(images.augment(jax.random.key(5), jnp.asarray(x)))
+    out = np.asarray(cifar.augment(jax.random.key(5), jnp.asarray(x)))
     for i in range(len(x)):
         hits = (out[i][None] == _candidates(x[i], 4)).all(axis=(1, 2, 3))
         assert hits.sum() == 1

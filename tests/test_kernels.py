@@ -20,16 +20,8 @@ from conftest import rel_err
 from jax.flatten_util import ravel_pytree
 
 from ntk_vs_nn.families import last_layer, linearized, network
-from ntk_vs_nn.kernels.empirical import (
-    IMPLEMENTATIONS,
-    empirical_ntk_fn,
-    family_ntk_fn,
-    gradient_descent_mse,
-    gradient_descent_xent,
-    head_features,
-    kernel_ridge,
-    nngp_fn,
-)
+from ntk_vs_nn.kernels.empirical import IMPLEMENTATIONS, empirical_ntk_fn, family_ntk_fn, head_features, nngp_fn
+from ntk_vs_nn.kernels.predict import gradient_descent_mse, gradient_descent_xent, kernel_ridge
 from ntk_vs_nn.models import build_model
 
 MODEL, K, N_TRAIN, N_TEST, STEPS = "SimpleCNN-3-1", 3, 8, 4, 30

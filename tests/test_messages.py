@@ -181,7 +181,7 @@ def test_unequal_training_states_are_flagged_and_name_the_groups():
     assert got[(1, "train-sum - ens")] == ""
 
 
-# -- effect sizes beside the paper's (analysis.intervals.EFFECTS, paper.effect_ranges) ---------------------
+# -- effect sizes beside the paper's (analysis.intervals.EFFECTS, published.effect_ranges) ---------------------
 def test_against_range_has_an_outcome_for_each_place_of_the_interval():
     from ntk_vs_nn.analysis.verdict import AGAINST, against_range
 
@@ -194,13 +194,14 @@ def test_against_range_has_an_outcome_for_each_place_of_the_interval():
 
 def test_paper_effects_are_the_messages_effects_on_the_papers_cells():
     """The paper's ⑦ (ensemble gain / σ) and ① (train-sum − ensemble) recomputed from the parsed tables
-    by hand, against `paper.effect_values`; a row with a lost digit or oom has no ① value."""
+    by hand, against `published.effect_values`; a row with a lost digit or oom has no ① value."""
     import math
 
     from ntk_vs_nn import paper
+    from ntk_vs_nn.analysis import published
     from ntk_vs_nn.analysis.intervals import EFFECTS
 
-    got = paper.effect_values(EFFECTS)
+    got = published.effect_values(EFFECTS)
     nn = paper.load("nn")
     for _, r in nn.iterrows():
         want = (r["ensemble_acc"] - r["single_mean_acc"]) / r["single_std_acc"]
@@ -210,7 +211,7 @@ def test_paper_effects_are_the_messages_effects_on_the_papers_cells():
     ker = paper.load("kernel")
     ntk = ker[(ker["kernel"] == "NTK") & (ker["dataset"] == "cifar10")]
     gaps = (ntk["train_sum_acc"] - ntk["ensemble_acc"]).dropna()
-    ranges = paper.effect_ranges(EFFECTS)
+    ranges = published.effect_ranges(EFFECTS)
     assert ranges[("ntk", 1, "cifar10")] == (gaps.min(), gaps.max(), len(gaps))
     assert len(gaps) < len(ntk)  # the lost-digit and oom rows are left out
     assert ("ntk", 1, "cifar100") not in ranges  # every NTK CIFAR-100 cell is oom

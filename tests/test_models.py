@@ -344,11 +344,11 @@ def test_plaincnn_deeper_than_its_input_allows_is_a_user_error():
 
 @pytest.mark.parametrize("name", ["ResNet-18-0.125", "ResNet-34", "PlainCNN-2-1"])
 def test_nets_neural_tangents_cannot_express_are_one_clear_user_error(name):
-    from ntk_vs_nn.kernels import nt as nt_backend
+    from ntk_vs_nn.kernels import infinite
 
-    assert not nt_backend.supports(name)
+    assert not infinite.supports(name)
     with pytest.raises(UserError, match=f"model {name}: not expressible"):
-        nt_backend.infinite_kernel_fn(name, 10, 1)  # refused before neural-tangents is imported
+        infinite.infinite_kernel_fn(name, 10, 1)  # refused before neural-tangents is imported
 
 
 # -- bfloat16 compute (model.dtype, the GPU option of the paper presets) --------------------------------
@@ -477,7 +477,7 @@ def test_max_pool2_equals_flax_max_pool_forward_and_backward(x64, shape):
     both gradients pick the same element)."""
     import flax.linen as nn
 
-    from ntk_vs_nn.models import max_pool2
+    from ntk_vs_nn.models.cnn import max_pool2
 
     x = jax.random.normal(jax.random.key(0), shape, jnp.float64)
     nd = len(shape) - 2

@@ -16,7 +16,8 @@ import pytest
 
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.data import multiview as dmv
-from ntk_vs_nn.engine.trainer import distill_loss, lambda_max
+from ntk_vs_nn.engine.losses import distill_loss
+from ntk_vs_nn.engine.optim import lambda_max
 from ntk_vs_nn.experiments import multiview as mv
 from ntk_vs_nn.experiments import run_experiment
 from ntk_vs_nn.models import multiview as mmv

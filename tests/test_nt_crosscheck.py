@@ -1,4 +1,4 @@
-"""Cross-checks against neural-tangents 0.6.5 (`ntk_vs_nn.kernels.nt`), marker ``nt``.
+"""Cross-checks against neural-tangents 0.6.5 (`ntk_vs_nn.kernels.nt`, `.infinite`, `.nt_compat`), marker ``nt``.
 
 Skipped when neural-tangents is not installed (``make install-nt``); ``scripts/test_nt.sh`` installs
 it and sets NTK_VS_NN_REQUIRE_NT=1, which turns a failed import into a failure instead of a skip.
@@ -32,12 +32,13 @@ from conftest import rel_err
 from flax import traverse_util
 
 from ntk_vs_nn.config import UserError
+from ntk_vs_nn.kernels import infinite, nt_compat
 from ntk_vs_nn.kernels import nt as nt_backend
 from ntk_vs_nn.kernels.empirical import IMPLEMENTATIONS, empirical_ntk_fn, head_features, nngp_fn
 from ntk_vs_nn.models import build_model
 
 try:
-    nt_backend.import_neural_tangents()
+    nt_compat.import_neural_tangents()
     NT_ERROR = None
 except UserError as e:
     NT_ERROR = str(e)
@@ -129,7 +130,7 @@ def test_nt_train_test_in_tiles_equals_one_call(x64, trace_axes):
 @pytest.mark.nt
 @needs_nt
 def test_unsupported_nt_implementation_is_refused():
-    nt = nt_backend.import_neural_tangents()
+    nt = nt_compat.import_neural_tangents()
     for impl in ("structured_derivatives", nt.NtkImplementation.STRUCTURED_DERIVATIVES, nt.NtkImplementation.AUTO):
         with pytest.raises(UserError):
             nt_backend.nt_empirical_ntk_fn(lambda p, x: x, (), impl)
@@ -141,8 +142,8 @@ def test_compat_layer_leaves_jax_unchanged():
     import jax.core
     import jax.interpreters.ad
 
-    nt = nt_backend.import_neural_tangents()
-    assert nt.__version__ == nt_backend.NT_VERSION and nt_backend.available()
+    nt = nt_compat.import_neural_tangents()
+    assert nt.__version__ == nt_compat.NT_VERSION and nt_compat.available()
     if tuple(int(v) for v in jax.__version__.split(".")[:2]) >= (0, 7):  # names removed from jax itself
         assert not any(hasattr(jax.core, n) for n in ("Jaxpr", "JaxprEqn", "Literal", "Var", "Primitive"))
         assert not hasattr(jax.interpreters.ad, "zeros_like_p") and "jax.util" not in sys.modules
@@ -222,7 +223,7 @@ def test_stax_network_is_our_flax_network(x64, name, ndim, norm):
     x = jax.random.normal(jax.random.key(1), shape, jnp.float64)
     module = build_model(name, K, ndim, norm=norm)
     params = f64(jax.jit(module.init)(jax.random.key(0), x[:1])["params"])  # jitted: eager ops are slow
-    init_fn, apply_fn, _ = nt_backend.infinite_kernel_fn(name, K, ndim, norm=norm)
+    init_fn, apply_fn, _ = infinite.infinite_kernel_fn(name, K, ndim, norm=norm)
     _, stax_shapes = jax.eval_shape(lambda key: init_fn(key, x.shape), jax.random.key(2))
     stax_params = _stax_params_from_flax(stax_shapes, _flax_layers_in_call_order(module, params, x))
     ours = jax.jit(module.apply)({"params": params}, x)
@@ -270,13 +271,13 @@ def test_infinite_kernels_match_monte_carlo_simplecnn():
     name, tol = "SimpleCNN-3-16", 0.06
     x = np.random.RandomState(0).randn(6, 8, 1).astype(np.float32)
     nngp_mc, ntk_mc = _monte_carlo(name, x, seeds=4)
-    inf = nt_backend.infinite_kernels(name, K, 1, x, None, kind=("nngp", "ntk"), batch_size=3)
+    inf = infinite.infinite_kernels(name, K, 1, x, None, kind=("nngp", "ntk"), batch_size=3)
     assert rel_err(nngp_mc, inf["nngp"][0]) < tol
     assert rel_err(ntk_mc, inf["ntk"][0]) < tol
     # teeth: other conventions are far outside the tolerance
-    ntk_param = nt_backend.infinite_kernels(name, K, 1, x, kind="ntk", parameterization="ntk")[0]
+    ntk_param = infinite.infinite_kernels(name, K, 1, x, kind="ntk", parameterization="ntk")[0]
     assert rel_err(ntk_mc, ntk_param) > 0.9
-    no_norm = nt_backend.infinite_kernels(name, K, 1, x, kind=("nngp", "ntk"), norm="none")
+    no_norm = infinite.infinite_kernels(name, K, 1, x, kind=("nngp", "ntk"), norm="none")
     assert rel_err(nngp_mc, no_norm["nngp"][0]) > 0.2 and rel_err(ntk_mc, no_norm["ntk"][0]) > 0.2
 
 
@@ -286,7 +287,7 @@ def test_infinite_nngp_matches_monte_carlo_resnet():
     name = "ResNet-10-8"
     x = np.random.RandomState(0).randn(6, 8, 1).astype(np.float32)
     nngp_mc, _ = _monte_carlo(name, x, seeds=16, ntk=False)
-    nngp_inf, _ = nt_backend.infinite_kernels(name, K, 1, x, kind="nngp")
+    nngp_inf, _ = infinite.infinite_kernels(name, K, 1, x, kind="nngp")
     assert rel_err(nngp_mc, nngp_inf) < 0.08
 
 
@@ -298,37 +299,37 @@ def test_infinite_nngp_matches_monte_carlo_resnet():
 def test_infinite_kernels_api():
     rs = np.random.RandomState(0)
     x_train, x_test = rs.randn(7, 10, 1), rs.randn(3, 10, 1)
-    k_tt, k_st = nt_backend.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, x_test, kind="ntk", batch_size=4)
+    k_tt, k_st = infinite.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, x_test, kind="ntk", batch_size=4)
     assert k_tt.shape == (7, 7) and k_st.shape == (3, 7) and k_tt.dtype == np.float64
     assert rel_err(k_tt, k_tt.T) < 1e-12 and np.linalg.eigvalsh(k_tt).min() > 0
     # padding to a multiple of the batch does not change anything; kinds from one pass or two agree
-    both = nt_backend.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, x_test, kind=("ntk", "nngp"), batch_size=5)
+    both = infinite.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, x_test, kind=("ntk", "nngp"), batch_size=5)
     assert rel_err(both["ntk"][0], k_tt) < 1e-12 and rel_err(both["ntk"][1], k_st) < 1e-12
-    nngp_tt, nngp_st = nt_backend.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, x_test, kind="nngp")
+    nngp_tt, nngp_st = infinite.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, x_test, kind="nngp")
     assert rel_err(both["nngp"][0], nngp_tt) < 1e-12 and rel_err(both["nngp"][1], nngp_st) < 1e-12
     # the other-train block equals the train rows of the same inputs
-    _, k_again = nt_backend.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, x_train[:2], kind="ntk", batch_size=4)
+    _, k_again = infinite.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, x_train[:2], kind="ntk", batch_size=4)
     assert rel_err(k_again, k_tt[:2]) < 1e-12
-    assert nt_backend.infinite_kernels("ResNet-10-1", K, 1, x_train, kind="nngp", batch_size=7)[1] is None
-    empty = nt_backend.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, x_test[:0], kind=("ntk", "nngp"))
+    assert infinite.infinite_kernels("ResNet-10-1", K, 1, x_train, kind="nngp", batch_size=7)[1] is None
+    empty = infinite.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, x_test[:0], kind=("ntk", "nngp"))
     assert empty["nngp"][1].shape == (0, 7) and rel_err(empty["ntk"][0], k_tt) < 1e-12
     with pytest.raises(UserError, match="not expressible"):
-        nt_backend.infinite_kernel_fn("ResNet-34", K, 2)
+        infinite.infinite_kernel_fn("ResNet-34", K, 2)
     with pytest.raises(UserError):
-        nt_backend.infinite_kernels("SimpleCNN-3-1", K, 2, x_train)  # 1-D inputs, 2-D model
+        infinite.infinite_kernels("SimpleCNN-3-1", K, 2, x_train)  # 1-D inputs, 2-D model
     with pytest.raises(UserError):
-        nt_backend.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, kind="gp")
+        infinite.infinite_kernels("SimpleCNN-3-1", K, 1, x_train, kind="gp")
 
 
 def test_supports():
-    assert nt_backend.supports("SimpleCNN-4-1") and nt_backend.supports("ResNet-10-1", norm="group")
-    assert not nt_backend.supports("ResNet-34") and not nt_backend.supports("ResNet-34-2")
-    assert not nt_backend.supports("VGG-11") and not nt_backend.supports("SimpleCNN-3-1", norm="batch")
+    assert infinite.supports("SimpleCNN-4-1") and infinite.supports("ResNet-10-1", norm="group")
+    assert not infinite.supports("ResNet-34") and not infinite.supports("ResNet-34-2")
+    assert not infinite.supports("VGG-11") and not infinite.supports("SimpleCNN-3-1", norm="batch")
 
 
 def test_missing_neural_tangents_is_one_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "neural_tangents", None)  # as if not installed
     with pytest.raises(UserError, match="make install-nt") as info:
-        nt_backend.import_neural_tangents()
+        nt_compat.import_neural_tangents()
     assert "\n" not in str(info.value)
-    assert not nt_backend.available()
+    assert not nt_compat.available()

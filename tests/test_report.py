@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from ntk_vs_nn import paper
-from ntk_vs_nn.analysis import intervals
+from ntk_vs_nn.analysis import intervals, published
 from ntk_vs_nn.analysis.messages import CLAIMS
 from ntk_vs_nn.analysis.tables import COLUMNS
 from ntk_vs_nn.cli import main
@@ -57,7 +57,7 @@ def test_load_parses_question_marks_and_oom_to_nan_with_status():
 
 
 def test_paper_tidy_uses_our_families_models_and_columns():
-    t = paper.tidy()
+    t = published.tidy()
     assert list(t.columns[: len(COLUMNS)]) == COLUMNS
     assert set(t.family) == {"nn", "ntk", "ntk_prime", "gp"}
     row = t[(t.family == "ntk") & (t.model == "ResNet-10-2") & (t.dataset == "cifar10") & (t.protocol == "single")]
@@ -68,7 +68,7 @@ def test_paper_tidy_uses_our_families_models_and_columns():
 
 
 def test_paper_verdicts_are_computed_from_the_paper_numbers():
-    v = paper.verdicts(MessagesConfig())
+    v = published.verdicts(MessagesConfig())
     get = lambda m, fam, model, ds: v[  # noqa: E731
         (v.message == m) & (v.family == fam) & (v.model == model) & (v.dataset == ds)
     ].iloc[0]

@@ -114,15 +114,14 @@ def test_a_row_resumes_its_unit_and_clears_the_snapshot_once_recorded(tiny_cfg, 
     """The protocol path: `Row` gives each unit its snapshot under units/ and removes it after the record."""
     import os
 
-    from ntk_vs_nn import protocols
-    from ntk_vs_nn.protocols import Row
+    from ntk_vs_nn.protocols import Row, execution
     from ntk_vs_nn.store import Store
 
     cfg = dataclasses.replace(tiny_cfg, train=dataclasses.replace(tiny_cfg.train, epochs=EPOCHS))
     row = Row("nn", MODEL, cfg, tiny_data, Store.prepare(str(tmp_path)))
     unit = ("single", 0)
     path = row.store.snapshot_path(row._unit(*unit))
-    monkeypatch.setattr(protocols, "EpochSnapshot", lambda p, every_s: StopAfter(p, STOP))
+    monkeypatch.setattr(execution, "EpochSnapshot", lambda p, every_s: StopAfter(p, STOP))
     with pytest.raises(Stopped):
         row.single(1)
     assert os.path.exists(path) and row._done(*unit) is None

@@ -3,7 +3,7 @@
 One ResNet-10-1 member of the quick preset (MNIST-1D, float32) is trained three ways from the same
 init, full-batch GD on mean cross-entropy, same learning rate and step count:
   weights  the linearised net in weight space (families.linearized, optax.sgd);
-  full     function space on the full (n, n, k, k) empirical NTK (kernels.empirical.gradient_descent_xent):
+  full     function space on the full (n, n, k, k) empirical NTK (kernels.predict.gradient_descent_xent):
            exactly the same dynamics, so it must equal weights to float32 rounding;
   traced   function space on the traced kernel as Θ ⊗ I_k (kernel.trace=true): a different model.
 This is results/quick-mnist1d/backend-check/trace_check.json (400 train points; full = weights to
@@ -18,9 +18,10 @@ import pytest
 
 from ntk_vs_nn.config.presets import get_preset
 from ntk_vs_nn.data import load_dataset
-from ntk_vs_nn.engine.trainer import distill_loss
+from ntk_vs_nn.engine.losses import distill_loss
 from ntk_vs_nn.families import make_family
-from ntk_vs_nn.kernels.empirical import empirical_ntk_fn, gradient_descent_xent
+from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
+from ntk_vs_nn.kernels.predict import gradient_descent_xent
 
 N, N_TEST, STEPS, LR, MODEL = 96, 200, 300, 0.03, "ResNet-10-1"
 

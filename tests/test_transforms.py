@@ -14,8 +14,9 @@ from ntk_vs_nn import rng
 from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.data import transforms
-from ntk_vs_nn.engine import trainer as trainer_mod
-from ntk_vs_nn.engine.trainer import Trainer, distill_loss, ensemble_logits
+from ntk_vs_nn.engine import steps
+from ntk_vs_nn.engine.losses import distill_loss, ensemble_logits
+from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import make_family
 
 MODEL = "SimpleCNN-3-1"
@@ -135,13 +136,13 @@ def test_mixup_target_is_the_teacher_on_the_mixed_input(tiny_data, tiny_cfg, mon
     fam = make_family("nn", MODEL, tiny_data.num_classes, tiny_data.spatial_ndim, tiny_cfg)
     teacher = _teachers(tiny_data, cfg, fam, n=1).variables[0]
     seen = []
-    real = trainer_mod.distill_loss
+    real = distill_loss
 
     def spy(logits, labels, teacher_logits, alpha, tau, mix=None, kd_logits=None):
         jax.debug.callback(lambda *a: seen.append([np.asarray(v) for v in a]), teacher_logits, labels, mix[0], mix[1])
         return real(logits, labels, teacher_logits, alpha, tau, mix, kd_logits)
 
-    monkeypatch.setattr(trainer_mod, "distill_loss", spy)
+    monkeypatch.setattr(steps, "distill_loss", spy)  # where the compiled step looks it up
     student = Trainer(fam, cfg, len(tiny_data.x_train), mixup=1.0, teacher=fam)
     dk = _keys("kd_data", 1)
     student.fit(_keys("kd", 1), dk, tiny_data.x_train, tiny_data.y_train, [[teacher]], 0.9, 4.0)
@@ -149,9 +150,9 @@ def test_mixup_target_is_the_teacher_on_the_mixed_input(tiny_data, tiny_cfg, mon
     assert len(seen) == student.steps
     # rebuild step 0's batch from the trainer's own order and keys
     idx = np.asarray(student._order(dk, 0, len(tiny_data.x_train)))[0, 0]
-    key = jax.random.fold_in(trainer_mod._augment_key(dk[0], 0), 0)
+    key = jax.random.fold_in(steps._augment_key(dk[0], 0), 0)
     xb = jnp.asarray(tiny_data.x_train[idx])
-    xm, perm, lam = transforms.mixup(jax.random.fold_in(key, trainer_mod._MIXUP_TAG), xb, 1.0)
+    xm, perm, lam = transforms.mixup(jax.random.fold_in(key, steps._MIXUP_TAG), xb, 1.0)
     t_logits, labels, labels_b, lam_seen = seen[0]
     np.testing.assert_array_equal(labels, tiny_data.y_train[idx])
     np.testing.assert_array_equal(labels_b, tiny_data.y_train[idx][np.asarray(perm)])

@@ -1,4 +1,6 @@
-"""The diversity table (`experiments.diversity`) from the records alone: pure, no training, no I/O.
+"""The diversity table (`experiments.diversity`) from the records alone: pure, no training, no I/O. Its
+design (`parse`, `be_model`, `student_config`: which students, under which configs) lives here too, so the
+experiment that trains the units and this table that reads them share it, and analysis never imports up.
 
 One row per predictor: the teachers (DE-1 = the mean of the M single nets, DE-M = their ensemble; the
 same for the ntk members when there are ntk students), the BatchEnsemble trained from scratch, and each
@@ -12,6 +14,7 @@ with a two-sided t-interval over the seeds (``d_<metric>_lo`` / ``_hi``, level `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,6 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from ntk_vs_nn.analysis import metrics
+from ntk_vs_nn.config import Config, UserError
 
 METRICS = ("acc", "nll", "brier", "ece", "cnll", "cbs", "cece", "dee")
 COMPARED = ("acc", "cnll", "dee")  # the differences to plain KD (with intervals)
@@ -44,6 +48,42 @@ def _find(index, cfg, family, model, protocol, member):
     return None
 
 
+# -- the design: which students, under which configs (the experiment trains them, the table reads them) --
+STUDENTS = ("be", "nn", "ntk")
+PERTURBATIONS = ("none", "gaussian", "ods", "confods")
+
+
+def parse(cfg: Config) -> list[tuple[str, str]]:
+    """``table.diversity`` as (student, perturbation) pairs, or a UserError naming the bad entry."""
+    out = []
+    for entry in cfg.table.diversity:
+        student, _, kind = entry.partition(":")
+        if student not in STUDENTS or kind not in PERTURBATIONS:
+            raise UserError(
+                f"table.diversity entry {entry!r}: expected student:perturbation with student in "
+                f"{', '.join(STUDENTS)} and perturbation in {', '.join(PERTURBATIONS)}"
+            )
+        out.append((student, kind))
+    return out
+
+
+def be_model(cfg: Config) -> str:
+    return f"BE{cfg.protocol.members}-{cfg.table.nn_models[0]}"
+
+
+def student_config(cfg: Config, student: str, kind: str) -> Config:
+    """The config whose KD units are this student: its network (``kd_student``), perturbation, and
+    member-wise distillation for a BatchEnsemble student."""
+    p = dataclasses.replace(
+        cfg.protocol,
+        kd_perturb=kind,
+        kd_student=be_model(cfg) if student == "be" else "",
+        kd_memberwise="on" if student == "be" else "off",
+        teacher="online" if (student == "be" or kind != "none") else cfg.protocol.teacher,
+    )
+    return dataclasses.replace(cfg, protocol=p)
+
+
 def _values(rec, curve) -> dict:
     m = rec["metrics"]
     out = {k: m.get(k, math.nan) for k in METRICS if k != "dee"}
@@ -53,8 +93,6 @@ def _values(rec, curve) -> dict:
 
 
 def table(records, cfg) -> pd.DataFrame:
-    from ntk_vs_nn.experiments.diversity import be_model, parse, student_config
-
     index = _index(records)
     model, M = cfg.table.nn_models[0], cfg.protocol.members
     pairs = parse(cfg)

@@ -18,7 +18,7 @@ Each message also carries its effect in the paper's own units (`EFFECTS`: ① tr
 SD − best and ④ ensemble − train-sum in points; ② and ⑤ the share of the ensemble's gain that KD
 recovers; ⑥ the SD gain and ⑦ the ensemble gain in single-model σ), with its interval, beside the range
 of the paper's Figure 1 rows (CIFAR-10 and CIFAR-100 apart; the same functions applied to the paper's
-cells, `paper.effect_ranges`) and where the interval lies against that range (`verdict.against_range`).
+cells, `published.effect_ranges`) and where the interval lies against that range (`verdict.against_range`).
 """
 
 from __future__ import annotations
@@ -107,9 +107,9 @@ PAPER_DATASETS = ("cifar10", "cifar100")
 @functools.cache
 def paper_ranges() -> dict:
     """{(family, message, dataset): (smallest, largest, rows)} of the paper's effects (`EFFECTS`)."""
-    from ntk_vs_nn import paper  # the published tables (package data)
+    from ntk_vs_nn.analysis import published  # the published tables through our analysis
 
-    return paper.effect_ranges(EFFECTS)
+    return published.effect_ranges(EFFECTS)
 
 
 def effect(draws, msg: int, has_control: bool, fam: str, level: float) -> dict:

@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-from ntk_vs_nn.config import hashing  # the hash and its older forms
+from ntk_vs_nn.config import hashing, validate  # the hash and its older forms; the checks of a config
 from ntk_vs_nn.config.base import (
     NEUTRAL_WHEN_MISSING,
     IntervalConfig,
@@ -35,7 +35,7 @@ __all__ = [
 FAMILIES = ("nn", "ntk", "ntk_prime", "gp")  # weight-space families (`families.py`)
 KERNEL_FAMILIES = ("ntk", "ntk_prime", "gp")  # the finite-width kernel families
 INFINITE_FAMILIES = ("ntk_inf", "nngp_inf")  # solved in function space only (`kernels/function_space.py`)
-PROTOCOLS = ("single", "ensemble", "train_sum", "kd", "sd")  # `protocols.py`
+PROTOCOLS = ("single", "ensemble", "train_sum", "kd", "sd")  # `protocols/row.py`
 
 
 @dataclass(frozen=True)
@@ -245,72 +245,7 @@ class Config:
     messages: MessagesConfig = field(default_factory=MessagesConfig)
 
     def __post_init__(self):
-        _check_choice("model.norm", self.model.norm, ("group", "layer", "none"))
-        _check_choice("train.optimizer", self.train.optimizer, ("adam", "adamw", "sgd"))
-        _check_choice("train.schedule", self.train.schedule, ("constant", "cosine", "step"))
-        _check_choice("train.augment", self.train.augment, ("none", "crop_flip", "crop", "shift_noise"))
-        _check_choice(
-            "protocol.kd_inputs", self.protocol.kd_inputs, ("auto", "clean", "augment", "mixup", "augment_mixup")
-        )
-        _check_choice("protocol.teacher", self.protocol.teacher, ("auto", "online", "fixed"))
-        _check_choice("protocol.kd_perturb", self.protocol.kd_perturb, ("none", "gaussian", "ods", "confods"))
-        _check_choice("protocol.kd_memberwise", self.protocol.kd_memberwise, ("auto", "on", "off"))
-        _check_choice("protocol.control", self.protocol.control, ("auto", "on", "off"))
-        if self.protocol.kd_eta < 0:
-            raise UserError(f"protocol.kd_eta must be >= 0, got {self.protocol.kd_eta}")
-        _check_choice("table.reference", self.table.reference, ("paper", "replication"))
-        for v in self.table.kd_inputs:
-            _check_choice("table.kd_inputs", v, ("auto", "clean", "augment", "mixup", "augment_mixup"))
-        t = self.train
-        if t.crop_pad < 0 or t.shift < 0 or t.noise < 0 or t.mixup < 0 or self.protocol.kd_mixup <= 0:
-            raise UserError("train.crop_pad, shift, noise, mixup must be >= 0 and protocol.kd_mixup > 0")
-        _check_choice("data.source", self.data.source, ("auto", "binary", "tfds"))
-        _check_choice("protocol.ensemble_rule", self.protocol.ensemble_rule, ("logits", "probs"))
-        _check_choice("protocol.sum_scale", self.protocol.sum_scale, ("mean", "sum"))
-        _check_choice("protocol.sum_grad", self.protocol.sum_grad, ("member", "joint"))
-        _check_choice("protocol.data_order", self.protocol.data_order, ("member", "shared"))
-        _check_choice("kernel.optimizer", self.kernel.optimizer, ("sgd", "adam", "train"))
-        _check_choice("kernel.weights_lr_units", self.kernel.weights_lr_units, ("lambda_max", "absolute"))
-        _check_choice("model.dtype", self.model.dtype, ("float32", "bfloat16"))
-        _check_choice("run.conv", self.run.conv, ("auto", "xla", "matmul"))
-        _check_choice("run.sum_step", self.run.sum_step, ("joint", "split"))
-        _check_choice("kernel.lr_units", self.kernel.lr_units, ("lambda_max", "absolute"))
-        _check_choice("run.members", self.run.members, ("auto", "sequential", "unrolled", "vmap", "shard"))
-        _check_choice("kernel.backend", self.kernel.backend, ("weights", "function", "nt"))
-        _check_choice("kernel.solver", self.kernel.solver, ("xent", "mse", "ridge"))
-        if self.kernel.lr <= 0 or self.kernel.steps < 0 or self.kernel.ridge < 0 or self.kernel.tile_size < 1:
-            raise UserError("kernel.lr > 0, kernel.steps >= 0, kernel.ridge >= 0 and kernel.tile_size >= 1 required")
-        for name, value in [
-            ("protocol.members", self.protocol.members),
-            ("train.epochs", self.train.epochs),
-            ("train.batch_size", self.train.batch_size),
-            ("train.eval_batch_size", self.train.eval_batch_size),
-            ("model.groups", self.model.groups),
-        ]:
-            if value < 1:
-                raise UserError(f"{name} must be >= 1, got {value}")
-        if self.data.n_train < 0 or self.data.n_test < 0:
-            raise UserError("data.n_train and data.n_test must be >= 0 (0 = all, for files)")
-        if not 0.0 <= self.data.val_fraction < 1.0:
-            raise UserError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
-        if not 0.0 <= self.protocol.kd_alpha <= 1.0:
-            raise UserError(f"protocol.kd_alpha must be in [0, 1], got {self.protocol.kd_alpha}")
-        if self.protocol.kd_tau < 0 or self.protocol.sd_students < 0:
-            raise UserError("protocol.kd_tau and protocol.sd_students must be >= 0")
-        if self.protocol.kd_students < 1 or self.run.replicates < 1:
-            raise UserError("protocol.kd_students and run.replicates must be >= 1")
-        k = self.kernel
-        if min(self.protocol.student_epochs, k.student_steps, k.epochs, k.student_epochs) < 0:
-            raise UserError(
-                "protocol.student_epochs, kernel.student_steps, kernel.epochs and kernel.student_epochs must be >= 0"
-                " (0 = as the teachers)"
-            )
-        if not 0.0 <= self.kernel.momentum < 1.0:
-            raise UserError(f"kernel.momentum must be in [0, 1), got {self.kernel.momentum}")
-        if self.kernel.weights_lr < 0 or self.kernel.gp_lr < 0:
-            raise UserError("kernel.weights_lr and kernel.gp_lr must be >= 0 (0 = train.lr, kernel.weights_lr)")
-        if self.train.lr <= 0:
-            raise UserError(f"train.lr must be > 0, got {self.train.lr}")
+        validate.check(self)
 
     # Derived values -------------------------------------------------------------------------
     def kd_tau_for(self, num_classes: int) -> float:
@@ -415,11 +350,6 @@ class Config:
 # A saved config.json from before a field existed ran with the field's neutral value: what `from_dict`
 # fills in when the field is missing (not the class default, where that differs: sum_grad, optimizer).
 NEUTRAL_WHEN_MISSING[Config] = hashing.neutral_when_missing()
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

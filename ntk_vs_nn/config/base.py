@@ -174,13 +174,9 @@ def override(cfg, items: list[str], top_level: tuple[str, ...] | None = None):
     return cfg
 
 
-def valid_keys(cfg=None, top_level: tuple[str, ...] = ()) -> list[str]:
-    """``section.field`` keys of ``cfg``'s type (default: the tables' Config), then the settable top-level fields."""
+def valid_keys(cfg, top_level: tuple[str, ...] = ()) -> list[str]:
+    """``section.field`` keys of ``cfg``'s type, then the settable top-level fields."""
     keys = []
-    if cfg is None:
-        from ntk_vs_nn.config import Config
-
-        cfg = Config()
     for name, typ in typing.get_type_hints(type(cfg)).items():
         if dataclasses.is_dataclass(typ):
             keys += [f"{name}.{f.name}" for f in dataclasses.fields(typ)]

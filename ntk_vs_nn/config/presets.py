@@ -33,33 +33,13 @@ from ntk_vs_nn.config import from_dict as config_from_dict
 
 
 def quick() -> Config:
-    """Budgets chosen by measurement (results/quick-mnist1d/budget/, scripts/budget_check.py):
-    - students: 30-epoch teachers reach 99.86-99.94 % train accuracy; their students 99.0-99.3 %
-      after 30 epochs, 99.67-99.83 % after 60, 99.78-99.92 % after 90, so students train 90 epochs;
-    - kernel rows: gradient descent on the linearised model (the kernel default), heavy-ball momentum
-      0.99, cosine, batch 128, the step in units of 1 / lambda_max (results/quick-mnist1d/budget/kernel-gd,
-      scripts/kernel_gd_probe.py, one member each): at step 1 and momentum 0.9, 90 epochs leave ntk at
-      67 % train; at momentum 0.99 and step 6 (stable), ntk reaches 99.0 % train / 82.54 % test after 150
-      epochs and 99.94 / 82.62 after 300 (train loss 0.058), gp 68.2 / 64.37 and 68.9 / 64.05 (gp cannot fit
-      its training set: a 650-parameter head): test accuracy has plateaued by 150 epochs, and 300 fit the ntk
-      singles as far as the train-sum model will be, so every kernel unit (singles, train-sum, students)
-      trains 300 epochs at step 6. (The Adam-trained rows of results/quick-mnist1d: 90 epochs at lr 0.1,
-      100 % train, 83.4 % test.)
-      Function space is not the faster way: the full-kernel solve of the same model took 5,032 s for
-      three members (results/quick-mnist1d/backend-check/lr0.1), the traced kernel is another model;
-    - 10,000 test points: one model's accuracy then has a standard error of ~0.17 points, not ~0.5;
-    - ntk_prime is left out of the kernel rows (at the same budget it scored 83.0 % vs ntk's 83.1 %,
-      as in every cell of the earlier quick run, within 0.4 points; it would add ~50 % to the kernel
-      table): add it with ``--set table.ntk_families=ntk,ntk_prime,gp``;
-    - students are distilled on mixup inputs with the teacher online (protocol.kd_inputs=mixup): with
-      90-epoch teachers, KD recovered 64 % [48, 80] of the ensemble's gain on mixup inputs and 63 %
-      [49, 79] with shift + noise against 30 % [12, 50] on clean inputs; SD +0.15 [+0.01, +0.30]
-      against +0.10 [-0.03, +0.24] (results/kd-inputs-mnist1d, R = 3). Mixup needs no knowledge of the
-      data; results/quick-mnist1d was made before, on clean inputs (--set protocol.kd_inputs=clean);
-    - run.workers = 0 (one single-threaded worker process per core): the nn table took 240.5 s with it
-      against 249.7 s in one process (benchmarks/quick_tables_wall.py, results/benchmarks/
-      quick_tables_wall.json; the train-sum model trains beside the students). An execution choice:
-      the numbers are bit-identical either way (tests/test_workers.py)."""
+    """MNIST-1D, ResNet-10-1 (1-D, GroupNorm), 10 members of 30 epochs (Adam), K = 3 KD and S = 5 SD students
+    of 90 epochs on mixup inputs (teacher online) beside 5 control singles of 90 epochs; kernel rows ntk and
+    gp by gradient descent, 300 epochs at step 6 / lambda_max; 10,000 test points; R = 3 replicates; one
+    worker process per core. For: the tables and verdicts on a CPU. Cost on 2 cores: the nn table 25-40 min,
+    the kernel table ~3.5 h.
+    Each budget and choice, measured: results/quick-mnist1d/budget/README.md ("Why the quick preset is
+    what it is")."""
     return Config(
         preset="quick",
         data=DataConfig(n_test=10000),
@@ -71,6 +51,8 @@ def quick() -> Config:
 
 
 def smoke() -> Config:
+    """Seconds: tiny MNIST-1D, SimpleCNN-3-1, 3 members, 2 epochs; what the tests and CI run. Its numbers
+    mean nothing."""
     return Config(
         preset="smoke",
         data=DataConfig(n_train=240, n_test=200, val_fraction=0.2),
@@ -99,36 +81,12 @@ def fmnist() -> Config:
 
 
 def fmnist_premise(full: bool = False) -> Config:
-    """Fashion-MNIST at the paper's premise: single nets fit their training set (>= 99 %) and generalise
-    (>= 90 % test). PlainCNN-2-1 (two 3x3 conv + max-pool stages of 32/64 channels, a 128-unit dense
-    layer; no normalisation), Adam lr 2e-3 cosine, batch 128, 20 epochs, 20,000 training images (2,000
-    validate), the full 10,000 test images. Measured on the 2-core CPU (results/fmnist-sizing/): one
-    member 99.98 % train, 90.13 % test (20 epochs; 12 epochs: 98.55 / 90.50; 10,000 images, 15 epochs:
-    97.94 / 89.07, short of the premise). Kernel rows ntk and gp of the same net by gradient descent on the
-    linearised model (the kernel default: heavy-ball momentum 0.99, cosine, batch 128), step 6 / lambda_max,
-    60 epochs for every kernel unit (results/fmnist-sizing/kernel-gd, one member each): ntk 99.54 % train,
-    88.57 % test after 60 epochs (97.77 / 88.47 after 30, its loss still falling); gp at its capacity by 30
-    (83.06 / 80.78; 83.17 / 81.03 after 60). Measured before, with Adam (results/fmnist-premise-fashion_mnist's
-    kernel rows, --set kernel.optimizer=adam --set kernel.epochs=10 --set kernel.weights_lr=0.005
-    --set kernel.gp_lr=0.05), 10 epochs, each family at its own measured step
-    (results/fmnist-sizing/kernels-*, one member each): ntk lr 0.005: 97.14 % train,
-    88.60 % test after 10 epochs, 99.24 / 89.05 after 20 (lr 0.01 overshoots in the first epoch); gp lr 0.05:
-    82.53 / 80.79 after 5 epochs, 83.65 / 81.21 after 20 (lr 0.2 reaches the same loss, 0.445 against 0.448:
-    gp is at its capacity, a linear model on 128 frozen features). 10 epochs are within 0.5 test points of
-    20 for both, at half the cost. Cost, measured: ~27 s per nn epoch alone on one core with matrix-product
-    convolutions (ntk ~1.5x, gp ~0.45x; results/fmnist-sizing/README.md); with XLA's convolutions (run.conv=auto
-    on an AVX-512 CPU since session 11) a 20-epoch member took 311 s in each of two single-threaded
-    workers (15.5 s per epoch; 99.73-99.97 % train, 90.45-90.50 % test), so the nn table with its three
-    kd_inputs variants is ~2.4 h and the kernel table ~2.5 h on this CPU, not the 90 minutes aimed at;
-    measured (results/fmnist-premise-fashion_mnist): the nn table with the three variants 2 h 37 min (singles
-    99.72-99.97 % train, 90.37 +- 0.21 % test), about 1.5 h with the preset's one (kd_inputs auto = clean:
-    KD recovered 44 % [22, 65] of the ensemble's gain on clean inputs, 3 % with crop + flip, 27 % with mixup);
-    the kernel table with kd_inputs clean 63 min (ntk single mean 88.38 %, ensemble 89.97, KD recovers 24 %
-    [2, 44]; gp 81.36, 85.15, its students below the single mean); a KD step of the online teacher costs
-    4.5x (ntk) and 10x (gp) one on fixed targets (benchmarks/online_teacher.py; mixup students 46 and 10
-    min more); ntk KD - mean on mixup +0.00, on crop + flip -0.55: clean inputs distil best for the kernels too.
-    K = 3 KD students per replicate (as quick): a verdict on KD never rests on one draw of a student.
-    ``full``: all 60,000 training images (6,000 validate), for GPUs (the mark there is >= 93 % test)."""
+    """Fashion-MNIST at the paper's premise: single nets fit their training set (>= 99 % train) and
+    generalise (>= 90 % test). PlainCNN-2-1, 20,000 images (2,000 validate), the full test set, 20 epochs
+    (Adam lr 2e-3, cosine); K = 3 KD students; kernel rows ntk and gp by gradient descent, 60 epochs at
+    step 6 / lambda_max. Cost on 2 CPU cores: the nn table ~1.5 h, the kernel table ~6 h.
+    ``full``: all 60,000 images (6,000 validate), for GPUs (the mark there is >= 93 % test).
+    Each setting, measured: results/fmnist-sizing/README.md ("Why the fmnist preset is what it is")."""
     return Config(
         preset="fmnist-full" if full else "fmnist",
         dataset="fashion_mnist",

@@ -24,7 +24,7 @@ from mnist1d.data import get_dataset_args, make_dataset  # generated locally: ge
 
 from ntk_vs_nn import rng
 from ntk_vs_nn.config import DataConfig, UserError
-from ntk_vs_nn.data import images
+from ntk_vs_nn.data import cifar, images
 
 IMAGE_SETS = ("fashion_mnist", "cifar10", "cifar100")
 DATASETS = ("mnist1d", *IMAGE_SETS, *(f"synthetic:{n}" for n in IMAGE_SETS), "npz:PATH")
@@ -100,7 +100,7 @@ def _images(spec: str, cfg: DataConfig):
     elif spec == "fashion_mnist":
         raw = images.fashion_mnist(folder)
     else:
-        raw = images.cifar(spec, source=cfg.source, data_dir=folder)
+        raw = cifar.cifar(spec, source=cfg.source, data_dir=folder)
     x_tr, y_tr, x_te, y_te = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     n_val_fixed = raw.n_val_last
     if cfg.n_train and cfg.n_train < len(x_tr):

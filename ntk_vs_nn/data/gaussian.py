@@ -3,7 +3,9 @@
 Inputs x in R^d are N(0, I) ("gaussian") or a mixture of ``mixture_components`` Gaussians
 ("mixture": centres s*g_j with g_j ~ N(0, I), s^2 = ``mixture_spread``, within-component std
 sqrt(1 - s^2), so the marginal covariance is still ~I). A fixed random *teacher* (`GaussNet`,
-width ``teacher.width``, Flax default init) labels them, y = argmax teacher(x).
+width ``teacher.width``, Flax default init; `experiments.gaussian.Teacher`) labels them, y = argmax teacher(x).
+The functions here take any teacher with ``arch``, ``cfg``, ``mix_key`` and ``logits(x, kind)``: data
+builds no network.
 
 On a probe sample of the setting's inputs, each class's mean logit is subtracted (``teacher.center``:
 a random ReLU teacher otherwise often has a class that almost never wins, which rejection sampling
@@ -22,13 +24,12 @@ Every function takes the experiment's config (`experiments.gaussian.GaussianConf
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ntk_vs_nn.config import UserError
-from ntk_vs_nn.engine.batching import apply_rows
-from ntk_vs_nn.models.small import GaussNet
 
 TEACHERS = ("linear", "fc2", "fc3", "res3", "conv2", "conv3", "resconv3")
 TOKENS = (("nomargin", "margin"), ("clean", "noise"), ("uniform", "rejection"), ("gaussian", "mixture"))
@@ -61,36 +62,14 @@ def draw_inputs(key, n: int, kind: str, cfg, mix_key=None) -> np.ndarray:
     return np.asarray(centres[comp] + np.sqrt(1.0 - s2) * jax.random.normal(kz, (n, d)), np.float32)
 
 
-_APPLY: dict = {}  # (module, chunk) -> its compiled chunked apply, shared by teachers and seeds
+class Labeller(Protocol):
+    """What the functions here need of a teacher (`experiments.gaussian.Teacher` is one)."""
 
+    arch: str
+    cfg: Any
+    mix_key: Any
 
-class Teacher:
-    """A fixed random network and its normalised logit function ``logits(x) -> (n, k)`` (numpy)."""
-
-    def __init__(self, arch: str, cfg, root):
-        self.arch, self.cfg = arch, cfg
-        module = GaussNet(arch, width(arch, cfg), cfg.data.k, cfg.teacher.kernel)
-        key = jax.random.fold_in(jax.random.fold_in(root, TAG["teacher"]), TEACHERS.index(arch))
-        self.params = module.init(key, jnp.zeros((1, cfg.data.d)))
-        if (module, cfg.data.chunk) not in _APPLY:
-            _APPLY[module, cfg.data.chunk] = apply_rows(module.apply, cfg.data.chunk)
-        self._apply = _APPLY[module, cfg.data.chunk]
-        self.mix_key = jax.random.fold_in(root, TAG["mixture"])
-        self.probe_key = jax.random.fold_in(root, TAG["probe"])
-        self._scale = {}
-
-    def raw(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self._apply(self.params, x))
-
-    def logits(self, x: np.ndarray, kind: str) -> np.ndarray:
-        """(raw - offset) / scale: offset the per-class mean logit (``teacher.center``; else 0) and scale
-        the std of the offset logits, both over 8,192 probe draws of input ``kind`` (computed once)."""
-        if kind not in self._scale:
-            probe = self.raw(draw_inputs(self.probe_key, 8192, kind, self.cfg, self.mix_key))
-            offset = probe.mean(0) if self.cfg.teacher.center else np.zeros(probe.shape[1], np.float32)
-            self._scale[kind] = (offset, float((probe - offset).std()) + 1e-12)
-        offset, scale = self._scale[kind]
-        return (self.raw(x) - offset) / scale
+    def logits(self, x: np.ndarray, kind: str) -> np.ndarray: ...
 
 
 def top2_gap(logits: np.ndarray) -> np.ndarray:
@@ -99,7 +78,7 @@ def top2_gap(logits: np.ndarray) -> np.ndarray:
     return part[:, -1] - part[:, -2]
 
 
-def sample(teacher: Teacher, key, n: int, kind: str, sampling: str, margin: float) -> tuple:
+def sample(teacher: Labeller, key, n: int, kind: str, sampling: str, margin: float) -> tuple:
     """n labelled draws: ``(x (n, d), y (n,), stats)``.
 
     ``sampling="rejection"``: class c is kept only while it has fewer than its quota (N/k; the first
@@ -148,7 +127,7 @@ def flip_labels(key, y: np.ndarray, rate: float, k: int) -> np.ndarray:
     return np.where(flip, (y + shift) % k, y).astype(np.int32)
 
 
-def make_cell_data(teacher: Teacher, setting: str, cfg, root) -> dict:
+def make_cell_data(teacher: Labeller, setting: str, cfg, root) -> dict:
     """Train and test sets of one (teacher, setting): inputs keyed by (input kind, split), so the
     settings of one teacher share their draws where they can (common random numbers)."""
     s = parse_setting(setting)

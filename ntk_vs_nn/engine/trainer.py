@@ -1,6 +1,10 @@
-"""Training and prediction: optax optimisers, jitted epochs, L members in one call.
+"""Training and prediction: jitted epochs, L members in one call (`Trainer`).
 
-`fit_members` trains M members of one family, each from its own init key and data-order key, on
+Its parts live beside it: the optimisers and `lambda_max` in optim.py, the loss in losses.py, the
+compiled step of M members in steps.py, the train-sum model differentiated member by member in
+split_sum.py, a unit's part-way resume in resume.py.
+
+`Trainer.fit` trains M members of one family, each from its own init key and data-order key, on
 its own soft targets (knowledge distillation) or none. How the members execute is a choice
 (``run.members``):
 
@@ -21,12 +25,11 @@ epochs run inside one compiled ``lax.scan``, so XLA can hoist out of the loop wh
 on the params (a gp family's frozen features; not the ``jax.jvp`` of a linearised family, measured in
 results/multiview/README.md). With
 ``optimizer="sgd", momentum=0, schedule="constant"`` and ``fit(lr_scales=...)`` (per-member
-multipliers, e.g. ``1 / lambda_max`` from `lambda_max`) it is the multi-view learner's GD.
+multipliers, e.g. ``1 / lambda_max`` from `optim.lambda_max`) it is the multi-view learner's GD.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 import time
@@ -39,106 +42,12 @@ import optax
 from tqdm.auto import tqdm
 
 from ntk_vs_nn.config import TrainConfig
-from ntk_vs_nn.data.transforms import mixup
 from ntk_vs_nn.engine import sharding
+from ntk_vs_nn.engine.optim import make_optimizer
+from ntk_vs_nn.engine.split_sum import SplitSum
+from ntk_vs_nn.engine.steps import Steps, _augment_key
 from ntk_vs_nn.families import ModelFamily
 from ntk_vs_nn.models.batch_ensemble import fast_weight_labels
-
-_AUGMENT_TAG = 0xA06  # augmentation keys: fold_in(fold_in(data_key, epoch), tag), then the step index
-_MIXUP_TAG = 0x313  # mixup's key: fold_in(the step's augmentation key, tag) (augmentation keeps its draws)
-_PERTURB_TAG = 0x0D5  # the distillation input's perturbation: fold_in(the step's key, tag)
-
-
-def _augment_key(data_key, epoch: int):
-    """A member's augmentation key of one epoch (the step folds in its index)."""
-    return jax.random.fold_in(jax.random.fold_in(data_key, epoch), _AUGMENT_TAG)
-
-
-def make_optimizer(cfg: TrainConfig, steps_per_epoch: int, fast_labels=None) -> optax.GradientTransformation:
-    """The optimiser and learning-rate schedule of ``cfg`` over ``cfg.epochs`` epochs. ``fast_labels``
-    (params -> a tree of "fast"/"slow"; BatchEnsemble's `fast_weight_labels`): the fast weights train at
-    half the learning rate and without weight decay (giung2's and uncertainty-baselines' choice)."""
-    total = max(cfg.epochs * steps_per_epoch, 1)
-    warmup = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
-    if cfg.schedule == "cosine":
-        sched = optax.warmup_cosine_decay_schedule(0.0 if warmup else cfg.lr, cfg.lr, warmup, total)
-    elif cfg.schedule == "step":
-        bounds = {int(total * f): 0.2 for f in (0.3, 0.6, 0.8)}
-        sched = optax.piecewise_constant_schedule(cfg.lr, bounds)
-        if warmup:
-            sched = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), sched], [warmup])
-    else:
-        sched = optax.linear_schedule(0.0, cfg.lr, warmup) if warmup else cfg.lr
-        if warmup:
-            sched = optax.join_schedules([sched, optax.constant_schedule(cfg.lr)], [warmup])
-    if fast_labels is None:
-        return _optimizer(cfg, sched, cfg.weight_decay)
-    half = (lambda step: 0.5 * sched(step)) if callable(sched) else 0.5 * sched
-    return optax.multi_transform(
-        {"slow": _optimizer(cfg, sched, cfg.weight_decay), "fast": _optimizer(cfg, half, 0.0)}, fast_labels
-    )
-
-
-def _optimizer(cfg: TrainConfig, sched, weight_decay: float) -> optax.GradientTransformation:
-    if cfg.optimizer == "sgd":
-        return optax.chain(
-            optax.add_decayed_weights(weight_decay),
-            optax.sgd(sched, momentum=cfg.momentum or None, nesterov=cfg.nesterov),
-        )
-    if cfg.optimizer == "adamw":
-        return optax.adamw(sched, b1=cfg.momentum, weight_decay=weight_decay)
-    return optax.chain(optax.add_decayed_weights(weight_decay), optax.adam(sched, b1=cfg.momentum))
-
-
-@functools.partial(jax.jit, static_argnames=("family", "iters"))
-def lambda_max(family: ModelFamily, variables, x, iters: int = 30, key=None) -> jax.Array:
-    """Top eigenvalue of the Gauss-Newton matrix ``J^T J / n`` of ``family``'s logits on ``x`` (n
-    inputs) w.r.t. ``variables["params"]``, by ``iters + 1`` power-iteration steps (jvp, then vjp) from a
-    Gaussian start drawn from ``key`` (default ``key(0)``; one key per leaf). ``lr / lambda_max`` is a
-    full-batch GD step in units of ``1 / lambda_max`` (< 2 is stable for a quadratic loss)."""
-    params, state = variables["params"], variables["state"]
-    n = x.shape[0]
-    f = lambda p: family.apply({"params": p, "state": state}, x)  # noqa: E731
-    _, vjp = jax.vjp(f, params)
-
-    def body(_, v):
-        u = jax.tree.map(lambda a: a / n, vjp(jax.jvp(f, (params,), (v,))[1])[0])
-        norm = optax.tree.norm(u) + 1e-30
-        return jax.tree.map(lambda a: a / norm, u)
-
-    leaves, tree = jax.tree.flatten(params)
-    key = jax.random.key(0) if key is None else key
-    keys = [key] if len(leaves) == 1 else list(jax.random.split(key, len(leaves)))
-    v = tree.unflatten([jax.random.normal(k, a.shape, a.dtype) for k, a in zip(keys, leaves)])
-    v = jax.lax.fori_loop(0, iters, body, body(0, v))
-    return jnp.sum(jax.jvp(f, (params,), (v,))[1] ** 2) / n
-
-
-def distill_loss(logits, labels, teacher_logits, alpha, tau, mix=None, kd_logits=None):
-    """(1 - alpha) CE(student, y) + alpha tau^2 KL(softmax(teacher/tau) || softmax(student/tau)).
-
-    Args:
-      logits: (B, k) student logits, or (M, B, k) for the M members of a BatchEnsemble student (each
-        member's loss, averaged). labels: (B,) int. teacher_logits: (B, k), or (M, B, k): teacher i
-        for member i.
-      alpha, tau: scalars; alpha = 0 is plain cross-entropy training.
-      mix: mixup's ``(labels_b, lam)``: the cross-entropy is lam CE(y) + (1 - lam) CE(y_b) (the
-        teacher's logits are those of the mixed input already).
-      kd_logits: the student's logits on the input of the KD term when it differs from the CE term's
-        (a perturbed input, Nam et al. 2021: the teacher's logits are on it); default ``logits``.
-    Returns: the batch mean, a scalar.
-    """
-    kd_logits = logits if kd_logits is None else kd_logits
-    labels = jnp.broadcast_to(labels, logits.shape[:-1])
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    if mix is not None:
-        labels_b, lam = mix
-        labels_b = jnp.broadcast_to(labels_b, logits.shape[:-1])
-        ce = lam * ce + (1 - lam) * optax.softmax_cross_entropy_with_integer_labels(logits, labels_b)
-    log_p_t = jax.nn.log_softmax(teacher_logits / tau)
-    log_p_s = jax.nn.log_softmax(kd_logits / tau)
-    kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
-    return jnp.mean((1.0 - alpha) * ce + alpha * tau**2 * kl)  # (B,) or (M, B) each
 
 
 class Members(NamedTuple):
@@ -152,19 +61,9 @@ def progress_enabled(flag: bool) -> bool:
     return flag and os.environ.get("CI", "").lower() not in ("1", "true") and sys.stderr.isatty()
 
 
-def ensemble_logits(outs, rule: str = "logits"):
-    """The ensemble of member logits ``outs`` (a list of (B, k)) as `metrics.combine` forms it, in jax:
-    their mean (``logits``) or the log of their mean softmax (``probs``)."""
-    if len(outs) == 1:
-        return outs[0]
-    stack = jnp.stack(outs)
-    if rule == "logits":
-        return stack.mean(0)
-    return jax.nn.logsumexp(jax.nn.log_softmax(stack, -1), axis=0) - jnp.log(len(outs))
-
-
-class Trainer:
-    """Compiled training and prediction for one family on one dataset (compile once per shape)."""
+class Trainer(Steps, SplitSum):
+    """Compiled training and prediction for one family on one dataset (compile once per shape): the
+    compiled steps of `Steps`, the member-by-member train-sum model of `SplitSum`."""
 
     resumable = True  # `fit` takes ``snapshots`` (`resume.EpochSnapshot`)
 
@@ -177,12 +76,12 @@ class Trainer:
         (`data.transforms.make_augment`). ``mixup``: Beta(a, a) mixup of each batch after it (0: off).
         ``teacher``: the family of an online teacher: `fit` then takes each student's teacher as
         variables and evaluates it on exactly the (augmented, mixed) batch the student sees;
-        ``teacher_rule`` combines several teacher members (`ensemble_logits`). Without it the
+        ``teacher_rule`` combines several teacher members (`losses.ensemble_logits`). Without it the
         distillation targets are fixed per training example (their un-transformed input), so fixed
         targets with a transformation are the old, inconsistent practice and mixup needs a teacher.
         ``mesh``: the device mesh of ``mode="shard"`` (default: `sharding.member_mesh()`, all devices).
         ``sum_step``: a summed family (``family.parts``) in sequential mode: ``joint`` (one program of
-        the whole sum, as ``unrolled``) or ``split`` (member by member, `_fit_split`).
+        the whole sum, as ``unrolled``) or ``split`` (member by member, `SplitSum._fit_split`).
         ``perturb(key, x, teacher_apply, teacher_variables) -> x_tilde``: the KD term's input (an online
         teacher's stacked members, `engine.perturb`); the CE term keeps the unperturbed batch.
         ``memberwise``: a BatchEnsemble student (``family.members`` = M) of M teacher members learns
@@ -213,114 +112,6 @@ class Trainer:
         # primitive for each new shape (4-8 s per trainer for a ResNet-10-1; jit gives the same bits)
         self._init = jax.jit(family.init)
         self._opt_init = jax.jit(self.tx.init)
-
-    # -- one optimiser step of M members, unrolled in the trace ---------------------------------
-    # The epoch loop stays in Python: on XLA:CPU a lax.scan over steps ran ~12x slower per step
-    # than the same jitted step called from Python (benchmarks/ensemble_members.py), and the
-    # step only takes device arrays, so the loop never waits for the host.
-    def _view(self, x, y, teacher, ib, key):
-        """One member's training batch: ``(x_b, y_b, teacher logits, mix, x_kd)``. ``ib``: the batch's
-        indices (None: the whole set); ``key``: the step's transformation key; ``teacher``: the fixed
-        (N, k) targets, or the online teacher's variables (a list of members), evaluated here on the
-        transformed batch, or with `perturb` on its perturbation ``x_kd`` (else ``x_kd`` is None: the
-        KD term's input is the batch itself). Member-wise: the teachers' logits stacked (M, B, k)."""
-        xb, yb = (x, y) if ib is None else (x[ib], y[ib])
-        if self.augment is not None:
-            xb = self.augment(key, xb)
-        mix = None
-        if self.mixup:
-            xb, perm, lam = mixup(jax.random.fold_in(key, _MIXUP_TAG), xb, self.mixup)
-            mix = (yb[perm], lam)
-        x_kd = None
-        if self.teacher is not None:
-            if self.perturb is not None:
-                stacked = jax.tree.map(lambda *a: jnp.stack(a), *teacher)
-                x_kd = jax.lax.stop_gradient(
-                    self.perturb(jax.random.fold_in(key, _PERTURB_TAG), xb, self.teacher.apply, stacked)
-                )
-            outs = [self.teacher.apply(v, xb if x_kd is None else x_kd) for v in teacher]
-            tb = jnp.stack(outs) if self.memberwise else ensemble_logits(outs, self.teacher_rule)
-            tb = jax.lax.stop_gradient(tb)
-        else:
-            tb = teacher if ib is None else teacher[ib]
-        return xb, yb, tb, mix, x_kd
-
-    def _student(self, variables, x):
-        """The student's logits: (B, k), or (M, B, k) per member of a BatchEnsemble family."""
-        if self.family.members:
-            return self.family.apply_members(variables, x)
-        return self.family.apply(variables, x)
-
-    def _step(self, m: int, scaled: bool = False):
-        tx = self.tx
-
-        def step(carries, states, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
-            new, losses = [], []
-            for i, ((params, opt_state), state) in enumerate(zip(carries, states)):
-                ib = None if idx is None else idx[s, i]  # None: full batch, the whole set in its order
-                key = None if idx is None else jax.random.fold_in(aug_keys[i], s)
-                xb, yb, tb, mix, x_kd = self._view(x, y, teachers[i], ib, key)
-
-                def loss_fn(p, state=state, xb=xb, yb=yb, tb=tb, mix=mix, x_kd=x_kd):
-                    v = {"params": p, "state": state}
-                    kd = None if x_kd is None else self._student(v, x_kd)
-                    return distill_loss(self._student(v, xb), yb, tb, alpha, tau, mix, kd)
-
-                loss, grads = jax.value_and_grad(loss_fn)(params)
-                updates, opt_state = tx.update(grads, opt_state, params)
-                if scaled:  # per-member learning rates (only then: another program, other roundings)
-                    updates = jax.tree.map(lambda u, i=i: u * scales[i], updates)
-                new.append((optax.apply_updates(params, updates), opt_state))
-                losses.append(loss)
-            return new, jnp.stack(losses)
-
-        return step
-
-    def _compiled(self, m: int, mode: str):
-        scaled = self._scaled  # set by `fit`: per-member learning rates asked for
-        key = (m, mode, self.full_batch, scaled)
-        if key not in self._step_cache:
-            if mode == "vmap":
-                one = self._step(1, scaled)
-
-                def fn(carry, state, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
-                    def single(c, st, ix, t, k, sc):
-                        ix = None if ix is None else ix[:, None]
-                        t = [t] if self.teacher is not None else t[None]  # online: one student's teacher list
-                        out, loss = one([c], [st], ix, s, x, y, t, alpha, tau, [k], sc[None])
-                        return out[0], loss[0]
-
-                    axes = (0, 0, None if idx is None else 1, 0, 0, 0)
-                    return jax.vmap(single, in_axes=axes)(carry, state, idx, teachers, aug_keys, scales)
-
-            else:
-                fn = self._step(m, scaled)
-            if self.full_batch:  # every epoch is one step on the same data: one scan over the epochs
-                step_fn = fn
-
-                def fn(carry, state, idx, s, x, y, teachers, alpha, tau, aug_keys, scales):
-                    def body(c, _):
-                        return step_fn(c, state, None, 0, x, y, teachers, alpha, tau, aug_keys, scales)
-
-                    return jax.lax.scan(body, carry, None, length=self.cfg.epochs)
-
-            self._step_cache[key] = jax.jit(fn, donate_argnums=0)
-        return self._step_cache[key]
-
-    def _order_fn(self):
-        steps, bs = self.steps, self.batch_size
-
-        def order(data_keys, epoch_index, n):
-            """(steps, M, bs) sample indices: each member's own permutation for this epoch."""
-            return jnp.stack(
-                [
-                    jax.random.permutation(jax.random.fold_in(k, epoch_index), n)[: steps * bs].reshape(steps, bs)
-                    for k in data_keys
-                ],
-                axis=1,
-            )
-
-        return jax.jit(order, static_argnums=2)
 
     def fit(
         self,
@@ -371,7 +162,8 @@ class Trainer:
         epochs = self.cfg.epochs
         if self.family.parts is not None and mode == "sequential" and self.sum_step == "split" and not self.full_batch:
             snap = snapshots[0] if snapshots else None
-            return self._fit_split(variables, data_keys, x, y, teachers, alpha, tau, scales_all, t0, desc, snap)
+            out, losses = self._fit_split(variables, data_keys, x, y, teachers, alpha, tau, scales_all, desc, snap)
+            return Members(out, losses, time.perf_counter() - t0)
         groups = [[i] for i in range(m)] if mode == "sequential" else [list(range(m))]
         stacked = mode in ("vmap", "shard")
         mesh = (self.mesh or sharding.member_mesh()) if mode == "shard" else None
@@ -435,86 +227,6 @@ class Trainer:
             losses[group] = np.asarray(sharding.gather(group_losses.T))[: len(group)]
         bar.close()
         return Members(variables, losses, time.perf_counter() - t0)
-
-    # -- a sum of members, differentiated member by member ---------------------------------------
-    # The loss of G = factor * sum_l f_l depends on every member, but its gradient w.r.t. member l is
-    # factor * J_l^T dL/dG: per step, each member's forward (keeping its vjp residuals), dL/dG once,
-    # each member's backward, then one optimiser update of the whole list (optax's transforms act
-    # leaf by leaf, so this is the joint program's update). Each member's forward and backward is a
-    # one-member program, as for a single member: on one core the joint program of 10 ResNet-10-1
-    # members ran 1.63x the ten singles' time, this 1.18x (benchmarks/ensemble_members.py, train_sum).
-    def _split_fns(self):
-        if "split" not in self._step_cache:
-            member, n, factor = self.family.parts
-            tx = self.tx
-
-            def fwd(params, state, xb):
-                return jax.vjp(lambda p: member.apply({"params": p, "state": state}, xb), params)
-
-            def batch(idx, s, x, y, teachers, aug_key):
-                return self._view(x, y, teachers[0], idx[s, 0], jax.random.fold_in(aug_key, s))[:4]
-
-            def head(logits, yb, tb, mix, alpha, tau):
-                g_sum = factor * sum(logits)
-                loss, g = jax.value_and_grad(lambda o: distill_loss(o, yb, tb, alpha, tau, mix))(g_sum)
-                return loss, factor * g
-
-            def update(grads, opt_state, params, scale):
-                updates, opt_state = tx.update(grads, opt_state, params)
-                if self._scaled:
-                    updates = jax.tree.map(lambda u: u * scale, updates)
-                return optax.apply_updates(params, updates), opt_state
-
-            self._step_cache["split"] = (
-                jax.jit(fwd), jax.jit(batch), jax.jit(head), jax.jit(lambda vjp, g: vjp(g)[0]),
-                jax.jit(update, donate_argnums=(1, 2)),
-            )  # fmt: skip
-        return self._step_cache["split"]
-
-    def _fit_split(self, variables, data_keys, x, y, teachers, alpha, tau, scales, t0, desc, snap=None) -> Members:
-        """`fit` of one summed family (``family.parts``) in sequential mode; the joint program's numbers
-        up to float rounding (tests/test_engine.py). On a host split into several CPU devices each batch
-        is split over them, as in `fit` (params replicated, back on one device at the end)."""
-        fwd, batch, head, back, update = self._split_fns()
-        (v,) = variables
-        params, states = jax.tree.map(jnp.copy, v["params"]), v["state"]
-        opt_state = self._opt_init(v["params"])
-        dp = sharding.data_mesh(self.batch_size)
-        if dp is not None:
-            x, y, teachers, params, states, opt_state = sharding.replicate(
-                (x, y, teachers, params, states, opt_state), dp
-            )
-        bar = tqdm(total=self.cfg.epochs, desc=desc, leave=False, disable=not self.progress)
-        losses, start = [], 0
-        got = snap and snap.load((params, opt_state), self.cfg.epochs)
-        if got:
-            start, (params, opt_state), done = got
-            losses = [jnp.asarray(v) for v in done]
-            bar.update(start)
-        for e in range(start, self.cfg.epochs):
-            idx = self._order(data_keys, e, x.shape[0])
-            aug = _augment_key(data_keys[0], e)
-            if dp is not None:  # (steps, 1, batch): the batch axis over the data devices
-                idx, aug = sharding.shard(idx, dp, 2), sharding.replicate(aug, dp)
-            epoch_losses = []
-            for s in range(self.steps):
-                xb, yb, tb, mix = batch(idx, s, x, y, teachers, aug)
-                outs = [fwd(p, st, xb) for p, st in zip(params, states)]
-                loss, g = head([o[0] for o in outs], yb, tb, mix, alpha, tau)
-                grads = [back(o[1], g) for o in outs]
-                del outs  # the residuals: free them before the update
-                params, opt_state = update(grads, opt_state, params, scales[0])
-                epoch_losses.append(loss)
-            losses.append(jnp.stack(epoch_losses).mean())
-            bar.update(1)
-            if snap:
-                snap.save(e + 1, self.cfg.epochs, (params, opt_state), jnp.stack(losses), e + 1 == self.cfg.epochs)
-        bar.close()
-        if dp is not None:  # ordinary single-device arrays again, as the other modes give
-            params = jax.device_put(params, jax.local_devices()[0])
-        jax.block_until_ready(params)
-        out = [{"params": params, "state": v["state"]}]
-        return Members(out, np.asarray(jnp.stack(losses))[None], time.perf_counter() - t0)
 
     def _epochs(self, fn, carries, states, dk, args, sc, stacked, dp, mesh, member_axis, bar, snap=None):
         """Run every epoch of one member group: ``(carries, (epochs, M) mean losses)``; ``snap``: an

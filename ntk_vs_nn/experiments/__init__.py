@@ -116,7 +116,7 @@ def run_experiment(
     anything is written."""
     exp = get(name)
     cfg = exp.configure(preset, overrides)
-    options = {**options, **exp.prepare(cfg, **options)}
+    options = {**options, **exp.prepare(cfg, log=log, **options)}
     enable_compile_cache()  # after prepare: the tables may split the host CPU before jax starts
     out = out or exp.out_dir(cfg)
     store = Store.prepare(out)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -71,7 +70,7 @@ class PretrainConfig:
 class StudentSection:
     model: str = "SimpleCNN-4-1"  # any models.build_model name
     members: int = 5  # L
-    norm: str = "layer"  # layer | group | none (models.Norm)
+    norm: str = "layer"  # layer | group | none (models.layers.Norm)
 
 
 @dataclass(frozen=True)
@@ -224,9 +223,9 @@ def train_variant(variant: str, f_tr, f_te, data, cfg: ChannelsConfig, root, tra
                 wall_s=round(time.perf_counter() - t0, 1))  # fmt: skip
 
 
-def prepare(cfg: ChannelsConfig, **_) -> dict:
+def prepare(cfg: ChannelsConfig, log=lambda s: None, **_) -> dict:
     """The dataset (and the config it implies, after a fallback), before anything is written."""
-    data, used = load_data(cfg, lambda s: print(s, file=sys.stderr, flush=True))
+    data, used = load_data(cfg, log)
     return {"loaded": (data, used)}
 
 

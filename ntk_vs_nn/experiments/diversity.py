@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import os
 
+from ntk_vs_nn.analysis.diversity import be_model, parse, student_config
 from ntk_vs_nn.config import (
     Config,
     DataConfig,
@@ -39,40 +40,6 @@ from ntk_vs_nn.config import (
 from ntk_vs_nn.engine import workers
 from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.store import INTERRUPTED, atomic_write
-
-STUDENTS = ("be", "nn", "ntk")
-PERTURBATIONS = ("none", "gaussian", "ods", "confods")
-
-
-def parse(cfg: Config) -> list[tuple[str, str]]:
-    """``table.diversity`` as (student, perturbation) pairs, or a UserError naming the bad entry."""
-    out = []
-    for entry in cfg.table.diversity:
-        student, _, kind = entry.partition(":")
-        if student not in STUDENTS or kind not in PERTURBATIONS:
-            raise UserError(
-                f"table.diversity entry {entry!r}: expected student:perturbation with student in "
-                f"{', '.join(STUDENTS)} and perturbation in {', '.join(PERTURBATIONS)}"
-            )
-        out.append((student, kind))
-    return out
-
-
-def be_model(cfg: Config) -> str:
-    return f"BE{cfg.protocol.members}-{cfg.table.nn_models[0]}"
-
-
-def student_config(cfg: Config, student: str, kind: str) -> Config:
-    """The config whose KD units are this student: its network (``kd_student``), perturbation, and
-    member-wise distillation for a BatchEnsemble student."""
-    p = dataclasses.replace(
-        cfg.protocol,
-        kd_perturb=kind,
-        kd_student=be_model(cfg) if student == "be" else "",
-        kd_memberwise="on" if student == "be" else "off",
-        teacher="online" if (student == "be" or kind != "none") else cfg.protocol.teacher,
-    )
-    return dataclasses.replace(cfg, protocol=p)
 
 
 def prepare(cfg: Config, **_) -> dict:

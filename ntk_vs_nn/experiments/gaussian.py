@@ -34,11 +34,13 @@ import time
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ntk_vs_nn.config import TrainConfig, UserError, hash_dict
 from ntk_vs_nn.config.base import IntervalConfig
-from ntk_vs_nn.data.gaussian import TAG, TEACHERS, TOKENS, Teacher, make_cell_data, parse_setting, width
+from ntk_vs_nn.data.gaussian import TAG, TEACHERS, TOKENS, draw_inputs, make_cell_data, parse_setting, width
+from ntk_vs_nn.engine.batching import apply_rows
 from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.models.small import GaussNet
 from ntk_vs_nn.protocols import members_and_ensemble, module_trainer
@@ -55,6 +57,38 @@ CPU_SETTINGS = (
     "nomargin/noise/uniform/gaussian",
     "margin/clean/uniform/gaussian",
 )
+
+
+_APPLY: dict = {}  # (module, chunk) -> its compiled chunked apply, shared by teachers and seeds
+
+
+class Teacher:
+    """A fixed random network and its normalised logit function ``logits(x) -> (n, k)`` (numpy)."""
+
+    def __init__(self, arch: str, cfg, root):
+        self.arch, self.cfg = arch, cfg
+        module = GaussNet(arch, width(arch, cfg), cfg.data.k, cfg.teacher.kernel)
+        key = jax.random.fold_in(jax.random.fold_in(root, TAG["teacher"]), TEACHERS.index(arch))
+        self.params = module.init(key, jnp.zeros((1, cfg.data.d)))
+        if (module, cfg.data.chunk) not in _APPLY:
+            _APPLY[module, cfg.data.chunk] = apply_rows(module.apply, cfg.data.chunk)
+        self._apply = _APPLY[module, cfg.data.chunk]
+        self.mix_key = jax.random.fold_in(root, TAG["mixture"])
+        self.probe_key = jax.random.fold_in(root, TAG["probe"])
+        self._scale = {}
+
+    def raw(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._apply(self.params, x))
+
+    def logits(self, x: np.ndarray, kind: str) -> np.ndarray:
+        """(raw - offset) / scale: offset the per-class mean logit (``teacher.center``; else 0) and scale
+        the std of the offset logits, both over 8,192 probe draws of input ``kind`` (computed once)."""
+        if kind not in self._scale:
+            probe = self.raw(draw_inputs(self.probe_key, 8192, kind, self.cfg, self.mix_key))
+            offset = probe.mean(0) if self.cfg.teacher.center else np.zeros(probe.shape[1], np.float32)
+            self._scale[kind] = (offset, float((probe - offset).std()) + 1e-12)
+        offset, scale = self._scale[kind]
+        return (self.raw(x) - offset) / scale
 
 
 # ----------------------------------------------------------------------------------------------- config

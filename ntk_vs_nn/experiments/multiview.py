@@ -59,7 +59,8 @@ from ntk_vs_nn import rng
 from ntk_vs_nn.config import TrainConfig, UserError, hash_dict
 from ntk_vs_nn.config.base import IntervalConfig
 from ntk_vs_nn.data.multiview import MultiViewData, draw_data
-from ntk_vs_nn.engine.trainer import Trainer, lambda_max
+from ntk_vs_nn.engine.optim import lambda_max
+from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.families import last_layer, linearized, network
 from ntk_vs_nn.models.multiview import PatchNet, RandomFeatures
@@ -197,7 +198,7 @@ def learned_views(W: jax.Array, features: jax.Array) -> tuple[jax.Array, jax.Arr
 
 def fit_one(trainer: Trainer, key, x, y, teacher=None, alpha: float = 0.0, tau: float = 1.0):
     """One model of ``trainer``'s family by full-batch GD from the init ``key``: ``(variables, seconds)``.
-    ntk and gp step ``train.lr / lambda_max`` (`engine.trainer.lambda_max` at the init)."""
+    ntk and gp step ``train.lr / lambda_max`` (`engine.optim.lambda_max` at the init)."""
     t0 = time.perf_counter()
     scales = None
     if trainer.family.name != "nn":

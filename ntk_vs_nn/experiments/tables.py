@@ -67,7 +67,7 @@ def prepare(cfg: Config, which: tuple[str, ...] = TABLES, executor: str = "local
             parse_model_name(model)
     check_students(cfg, which)
     if executor == "ray":
-        from ntk_vs_nn.engine.executors import import_ray
+        from ntk_vs_nn.experiments.executors import import_ray
 
         import_ray()  # a missing extra is an error before anything is written
     maybe_initialize_distributed()  # multi-host (JAX_COORDINATOR_ADDRESS set): before any other jax call
@@ -103,7 +103,7 @@ def run(
     """Train every unit of the rows of the tables ``which`` that ``store`` lacks, replicate by
     replicate (root seeds ``run.seed + r``; ``data`` from `prepare` is replicate 0's)."""
     from ntk_vs_nn.data import load_dataset
-    from ntk_vs_nn.engine.executors import run_rows
+    from ntk_vs_nn.experiments.executors import run_rows
 
     log(
         f"{cfg.dataset}: {len(data.x_train)} train, {len(data.x_val)} val, {len(data.x_test)} test, "

@@ -15,7 +15,7 @@ Solvers (``kernel.solver``), all from f0 on the n training points, predictions o
   xent   full-batch GD on the mean loss (1−α)·CE(f, y) + α·τ²·KL(softmax(t/τ) ‖ softmax(f/τ))
          (α = 0 for plain training; the KD/SD loss of the weight-space trainer), in function space:
          f(X) ← f(X) − (η/n) Θ(X, X_train) ∂loss/∂f(X_train), for ``kernel.steps`` steps.
-  mse    GD on (1/2n)‖f − Y‖² to the same step count, in closed form (kernels.gradient_descent_mse);
+  mse    GD on (1/2n)‖f − Y‖² to the same step count, in closed form (kernels.predict.gradient_descent_mse);
          Y = one-hot, or (1−α)·one-hot + α·softmax(t/τ) for KD/SD.
   ridge  kernel ridge regression from f0: f = f0 + Θ(·, X)(Θ + r·mean(diag Θ)·I)^{-1}(Y − f0(X)).
 The step is η = ``kernel.lr`` · n / λ_max(Θ_train), so one setting fits every kernel scale (mse is
@@ -58,8 +58,10 @@ from scipy.special import softmax
 from ntk_vs_nn.config import INFINITE_FAMILIES, Config  # noqa: F401 - re-exported
 from ntk_vs_nn.engine.batching import map_batches
 from ntk_vs_nn.engine.trainer import Members, progress_enabled
+from ntk_vs_nn.kernels import infinite
 from ntk_vs_nn.kernels import nt as nt_backend
-from ntk_vs_nn.kernels.empirical import empirical_ntk_fn, gradient_descent_mse, head_features
+from ntk_vs_nn.kernels.empirical import empirical_ntk_fn, head_features
+from ntk_vs_nn.kernels.predict import gradient_descent_mse
 from ntk_vs_nn.models import build_model
 
 _KIND = {"ntk": "ntk", "ntk_prime": "ntk", "gp": "gp", "ntk_inf": "ntk_inf", "nngp_inf": "nngp_inf"}
@@ -107,7 +109,7 @@ class FunctionTrainer:
         """{"ntk_inf": kernels, "nngp_inf": kernels} from one neural-tangents stax pass (both kinds
         share the covariance propagation: half the cost of two passes)."""
         x_tr, x_ot, k = self.data.x_train, self.x_other, self.data.num_classes
-        both = nt_backend.infinite_kernels(
+        both = infinite.infinite_kernels(
             self.model, k, self.data.spatial_ndim, x_tr, x_ot, kind=("ntk", "nngp"), norm=self.cfg.model.norm
         )
         zeros = np.zeros((len(x_tr), k), np.float32), np.zeros((len(x_ot), k), np.float32)

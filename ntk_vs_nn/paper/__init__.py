@@ -14,8 +14,9 @@ The row's ``status`` says what happened (``ok``, or e.g. ``oom; lost digit``) an
 ``status_detail`` names the cells (``ensemble_acc=73.?``). Columns with any other text (``params``
 = ``1.86M``, ``note``) stay strings.
 
-Figure 1 (the paper's two tables) also comes in our tidy table format (`tidy`, the columns of
-`ntk_vs_nn.analysis.tables.COLUMNS`), and `verdicts` runs our message logic (`ntk_vs_nn.analysis.messages`) on it:
+Figure 1 (the paper's two tables) also comes as rows of our tidy table format (`tidy_rows`; `analysis.published`
+makes the table of them, `tidy`, and runs our message logic on it, `verdicts`). This package is data: it
+imports nothing of the analysis, which reads it:
 
 * families: paper ``NTK`` -> ``ntk``, ``NTK'`` -> ``ntk_prime``, ``GP`` -> ``gp``, networks -> ``nn``;
 * models are spelled as our parser spells them (`canonical_model`: the kernel table's
@@ -31,18 +32,12 @@ Figure 1 (the paper's two tables) also comes in our tidy table format (`tidy`, t
 from __future__ import annotations
 
 import io
-import itertools
 import math
 import re
 from importlib import resources
-from types import SimpleNamespace
 from typing import NamedTuple
 
 import pandas as pd
-
-from ntk_vs_nn.analysis.messages import CLAIMS, messages
-from ntk_vs_nn.analysis.tables import COLUMNS
-from ntk_vs_nn.config import MessagesConfig
 
 FILES = {
     "nn": "allenzhu_li_fig1_neural_networks.csv",
@@ -168,14 +163,14 @@ def canonical_dataset(name: str) -> str:
 
 
 # -- Figure 1 in our tidy table format ---------------------------------------------------------
-_NN_COLS = {  # protocol -> (value column, n column)
+NN_COLS = {  # protocol -> (value column, n column)
     "single": ("single_mean_acc", "single_n"),
     "ensemble": ("ensemble_acc", "ensemble_n"),
     "train_sum": ("train_sum_acc", "train_sum_n"),
     "kd": ("knowledge_distillation_acc", None),
     "sd": ("self_distillation_acc", None),
 }
-_KERNEL_COLS = {
+KERNEL_COLS = {
     "single": ("single_best_of_10_acc", None),
     "ensemble": ("ensemble_acc", None),
     "train_sum": ("train_sum_acc", "train_sum_n"),
@@ -184,11 +179,11 @@ _KERNEL_COLS = {
 }
 
 
-def _tidy_rows(kind: str, raw_row: dict, pick: dict | None = None) -> list[dict]:
+def tidy_rows(kind: str, raw_row: dict, pick: dict | None = None) -> list[dict]:
     """The five tidy rows of one paper row; ``pick`` maps a column with a lost digit to a value."""
     pick = pick or {}
     nan = math.nan
-    cols = _NN_COLS if kind == "nn" else _KERNEL_COLS
+    cols = NN_COLS if kind == "nn" else KERNEL_COLS
     family = "nn" if kind == "nn" else FAMILIES[raw_row["kernel"]]
     rows = []
     for protocol, (vcol, ncol) in cols.items():
@@ -228,82 +223,3 @@ def _tidy_rows(kind: str, raw_row: dict, pick: dict | None = None) -> list[dict]
             row["acc_mean"] = nan  # only the best of 10 is published
         rows.append(row)
     return rows
-
-
-def tidy(kinds=("nn", "kernel")) -> pd.DataFrame:
-    """Figure 1 as tidy rows (the columns of `ntk_vs_nn.analysis.tables.COLUMNS`, then paper_model, raw
-    (the cell as printed) and source). Lost digits and oom are NaN with that status."""
-    rows = []
-    for kind in kinds:
-        for raw_row in load_raw(kind).to_dict("records"):
-            rows += _tidy_rows(kind, raw_row)
-    return pd.DataFrame(rows, columns=COLUMNS + ["paper_model", "raw", "source"])
-
-
-def verdicts(cfg=None, kinds=("nn", "kernel")) -> pd.DataFrame:
-    """The seven messages evaluated on the paper's own numbers (columns of
-    `ntk_vs_nn.analysis.messages.messages` plus ``note``), with our thresholds ``cfg`` (a MessagesConfig;
-    default: PROTOCOLS.md §3's)."""
-    cfg = cfg or MessagesConfig()
-    frames = []
-    for kind in kinds:
-        for raw_row in load_raw(kind).to_dict("records"):
-            base = messages(pd.DataFrame(_tidy_rows(kind, raw_row)), cfg)
-            notes = [""] * len(base)
-            if kind == "kernel":  # evaluate() shows the missing σ as 0.00: say what it is
-                base["evidence"] = base["evidence"].str.replace("σ 0.00", "σ not published", regex=False)
-                notes = ["single σ not published (kernel table: best of 10): band = noise floor"] * len(base)
-            lost = {}
-            for vcol, _ in (_NN_COLS if kind == "nn" else _KERNEL_COLS).values():
-                c = parse_cell(raw_row[vcol])
-                if c.status == "lost digit":
-                    lost[vcol] = c
-            if lost:
-                corners = [
-                    messages(pd.DataFrame(_tidy_rows(kind, raw_row, dict(zip(lost, values)))), cfg)
-                    for values in itertools.product(*[(c.lo, c.hi) for c in lost.values()])
-                ]
-                ranges = ", ".join(f"{raw_row[k]} in [{c.lo:g}, {c.hi:g}]" for k, c in lost.items())
-                for i in range(len(base)):
-                    seen = {corner["verdict"].iloc[i] for corner in corners}
-                    extra = ""
-                    if len(seen) > 1:
-                        extra = f"lost digit ({ranges}): the verdict depends on it"
-                    elif (v := seen.pop()) != base["verdict"].iloc[i]:
-                        base.loc[base.index[i], "verdict"] = v
-                        extra = f"lost digit ({ranges}): {v} for every value in the range"
-                    notes[i] = "; ".join(x for x in (notes[i], extra) if x)
-            base["note"] = notes
-            frames.append(base)
-    return pd.concat(frames, ignore_index=True)
-
-
-def effect_values(effects: dict) -> pd.DataFrame:
-    """Each message's effect on every Figure 1 row whose cells it reads are published: ``effects`` maps a
-    message to (label, fn), fn reading group statistics ``g[protocol].mean / .best / .std`` as
-    `analysis.intervals.EFFECTS` does, here on the paper's cells (nets: single mean ± std; kernels: the
-    best of 10 single). Columns family, model, dataset, message, value; a row with a cell lost, oom or
-    unpublished has no value for the effects that read it."""
-    rows = []
-    for kind in ("nn", "kernel"):
-        for raw_row in load_raw(kind).to_dict("records"):
-            tidy_rows = _tidy_rows(kind, raw_row)
-            g = {r["protocol"]: SimpleNamespace(mean=r["acc_mean"], best=r["acc_best"], std=r["acc_std"])
-                 for r in tidy_rows}  # fmt: skip
-            fam, model = tidy_rows[0]["family"], tidy_rows[0]["model"]
-            for msg, (_, fn) in effects.items():
-                if CLAIMS[msg][0] != ("nn" if kind == "nn" else "kernel"):
-                    continue
-                value = float(fn(g))  # (a ratio over a zero or unpublished cell is NaN: `intervals._ratio`)
-                if math.isfinite(value):
-                    rows.append(dict(family=fam, model=model, dataset=raw_row["dataset"], message=msg, value=value))
-    return pd.DataFrame(rows, columns=["family", "model", "dataset", "message", "value"])
-
-
-def effect_ranges(effects: dict) -> dict:
-    """{(family, message, dataset): (smallest, largest, number of rows)} of `effect_values`."""
-    df = effect_values(effects)
-    return {
-        key: (float(v.min()), float(v.max()), len(v))
-        for key, v in df.groupby(["family", "message", "dataset"])["value"]
-    }

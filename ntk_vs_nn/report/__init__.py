@@ -34,6 +34,7 @@ import os
 import pandas as pd
 
 from ntk_vs_nn import paper
+from ntk_vs_nn.analysis import published
 from ntk_vs_nn.config import MessagesConfig
 from ntk_vs_nn.report.figures import figure_ensemble_size, figure_protocols, save_figure
 from ntk_vs_nn.report.html import markdown_to_html
@@ -318,7 +319,12 @@ def write_report(out_dir: str, cfg_dict: dict | None = None, against: str | None
     os.makedirs(fig_dir, exist_ok=True)
     fig_paths = [save_figure(fig, os.path.join(fig_dir, f"{name}.png")) for name, fig in figs.items()]
     md = report_markdown(
-        run, paper.tidy(), paper.verdicts(mcfg), our_messages(run), {n: f"figures/{n}.png" for n in figs}, section
+        run,
+        published.tidy(),
+        published.verdicts(mcfg),
+        our_messages(run),
+        {n: f"figures/{n}.png" for n in figs},
+        section,
     )
     md_path, html_path = os.path.join(out_dir, "report.md"), os.path.join(out_dir, "report.html")
     atomic_write(md_path, md)

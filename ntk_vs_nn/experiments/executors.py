@@ -2,7 +2,7 @@
 
 A table is a grid of independent rows, one per (model, family); each row is
 `protocols.run_row`, which trains the row's missing units and appends one record per finished unit
-to the output folder's store (results.py). The store is the only thing rows share, and it is safe
+to the output folder's store (store.py). The store is the only thing rows share, and it is safe
 for several processes: appends hold an exclusive ``fcntl`` lock and are fsynced, predictions and
 checkpoints are written under per-process temporary names and renamed into place.
 
@@ -22,13 +22,13 @@ line and exit code 2.
 from __future__ import annotations
 
 import os
-import sys
 import time
 import warnings
 from typing import Callable
 
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.engine.host import enable_compile_cache
+from ntk_vs_nn.logs import to_stderr
 from ntk_vs_nn.protocols import run_row
 from ntk_vs_nn.store import Store
 
@@ -72,7 +72,7 @@ def run_rows(
 
 def _task(family, model, cfg, data, out, row_fn):
     """One row inside a Ray worker: its own store handle and provenance (host, device)."""
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731 - Ray forwards it to the driver
+    log = to_stderr()  # Ray forwards the worker's stderr to the driver
     enable_compile_cache()
     (row_fn or run_row)(family, model, cfg, data, Store(out), log)  # the worker's own provenance
     return family, model
