@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from ntk_vs_nn.analysis.bootstrap import (
+    Jackknife,
     bootstrap,
     compare,
     comparison,
@@ -346,3 +347,58 @@ def test_tied_groups_share_their_member_draws():
     assert np.ptp(diff(loose.boot)) > 0
     with pytest.raises(ValueError, match="cannot reuse"):
         bootstrap({"a": reps, "b": [r[:3] for r in reps]}, 10, tied={"b": "a"})
+
+
+def _logit_members(rng, z, g, L, tau):
+    """(L, n) member logits of a binary task: the example's margin z, each member's own noise and a
+    member effect ``tau * c_l * g`` (members differ in which examples they get right, not only by chance)."""
+    return z[None] + rng.normal(size=(L, z.size)) + tau * rng.normal(size=(L, 1)) * g[None]
+
+
+def test_one_replicate_ensemble_carries_its_members_noise():
+    """Step d: one replicate, L = 10 members whose own spread dominates. The true ensemble - single gain
+    (fresh members, fresh examples) is covered by >= 90 % of the intervals with the leave-one-out
+    combinations, and by <= 86 % without them (the ensemble then carries the test set's noise only)."""
+    L, n, tau, trials = 10, 2000, 1.5, 120
+    rng = np.random.default_rng(7)
+    z, g = rng.normal(0.9, 1, 100_000), rng.normal(size=100_000)
+    gains = []
+    for _ in range(20):
+        lg = _logit_members(rng, z, g, L, tau)
+        gains.append(100 * ((lg.mean(0) > 0).mean() - (lg > 0).mean()))
+    truth = float(np.mean(gains))
+    fn = lambda s: s["ensemble"].mean - s["single"].mean  # noqa: E731
+    hits = {"with": 0, "without": 0}
+    for t in range(trials):
+        z, g = rng.normal(0.9, 1, n), rng.normal(size=n)
+        lg = _logit_members(rng, z, g, L, tau)
+        groups = {"single": [lg > 0], "ensemble": [(lg.mean(0) > 0)[None]]}
+        loo = np.stack([np.delete(lg, i, 0).mean(0) > 0 for i in range(L)])
+        for name, jk in (("with", {"ensemble": Jackknife("single", [loo])}), ("without", None)):
+            c = compare(bootstrap(groups, 300, seed=t, jackknife=jk), fn)
+            hits[name] += c.lo <= truth <= c.hi
+    assert hits["with"] / trials >= 0.90 and hits["without"] / trials <= 0.86, hits
+
+
+def test_jackknife_keeps_the_point_and_the_other_groups_and_is_ignored_with_replicates():
+    rng = np.random.default_rng(3)
+    lg = _logit_members(rng, rng.normal(0.5, 1, 500), rng.normal(size=500), 4, 1.0)
+    loo = np.stack([np.delete(lg, i, 0).mean(0) > 0 for i in range(4)])
+    groups = {"single": [lg > 0], "ensemble": [(lg.mean(0) > 0)[None]], "kd": [lg[:1] > 0.3]}
+    a = bootstrap(groups, 200, seed=1)
+    b = bootstrap(groups, 200, seed=1, jackknife={"ensemble": Jackknife("single", [loo])})
+    assert a.point == b.point
+    for g in ("single", "kd"):
+        np.testing.assert_array_equal(a.boot[g].mean, b.boot[g].mean)
+    assert np.std(b.boot["ensemble"].mean) > np.std(a.boot["ensemble"].mean)
+    # the shift is -sqrt(L (L-1)) x (mean loo accuracy of the drawn singles - its mean over all L):
+    # with every single drawn once it vanishes, so a loo equal for every member changes nothing
+    same = np.repeat(loo[:1], 4, axis=0)
+    c = bootstrap(groups, 200, seed=1, jackknife={"ensemble": Jackknife("single", [same])})
+    np.testing.assert_allclose(c.boot["ensemble"].mean, a.boot["ensemble"].mean)
+    two = {k: v * 2 for k, v in groups.items()}  # two replicates: step b carries the members' noise
+    d = bootstrap(two, 200, seed=1)
+    e = bootstrap(two, 200, seed=1, jackknife={"ensemble": Jackknife("single", [loo, loo])})
+    np.testing.assert_array_equal(d.boot["ensemble"].mean, e.boot["ensemble"].mean)
+    with pytest.raises(ValueError, match="leave-one-out"):
+        bootstrap(groups, 10, jackknife={"ensemble": Jackknife("single", [loo[:3]])})

@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 
 from ntk_vs_nn.analysis.bootstrap import decode_correct
+from ntk_vs_nn.analysis.metrics import combine
 from ntk_vs_nn.cli import main
+from ntk_vs_nn.config.presets import from_dict as config_from_dict
+from ntk_vs_nn.data import load_dataset
 from ntk_vs_nn.protocols import PROTOCOLS
 
 FAST = ["--set", "data.n_train=160", "--set", "data.n_test=100", "--set", "train.epochs=1"]
@@ -150,6 +153,25 @@ def test_records_carry_provenance_and_tables_follow_records(smoke_out):
     assert ens and all(
         decode_correct(r["test_correct"], r["n_test"]).mean() * 100 == pytest.approx(r["metrics"]["acc"]) for r in ens
     )
+    with open(os.path.join(smoke_out, "config.json")) as f:
+        cfg = config_from_dict({k: v for k, v in json.load(f).items() if k != "experiment"})
+    y = load_dataset(cfg.dataset, cfg.data, cfg.run.seed).y_test
+    checked = 0
+    for e in ens:  # leave-one-out ensembles (the bootstrap's member noise): the other singles' combination
+        same = [r for r in trained if (r["family"], r["model"]) == (e["family"], e["model"])
+                and r["config_hash"] == e["config_hash"]]  # fmt: skip
+        if len(same) < 2:
+            continue
+        logits = {}
+        for r in same:
+            with np.load(os.path.join(smoke_out, r["predictions"])) as f:
+                logits[r["member"]] = f["test"]
+        assert sorted(e["loo_members"]) == sorted(logits)
+        for i, enc in zip(e["loo_members"], e["loo_correct"]):
+            others = combine([lg for m, lg in sorted(logits.items()) if m != i], e["rule"])
+            np.testing.assert_array_equal(decode_correct(enc, e["n_test"]), np.argmax(others, -1) == y)
+            checked += 1
+    assert checked
     singles = [r for r in recs if r["family"] == "gp" and r["protocol"] == "single"]
     accs = [r["metrics"]["acc"] for r in singles]
     df = pd.read_csv(os.path.join(smoke_out, "table_ntk.csv"))

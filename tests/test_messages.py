@@ -264,3 +264,30 @@ def test_an_effect_inside_the_papers_range_and_one_below_it():
     assert row["effect_ci_high"] < lo and row["vs_cifar10"] == "smaller than every paper row"
     assert row["message_verdict"] == "fails"
     assert "smaller than every paper row" in intervals.markdown(df)
+
+
+def test_one_replicate_ensemble_interval_reads_its_leave_one_out_combinations():
+    """`intervals.jackknife` hands the ensemble record's leave-one-out correctness to the bootstrap (aligned
+    to the singles by member id): ① train-sum - ens widens; records without them (or for other members) do not."""
+    import numpy as np
+
+    from ntk_vs_nn.analysis import intervals
+    from ntk_vs_nn.analysis.bootstrap import encode_correct
+
+    cfg = MessagesConfig(n_boot=300)
+
+    def width(records):
+        df = intervals.messages(records, "h", ("ntk",), ("M",), cfg, ("ntk",))
+        r = df[(df.message == 1) & (df.comparison == "train-sum - ens")].iloc[0]
+        return r.ci_high - r.ci_low, r.d
+
+    plain = _kernel_records()
+    rs = np.random.RandomState(5)
+    loo = [rs.rand(200) < p for p in (0.70, 0.85, 0.95)]  # members differ a lot in what they add
+    with_loo = [dict(r) for r in plain]
+    ens = next(r for r in with_loo if r["protocol"] == "ensemble")
+    ens.update(loo_members=[2, 0, 1], loo_correct=[encode_correct(c) for c in loo])
+    (w0, d0), (w1, d1) = width(plain), width(with_loo)
+    assert d0 == d1 and w1 > w0 + 1.0, (w0, w1)
+    ens["loo_members"] = [0, 1, 5]  # not the finished singles: ignored
+    assert width(with_loo)[0] == w0

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ntk_vs_nn.analysis import bootstrap as bs
-from ntk_vs_nn.analysis.intervals import row_groups
+from ntk_vs_nn.analysis.intervals import jackknife, row_groups
 from ntk_vs_nn.analysis.tables import group
 
 
@@ -61,7 +61,7 @@ def compare(records, variants: dict, families, models, n_boot=2000, seed=0, leve
                 groups, recs = row_groups(by, fam, model, GROUPS)
                 if not {"single", "ensemble"} <= set(groups):
                     continue
-                draws = bs.bootstrap(groups, n_boot, seed)
+                draws = bs.bootstrap(groups, n_boot, seed, jackknife=jackknife(by, fam, model, groups))
                 kd = [r for r in recs if r["protocol"] == "kd"]
                 sd = [r for r in recs if r["protocol"] == "sd"]
                 common = dict(

@@ -245,6 +245,23 @@ def row_groups(by: dict, fam: str, model: str, names=GROUPS) -> tuple[bs.Groups,
     return groups, recs
 
 
+def jackknife(by: dict, fam: str, model: str, groups: bs.Groups) -> dict[str, bs.Jackknife]:
+    """The ensemble's leave-one-out combinations (`bs.Jackknife`, step d of the bootstrap), in the order of
+    the single group's members, when every replicate's ensemble record carries them for exactly the
+    finished singles (records made before they were recorded: none, the ensemble's noise is the test set's)."""
+    if "ensemble" not in groups or "single" not in groups:
+        return {}
+    loo = []
+    for ens, singles in zip(by[(fam, model, "ensemble")], by[(fam, model, "single")]):
+        rec = next((r for r in ens.values() if r["status"] == "ok"), None)
+        members = [int(r["member"]) for r in singles.values() if r["status"] == "ok"]
+        if rec is None or sorted(rec.get("loo_members", [])) != sorted(members):
+            return {}
+        at = {m: i for i, m in enumerate(rec["loo_members"])}
+        loo.append(np.stack([bs.decode_correct(rec["loo_correct"][at[m]], rec["n_test"]) for m in members]))
+    return {"ensemble": bs.Jackknife("single", loo)}
+
+
 def _flags(recs: list[dict], cfg: MessagesConfig) -> str:
     stuck = [
         r["unit"]
@@ -265,7 +282,11 @@ def messages(records, config_hash, families, models, cfg: MessagesConfig, kernel
             groups, recs = row_groups(by, fam, model)
             if kind is None or not recs:
                 continue
-            draws = bs.bootstrap(groups, cfg.n_boot, cfg.boot_seed) if groups else None
+            draws = (
+                bs.bootstrap(groups, cfg.n_boot, cfg.boot_seed, jackknife=jackknife(by, fam, model, groups))
+                if groups
+                else None
+            )
             flags = _flags(recs, cfg)
             for msg, (mkind, claim, _) in CLAIMS.items():
                 if mkind != kind:

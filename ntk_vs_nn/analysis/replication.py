@@ -19,7 +19,7 @@ import pandas as pd
 
 from ntk_vs_nn import paper
 from ntk_vs_nn.analysis import bootstrap as bs
-from ntk_vs_nn.analysis.intervals import row_groups
+from ntk_vs_nn.analysis.intervals import jackknife, row_groups
 from ntk_vs_nn.analysis.tables import group
 
 GROUPS = ("single", "ensemble", "kd", "sd", "sd_ensemble")
@@ -89,7 +89,7 @@ def compare(records, hashes, family: str, model: str, sd_students: int, n_boot=2
     gap_rows = []
     if {"single", "ensemble"} <= set(groups):
         groups["teachers"] = [a[:sd_students] for a in groups["single"]]  # single s teaches SD student s
-        draws = bs.bootstrap(groups, n_boot, seed)
+        draws = bs.bootstrap(groups, n_boot, seed, jackknife=jackknife(by, family, model, groups))
         for name, fn in GAPS:
             c = bs.compare(draws, fn, level)
             pub = pub_gaps[name]

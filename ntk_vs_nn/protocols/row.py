@@ -22,6 +22,7 @@ import numpy as np
 
 from ntk_vs_nn import rng
 from ntk_vs_nn.analysis import metrics
+from ntk_vs_nn.analysis.bootstrap import encode_correct
 from ntk_vs_nn.config import INFINITE_FAMILIES, Config, UserError
 from ntk_vs_nn.data import Dataset
 from ntk_vs_nn.engine.trainer import Trainer
@@ -149,9 +150,17 @@ class Row(Ledger, Execution, Trainers):
             val, test = [p["val"] for p in ok], [p["test"] for p in ok]
             m["cnll_by_size"] = metrics.de_curve(val, d.y_val, test, d.y_test, rule)
         m["n_members"] = len(ok)
+        loo = {}
+        if len(ok) > 1:  # leave-one-out combinations: the bootstrap's member noise of a one-replicate ensemble
+            members = [i for i, p in enumerate(singles) if p is not None]
+            without = [metrics.combine([p["test"] for p in ok[:i] + ok[i + 1 :]], rule) for i in range(len(ok))]
+            loo = {
+                "loo_members": members,
+                "loo_correct": [encode_correct(np.argmax(w, -1) == d.y_test) for w in without],
+            }
         prev = self.known.get(self._unit(protocol, "all"))
-        if prev is None or prev.get("metrics") != m or "test_correct" not in prev:
-            self.record(protocol, "all", "ok", m, test_logits=comb["test"], rule=rule)
+        if prev is None or prev.get("metrics") != m or "test_correct" not in prev or any(k not in prev for k in loo):
+            self.record(protocol, "all", "ok", m, test_logits=comb["test"], rule=rule, **loo)
         return comb
 
     def control(self, wait=True):
