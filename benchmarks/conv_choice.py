@@ -10,20 +10,25 @@ AVX-512, else matmul) is the faster one on every net: value = the largest time(a
 time(the other) over the nets, <= 1. The CPU's model name and vector extensions are recorded: the
 answer has depended on the CPU (the AVX2 machine of session 7 measured matmul 1.52x faster for the
 2-D ResNet-10-1, results/benchmarks/peer_pytorch.json).
+XLA runs as `ntk-vs-nn` runs these nets' image data: YNNPACK fusion off (`engine.host.configure_xla_cpu`,
+results/benchmarks/ynn_fusion.json), unless XLA_FLAGS sets it.
 Writes results/benchmarks/conv_choice.json.
 """
 
 import platform
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from _common import write
+from ntk_vs_nn.engine.host import configure_xla_cpu
 
-from ntk_vs_nn.families import cpu_flags, resolve_conv
-from ntk_vs_nn.models import build_model
+configure_xla_cpu("fashion_mnist")  # before jax starts
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from _common import write  # noqa: E402
+
+from ntk_vs_nn.families import cpu_flags, resolve_conv  # noqa: E402
+from ntk_vs_nn.models import build_model  # noqa: E402
 
 BATCH, CALLS, REPEATS = 128, 5, 3
 NETS = (

@@ -36,14 +36,17 @@ MODEL = "ResNet-10-1"
 # XLA:CPU options tried for ours (each in a fresh process); "" = jax's defaults
 # (--xla_cpu_use_onednn, --xla_cpu_use_xnnpack, the concurrency-optimised scheduler, fast math and
 # --xla_cpu_experimental_ynn_fusion_type= (YNNPACK off) were tried in an earlier run on a loaded
-# machine: none faster than the default; onednn / xnnpack / scheduler gave the default's final loss to
-# 6 digits, i.e. the same kernels.)
+# machine: none faster than the default (YNNPACK off, measured later alternating: ynn_off below);
+# onednn / xnnpack / scheduler gave the default's final loss to 6 digits, i.e. the same kernels.)
 XLA_OPTIONS = {
     "default": "",
     "ynn_convolution": "--xla_cpu_experimental_ynn_fusion_type=+individual_convolution",
     "single_thread": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    # one XLA device per core, each batch split over them (what `ntk-vs-nn table` does: run.cpu_devices)
-    "device_per_core": f"--xla_force_host_platform_device_count={os.cpu_count() or 1}",
+    "ynn_off": "--xla_cpu_experimental_ynn_fusion_type=",
+    # one XLA device per core, each batch split over them, YNNPACK fusion off: what `ntk-vs-nn table` does on
+    # image data (run.cpu_devices; engine.host.configure_xla_cpu, results/benchmarks/ynn_fusion.json)
+    "device_per_core": f"--xla_force_host_platform_device_count={os.cpu_count() or 1} "
+    "--xla_cpu_experimental_ynn_fusion_type=",
 }
 
 

@@ -274,6 +274,7 @@ def provenance() -> dict:
         "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')} x{jax.device_count()}",
         "git_sha": LOADED_GIT_SHA,
         "host": platform.node(),
+        **({"xla_flags": os.environ["XLA_FLAGS"]} if os.environ.get("XLA_FLAGS") else {}),
     }
 
 

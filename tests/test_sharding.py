@@ -392,3 +392,28 @@ def test_host_devices_are_configured_only_before_jax_starts(monkeypatch):
     assert cli.configure_host_devices(2) is True
     assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
     assert cli.configure_host_devices(4) is False  # an explicit count is left alone
+
+
+def test_ynnpack_fusion_is_off_for_image_data_only_before_jax_starts_and_unless_the_user_chose(monkeypatch):
+    """`host.configure_xla_cpu` (results/benchmarks/ynn_fusion.json): image datasets get the option, MNIST-1D
+    and npz files keep jax's default; nothing once jax runs; a user's own YNNPACK setting wins; a run's
+    records name the flags its processes ran with."""
+    from ntk_vs_nn.engine import host
+    from ntk_vs_nn.store import provenance
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert host.configure_xla_cpu("fashion_mnist") is False and "XLA_FLAGS" not in os.environ  # jax imported
+    assert "xla_flags" not in provenance()
+    monkeypatch.delitem(sys.modules, "jax")
+    for spec in ("mnist1d", "npz:x.npz"):
+        assert host.configure_xla_cpu(spec) is False and "XLA_FLAGS" not in os.environ
+    assert host.configure_xla_cpu("synthetic:cifar10") is True
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type="
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=default --foo")
+    assert host.configure_xla_cpu("fashion_mnist") is False
+    assert os.environ["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=default --foo"
+    monkeypatch.undo()
+    import jax  # noqa: F401  (back in sys.modules for provenance)
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=")
+    assert provenance()["xla_flags"] == "--xla_cpu_experimental_ynn_fusion_type="

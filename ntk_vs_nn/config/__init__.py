@@ -35,6 +35,7 @@ __all__ = [
 FAMILIES = ("nn", "ntk", "ntk_prime", "gp")  # weight-space families (`families.py`)
 KERNEL_FAMILIES = ("ntk", "ntk_prime", "gp")  # the finite-width kernel families
 INFINITE_FAMILIES = ("ntk_inf", "nngp_inf")  # solved in function space only (`kernels/function_space.py`)
+IMAGE_SETS = ("fashion_mnist", "cifar10", "cifar100")  # the 2-D image datasets by name (`data.load_dataset`)
 PROTOCOLS = ("single", "ensemble", "train_sum", "kd", "sd")  # `protocols/row.py`
 
 

@@ -23,10 +23,9 @@ import numpy as np
 from mnist1d.data import get_dataset_args, make_dataset  # generated locally: get_dataset would download and unpickle
 
 from ntk_vs_nn import rng
-from ntk_vs_nn.config import DataConfig, UserError
+from ntk_vs_nn.config import IMAGE_SETS, DataConfig, UserError
 from ntk_vs_nn.data import cifar, images
 
-IMAGE_SETS = ("fashion_mnist", "cifar10", "cifar100")
 DATASETS = ("mnist1d", *IMAGE_SETS, *(f"synthetic:{n}" for n in IMAGE_SETS), "npz:PATH")
 
 

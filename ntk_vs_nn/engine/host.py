@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ntk_vs_nn.config import IMAGE_SETS
+
 _DEVICE_FLAG = "--xla_force_host_platform_device_count"
 
 
@@ -26,6 +28,24 @@ def configure_host_devices(requested: int = 0) -> bool:
     if n <= 1 or "jax" in sys.modules or _DEVICE_FLAG in flags or os.environ.get("JAX_COORDINATOR_ADDRESS"):
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_FLAG}={n}".strip()
+    return True
+
+
+YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+
+
+def configure_xla_cpu(dataset: str) -> bool:
+    """XLA:CPU's YNNPACK fusion off (``--xla_cpu_experimental_ynn_fusion_type=``, empty: no op is handed to
+    YNNPACK) for the 2-D image datasets. Measured (results/benchmarks/ynn_fusion.json, one jitted gradient,
+    batch 128, the two settings alternating): jax's default took 1.22-1.69x the time on the presets' 2-D
+    nets with XLA's convolution and 0.97-1.10x with the matmul one, with the same gradients to float32
+    rounding on every net that uses XLA's convolution (<= 4e-5 of the largest entry); the 1-D net of MNIST-1D
+    0.9-1.0x, so it keeps jax's default. Only before jax starts (workers inherit it) and when XLA_FLAGS
+    names no YNNPACK setting of its own (a user's choice wins); the records keep XLA_FLAGS."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "jax" in sys.modules or YNN_FLAG in flags or dataset.removeprefix("synthetic:") not in IMAGE_SETS:
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}=".strip()
     return True
 
 

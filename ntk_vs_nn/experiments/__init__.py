@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 from ntk_vs_nn.config import UserError, from_dict, override
-from ntk_vs_nn.engine.host import enable_compile_cache
+from ntk_vs_nn.engine.host import configure_xla_cpu, enable_compile_cache
 from ntk_vs_nn.store import Store, atomic_write
 
 REGISTRY = {
@@ -116,6 +116,7 @@ def run_experiment(
     anything is written."""
     exp = get(name)
     cfg = exp.configure(preset, overrides)
+    configure_xla_cpu(getattr(cfg, "dataset", ""))  # before jax starts: image data without YNNPACK fusion
     options = {**options, **exp.prepare(cfg, log=log, **options)}
     enable_compile_cache()  # after prepare: the tables may split the host CPU before jax starts
     out = out or exp.out_dir(cfg)
