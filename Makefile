@@ -4,7 +4,7 @@ PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-PRESET  ?= quick
+PRESET  ?= minutes
 DATASET ?= mnist1d
 # runs go to the git-ignored runs/ by default (a fresh clone stays clean); OUT=results/quick-mnist1d
 # regenerates a committed folder (its tables follow from its records byte-identical)

@@ -314,6 +314,30 @@ def messages(records, config_hash, families, models, cfg: MessagesConfig, kernel
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def verdict_lines(df: pd.DataFrame) -> list[str]:
+    """One line per (message, family, model) for a terminal: the verdict, each primary comparison with its
+    interval, the smallest difference the run could detect, and the effect beside the paper's range."""
+    lines = []
+    for (msg, fam, model), part in df.groupby(["message", "family", "model"], sort=False):
+        r = part.iloc[0]
+        ev = "; ".join(f"{p['comparison']} = {p['d']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
+                       for _, p in part[part.primary].iterrows() if not _nan(p["d"]))  # fmt: skip
+        line = f"message {msg} [{fam} {model}]: {r['message_verdict']}" + (f" — {ev}" if ev else "")
+        detectable = part[part.primary]["min_detectable"].max()
+        if r["message_verdict"] == "inconclusive" and not _nan(detectable):
+            line += f"; smallest detectable difference {detectable:.2f} points"
+        if not _nan(r["effect_value"]):
+            line += f"; {r['effect']} {r['effect_value']:+.2f}"
+            if not (_nan(r["effect_ci_low"]) or _nan(r["effect_ci_high"])):
+                line += f" [{r['effect_ci_low']:+.2f}, {r['effect_ci_high']:+.2f}]"
+            if isinstance(r["vs_cifar10"], str) and r["vs_cifar10"]:
+                line += f", CIFAR-10: {r['vs_cifar10']}"
+        states = "; ".join(dict.fromkeys(f for f in part["state_flags"] if isinstance(f, str) and f))
+        line += f"; at unequal training states ({states})" if states else ""
+        lines.append(line + (f" ({r['flags']})" if isinstance(r["flags"], str) and r["flags"] else ""))
+    return lines
+
+
 def _effect_line(r, fam: str, circled: str) -> str:
     """One message's row of messages.md's effect table."""
     ours = "n/a" if _nan(r["effect_value"]) else f"{r['effect_value']:+.2f}"

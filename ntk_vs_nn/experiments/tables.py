@@ -229,10 +229,7 @@ def write(cfg: Config, store) -> Written:
         models = tuple(dict.fromkeys((*cfg.table.nn_models, *cfg.table.ntk_models)))
         mdf = intervals.messages(records, reps, fams, models, cfg.messages, finite)
         mmd = intervals.markdown(mdf, header, family_labels(cfg))
-        mdf_msg = mdf.drop_duplicates(["message", "family", "model"]).rename(columns={"message_verdict": "verdict_"})
-        verdicts = [
-            f"message {r['message']} [{r['family']} {r['model']}]: {r['verdict_']}" for _, r in mdf_msg.iterrows()
-        ]
+        verdicts = intervals.verdict_lines(mdf)
     else:  # records made before test correctness was recorded: the noise band on the table's values
         mdf = msgs.messages(pd.concat(frames), cfg.messages, finite)
         mmd = msgs.markdown(mdf, header, family_labels(cfg))
