@@ -16,7 +16,7 @@ import pandas as pd
 from ntk_vs_nn.analysis import intervals, tables
 from ntk_vs_nn.analysis import messages as msgs
 from ntk_vs_nn.config import INFINITE_FAMILIES, KERNEL_FAMILIES, Config, UserError
-from ntk_vs_nn.config.presets import PRESETS
+from ntk_vs_nn.config.presets import DECIDED_ELSEWHERE, PRESETS
 from ntk_vs_nn.engine import workers
 from ntk_vs_nn.engine.host import configure_host_devices
 from ntk_vs_nn.experiments import Experiment, Written
@@ -230,6 +230,8 @@ def write(cfg: Config, store) -> Written:
         mdf = intervals.messages(records, reps, fams, models, cfg.messages, finite)
         mmd = intervals.markdown(mdf, header, family_labels(cfg))
         verdicts = intervals.verdict_lines(mdf)
+        if cfg.preset in DECIDED_ELSEWHERE:
+            verdicts.append(f"({cfg.preset} preset) {DECIDED_ELSEWHERE[cfg.preset]}")
     else:  # records made before test correctness was recorded: the noise band on the table's values
         mdf = msgs.messages(pd.concat(frames), cfg.messages, finite)
         mmd = msgs.markdown(mdf, header, family_labels(cfg))

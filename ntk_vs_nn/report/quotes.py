@@ -39,8 +39,12 @@ class Stale(NamedTuple):
 
 
 def docs_files(root: str) -> list[str]:
-    """The files whose quotes are kept: README.md and docs/*.md under ``root``."""
-    return [os.path.join(root, "README.md"), *sorted(glob.glob(os.path.join(root, "docs", "*.md")))]
+    """The files whose quotes are kept: README.md, docs/*.md and the results folders' README.md under ``root``."""
+    return [
+        os.path.join(root, "README.md"),
+        *sorted(glob.glob(os.path.join(root, "docs", "*.md"))),
+        *sorted(glob.glob(os.path.join(root, "results", "**", "README.md"), recursive=True)),
+    ]
 
 
 def _parse(spec: str) -> tuple[str, dict[str, str], str]:
