@@ -258,7 +258,12 @@ def train_accuracies(folder: str) -> pd.DataFrame:
     return df.groupby(["family", "protocol"])["acc"].agg(["min", "max"])
 
 
-def gd_readme(gd: str, adam: str) -> str:
+BUDGET = "results/quick-mnist1d/budget/kernel-gd"  # where the quick preset's kernel budget was measured
+
+
+def gd_readme(gd: str, adam: str, budget: str = BUDGET) -> str:
+    """The README of the gradient-descent kernel table ``gd`` beside ``adam``; ``budget``: the folder whose
+    measurements chose its kernel budget."""
     _, cfg = load_config(gd)
     k, p = cfg.kernel, cfg.protocol
     reps = cfg.run.replicates
@@ -306,13 +311,14 @@ def gd_readme(gd: str, adam: str) -> str:
         f"descent on the linearised model, heavy-ball momentum {k.momentum:g}, {cfg.train.schedule} schedule, batch "
         f"{cfg.train.batch_size}, the step {k.weights_lr:g}/λ_max (λ_max: the top eigenvalue of JᵀJ/n at W0), "
         f"{k.epochs} epochs for every unit (singles, the train-sum model, KD and SD students: one budget, measured "
-        f"in `../quick-mnist1d/budget/kernel-gd/`); the train-sum model with each member's gradient scaled to a "
+        f"in `{os.path.relpath(budget, gd)}/`); the train-sum model with each member's gradient scaled to a "
         f"single's (`protocol.sum_grad={p.sum_grad}`). L = {p.members}, K = {p.kd_students} KD and "
         f"S = {cfg.sd_students} SD students on the {p.kd_inputs} training points, {cfg.data.n_test:,} test "
         f"points, **{reps} replicate(s) (root seeds {seeds})**.\n\n"
         f"Made by\n\n    {cmd}\n\n(in a scratch folder, then `config.json` and `records.jsonl` copied here; "
         f"the predictions, `units/`, are not committed), then `ntk-vs-nn messages --out {gd}` and "
-        f"`.venv/bin/python scripts/kernel_readmes.py gd-table {gd} {adam}` (this file; "
+        f"`.venv/bin/python scripts/kernel_readmes.py gd-table {gd} {adam}"
+        + ("" if budget == BUDGET else f" --budget {budget}") + "` (this file; "
         "`tests/test_kernel_readmes.py` regenerates it).\n\n"
         f"## ①–③ under gradient descent, beside the Adam-trained rows of `{os.path.relpath(adam, gd)}/`\n\n"
         + table + "\nTrain accuracy (%) per unit, by protocol (min–max):\n\n" + accs
@@ -329,9 +335,10 @@ def main(argv=None) -> int:
     gt = sub.add_parser("gd-table", help="a gradient-descent kernel table beside its Adam-trained rows")
     gt.add_argument("folder", help="the gradient-descent run (its README.md is written)")
     gt.add_argument("adam", help="the run with the same table's Adam-trained kernel rows")
+    gt.add_argument("--budget", default=BUDGET, help=f"the folder that measured its kernel budget (default {BUDGET})")
     args = ap.parse_args(argv)
     if args.command == "gd-table":
-        text = gd_readme(args.folder, args.adam)
+        text = gd_readme(args.folder, args.adam, args.budget)
         with open(os.path.join(args.folder, "README.md"), "w") as fh:
             fh.write(text)
         print(text)
