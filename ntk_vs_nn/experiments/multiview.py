@@ -56,6 +56,7 @@ import numpy as np
 import pandas as pd
 
 from ntk_vs_nn import rng
+from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import TrainConfig, UserError, hash_dict
 from ntk_vs_nn.config.base import IntervalConfig
 from ntk_vs_nn.data.multiview import MultiViewData, draw_data
@@ -255,15 +256,17 @@ def run(cfg: MultiViewConfig, store, log=lambda s: None) -> None:
                 "mu": mu,
             }
             if protocol == "ensemble":  # derived from the members' saved logits
-                logits = {part: sum(s[part] for s in singles) / L for part in ("train", "test")}
-                acc = 100 * float(np.mean(np.argmax(sum(s["train"] for s in singles), 1) == np.asarray(tr["y"])))
+                logits = {part: metrics.combine([s[part] for s in singles]) for part in ("train", "test")}
+                acc = 100 * float(np.mean(np.argmax(logits["train"], 1) == np.asarray(tr["y"])))
                 store.save_predictions(unit, logits)
                 store.record({**rec, "seconds": 0.0, "train_acc_pct": acc, **report.error_row(logits["test"], te, mu)})
                 continue
             if protocol == "single":
                 model, secs = fit_one(t, rng.member_key(root, "init", i), tr["x"], tr["y"])
             else:
-                teacher = sum(s["train"] for s in singles) / L if protocol == "kd" else None
+                teacher = (
+                    metrics.combine([s["train"] for s in singles]).astype(np.float32) if protocol == "kd" else None
+                )
                 if protocol == "sd":
                     teacher = store.load_predictions(f"{h}/{fam}/single-{i}")["train"]
                 key = rng.member_key(root, protocol, max(i, 0))
