@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ntk_vs_nn.models.batch_ensemble import ensemble_logits as stacked_ensemble
+
 
 def distill_loss(logits, labels, teacher_logits, alpha, tau, mix=None, kd_logits=None):
     """(1 - alpha) CE(student, y) + alpha tau^2 KL(softmax(teacher/tau) || softmax(student/tau)).
@@ -38,9 +40,4 @@ def distill_loss(logits, labels, teacher_logits, alpha, tau, mix=None, kd_logits
 def ensemble_logits(outs, rule: str = "logits"):
     """The ensemble of member logits ``outs`` (a list of (B, k)) as `analysis.metrics.combine` forms it, in jax:
     their mean (``logits``) or the log of their mean softmax (``probs``)."""
-    if len(outs) == 1:
-        return outs[0]
-    stack = jnp.stack(outs)
-    if rule == "logits":
-        return stack.mean(0)
-    return jax.nn.logsumexp(jax.nn.log_softmax(stack, -1), axis=0) - jnp.log(len(outs))
+    return outs[0] if len(outs) == 1 else stacked_ensemble(jnp.stack(outs), rule)

@@ -174,9 +174,12 @@ def tile_members(x, members: int):
     return jnp.broadcast_to(x, (members, *x.shape)).reshape(members * x.shape[0], *x.shape[1:])
 
 
-def ensemble_logits(z):
-    """Per-member logits (M, B, k) -> the ensemble's prediction as logits (B, k): the log of the mean over
-    members of the softmax, ``logsumexp(log_softmax(z), axis=0) - log M`` (log-probabilities)."""
+def ensemble_logits(z, rule: str = "probs"):
+    """Per-member logits (M, B, k) -> the ensemble's prediction as logits (B, k), in jax, as
+    `analysis.metrics.combine` forms it: ``probs`` the log of the mean over members of the softmax,
+    ``logsumexp(log_softmax(z), axis=0) - log M`` (a BatchEnsemble's), ``logits`` their mean."""
+    if rule == "logits":
+        return z.mean(0)
     return jax.nn.logsumexp(jax.nn.log_softmax(z, axis=-1), axis=0) - jnp.log(z.shape[0]).astype(z.dtype)
 
 
