@@ -1,6 +1,7 @@
 """`--set` overrides: type checks, unknown keys, choices; what the science hash covers."""
 
 import dataclasses
+import os
 
 import pytest
 
@@ -149,8 +150,21 @@ def test_a_field_nothing_reads_leaves_the_hash_alone_until_its_reader_is_on(unre
     assert legacy != base.science_hash() and legacy in apply_overrides(base, [unread]).science_hashes()
 
 
-def test_science_hash_is_stable_across_instances():
-    assert Config().science_hash() == Config().science_hash()
+def test_science_hash_is_the_same_in_another_process_with_another_string_hash_seed():
+    """A unit's id must not depend on the process (Python's per-process string hashing, set order):
+    a resumed run in a new process finds its units by it."""
+    import subprocess
+    import sys
+
+    from ntk_vs_nn.config.presets import PRESETS
+
+    code = ("from ntk_vs_nn.config.presets import PRESETS; "
+            "print(' '.join(PRESETS[p]().science_hash() for p in ('quick', 'minutes', 'fmnist')))")  # fmt: skip
+    here = " ".join(PRESETS[p]().science_hash() for p in ("quick", "minutes", "fmnist"))
+    for seed in ("1", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "JAX_PLATFORMS": "cpu"}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == here.split()
 
 
 def test_legacy_hash_drops_fields_added_later_only_at_their_neutral_value():

@@ -76,11 +76,6 @@ def test_every_message_reaches_every_verdict(message, family, kw, expected):
     assert verdict(table(family, **kw), message) == expected
 
 
-def test_all_verdicts_covered_for_all_messages():
-    seen = {(m, v) for m, _, _, v in CASES}
-    assert seen == {(m, v) for m in range(1, 8) for v in ("holds", "fails", "inconclusive")}
-
-
 def test_kernel_families_get_messages_1_to_3_and_nets_4_to_7():
     df = pd.concat(
         [
