@@ -21,7 +21,22 @@ STREAMS = {
     "sd": 5,  # self-distillation student inits
     "kd_data": 6,  # knowledge-distillation student data order
     "sd_data": 7,  # self-distillation students' data order
+    # the theory experiments' streams (values kept from their first runs, so their draws never changed)
+    "multiview.data": 0x5E6,  # features, train, test: member_key(root, "multiview.data", i)
+    "gaussian.teacher": 0x7EA,  # Figure 3's teacher nets, one per architecture
+    "gaussian.input": 0x1A,  # the inputs, one per input kind
+    "gaussian.noise": 0x2B,  # the label noise, one per teacher
+    "gaussian.mixture": 0x3C,
+    "gaussian.probe": 0x4D,
+    "gaussian.student": 0x5E,
+    "channels.pretrain": 0xB0,  # Figure 6's backbone
+    "channels.split": 0xB1,  # the channel splits, one per count
+    "channels.init": 0xB2,
+    "channels.data": 0xB3,
 }
+# tags folded into a training step's keys (not the root): fold_in(fold_in(data_key, epoch), "augment"), then
+# the step index; mixup and the distillation input's perturbation fold into that step's key
+STEP_TAGS = {"augment": 0xA06, "mixup": 0x313, "perturb": 0x0D5}
 
 
 def root_key(seed: int) -> jax.Array:

@@ -153,3 +153,12 @@ def test_the_checks_catch_a_planted_function_level_circle_an_upward_import_and_a
     layers = (("low",), ("high",), ("",))
     assert upward(graph, layers) == [("ntk_vs_nn.low.a", 2, "ntk_vs_nn.high.b")]
     assert printers(planted) == [("ntk_vs_nn.high.b", 5)]
+
+
+def test_every_prng_stream_tag_is_distinct():
+    """`rng.STREAMS` folds every stream from the run's root key: two names with one tag would draw the same
+    numbers (as would two step tags)."""
+    from ntk_vs_nn import rng
+
+    assert len(set(rng.STREAMS.values())) == len(rng.STREAMS)
+    assert len(set(rng.STEP_TAGS.values())) == len(rng.STEP_TAGS)

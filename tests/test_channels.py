@@ -144,10 +144,6 @@ def test_fashion_mnist_missing_falls_back_to_mnist1d(tmp_path):
         cd.load_data(dataclasses.replace(cfg, fallback=False), msgs.append)
 
 
-def records(out: str) -> list[dict]:
-    return [json.loads(line) for line in open(os.path.join(out, "records.jsonl"))]
-
-
 def outputs(out: str) -> dict:
     return {n: open(os.path.join(out, n)).read() for n in ("table.md", "table.csv", "summary.md", "claims.csv")}
 
@@ -185,22 +181,22 @@ def test_end_to_end_writes_table_and_plot_and_resumes(tiny_run, tmp_path):
     claims = pd.read_csv(os.path.join(out, "claims.csv"))
     assert {"d", "ci_low", "ci_high", "verdict"} <= set(claims.columns) and claims.source[0] == "ours"
     assert set(claims.verdict) <= {"holds", "fails", "inconclusive"} and (claims.ci_low <= claims.ci_high).all()
-    recs = records(out)
+    recs = Store(out).records()
     h = ch.EXPERIMENT.configure("smoke", TINY).science_hash()
     assert [r["unit"] for r in recs] == [f"{h}/backbone", f"{h}/split_2", f"{h}/avg_2"]
     assert all(r["config_hash"] == h and "git_sha" in r and "date" in r for r in recs)
     before = outputs(out)
     again = run_experiment("channels", "smoke", TINY, out)  # resumes: nothing retrained, same outputs
-    assert records(out) == recs and again.text == written.text and outputs(out) == before
+    assert Store(out).records() == recs and again.text == written.text and outputs(out) == before
 
 
 def test_resume_trains_only_the_missing_variant(tiny_run, tmp_path):
     out = copy_of(tiny_run[0], tmp_path / "c")
-    recs = records(out)
+    recs = Store(out).records()
     with open(os.path.join(out, "records.jsonl"), "w") as f:  # as if killed before avg_2 was recorded
         f.writelines(json.dumps(r) + "\n" for r in recs[:2])
     run_experiment("channels", "smoke", TINY, out)
-    again = records(out)
+    again = Store(out).records()
     assert again[:2] == recs[:2] and [r["unit"] for r in again[2:]] == [recs[2]["unit"]]
     same = ("single_mean", "single_std", "ensemble", "acc_by_size", "final_loss")
     assert {k: again[2][k] for k in same} == {k: recs[2][k] for k in same}  # the backbone retrains alike

@@ -16,6 +16,7 @@ from ntk_vs_nn.cli import main
 from ntk_vs_nn.config.presets import from_dict as config_from_dict
 from ntk_vs_nn.data import load_dataset
 from ntk_vs_nn.protocols import PROTOCOLS
+from ntk_vs_nn.store import Store
 
 FAST = ["--set", "data.n_train=160", "--set", "data.n_test=100", "--set", "train.epochs=1"]
 
@@ -26,11 +27,6 @@ def smoke_out(tmp_path_factory):
     assert main(["table", "nn", "--preset", "smoke", "--out", out, *FAST]) == 0
     assert main(["table", "ntk", "--preset", "smoke", "--out", out, *FAST]) == 0
     return out
-
-
-def read_records(out):
-    with open(os.path.join(out, "records.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def test_tables_have_every_protocol_and_family(smoke_out):
@@ -64,7 +60,7 @@ def test_messages_written_for_both_tables(smoke_out):
 def test_every_trained_unit_records_its_training_state(smoke_out):
     """Optimiser, steps, stop reason, final train loss and accuracy on every trained unit; the kernel rows
     train by gradient descent by default and carry no "(Adam)" label."""
-    trained = [r for r in read_records(smoke_out) if r["status"] == "ok" and "ensemble" not in r["protocol"]]
+    trained = [r for r in Store(smoke_out).records() if r["status"] == "ok" and "ensemble" not in r["protocol"]]
     assert {r["family"] for r in trained} == {"nn", "ntk", "ntk_prime", "gp"}
     for r in trained:
         t = r["training"]
@@ -80,7 +76,7 @@ def test_kernel_rows_trained_by_adam_are_labelled_in_tables_and_messages(tmp_pat
     args = ["table", "ntk", "--preset", "smoke", "--out", out, *FAST, "--set", "kernel.optimizer=adam",
             "--set", "table.ntk_families=gp"]  # fmt: skip
     assert main(args) == 0
-    assert {r["training"]["optimizer"] for r in read_records(out) if "training" in r} == {"adam"}
+    assert {r["training"]["optimizer"] for r in Store(out).records() if "training" in r} == {"adam"}
     assert "| SimpleCNN-3-1 | gp (Adam) |" in open(os.path.join(out, "table_ntk.md")).read()
     assert "| gp (Adam) |" in open(os.path.join(out, "messages.md")).read()
 
@@ -90,12 +86,12 @@ def test_students_trained_longer_get_a_control_row_and_messages_5_6_are_decided_
     singles (single member i's init and data order, the students' budget) are trained and recorded; the
     table shows them; ⑤ and ⑥ are decided against them (primary), the uncontrolled comparisons stay as
     secondary ones. Students at the singles' budget (the smoke default): no control units."""
-    assert not any(r["protocol"] == "control" for r in read_records(smoke_out))
+    assert not any(r["protocol"] == "control" for r in Store(smoke_out).records())
     out = str(tmp_path / "ctl")
     assert main(["table", "nn", "--preset", "smoke", "--out", out, *FAST, "--set", "protocol.student_epochs=2"]) == 0
-    ctl = [r for r in read_records(out) if r["protocol"] == "control"]
+    ctl = [r for r in Store(out).records() if r["protocol"] == "control"]
     assert sorted(r["member"] for r in ctl) == [0, 1] and all(r["metrics"]["epochs"] == 2 for r in ctl)
-    singles = {r["member"]: r for r in read_records(out) if r["protocol"] == "single"}
+    singles = {r["member"]: r for r in Store(out).records() if r["protocol"] == "single"}
     assert all(singles[r["member"]]["metrics"]["epochs"] == 1 for r in ctl)
     assert "control: single at the students' budget" in open(os.path.join(out, "table_nn.md")).read()
     df = pd.read_csv(os.path.join(out, "messages.csv"))
@@ -105,7 +101,7 @@ def test_students_trained_longer_get_a_control_row_and_messages_5_6_are_decided_
     assert {"(KD - mean) - (ens - mean)/2", "SD - (mean + σ)"} <= set(df[~df.primary].comparison)
     assert main(["table", "nn", "--preset", "smoke", "--out", str(tmp_path / "off"), *FAST,
                  "--set", "protocol.student_epochs=2", "--set", "protocol.control=off"]) == 0  # fmt: skip
-    assert not any(r["protocol"] == "control" for r in read_records(str(tmp_path / "off")))
+    assert not any(r["protocol"] == "control" for r in Store(str(tmp_path / "off")).records())
 
 
 def test_provenance_names_the_commit_the_process_loaded_not_the_head_at_record_time(monkeypatch):
@@ -123,7 +119,7 @@ def test_provenance_names_the_commit_the_process_loaded_not_the_head_at_record_t
 
 
 def test_records_carry_provenance_and_tables_follow_records(smoke_out):
-    recs = read_records(smoke_out)
+    recs = Store(smoke_out).records()
     for key in (
         "config_hash",
         "family",
@@ -181,9 +177,9 @@ def test_records_carry_provenance_and_tables_follow_records(smoke_out):
 
 
 def test_rerun_resumes_without_training(smoke_out):
-    before = read_records(smoke_out)
+    before = Store(smoke_out).records()
     assert main(["table", "nn", "--preset", "smoke", "--out", smoke_out, *FAST]) == 0
-    after = read_records(smoke_out)
+    after = Store(smoke_out).records()
     trained = [r for r in after[len(before) :] if r["protocol"] not in ("ensemble", "sd_ensemble")]
     assert trained == []
 

@@ -378,3 +378,17 @@ def test_a_store_made_before_control_existed_resolves_under_control_auto():
     old = apply_overrides(quick, ["protocol.control=off"])  # what such a store ran with
     assert old._hash(before) in quick.science_hashes()
     assert old._hash(before, students=False) in quick.teacher_hashes()
+
+
+def test_distillation_settings_are_checked_by_one_rule_in_every_experiment():
+    from ntk_vs_nn.config import ProtocolConfig
+    from ntk_vs_nn.experiments.multiview import MultiViewConfig, ProtocolSection
+
+    for bad in (dict(kd_alpha=1.5), dict(kd_alpha=-0.1), dict(kd_tau=-1.0)):
+        with pytest.raises(UserError, match="protocol.kd_"):
+            Config(protocol=ProtocolConfig(**bad))
+        with pytest.raises(UserError, match="protocol.kd_"):
+            MultiViewConfig(protocol=ProtocolSection(**bad))
+    assert Config(protocol=ProtocolConfig(kd_tau=0.0)).protocol.kd_tau == 0.0  # the tables' "auto"
+    with pytest.raises(UserError, match="protocol.kd_tau must be > 0"):
+        MultiViewConfig(protocol=ProtocolSection(kd_tau=0.0))  # multiview has no auto

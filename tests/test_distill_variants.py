@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.config import TrainConfig
 from ntk_vs_nn.engine import steps
 from ntk_vs_nn.engine import trainer as tr
@@ -53,7 +54,7 @@ def _first_step(student, teachers, kind, memberwise, data, rule="probs"):
     # by hand: the batch order and the step's perturbation key, as the trainer draws them
     ib = t._order([k_data], 0, N)[0, 0]
     xb, yb = x[ib], y[ib]
-    key = jax.random.fold_in(jax.random.fold_in(steps._augment_key(k_data, 0), 0), steps._PERTURB_TAG)
+    key = jax.random.fold_in(jax.random.fold_in(steps._augment_key(k_data, 0), 0), rng.STEP_TAGS["perturb"])
     tfam = _fam("PlainCNN-1-1")
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *teachers)
     x_t = fn(key, xb, tfam.apply, stacked)

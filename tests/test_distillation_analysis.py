@@ -9,6 +9,7 @@ import pytest
 
 from ntk_vs_nn.analysis import distillation, replication
 from ntk_vs_nn.analysis.bootstrap import encode_correct
+from ntk_vs_nn.store import Store
 
 N = 2000
 
@@ -83,7 +84,6 @@ def test_sd_teacher_gap_uses_only_the_singles_that_taught():
 def test_cli_writes_kd_inputs_and_replication_outputs_with_train_sum_skipped(tmp_path):
     """One smoke table: students on clean and mixup inputs (teachers trained once), the replication
     report, no train-sum model; `messages` rewrites the same files from the records alone."""
-    import json
 
     from ntk_vs_nn.cli import main
 
@@ -91,7 +91,7 @@ def test_cli_writes_kd_inputs_and_replication_outputs_with_train_sum_skipped(tmp
     sets = ["table.kd_inputs=clean,mixup", "protocol.kd_inputs=clean", "table.train_sum=false",
             "table.reference=replication", "protocol.ensemble_rule=probs", "run.progress=false"]  # fmt: skip
     assert main(["table", "nn", "--preset", "smoke", "--out", out, *sum((["--set", s] for s in sets), [])]) == 0
-    recs = [json.loads(line) for line in open(f"{out}/records.jsonl")]
+    recs = Store(out).records()
     singles = [r for r in recs if r["protocol"] == "single"]
     assert len(singles) == 3  # once, not per variant
     assert {r["metrics"].get("reason") for r in recs if r["protocol"] == "train_sum"} == {"table.train_sum=false"}

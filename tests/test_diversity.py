@@ -1,7 +1,6 @@
 """`ntk-vs-nn run diversity` end to end on a tiny Fashion-MNIST-shaped problem: BatchEnsemble students
 distilled member-wise, perturbed KD for nets and ntk models, the table regenerated from the records."""
 
-import json
 import os
 
 import numpy as np
@@ -9,6 +8,7 @@ import pandas as pd
 import pytest
 
 from ntk_vs_nn.cli import main
+from ntk_vs_nn.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -18,13 +18,8 @@ def div(tmp_path_factory):
     return out
 
 
-def _records(out):
-    with open(os.path.join(out, "records.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
 def test_units_students_and_the_table(div):
-    recs = [r for r in _records(div) if r["status"] == "ok"]
+    recs = [r for r in Store(div).records() if r["status"] == "ok"]
     be = [r for r in recs if r["model"] == "BE3-PlainCNN-1-0.25"]
     assert len(be) == 2 and all("disagreement" in r["metrics"] for r in be)  # the baseline, per seed
     teachers = [r for r in recs if r["protocol"] == "single" and r["model"] == "PlainCNN-1-0.25"]
@@ -62,12 +57,11 @@ def test_bad_entries_are_one_line_errors(tmp_path, capsys):
 def test_two_workers_match_one_process_bit_for_bit(div, tmp_path):
     """With a worker pool each stage is submitted before it is waited for (the teachers of both
     families beside the BatchEnsemble, then every student): the units equal the in-process run's."""
-    from ntk_vs_nn.store import Store
 
     out = str(tmp_path / "w2")
     sets = ["--set", "run.workers=2", "--set", "run.replicates=1"]
     assert main(["run", "diversity", "--preset", "smoke", *sets, "--out", out]) == 0
-    recs = [r for r in _records(out) if r["status"] == "ok" and r["protocol"] != "ensemble"]
+    recs = [r for r in Store(out).records() if r["status"] == "ok" and r["protocol"] != "ensemble"]
     assert len(recs) == 2 * 3 + 1 + 3  # seed 0: nn and ntk teachers, the BatchEnsemble, three students
     ours, ref = Store(out), Store(div)
     for r in recs:

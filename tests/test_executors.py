@@ -3,7 +3,6 @@ a worker killed mid-row is retried and no unit is recorded twice; without Ray th
 error line (exit 2). The Ray tests skip when Ray is not installed (pip install -e '.[ray]')."""
 
 import builtins
-import json
 import os
 import sys
 import warnings
@@ -12,15 +11,11 @@ import pandas as pd
 import pytest
 
 from ntk_vs_nn.cli import main
+from ntk_vs_nn.store import Store
 
 SMOKE = ["--preset", "smoke", "--set", "data.n_train=160", "--set", "data.n_test=100", "--set", "train.epochs=1"]
 TWO_ROWS = ["--set", "table.nn_models=SimpleCNN-3-1,SimpleCNN-2-1"]
 TRAINED = ("single", "train_sum", "kd", "sd")
-
-
-def records(out):
-    with open(os.path.join(out, "records.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 def table(out, which="nn"):
@@ -89,14 +84,14 @@ def local_two_rows(tmp_path_factory):
 def test_ray_table_equals_local_table(ray_cluster, local_two_rows, tmp_path):
     out = str(tmp_path / "ray")
     assert main(["table", "nn", *SMOKE, *TWO_ROWS, "--executor", "ray", "--out", out]) == 0
-    units = [r["unit"] for r in records(out) if r["protocol"] in TRAINED]
+    units = [r["unit"] for r in Store(out).records() if r["protocol"] in TRAINED]
     assert len(units) == len(set(units)) == 2 * 7  # 2 rows x (3 singles + train-sum + KD + 2 SD)
     pd.testing.assert_frame_equal(table(out), table(local_two_rows))
-    assert {r["model"] for r in records(out)} == {"SimpleCNN-3-1", "SimpleCNN-2-1"}
+    assert {r["model"] for r in Store(out).records()} == {"SimpleCNN-3-1", "SimpleCNN-2-1"}
     # a second run over the same folder trains nothing: every unit is already recorded
-    n = len(records(out))
+    n = len(Store(out).records())
     assert main(["table", "nn", *SMOKE, *TWO_ROWS, "--executor", "ray", "--out", out]) == 0
-    assert [r for r in records(out)[n:] if r["protocol"] in TRAINED] == []
+    assert [r for r in Store(out).records()[n:] if r["protocol"] in TRAINED] == []
 
 
 def crash_once_row(family, model, cfg, data, store, log):
@@ -132,13 +127,13 @@ def test_killed_worker_is_retried_and_no_unit_is_recorded_twice(ray_cluster, loc
     os.makedirs(out)
     run_rows([("nn", "SimpleCNN-3-1")], cfg, data, out, executor="ray", max_retries=2, row_fn=crash_once_row)
     assert os.path.exists(os.path.join(out, "crashed-nn-SimpleCNN-3-1"))  # the first attempt died
-    recs = records(out)
+    recs = Store(out).records()
     units = [r["unit"] for r in recs if r["protocol"] in TRAINED]
     assert len(units) == len(set(units)) == 7  # all trained, none twice
     first = recs[0]
     assert first["protocol"] == "single" and first["member"] == 0  # recorded before the crash, kept
     # the same numbers as the uninterrupted local run of that row
-    local = {r["unit"]: r["metrics"]["acc"] for r in records(local_two_rows) if r["protocol"] in TRAINED}
+    local = {r["unit"]: r["metrics"]["acc"] for r in Store(local_two_rows).records() if r["protocol"] in TRAINED}
     for r in recs:
         if r["protocol"] in TRAINED:
             assert r["metrics"]["acc"] == local[r["unit"]]

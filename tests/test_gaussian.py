@@ -3,7 +3,6 @@ teachers, rejection sampling, margin, label noise, the claim's interval and verd
 run through the store, resume, the tables regenerated from the records, and bad --set input."""
 
 import dataclasses
-import json
 import os
 import shutil
 
@@ -170,10 +169,6 @@ def test_claim_settings_are_not_in_the_science_hash():
         g.EXPERIMENT.configure("smoke", ["claim.level=1.5"])
 
 
-def records(out: str) -> list[dict]:
-    return [json.loads(line) for line in open(os.path.join(out, "records.jsonl"))]
-
-
 def outputs(out: str) -> dict:
     return {n: open(os.path.join(out, n)).read() for n in ("table.md", "table.csv", "summary.md", "claims.csv")}
 
@@ -209,7 +204,7 @@ def test_end_to_end_writes_its_table_and_resumes(tiny_run, tmp_path):
     claims = pd.read_csv(os.path.join(out, "claims.csv"))
     assert {"d", "ci_low", "ci_high", "verdict"} <= set(claims.columns) and len(claims) == 1
     assert claims.ci_low[0] <= claims.d[0] <= claims.ci_high[0] and claims.verdict[0] in written.verdicts[0]
-    recs = records(out)
+    recs = Store(out).records()
     h = g.EXPERIMENT.configure("smoke", SETS).science_hash()
     cells = [
         (t, s) for t in ("linear", "fc2") for s in ("nomargin/clean/uniform/gaussian", "margin/noise/rejection/mixture")
@@ -218,7 +213,7 @@ def test_end_to_end_writes_its_table_and_resumes(tiny_run, tmp_path):
     assert all(r["config_hash"] == h and "git_sha" in r and "date" in r for r in recs)
     before = outputs(out)
     again = run_experiment("gaussian", "smoke", SETS, out)  # resumes: nothing retrained, same outputs
-    assert records(out) == recs and again.text == written.text and outputs(out) == before
+    assert Store(out).records() == recs and again.text == written.text and outputs(out) == before
 
 
 def test_write_without_records_is_a_user_error(tmp_path):

@@ -152,7 +152,7 @@ def test_mixup_target_is_the_teacher_on_the_mixed_input(tiny_data, tiny_cfg, mon
     idx = np.asarray(student._order(dk, 0, len(tiny_data.x_train)))[0, 0]
     key = jax.random.fold_in(steps._augment_key(dk[0], 0), 0)
     xb = jnp.asarray(tiny_data.x_train[idx])
-    xm, perm, lam = transforms.mixup(jax.random.fold_in(key, steps._MIXUP_TAG), xb, 1.0)
+    xm, perm, lam = transforms.mixup(jax.random.fold_in(key, rng.STEP_TAGS["mixup"]), xb, 1.0)
     t_logits, labels, labels_b, lam_seen = seen[0]
     np.testing.assert_array_equal(labels, tiny_data.y_train[idx])
     np.testing.assert_array_equal(labels_b, tiny_data.y_train[idx][np.asarray(perm)])

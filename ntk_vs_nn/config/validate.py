@@ -53,10 +53,9 @@ def check(cfg) -> None:
         raise UserError("data.n_train and data.n_test must be >= 0 (0 = all, for files)")
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise UserError(f"data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
-    if not 0.0 <= cfg.protocol.kd_alpha <= 1.0:
-        raise UserError(f"protocol.kd_alpha must be in [0, 1], got {cfg.protocol.kd_alpha}")
-    if cfg.protocol.kd_tau < 0 or cfg.protocol.sd_students < 0:
-        raise UserError("protocol.kd_tau and protocol.sd_students must be >= 0")
+    check_kd(cfg.protocol.kd_alpha, cfg.protocol.kd_tau, tau_auto=True)
+    if cfg.protocol.sd_students < 0:
+        raise UserError("protocol.sd_students must be >= 0")
     if cfg.protocol.kd_students < 1 or cfg.run.replicates < 1:
         raise UserError("protocol.kd_students and run.replicates must be >= 1")
     k = cfg.kernel
@@ -76,3 +75,12 @@ def check(cfg) -> None:
 def _choice(name, value, choices):
     if value not in choices:
         raise UserError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def check_kd(alpha: float, tau: float, tau_auto: bool) -> None:
+    """The distillation loss's settings, for every experiment that distils: alpha (the weight of the
+    distillation term) in [0, 1]; tau > 0, or 0 where it means "auto" (``tau_auto``)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise UserError(f"protocol.kd_alpha must be in [0, 1], got {alpha}")
+    if tau < 0 or (tau == 0 and not tau_auto):
+        raise UserError(f"protocol.kd_tau must be {'>= 0 (0 = auto)' if tau_auto else '> 0'}, got {tau}")

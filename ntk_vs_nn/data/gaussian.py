@@ -29,11 +29,11 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.config import UserError
 
 TEACHERS = ("linear", "fc2", "fc3", "res3", "conv2", "conv3", "resconv3")
 TOKENS = (("nomargin", "margin"), ("clean", "noise"), ("uniform", "rejection"), ("gaussian", "mixture"))
-TAG = {"teacher": 0x7EA, "input": 0x1A, "noise": 0x2B, "mixture": 0x3C, "probe": 0x4D, "student": 0x5E}
 
 
 def parse_setting(s: str) -> dict:
@@ -132,12 +132,12 @@ def make_cell_data(teacher: Labeller, setting: str, cfg, root) -> dict:
     settings of one teacher share their draws where they can (common random numbers)."""
     s = parse_setting(setting)
     margin = cfg.data.margin if s["margin"] == "margin" else 0.0
-    base = jax.random.fold_in(jax.random.fold_in(root, TAG["input"]), TOKENS[3].index(s["input"]))
+    base = rng.member_key(root, "gaussian.input", TOKENS[3].index(s["input"]))
     kind, how = s["input"], s["sampling"]
     x_tr, y_tr, st_tr = sample(teacher, jax.random.fold_in(base, 0), cfg.data.n_train, kind, how, margin)
     x_te, y_te, st_te = sample(teacher, jax.random.fold_in(base, 1), cfg.data.n_test, kind, how, margin)
     y_noisy = y_tr
     if s["noise"] == "noise":
-        nkey = jax.random.fold_in(jax.random.fold_in(root, TAG["noise"]), TEACHERS.index(teacher.arch))
+        nkey = rng.member_key(root, "gaussian.noise", TEACHERS.index(teacher.arch))
         y_noisy = flip_labels(nkey, y_tr, cfg.data.noise_rate, cfg.data.k)
     return dict(x_train=x_tr, y_train=y_noisy, y_train_clean=y_tr, x_test=x_te, y_test=y_te, stats=(st_tr, st_te))

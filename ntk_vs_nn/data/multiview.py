@@ -28,8 +28,6 @@ import numpy as np
 from ntk_vs_nn import rng
 from ntk_vs_nn.config.base import UserError
 
-_DATA_TAG = 0x5E6  # data streams: fold_in(fold_in(root, _DATA_TAG), i) for features, train, test
-
 
 @dataclasses.dataclass(frozen=True)
 class MultiViewData:
@@ -145,7 +143,7 @@ def sample(key: jax.Array, cfg: MultiViewData, features: jax.Array, n: int, sing
 def draw_data(cfg: MultiViewData, seed: int) -> dict:
     """Features, training and test set of one run (the test set is drawn with the same mu)."""
     cfg.check()
-    base = jax.random.fold_in(rng.root_key(seed), _DATA_TAG)
+    base = rng.stream(rng.root_key(seed), "multiview.data")
     kf, ktr, kte = (jax.random.fold_in(base, i) for i in range(3))
     static = dataclasses.replace(cfg, mu=0.0, n_train=1, n_test=1)  # what `sample` reads: one compile for every mu
     feats = make_features(kf, static)

@@ -10,11 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def pad_rows(x, multiple: int):
+    """Pad the batch axis to a multiple of ``multiple`` by repeating the last example (any net accepts it;
+    callers drop the padded outputs): a numpy array stays numpy, anything else becomes a jax array."""
+    xp = np if isinstance(x, np.ndarray) else jnp
+    m = -len(x) % multiple
+    return x if m == 0 else xp.concatenate([x, xp.repeat(x[-1:], m, axis=0)])
+
+
 def pad_batch(x, t: int) -> jax.Array:
-    """Pad the batch axis to a multiple of t by repeating the last example (any net accepts it)."""
-    x = jnp.asarray(x)
-    m = -len(x) % t
-    return x if m == 0 else jnp.concatenate([x, jnp.repeat(x[-1:], m, axis=0)])
+    """`pad_rows` as a jax array."""
+    return pad_rows(jnp.asarray(x), t)
 
 
 def map_batches(fn: Callable, x, batch_size: int = 1000):

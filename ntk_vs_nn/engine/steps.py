@@ -11,17 +11,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.data.transforms import mixup
 from ntk_vs_nn.engine.losses import distill_loss, ensemble_logits
-
-_AUGMENT_TAG = 0xA06  # augmentation keys: fold_in(fold_in(data_key, epoch), tag), then the step index
-_MIXUP_TAG = 0x313  # mixup's key: fold_in(the step's augmentation key, tag) (augmentation keeps its draws)
-_PERTURB_TAG = 0x0D5  # the distillation input's perturbation: fold_in(the step's key, tag)
 
 
 def _augment_key(data_key, epoch: int):
     """A member's augmentation key of one epoch (the step folds in its index)."""
-    return jax.random.fold_in(jax.random.fold_in(data_key, epoch), _AUGMENT_TAG)
+    return jax.random.fold_in(jax.random.fold_in(data_key, epoch), rng.STEP_TAGS["augment"])
 
 
 class Steps:
@@ -44,14 +41,14 @@ class Steps:
             xb = self.augment(key, xb)
         mix = None
         if self.mixup:
-            xb, perm, lam = mixup(jax.random.fold_in(key, _MIXUP_TAG), xb, self.mixup)
+            xb, perm, lam = mixup(jax.random.fold_in(key, rng.STEP_TAGS["mixup"]), xb, self.mixup)
             mix = (yb[perm], lam)
         x_kd = None
         if self.teacher is not None:
             if self.perturb is not None:
                 stacked = jax.tree.map(lambda *a: jnp.stack(a), *teacher)
                 x_kd = jax.lax.stop_gradient(
-                    self.perturb(jax.random.fold_in(key, _PERTURB_TAG), xb, self.teacher.apply, stacked)
+                    self.perturb(jax.random.fold_in(key, rng.STEP_TAGS["perturb"]), xb, self.teacher.apply, stacked)
                 )
             outs = [self.teacher.apply(v, xb if x_kd is None else x_kd) for v in teacher]
             tb = jnp.stack(outs) if self.memberwise else ensemble_logits(outs, self.teacher_rule)

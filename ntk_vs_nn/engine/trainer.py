@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ntk_vs_nn.config import TrainConfig
 from ntk_vs_nn.engine import sharding
+from ntk_vs_nn.engine.batching import pad_rows
 from ntk_vs_nn.engine.optim import make_optimizer
 from ntk_vs_nn.engine.split_sum import SplitSum
 from ntk_vs_nn.engine.steps import Steps, _augment_key
@@ -281,8 +282,6 @@ class Trainer(Steps, SplitSum):
         for start in range(0, len(x), bs):
             chunk = x[start : start + bs]
             pad = bs - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-            got = np.asarray(fn(variables, jnp.asarray(chunk)))
+            got = np.asarray(fn(variables, jnp.asarray(pad_rows(np.asarray(chunk), bs))))
             out.append(got[: bs - pad] if axis == 0 else got[:, : bs - pad])
         return np.concatenate(out, axis=axis)

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import DataConfig, TrainConfig, UserError, hash_dict
 from ntk_vs_nn.data.channels import VARIANTS, fallback_config, load_data, parse_variant, standardize, transform
@@ -52,8 +53,6 @@ from ntk_vs_nn.models.small import Backbone
 from ntk_vs_nn.protocols import members_and_ensemble, module_trainer
 from ntk_vs_nn.report import channels as report
 from ntk_vs_nn.store import atomic_write
-
-TAG = {"pretrain": 0xB0, "split": 0xB1, "init": 0xB2, "data": 0xB3}
 
 
 @dataclass(frozen=True)
@@ -191,7 +190,7 @@ def pretrain(data, cfg: ChannelsConfig, root, log) -> tuple[np.ndarray, np.ndarr
     module = Backbone(cfg.pretrain.width, data.num_classes, data.spatial_ndim, cfg.pretrain.head)
     tcfg = TrainConfig(epochs=cfg.pretrain.epochs, lr=cfg.pretrain.lr, batch_size=cfg.pretrain.batch_size)
     trainer = module_trainer(module, tcfg, len(data.x_train), cfg.run.progress)
-    key = jax.random.fold_in(root, TAG["pretrain"])
+    key = rng.stream(root, "channels.pretrain")
     fit = trainer.fit([jax.random.fold_in(key, 0)], [jax.random.fold_in(key, 1)], data.x_train, data.y_train)
     variables = {"params": fit.variables[0]["params"]}
     acc = metrics.accuracy(trainer.predict(fit.variables[0], data.x_test), data.y_test)
@@ -208,7 +207,7 @@ def train_variant(variant: str, f_tr, f_te, data, cfg: ChannelsConfig, root, tra
     """L students on one transformed input: single mean ± std, ensemble, gain (percent)."""
     kind, n = parse_variant(variant)
     L = cfg.student.members
-    split_key = jax.random.fold_in(jax.random.fold_in(root, TAG["split"]), n)
+    split_key = rng.member_key(root, "channels.split", n)
     per_member = kind == "split" and cfg.channels.split_mode == "per_member"
     keys = [jax.random.fold_in(split_key, i) for i in range(L)] if per_member else [split_key]
     inputs = [standardize(transform(f_tr, variant, k), transform(f_te, variant, k)) for k in keys]
@@ -216,7 +215,7 @@ def train_variant(variant: str, f_tr, f_te, data, cfg: ChannelsConfig, root, tra
     if channels not in trainers:
         module = build_model(cfg.student.model, data.num_classes, f_tr.ndim - 2, cfg.student.norm)
         trainers[channels] = module_trainer(module, cfg.train, len(f_tr), cfg.run.progress)
-    ik, dk = ([jax.random.fold_in(jax.random.fold_in(root, TAG[s]), i) for i in range(L)] for s in ("init", "data"))
+    ik, dk = ([rng.member_key(root, f"channels.{s}", i) for i in range(L)] for s in ("init", "data"))
     t0 = time.perf_counter()
     res = members_and_ensemble(trainers[channels], ik, dk, inputs, data.y_train, data.y_test, cfg.run.members)
     return dict(variant=variant, kind=kind, factor=n, channels=channels, n_members=L, **res,

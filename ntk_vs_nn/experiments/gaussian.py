@@ -37,9 +37,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntk_vs_nn import rng
 from ntk_vs_nn.config import TrainConfig, UserError, hash_dict
 from ntk_vs_nn.config.base import IntervalConfig
-from ntk_vs_nn.data.gaussian import TAG, TEACHERS, TOKENS, draw_inputs, make_cell_data, parse_setting, width
+from ntk_vs_nn.data.gaussian import TEACHERS, TOKENS, draw_inputs, make_cell_data, parse_setting, width
 from ntk_vs_nn.engine.batching import apply_rows
 from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.models.small import GaussNet
@@ -68,13 +69,13 @@ class Teacher:
     def __init__(self, arch: str, cfg, root):
         self.arch, self.cfg = arch, cfg
         module = GaussNet(arch, width(arch, cfg), cfg.data.k, cfg.teacher.kernel)
-        key = jax.random.fold_in(jax.random.fold_in(root, TAG["teacher"]), TEACHERS.index(arch))
+        key = rng.member_key(root, "gaussian.teacher", TEACHERS.index(arch))
         self.params = module.init(key, jnp.zeros((1, cfg.data.d)))
         if (module, cfg.data.chunk) not in _APPLY:
             _APPLY[module, cfg.data.chunk] = apply_rows(module.apply, cfg.data.chunk)
         self._apply = _APPLY[module, cfg.data.chunk]
-        self.mix_key = jax.random.fold_in(root, TAG["mixture"])
-        self.probe_key = jax.random.fold_in(root, TAG["probe"])
+        self.mix_key = rng.stream(root, "gaussian.mixture")
+        self.probe_key = rng.stream(root, "gaussian.probe")
         self._scale = {}
 
     def raw(self, x: np.ndarray) -> np.ndarray:
@@ -247,7 +248,7 @@ def train_cell(data: dict, arch: str, cfg: GaussianConfig, root, trainers: dict)
         module = GaussNet(student, width(student, cfg) * (cfg.student.conv_widen if conv else cfg.student.widen),
                           cfg.data.k, cfg.teacher.kernel)  # fmt: skip
         trainers[student] = module_trainer(module, cfg.train, len(data["x_train"]), cfg.run.progress)
-    base = jax.random.fold_in(root, TAG["student"])
+    base = rng.stream(root, "gaussian.student")
     keys = [[jax.random.fold_in(jax.random.fold_in(base, s), i) for i in range(cfg.student.members)] for s in (1, 2)]
     res = members_and_ensemble(trainers[student], *keys, [(data["x_train"], data["x_test"])], data["y_train"],
                                data["y_test"], cfg.run.members, score_train=True)  # fmt: skip

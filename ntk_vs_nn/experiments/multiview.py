@@ -59,6 +59,7 @@ from ntk_vs_nn import rng
 from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import TrainConfig, UserError, hash_dict
 from ntk_vs_nn.config.base import IntervalConfig
+from ntk_vs_nn.config.validate import check_kd
 from ntk_vs_nn.data.multiview import MultiViewData, draw_data
 from ntk_vs_nn.engine.optim import lambda_max
 from ntk_vs_nn.engine.trainer import Trainer
@@ -135,8 +136,7 @@ class MultiViewConfig:
             raise UserError("protocol.seeds and sweep.seeds must be >= 1")
         if not 0 <= p.sd_students <= p.seeds or not 0 <= s.sd_students <= s.seeds:
             raise UserError("sd_students must be in [0, seeds] (protocol and sweep)")
-        if not 0.0 <= p.kd_alpha <= 1.0 or p.kd_tau <= 0:
-            raise UserError("protocol.kd_alpha must be in [0, 1] and protocol.kd_tau > 0")
+        check_kd(p.kd_alpha, p.kd_tau, tau_auto=False)
         for fam in p.families + s.families:
             if fam not in FAMILIES:
                 raise UserError(f"unknown family {fam!r}; valid: {', '.join(FAMILIES)}")

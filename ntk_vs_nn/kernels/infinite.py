@@ -55,7 +55,7 @@ from typing import Sequence
 import numpy as np
 
 from ntk_vs_nn.config import UserError
-from ntk_vs_nn.kernels.nt import _pad_rows
+from ntk_vs_nn.engine.batching import pad_rows
 from ntk_vs_nn.kernels.nt_compat import import_neural_tangents
 from ntk_vs_nn.models import parse_model_name, split_members
 
@@ -238,12 +238,12 @@ def infinite_kernels(
     with _x64() if float64 else contextlib.nullcontext(), warnings.catch_warnings():
         # every FanIn of ours sums a branch with a Conv and an independent one: the assumption holds
         warnings.filterwarnings("ignore", message="`FanIn` layers assume independent inputs")
-        xt = _pad_rows(x_train.astype(dtype), b)
+        xt = pad_rows(x_train.astype(dtype), b)
         k_tt = batched(xt, None, get=get)
         if x_other is None or m == 0:
             k_ot = None
         else:
-            k_ot = batched(_pad_rows(x_other.astype(dtype), b), xt, get=get)
+            k_ot = batched(pad_rows(x_other.astype(dtype), b), xt, get=get)
 
     if m == 0:  # no other inputs: an empty block
         empty = np.zeros((0, n))

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ntk_vs_nn.config import UserError
+from ntk_vs_nn.engine.batching import pad_rows
 from ntk_vs_nn.kernels.nt_compat import import_neural_tangents
 
 _IMPL_NAMES = {"jacobian_contraction": "JACOBIAN_CONTRACTION", "ntk_vector_products": "NTK_VECTOR_PRODUCTS"}
@@ -61,12 +62,7 @@ def nt_train_test(fn: Callable, x_train, x_other, params, tile_size: int = 256):
     n, m = len(x_train), len(x_other)
     b = max(1, min(int(tile_size), n))
     batched = nt.batch(fn, batch_size=b, device_count=0, store_on_device=False)
-    xt = _pad_rows(x_train, b)
+    xt = pad_rows(x_train, b)
     k_tt = np.asarray(batched(xt, None, params))[:n, :n]
-    k_ot = np.asarray(batched(_pad_rows(x_other, b), xt, params))[:m, :n] if m else np.zeros((0, n) + k_tt.shape[2:])
+    k_ot = np.asarray(batched(pad_rows(x_other, b), xt, params))[:m, :n] if m else np.zeros((0, n) + k_tt.shape[2:])
     return k_tt, k_ot
-
-
-def _pad_rows(x: np.ndarray, multiple: int) -> np.ndarray:
-    m = -len(x) % multiple
-    return x if m == 0 else np.concatenate([x, np.repeat(x[-1:], m, axis=0)])
