@@ -244,3 +244,20 @@ def test_kernel_ridge_interpolates_and_is_the_flow_limit(problem, kernel):
     # a ridge that matters does not interpolate: the check above can fail
     big = np.linalg.eigvalsh(k_tt.transpose(0, 2, 1, 3).reshape(N_TRAIN * K, -1) if kernel == "full" else k_tt)[-1]
     assert rel_err(kernel_ridge(k_tt, p["y"], k_st, ridge=0.1 * big)[0], p["y"]) > 1e-3
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_outputs_that_are_not_batch_by_k_raise_instead_of_a_wrong_kernel(impl):
+    """A conv net's (B, H, W, C) output used to be contracted as if it were (B, k): a kernel of the wrong
+    shape, silently. Now one clear error; the same net pooled to (B, C) gives its kernel."""
+
+    def conv(params, x):
+        return jax.lax.conv_general_dilated(x, params, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    params = jax.random.normal(jax.random.key(0), (3, 3, 1, 2))
+    x = jax.random.normal(jax.random.key(1), (4, 5, 5, 1))
+    with pytest.raises(ValueError, match=r"f must return one \(B, k\) array; it returns \(1, 5, 5, 2\)"):
+        empirical_ntk_fn(conv, trace_axes=(), implementation=impl)(x, None, params)
+    if impl != "structured_derivatives":  # (it needs Flax modules: this f is a bare function)
+        pooled = empirical_ntk_fn(lambda p, xb: conv(p, xb).mean((1, 2)), trace_axes=(), implementation=impl)
+        assert pooled(x, None, params).shape == (4, 4, 2, 2)

@@ -155,7 +155,8 @@ def empirical_ntk_fn(
     """The empirical NTK of ``f``, tiled over both inputs, as host numpy arrays.
 
     Args:
-      f: ``f(params, x, **kwargs) -> (B, k)``; the kernel is taken w.r.t. ``params`` only.
+      f: ``f(params, x, **kwargs) -> (B, k)`` (any other output shape raises a ValueError); the kernel
+        is taken w.r.t. ``params`` only.
       trace_axes: ``()`` for the full kernel (n1, n2, k, k); ``(-1,)`` (or ``(1,)``) averages the k
         diagonal entries into (n1, n2) (the mean, as neural-tangents, not the sum).
       vmap_axes: 0 when the examples of a batch are independent (per-example Jacobians, vmapped);
@@ -200,8 +201,14 @@ def empirical_ntk_fn(
     else:
         pair_fn = jax.jit(_ntk_vector_products(f, vmap_axes, traced))
 
+    checked = set()
+
     def blocks(x_cols, row_sets, params, kwargs):
         """Θ(rows, x_cols) for each rows in row_sets (None: rows = x_cols, symmetric)."""
+        key = (np.shape(x_cols)[1:], str(np.asarray(x_cols[:1]).dtype), tuple(sorted(kwargs)))
+        if key not in checked:  # once per input shape: tracing f costs as much as a small tile
+            _check_outputs(f, params, x_cols, kwargs)
+            checked.add(key)
         n2 = len(x_cols)
         t = min(tile_size, max([n2] + [len(r) for r in row_sets if r is not None]))
         cols = pad_batch(x_cols, t)
@@ -262,6 +269,19 @@ def empirical_ntk_fn(
     ntk_fn.train_test = train_test
     ntk_fn.implementation = lambda: jac_fn.implementation if implementation in _JACOBIAN_IMPLS else implementation
     return ntk_fn
+
+
+def _check_outputs(f: Callable, params, x, kwargs) -> None:
+    """This function's kernels are of (B, k) outputs: any other output shape (e.g. a conv net's
+    (B, H, W, C)) would be contracted as if it were (B, k) and give a kernel of the wrong shape."""
+    out = jax.eval_shape(lambda p, xb: f(p, xb, **kwargs), params, jnp.asarray(x[:1]))
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) != 2:
+        got = shape if shape is not None else type(out).__name__
+        raise ValueError(
+            f"empirical_ntk_fn: f must return one (B, k) array; it returns {got} for a batch of 1 "
+            "(flatten or pool the other axes, e.g. reshape to (B, -1))"
+        )
 
 
 class _JacobianStore:
