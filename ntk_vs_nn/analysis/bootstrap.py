@@ -177,20 +177,16 @@ def bootstrap(
     mats += [np.asarray(c, dtype=bool) for g in sorted(jackknife) for c in jackknife[g].correct]
     correct = np.concatenate(mats).astype(np.float32)  # (models, n)
     rows, start = {}, 0  # group -> (R, L_max) row ids into `correct`, member counts (R,)
-    for g in names:
-        m = np.array([a.shape[0] for a in groups[g]])
+    # the leave-one-out rows after the groups': a bootstrap without jackknife keeps its rows
+    counts = [(g, [a.shape[0] for a in groups[g]]) for g in names]
+    counts += [("~" + g, [len(c) for c in jackknife[g].correct]) for g in sorted(jackknife)]
+    for g, m in counts:
+        m = np.array(m)
         ids = np.zeros((R, m.max()), dtype=np.int64)
         for r in range(R):
             ids[r, : m[r]] = start + np.arange(m[r])
             start += m[r]
         rows[g] = (ids, m)
-    for g in sorted(jackknife):  # after the groups: a bootstrap without jackknife keeps its rows
-        m = rows[jackknife[g].lead][1]
-        ids = np.zeros((R, m.max()), dtype=np.int64)
-        for r in range(R):
-            ids[r, : m[r]] = start + np.arange(m[r])
-            start += m[r]
-        rows["~" + g] = (ids, m)
     rng = np.random.default_rng(seed)
     c = chunk or max(1, min(n_boot, (1 << 22) // n))
     acc = np.empty((correct.shape[0], n_boot))
@@ -205,17 +201,14 @@ def bootstrap(
     point, boot = {}, {}
     cols = np.arange(n_boot)[:, None, None]
     us = {g: rng.random((n_boot, R, rows[g][0].shape[1])) for g in names if g not in tied}
+    drawn = {g: _member_draws(us[tied.get(g, g)], rows[g][1], rep) for g in names}  # (j, valid, mm)
     for g in names:
         ids, m = rows[g]
         L = ids.shape[1]
-        u = us[tied.get(g, g)]
-        mm = m[rep]  # (B, R) member count of each slot's replicate
-        j = np.minimum(np.floor(u * mm[..., None]).astype(np.int64), mm[..., None] - 1)
-        valid = np.arange(L) < mm[..., None]
-        j = np.where(valid, j, 0)
+        j, valid, mm = drawn[g]
         vals = acc[ids[rep[..., None], j], cols]
         if g in jackknife:  # d. the combination's member noise, from the lead's drawn members
-            vals = vals + _member_noise(acc, rows["~" + g], us[tied.get(jackknife[g].lead, jackknife[g].lead)], rep)
+            vals = vals + _member_noise(acc, rows["~" + g], drawn[jackknife[g].lead], rep)
         boot[g] = _stats(vals, valid, mm)
         pvalid = np.arange(L) < m[:, None]
         ps = _stats(point_acc[ids], pvalid, m)
@@ -223,14 +216,22 @@ def bootstrap(
     return Draws(point, boot, n_boot, n, R)
 
 
-def _member_noise(acc: np.ndarray, loo: tuple[np.ndarray, np.ndarray], u: np.ndarray, rep: np.ndarray):
-    """Step d: (B, R, 1) shifts of a combined group's draws, -sqrt(L (L - 1)) x (the mean leave-one-out
-    accuracy over the slot's drawn lead members - its mean over all L), under each test resample."""
-    ids, m = loo
-    n_boot, L = rep.shape[0], ids.shape[1]
-    mm = m[rep]  # (B, R)
-    valid = np.arange(L) < mm[..., None]
+def _member_draws(u: np.ndarray, m: np.ndarray, rep: np.ndarray):
+    """Step c: each slot's drawn members ``j`` (B, R, L_max; 0 where unused), which are used (``valid``)
+    and the member count of each slot's replicate ``mm`` (B, R)."""
+    mm = m[rep]
+    valid = np.arange(u.shape[-1]) < mm[..., None]
     j = np.where(valid, np.minimum(np.floor(u * mm[..., None]).astype(np.int64), mm[..., None] - 1), 0)
+    return j, valid, mm
+
+
+def _member_noise(acc: np.ndarray, loo: tuple[np.ndarray, np.ndarray], lead_draws, rep: np.ndarray):
+    """Step d: (B, R, 1) shifts of a combined group's draws, -sqrt(L (L - 1)) x (the mean leave-one-out
+    accuracy over the slot's drawn lead members (``lead_draws``, step c) - its mean over all L), under
+    each test resample."""
+    ids, m = loo
+    j, valid, mm = lead_draws
+    n_boot, L = rep.shape[0], ids.shape[1]
     drawn = np.where(valid, acc[ids[rep[..., None], j], np.arange(n_boot)[:, None, None]], 0.0).sum(-1) / mm
     every = (acc[ids] * (np.arange(L) < m[:, None])[..., None]).sum(1) / m[:, None]  # (R, B)
     centre = every[rep, np.arange(n_boot)[:, None]]  # (B, R)
