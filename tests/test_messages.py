@@ -286,3 +286,23 @@ def test_one_replicate_ensemble_interval_reads_its_leave_one_out_combinations():
     assert d0 == d1 and w1 > w0 + 1.0, (w0, w1)
     ens["loo_members"] = [0, 1, 5]  # not the finished singles: ignored
     assert width(with_loo)[0] == w0
+
+
+def test_verdict_lines_carry_the_verdict_its_intervals_and_the_power_when_inconclusive():
+    """What `ntk-vs-nn table` prints: one line per message, read from messages.csv's own columns."""
+    from ntk_vs_nn.analysis import intervals
+
+    df = intervals.messages(
+        _kernel_records(student_epochs=90), "h", ("ntk",), ("M",), MessagesConfig(n_boot=200), ("ntk",)
+    )
+    lines = intervals.verdict_lines(df)
+    assert len(lines) == 3
+    for msg, line in zip((1, 2, 3), lines):
+        part = df[df.message == msg]
+        r = part.iloc[0]
+        assert line.startswith(f"message {msg} [ntk M]: {r['message_verdict']} — ")
+        for _, p in part[part.primary].iterrows():
+            assert f"{p['comparison']} = {p['d']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]" in line
+        power = f"smallest detectable difference {part[part.primary]['min_detectable'].max():.2f} points"
+        assert (power in line) == (r["message_verdict"] == "inconclusive")
+        assert ("at unequal training states (budgets" in line) == (msg in (2, 3))

@@ -309,7 +309,7 @@ def messages(records, config_hash, families, models, cfg: MessagesConfig, kernel
                 eff = effect(draws, msg, "control" in groups, fam, cfg.level)
                 for p in part:
                     p.update(eff)
-                    ev = f"{p['comparison']} = {p['d']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
+                    ev = _evidence(p)
                     rows.append({**p, "message_verdict": overall, "evidence": ev + (f"; {flags}" if flags else "")})
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -320,16 +320,13 @@ def verdict_lines(df: pd.DataFrame) -> list[str]:
     lines = []
     for (msg, fam, model), part in df.groupby(["message", "family", "model"], sort=False):
         r = part.iloc[0]
-        ev = "; ".join(f"{p['comparison']} = {p['d']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
-                       for _, p in part[part.primary].iterrows() if not _nan(p["d"]))  # fmt: skip
+        ev = "; ".join(_evidence(p) for _, p in part[part.primary].iterrows() if not _nan(p["d"]))
         line = f"message {msg} [{fam} {model}]: {r['message_verdict']}" + (f" — {ev}" if ev else "")
         detectable = part[part.primary]["min_detectable"].max()
         if r["message_verdict"] == "inconclusive" and not _nan(detectable):
             line += f"; smallest detectable difference {detectable:.2f} points"
         if not _nan(r["effect_value"]):
-            line += f"; {r['effect']} {r['effect_value']:+.2f}"
-            if not (_nan(r["effect_ci_low"]) or _nan(r["effect_ci_high"])):
-                line += f" [{r['effect_ci_low']:+.2f}, {r['effect_ci_high']:+.2f}]"
+            line += f"; {r['effect']} {_effect_text(r)}"
             if isinstance(r["vs_cifar10"], str) and r["vs_cifar10"]:
                 line += f", CIFAR-10: {r['vs_cifar10']}"
         states = "; ".join(dict.fromkeys(f for f in part["state_flags"] if isinstance(f, str) and f))
@@ -338,11 +335,22 @@ def verdict_lines(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _effect_line(r, fam: str, circled: str) -> str:
-    """One message's row of messages.md's effect table."""
+def _evidence(p) -> str:
+    """One comparison as ``name = d [lo, hi]``."""
+    return f"{p['comparison']} = {p['d']:+.2f} [{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
+
+
+def _effect_text(r) -> str:
+    """A message's effect as ``value [lo, hi]`` (``n/a`` without a value; no interval without one)."""
     ours = "n/a" if _nan(r["effect_value"]) else f"{r['effect_value']:+.2f}"
     if not (_nan(r["effect_ci_low"]) or _nan(r["effect_ci_high"])):
         ours += f" [{r['effect_ci_low']:+.2f}, {r['effect_ci_high']:+.2f}]"
+    return ours
+
+
+def _effect_line(r, fam: str, circled: str) -> str:
+    """One message's row of messages.md's effect table."""
+    ours = _effect_text(r)
     cells = []
     for ds in PAPER_DATASETS:
         lo, hi, where = r[f"paper_{ds}_lo"], r[f"paper_{ds}_hi"], r[f"vs_{ds}"]
