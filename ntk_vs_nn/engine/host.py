@@ -24,10 +24,16 @@ def configure_host_devices(requested: int = 0) -> bool:
     changing nothing, if jax is already imported, XLA_FLAGS already sets the count, or in a
     multi-host run (JAX_COORDINATOR_ADDRESS)."""
     n = host_device_count(requested)
+    return n > 1 and not os.environ.get("JAX_COORDINATOR_ADDRESS") and _add_xla_flag(_DEVICE_FLAG, str(n))
+
+
+def _add_xla_flag(flag: str, value: str) -> bool:
+    """Append ``flag=value`` to XLA_FLAGS; False, changing nothing, once jax is imported (XLA reads the
+    flags when it starts) or when XLA_FLAGS already sets ``flag`` (the user's choice wins)."""
     flags = os.environ.get("XLA_FLAGS", "")
-    if n <= 1 or "jax" in sys.modules or _DEVICE_FLAG in flags or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    if "jax" in sys.modules or flag in flags:
         return False
-    os.environ["XLA_FLAGS"] = f"{flags} {_DEVICE_FLAG}={n}".strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}={value}".strip()
     return True
 
 
@@ -42,11 +48,7 @@ def configure_xla_cpu(dataset: str) -> bool:
     rounding on every net that uses XLA's convolution (<= 4e-5 of the largest entry); the 1-D net of MNIST-1D
     0.9-1.0x, so it keeps jax's default. Only before jax starts (workers inherit it) and when XLA_FLAGS
     names no YNNPACK setting of its own (a user's choice wins); the records keep XLA_FLAGS."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "jax" in sys.modules or YNN_FLAG in flags or dataset.removeprefix("synthetic:") not in IMAGE_SETS:
-        return False
-    os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}=".strip()
-    return True
+    return dataset.removeprefix("synthetic:") in IMAGE_SETS and _add_xla_flag(YNN_FLAG, "")
 
 
 CACHE_ENV = "NTK_VS_NN_XLA_CACHE"
