@@ -2,6 +2,8 @@
 
   ntk-vs-nn run EXPERIMENT [--preset P] [--set section.field=value ...] [--out DIR]
   ntk-vs-nn table nn|ntk [--preset P] [--dataset D] [--set ...] [--out DIR] [--executor local|ray]
+      either with --registration FILE instead of --preset/--set/--dataset: a registered (confirmatory)
+      run of the committed configuration in FILE (ntk_vs_nn/experiments/registration.py)
   ntk-vs-nn messages --out DIR      (rewrite a folder's tables and verdicts from its records)
   ntk-vs-nn report --out DIR [--against DIR2]
                                     (report.md/.html + figures: our tables beside the paper's;
@@ -38,6 +40,8 @@ def _common(p, out_help: str) -> None:
     p.add_argument("--preset", default=None, help="default: the experiment's first preset (`ntk-vs-nn presets`)")
     p.add_argument("--out", default=None, help=out_help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--registration", default=None, metavar="FILE",
+                   help="a registered (confirmatory) run: the committed configuration in FILE alone")  # fmt: skip
 
 
 def _parser():
@@ -92,7 +96,8 @@ def _finish(out: str, written: experiments.Written, t0: float, text: str | None 
 
 def cmd_run(args) -> int:
     t0 = time.perf_counter()
-    written = experiments.run_experiment(args.experiment, args.preset, args.set, args.out, _log)
+    written = experiments.run_experiment(args.experiment, args.preset, args.set, args.out, _log,
+                                         registration=args.registration)  # fmt: skip
     return _finish(written.out, written, t0)
 
 
@@ -100,7 +105,8 @@ def cmd_table(args) -> int:
     t0 = time.perf_counter()
     sets = ([f"dataset={args.dataset}"] if args.dataset else []) + args.set
     written = experiments.run_experiment(
-        "tables", args.preset, sets, args.out, _log, which=(args.which,), executor=args.executor,
+        "tables", args.preset, sets, args.out, _log, registration=args.registration, which=(args.which,),
+        executor=args.executor,
         ray_address=args.ray_address, ray_max_retries=args.ray_max_retries, ray_cpus_per_task=args.ray_cpus_per_task,
     )  # fmt: skip
     if not written.parts:  # another process of a multi-host run: process 0 writes the tables

@@ -21,6 +21,7 @@ STREAMS = {
     "sd": 5,  # self-distillation student inits
     "kd_data": 6,  # knowledge-distillation student data order
     "sd_data": 7,  # self-distillation students' data order
+    "wide": 8,  # the wide control net's init and data order (`protocols.Row.wide`)
     # the theory experiments' streams (values kept from their first runs, so their draws never changed)
     "multiview.data": 0x5E6,  # features, train, test: member_key(root, "multiview.data", i)
     "gaussian.teacher": 0x7EA,  # Figure 3's teacher nets, one per architecture

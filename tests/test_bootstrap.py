@@ -402,3 +402,24 @@ def test_jackknife_keeps_the_point_and_the_other_groups_and_is_ignored_with_repl
     np.testing.assert_array_equal(d.boot["ensemble"].mean, e.boot["ensemble"].mean)
     with pytest.raises(ValueError, match="leave-one-out"):
         bootstrap(groups, 10, jackknife={"ensemble": Jackknife("single", [loo[:3]])})
+
+
+def test_a_group_missing_from_some_replicates_by_design_is_resampled_within_its_stratum():
+    """The train-sum model trained in 2 of 4 replicates (table.train_sum_replicates): every draw holds exactly
+    2 of its replicates (drawn from those 2), so with one replicate all right and one all wrong its mean is
+    0, 50 or 100 with probabilities 1/4, 1/2, 1/4 — an unstratified draw of 4 slots, absent ones skipped,
+    gives other values (1/3, 2/3) and NaN where no slot has it. The groups present everywhere keep their
+    draws of every replicate, and the point estimate averages the replicates that have the group."""
+    rng = np.random.default_rng(0)
+    n = 50
+    single = [rng.random((3, n)) < 0.7 for _ in range(4)]
+    ts = [np.ones((1, n), bool), np.zeros((1, n), bool), np.zeros((0, n), bool), np.zeros((0, n), bool)]
+    d = bootstrap({"single": single, "train_sum": ts}, n_boot=4000, seed=1)
+    assert d.point["train_sum"].mean == 50.0 and d.point["train_sum"].best == 50.0
+    m = d.boot["train_sum"].mean
+    assert set(np.round(m, 6)) == {0.0, 50.0, 100.0}
+    assert abs(np.mean(m == 50.0) - 0.5) < 0.03 and abs(np.mean(m == 0.0) - 0.25) < 0.03
+    assert d.point["single"].mean == pytest.approx(100 * np.mean([s.mean() for s in single]))
+    assert np.isfinite(compare(d, lambda g: g["single"].mean - g["train_sum"].mean).lo)
+    with pytest.raises(ValueError, match="no members in any replicate"):
+        bootstrap({"single": single, "train_sum": [np.zeros((0, n), bool)] * 4})

@@ -104,6 +104,37 @@ def test_students_trained_longer_get_a_control_row_and_messages_5_6_are_decided_
     assert not any(r["protocol"] == "control" for r in Store(str(tmp_path / "off")).records())
 
 
+def test_wide_control_and_train_sum_in_some_replicates(tmp_path, smoke_out):
+    """protocol.wide_model: one net of that architecture per replicate, trained as a member (same epochs),
+    its unit named by the network, shown as a column and read by ④ and ⑦ as a secondary "ens - wide";
+    table.train_sum_replicates=1: the train-sum model only in replicate 1, skipped by design after it, and
+    ④'s ens - train-sum still decided from the one replicate that has it."""
+    out = str(tmp_path / "wide")
+    wide_sets = ["--set", "protocol.wide_model=SimpleCNN-3-2", "--set", "table.train_sum_replicates=1"]
+    assert main(["table", "nn", "--preset", "smoke", "--out", out, *FAST, "--set", "run.replicates=2", *wide_sets]) == 0
+    recs = Store(out).records()
+    wide = [r for r in recs if r["protocol"] == "wide"]
+    single = next(r for r in recs if r["protocol"] == "single")
+    assert len(wide) == 2 and {r["seed"] for r in wide} == {0, 1}
+    assert all(r["unit"].endswith("/wide-SimpleCNN-3-2") and r["status"] == "ok" for r in wide)
+    assert all(r["metrics"]["epochs"] == single["metrics"]["epochs"] for r in wide)
+    assert wide[0]["n_params"] > 2 * single["n_params"]
+    sums = sorted((r["seed"], r["status"]) for r in recs if r["protocol"] == "train_sum")
+    assert sums == [(0, "ok"), (1, "skipped")]
+    table = pd.read_csv(os.path.join(out, "table_nn.csv")).set_index("protocol")
+    assert table.loc["train_sum", "status"] == "ok" and table.loc["train_sum", "n_replicates"] == 1
+    assert table.loc["wide", "n_replicates"] == 2 and "wide: one net" in open(os.path.join(out, "table_nn.md")).read()
+    df = pd.read_csv(os.path.join(out, "messages.csv"))
+    w = df[df.comparison == "ens - wide"]
+    assert sorted(w.message) == [4, 7] and not w.primary.any() and w.ci_low.notna().all()
+    ts = df[df.comparison == "ens - train-sum"].iloc[0]
+    assert ts.primary and not np.isnan(ts.ci_low) and ts.n_replicates == 2
+    # the smoke run's units are these units: wide_model and train_sum_replicates change no other unit
+    base = {r["unit"]: r["metrics"]["acc"] for r in Store(smoke_out).records() if r["seed"] == 0}
+    same = [r for r in recs if r["seed"] == 0 and r["protocol"] in ("single", "ensemble", "train_sum")]
+    assert same and all(r["unit"] in base for r in same)
+
+
 def test_provenance_names_the_commit_the_process_loaded_not_the_head_at_record_time(monkeypatch):
     """A commit made during a long run must not relabel the records written after it: a record's git
     SHA is the checkout's HEAD when the process loaded the suite, not when the record was written."""

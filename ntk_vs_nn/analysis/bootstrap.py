@@ -2,8 +2,10 @@
 
 Data. ``Groups = dict[str, list[np.ndarray]]``: group name ("single", "ensemble", "train_sum", "kd",
 "sd", ...) -> one bool array (members x n_test) per replicate (root seed). Every group present has
-the same replicates in the same order and at least one member in each; a group may be absent. The
-test set is the same for every model of every replicate, so the resampling is *paired*.
+the same replicates in the same order and at least one member in some; a group may be absent, and a
+group may have no members (a (0, n_test) array) in some replicates, by design (the train-sum model of
+``table.train_sum_replicates``). The test set is the same for every model of every replicate, so the
+resampling is *paired*.
 
 One draw b (all in accuracy points, % = 100 x fraction correct):
   1. the test examples are resampled with replacement, the same indices for every model;
@@ -21,7 +23,12 @@ Random draws (exact order, so that an independent implementation can reproduce t
   a. test indices: ``rng.integers(0, n_test, size=(c, n_test))`` for consecutive chunks of c draws
      (row b = the indices of draw b; numpy's stream makes this identical to one (n_boot, n_test)
      call, so the chunk size does not change the result);
-  b. if R > 1: ``rep = rng.integers(0, R, size=(n_boot, R))`` (rep[b, s] = replicate in slot s);
+  b. if R > 1: ``rep = rng.integers(0, R, size=(n_boot, R))`` (rep[b, s] = replicate in slot s). When the
+     groups present differ between replicates, the replicates fall into strata (one per pattern of
+     groups present, in the order of their first replicate) and each is resampled within itself, stratum
+     by stratum: ``rep[:, S] = S[rng.integers(0, len(S), size=(n_boot, len(S)))]`` for the replicates S
+     of each stratum (a stratified bootstrap: every draw has as many replicates of each group as the run);
+     a group's statistics then use the slots whose replicate has it;
   c. for each group in ``sorted(groups)``: ``u = rng.random((n_boot, R, L_max))``, L_max = most
      members of the group in any replicate; with m = member count of replicate rep[b, s], slot s
      of draw b uses members ``min(floor(u[b, s, j] * m), m - 1)`` for j < m (the rest is unused;
@@ -112,10 +119,12 @@ def _check(groups: Groups) -> tuple[list[str], int, int]:
         reps = groups[g]
         if len(reps) != R or R == 0:
             raise ValueError(f"group {g!r} has {len(reps)} replicates, expected {R} (> 0)")
+        if all(np.shape(a)[0] == 0 for a in reps):
+            raise ValueError(f"group {g!r} has no members in any replicate")
         for a in reps:
             a = np.asarray(a)
-            if a.ndim != 2 or a.shape[0] < 1:
-                raise ValueError(f"group {g!r}: each replicate must be (members >= 1) x n_test")
+            if a.ndim != 2:
+                raise ValueError(f"group {g!r}: each replicate must be members x n_test")
             n = a.shape[1] if n is None else n
             if a.shape[1] != n:
                 raise ValueError(f"group {g!r}: n_test {a.shape[1]} != {n}")
@@ -126,8 +135,14 @@ def _stats(vals: np.ndarray, valid: np.ndarray, count: np.ndarray) -> Stats:
     """Stats over the last two axes (slots, members) of ``vals`` where ``valid``; ``count``: members
     per slot (..., slots)."""
     v = np.where(valid, vals, 0.0)
-    mean = (v.sum(-1) / count).mean(-1)
-    best = np.where(valid, vals, -np.inf).max(-1).mean(-1)
+    has = count > 0  # slots whose replicate has the group (all, unless it is missing from some by design)
+    if np.all(has):
+        mean = (v.sum(-1) / count).mean(-1)
+        best = np.where(valid, vals, -np.inf).max(-1).mean(-1)
+    else:
+        k = has.sum(-1)
+        mean = np.where(has, v.sum(-1) / np.maximum(count, 1), 0.0).sum(-1) / k
+        best = np.where(has, np.where(valid, vals, -np.inf).max(-1), 0.0).sum(-1) / k
     total = count.sum(-1)
     pooled = v.sum((-2, -1)) / total
     ss = (np.where(valid, vals - pooled[..., None, None], 0.0) ** 2).sum((-2, -1))
@@ -196,7 +211,7 @@ def bootstrap(
         counts = np.bincount((idx + n * np.arange(k)[:, None]).ravel(), minlength=k * n)
         counts = counts.reshape(k, n).astype(np.float32)  # (k, n) resample counts
         acc[:, b0 : b0 + k] = (correct @ counts.T).astype(np.float64) * (100.0 / n)
-    rep = rng.integers(0, R, size=(n_boot, R)) if R > 1 else np.zeros((n_boot, 1), dtype=np.int64)
+    rep = _replicate_draws(rng, [[np.shape(a)[0] > 0 for a in groups[g]] for g in names], n_boot, R)
     point_acc = correct.astype(np.float64).mean(1) * 100.0
     point, boot = {}, {}
     cols = np.arange(n_boot)[:, None, None]
@@ -214,6 +229,21 @@ def bootstrap(
         ps = _stats(point_acc[ids], pvalid, m)
         point[g] = Stats(float(ps.mean), float(ps.best), float(ps.std))
     return Draws(point, boot, n_boot, n, R)
+
+
+def _replicate_draws(rng, present: list[list[bool]], n_boot: int, R: int) -> np.ndarray:
+    """Step b: the replicate of each slot, (n_boot, R); ``present[g][r]``: whether group g has members in
+    replicate r. Resampled within the strata of replicates that have the same groups."""
+    if R == 1:
+        return np.zeros((n_boot, 1), dtype=np.int64)
+    patterns = [tuple(p[r] for p in present) for r in range(R)]
+    strata = [[r for r in range(R) if patterns[r] == p] for p in dict.fromkeys(patterns)]
+    if len(strata) == 1:
+        return rng.integers(0, R, size=(n_boot, R))
+    rep = np.empty((n_boot, R), dtype=np.int64)
+    for S in strata:
+        rep[:, S] = np.asarray(S)[rng.integers(0, len(S), size=(n_boot, len(S)))]
+    return rep
 
 
 def _member_draws(u: np.ndarray, m: np.ndarray, rep: np.ndarray):

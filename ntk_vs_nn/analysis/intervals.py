@@ -31,11 +31,11 @@ import pandas as pd
 
 from ntk_vs_nn.analysis import bootstrap as bs
 from ntk_vs_nn.analysis.messages import CLAIMS
-from ntk_vs_nn.analysis.tables import group
+from ntk_vs_nn.analysis.tables import by_design, group
 from ntk_vs_nn.analysis.verdict import against_range, combine, decide_interval
 from ntk_vs_nn.config import MessagesConfig
 
-GROUPS = ("single", "ensemble", "train_sum", "kd", "sd", "control")
+GROUPS = ("single", "ensemble", "train_sum", "kd", "sd", "control", "wide")
 
 # message -> [(comparison, d as a function of the group statistics, strict, primary)]
 COMPARISONS = {
@@ -75,6 +75,13 @@ CONTROLLED = {
     ],
     6: [("SD - (control + σ)", lambda g: g["sd"].mean - g["control"].mean - g["control"].std, True, True)],
 }  # fmt: skip
+
+
+# where a net row has its wide control (one net of about the ensemble's parameters trained like a member,
+# `protocols.Row.wide`), messages ④ and ⑦ also read the ensemble against it, as a secondary comparison: an
+# ensemble that beats its singles but not one net of its size shows a capacity gain, not ④'s premise
+WIDE = {4: [("ens - wide", lambda g: g["ensemble"].mean - g["wide"].mean, True, False)]}
+WIDE[7] = WIDE[4]
 
 
 def _ratio(a, b):
@@ -139,12 +146,13 @@ def effect(draws, msg: int, has_control: bool, fam: str, level: float) -> dict:
 STATE_PAIRS = {"(KD - control) - (ens - mean)/2": (("kd", "control"),)}
 
 
-def comparisons(message: int, has_control: bool) -> list:
+def comparisons(message: int, has_control: bool, has_wide: bool = False) -> list:
     """The comparisons of ``message``: `COMPARISONS`, or with control singles `CONTROLLED` first (primary)
-    and the uncontrolled ones as secondary."""
-    if not has_control or message not in CONTROLLED:
-        return COMPARISONS[message]
-    return CONTROLLED[message] + [(name, fn, strict, False) for name, fn, strict, _ in COMPARISONS[message]]
+    and the uncontrolled ones as secondary; with a wide control, `WIDE`'s after them."""
+    out = COMPARISONS[message]
+    if has_control and message in CONTROLLED:
+        out = CONTROLLED[message] + [(name, fn, strict, False) for name, fn, strict, _ in out]
+    return out + (WIDE.get(message, []) if has_wide else [])
 
 
 COLUMNS = [
@@ -231,8 +239,9 @@ def available(records: list[dict], config_hash) -> bool:
 
 
 def row_groups(by: dict, fam: str, model: str, names=GROUPS) -> tuple[bs.Groups, list[dict]]:
-    """The row's groups ``names`` (a group with a replicate lacking any finished member is left out)
-    and its finished records."""
+    """The row's groups ``names`` and its finished records. A group with a replicate lacking any finished
+    member is left out, unless every such replicate skipped it by design (`by_design`): it then has no
+    members there (the bootstrap resamples its replicates apart, `bs.bootstrap` step b)."""
     groups, recs = {}, []
     for name in names:
         reps = by.get((fam, model, name))
@@ -240,8 +249,10 @@ def row_groups(by: dict, fam: str, model: str, names=GROUPS) -> tuple[bs.Groups,
             continue
         oks = [[r for r in rep.values() if r["status"] == "ok"] for rep in reps]
         recs += [r for ok in oks for r in ok]
-        if all(oks):
-            groups[name] = [np.stack([bs.decode_correct(r["test_correct"], r["n_test"]) for r in ok]) for ok in oks]
+        if all(oks) or (any(oks) and all(ok or by_design(rep) for ok, rep in zip(oks, reps))):
+            n = next(r["n_test"] for ok in oks for r in ok)
+            decode = lambda ok: np.stack([bs.decode_correct(r["test_correct"], r["n_test"]) for r in ok])  # noqa: E731
+            groups[name] = [decode(ok) if ok else np.zeros((0, n), bool) for ok in oks]
     return groups, recs
 
 
@@ -292,7 +303,7 @@ def messages(records, config_hash, families, models, cfg: MessagesConfig, kernel
                 if mkind != kind:
                     continue
                 part = []
-                for name, fn, strict, primary in comparisons(msg, "control" in groups):
+                for name, fn, strict, primary in comparisons(msg, "control" in groups, "wide" in groups):
                     c = bs.compare(draws, fn, cfg.level) if draws else bs.Comparison(math.nan, math.nan, math.nan)
                     verdict = "inconclusive" if flags else decide_interval(c.lo, c.hi, strict)
                     part.append(dict(

@@ -59,6 +59,8 @@ COLUMNS = [
 ]
 MULTI = ("single", "kd", "sd", "control")  # protocols with several members per replicate
 CONTROL = "control"  # singles at the students' budget (`protocols.Row.control`): a row of its own when recorded
+WIDE = "wide"  # the wide control net (`protocols.Row.wide`): a row of its own when recorded
+EXTRA = (CONTROL, WIDE)  # the controls, shown after the five protocols where a row recorded them
 
 
 def _status(recs, expected):
@@ -87,6 +89,15 @@ def replicate_hashes(config_hash) -> list[tuple[str, ...]]:
     if config_hash and all(isinstance(h, str) for h in config_hash):
         return [tuple(config_hash)]
     return [(h,) if isinstance(h, str) else tuple(h) for h in config_hash]
+
+
+def by_design(rep: dict) -> bool:
+    """Whether a replicate's units of a group were all skipped by the run's design (the train-sum model
+    after the first ``table.train_sum_replicates`` replicates), not lost (diverged, oom, missing)."""
+    return bool(rep) and all(
+        r["status"] == "skipped" and r["metrics"].get("reason", "").startswith("table.train_sum_replicates")
+        for r in rep.values()
+    )
 
 
 def group(records: list[dict], config_hash) -> dict:
@@ -118,8 +129,9 @@ def tidy(
     rows = []
     for model in models:
         for fam in families:
-            for protocol in PROTOCOLS + ((CONTROL,) if (fam, model, CONTROL) in by else ()):
+            for protocol in PROTOCOLS + tuple(p for p in EXTRA if (fam, model, p) in by):
                 reps = [list(m.values()) for m in by.get((fam, model, protocol), [{} for _ in range(n_rep)])]
+                reps = [recs for recs in reps if not by_design({i: r for i, r in enumerate(recs)})] or reps
                 rows.append(_row(fam, model, dataset, protocol, reps, by, members, sd_students, kd_students))
     return pd.DataFrame(rows, columns=COLUMNS)
 
@@ -220,8 +232,9 @@ def markdown(df: pd.DataFrame, title: str, header: str = "", labels: dict | None
     lines = [f"# {title}", ""]
     if header:
         lines += [header, ""]
-    shown = PROTOCOLS + ((CONTROL,) if (df["protocol"] == CONTROL).any() else ())
+    shown = PROTOCOLS + tuple(p for p in EXTRA if (df["protocol"] == p).any())
     names[CONTROL] = "control: single at the students' budget"
+    names[WIDE] = "wide: one net trained like a member (protocol.wide_model)"
     lines += [
         "| model | family | " + " | ".join(names[p] for p in shown) + " |",
         "|" + " --- |" * (2 + len(shown)),
@@ -229,7 +242,7 @@ def markdown(df: pd.DataFrame, title: str, header: str = "", labels: dict | None
     keys = list(dict.fromkeys(zip(df["model"], df["family"])))
     for model, fam in keys:
         sub = {r["protocol"]: r for _, r in df[(df.model == model) & (df.family == fam)].iterrows()}
-        cells = [_cell(sub.get(p), fam, p) if p in sub or p != CONTROL else "—" for p in shown]
+        cells = [_cell(sub.get(p), fam, p) if p in sub or p not in EXTRA else "—" for p in shown]
         lines.append(f"| {model} | {labels.get(fam, fam)} | " + " | ".join(cells) + " |")
     lines += [
         "",

@@ -124,6 +124,9 @@ class ProtocolConfig:
     #                        the singles but for the students' budget, so that messages 5 and 6 compare students
     #                        with singles trained as long | auto = on where a family's students train longer
     #                        than its singles | on | off
+    wide_model: str = ""  # the wide control of net rows: one net of this architecture (e.g. ResNet-10-3, about
+    #                       L x a member's parameters) trained exactly like a single member; messages 4 and 7
+    #                       then also read ensemble - wide (is the ensemble's gain a capacity gain?) | "" = none
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ class TableConfig:
     ntk_models: tuple[str, ...] = ("ResNet-10-1",)  # rows of table ntk (x kernel families)
     ntk_families: tuple[str, ...] = ("ntk", "ntk_prime", "gp")
     train_sum: bool = True  # train the train-sum model (false: its cells are "skipped"; the replication)
+    train_sum_replicates: int = 0  # train it in replicates 1..n only (0 = every replicate): the costliest unit,
+    #                                its interval comes from the replicates that have it (a stratified bootstrap)
     kd_inputs: tuple[str, ...] = ()  # also train the students with each of these protocol.kd_inputs
     #                                  (the teachers are shared) and write kd_inputs.{md,csv}
     reference: str = "paper"  # what the outputs set ours beside: paper (Allen-Zhu & Li's tables) |
@@ -259,8 +264,13 @@ class Config:
         return dataclasses.replace(self, protocol=dataclasses.replace(self.protocol, kd_inputs=kd_inputs))
 
     def replicate(self, r: int) -> "Config":
-        """The config of replicate ``r`` (0-based): root seed ``run.seed + r``, one replicate."""
-        return dataclasses.replace(self, run=dataclasses.replace(self.run, seed=self.run.seed + r, replicates=1))
+        """The config of replicate ``r`` (0-based): root seed ``run.seed + r``, one replicate; no train-sum model
+        after the first ``table.train_sum_replicates`` replicates."""
+        out = dataclasses.replace(self, run=dataclasses.replace(self.run, seed=self.run.seed + r, replicates=1))
+        n = self.table.train_sum_replicates
+        if n and r >= n and self.table.train_sum:
+            out = dataclasses.replace(out, table=dataclasses.replace(self.table, train_sum=False))
+        return out
 
     @property
     def replicate_configs(self) -> list["Config"]:

@@ -90,6 +90,7 @@ def config_hash(cfg, generations: int, students: bool = True, unread: bool = Tru
     # control adds units of its own (protocol "control") and changes which comparison decides 5 and 6,
     # never another unit's numbers: out of the hash, so the units of older stores are these units
     p.pop("control")
+    p.pop("wide_model")  # the same: a unit of its own (protocol "wide", its id names the network)
     if cfg.kernel.backend == "weights":  # only the kernel families' weight-space budget counts
         d["kernel"] = {k: d["kernel"][k] for k in WEIGHTS_KERNEL_FIELDS}
     else:

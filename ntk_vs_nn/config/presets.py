@@ -68,6 +68,25 @@ def minutes() -> Config:
     )
 
 
+def decisive() -> Config:
+    """The decisive MNIST-1D nets table (registrations/decisive-mnist1d.json, registered before it trained):
+    the quick preset's data and net with every unit a message compares at one budget, 90 epochs (Adam,
+    cosine): L = 10 singles, K = 3 KD and S = 5 SD students on mixup inputs (the inputs that distilled
+    best, results/kd-inputs-mnist1d) with the teacher online, the wide control ResNet-10-3 (about the
+    ensemble's parameter count: tests/test_registration.py), the train-sum model in the first 3
+    replicates; R = 8 replicates on root seeds 1000-1007 (the choices were made on seeds 0-5); 50,000
+    test points, so that messages 5-7 can be decided to about 0.1 point. Nets only (`table nn`). Cost on
+    2 cores: several hours (the folder's README)."""
+    return Config(
+        preset="decisive",
+        data=DataConfig(n_test=50000),
+        train=TrainConfig(epochs=90),
+        protocol=ProtocolConfig(kd_students=3, sd_students=5, kd_inputs="mixup", wide_model="ResNet-10-3"),
+        table=TableConfig(ntk_models=(), ntk_families=(), train_sum_replicates=3),
+        run=RunConfig(seed=1000, replicates=8, workers=0),
+    )
+
+
 def smoke() -> Config:
     """Seconds: tiny MNIST-1D, SimpleCNN-3-1, 3 members, 2 epochs; what the tests and CI run. Its numbers
     mean nothing."""
@@ -189,6 +208,7 @@ PRESETS = {
     "smoke": smoke,
     "minutes": minutes,
     "quick": quick,
+    "decisive": decisive,
     "fmnist": fmnist_premise,
     "fmnist-full": lambda: fmnist_premise(full=True),
     "fmnist-v1": fmnist,

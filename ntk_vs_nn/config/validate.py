@@ -56,6 +56,9 @@ def check(cfg) -> None:
     check_kd(cfg.protocol.kd_alpha, cfg.protocol.kd_tau, tau_auto=True)
     if cfg.protocol.sd_students < 0:
         raise UserError("protocol.sd_students must be >= 0")
+    if cfg.table.train_sum_replicates < 0:
+        n = cfg.table.train_sum_replicates
+        raise UserError(f"table.train_sum_replicates must be >= 0 (0 = every replicate), got {n}")
     if cfg.protocol.kd_students < 1 or cfg.run.replicates < 1:
         raise UserError("protocol.kd_students and run.replicates must be >= 1")
     k = cfg.kernel

@@ -109,19 +109,33 @@ def run_experiment(
     overrides: list[str] = (),
     out: str | None = None,
     log: Callable[[str], None] = lambda s: None,
+    registration: str | None = None,
     **options,
 ) -> Written:
-    """Configure experiment ``name`` (preset, then ``section.field=value`` overrides), train what the
-    store in ``out`` lacks, write every output and return it. Bad input raises `UserError` before
-    anything is written."""
+    """Configure experiment ``name`` (preset, then ``section.field=value`` overrides; or the registered
+    configuration of the file ``registration``, `experiments.registration`), train what the store in
+    ``out`` lacks, write every output and return it. Bad input raises `UserError` before anything is
+    written."""
+    from ntk_vs_nn.experiments import registration as registered
+
     exp = get(name)
-    cfg = exp.configure(preset, overrides)
+    reg = registered.load(registration) if registration else None
+    if reg is not None:
+        cfg = exp.configure(reg.preset, reg.overrides)
+        registered.check(reg, name, cfg, preset, overrides, options.get("which", ()))
+        registered.commit_of(reg.path)
+    else:
+        cfg = exp.configure(preset, overrides)
     configure_xla_cpu(getattr(cfg, "dataset", ""))  # before jax starts: image data without YNNPACK fusion
     options = {**options, **exp.prepare(cfg, log=log, **options)}
     enable_compile_cache()  # after prepare: the tables may split the host CPU before jax starts
     out = out or exp.out_dir(cfg)
     store = Store.prepare(out)
     if store.writer:
+        if reg is not None:
+            registered.begin(reg, out)
+        elif registered.recorded(out) is not None:
+            raise UserError(f"{out}: a registered run's folder; continue it with --registration FILE")
         save_config(out, name, cfg)
     exp.run(cfg, store, log, **options)
     written = exp.write(cfg, store) if store.writer else Written("", [])

@@ -18,7 +18,8 @@ import numpy as np
 from ntk_vs_nn.analysis.bootstrap import encode_correct
 from ntk_vs_nn.store import unit_id
 
-TEACHER_PROTOCOLS = ("single", "ensemble", "train_sum")  # units named by the teacher hash (`Config.teacher_hash`)
+# units named by the teacher hash (`Config.teacher_hash`); the wide control trains like a single member
+TEACHER_PROTOCOLS = ("single", "ensemble", "train_sum", "wide")
 
 
 class Ledger:

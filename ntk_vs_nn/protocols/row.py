@@ -95,7 +95,7 @@ class Row(Ledger, Execution, Trainers):
             self.fam = None
             self.trainer = FunctionTrainer(family, model, cfg, data)
             return
-        conv = resolve_conv(cfg.run.conv, self.mode, data.spatial_ndim)
+        self.conv = conv = resolve_conv(cfg.run.conv, self.mode, data.spatial_ndim)
         self.fam = make_family(family, model, data.num_classes, data.spatial_ndim, cfg, conv)
         self.kd_fam = self.fam  # the KD students' family: protocol.kd_student's network, else the row's
         if kd_model != model:
@@ -173,6 +173,15 @@ class Row(Ledger, Execution, Trainers):
         pending = self.train_async(units, init_keys, self.data_keys(n), kind="control")
         return _settle(lambda: [pending()[u] for u in units], wait)
 
+    def wide(self, wait=True):
+        """The wide control (``protocol.wide_model``): one net of that architecture trained as a single
+        member is (the teachers' budget, optimiser and inputs; init and data order from its own stream),
+        one unit named by the architecture; ``wait=False``: started, returns the function that waits."""
+        unit = ("wide", self.cfg.protocol.wide_model)
+        keys = [rng.stream(self.root, "wide")]
+        pending = self.train_async([unit], keys, [jax.random.fold_in(keys[0], 1)], kind="wide")
+        return _settle(lambda: pending()[unit], wait)
+
     def train_sum(self, wait=True):
         """The train-sum model (one unit); ``wait=False``: started, returns the function that waits."""
         # Member l of the sum gets fold_in(stream("init"), l): single member l's init key.
@@ -234,8 +243,8 @@ def _settle(done: Callable, wait: bool):
 
 
 def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, log=lambda s: None, pool=None) -> None:
-    """All five protocols for one (family, model) row; with a worker ``pool``, the train-sum model
-    trains beside the students."""
+    """All five protocols for one (family, model) row, and the net rows' wide control
+    (``protocol.wide_model``); with a worker ``pool``, the train-sum model trains beside the students."""
     row = Row(family, model, cfg, data, store, log, pool)
     log(f"[{family} {model}] on {data.name} ({row.backend} backend)")
     if family in INFINITE_FAMILIES:  # deterministic: one member; ensembles and students equal it
@@ -249,11 +258,16 @@ def run_row(family: str, model: str, cfg: Config, data: Dataset, store: Store, l
     ens = row.ensemble(singles)
     train_sum = row.train_sum(wait=False) if cfg.table.train_sum else lambda: None
     if not cfg.table.train_sum and row._done("train_sum", 0) is None:
-        row.record("train_sum", 0, "skipped", {"reason": "table.train_sum=false"})
+        n = cfg.table.train_sum_replicates  # (`Config.replicate`: off in the replicates after the first n)
+        why = f"table.train_sum_replicates={n}: only the first {n} replicates train it" if n else ""
+        why = why or "table.train_sum=false"
+        row.record("train_sum", 0, "skipped", {"reason": why})
     control = row.control(wait=False) if row.backend == "weights" else list
+    wide = row.wide(wait=False) if cfg.protocol.wide_model and family == "nn" else list
     got = row.students(singles, ens)
     train_sum()
     control()
+    wide()
     sd = [got.get(("sd", s)) for s in range(cfg.sd_students)]
     if any(p is not None for p in sd):
         row.ensemble(sd, protocol="sd_ensemble")

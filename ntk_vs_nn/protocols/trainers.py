@@ -18,7 +18,7 @@ from ntk_vs_nn.data.transforms import make_augment
 from ntk_vs_nn.engine.optim import lambda_max
 from ntk_vs_nn.engine.perturb import perturb
 from ntk_vs_nn.engine.trainer import Trainer
-from ntk_vs_nn.families import KERNEL_FAMILIES, summed
+from ntk_vs_nn.families import KERNEL_FAMILIES, make_family, summed
 from ntk_vs_nn.kernels.function_space import FunctionTrainer
 from ntk_vs_nn.models import parse_model_name, split_members
 from ntk_vs_nn.store import load_checkpoint
@@ -106,7 +106,8 @@ class Trainers:
     def trainer_for(self, kind: str):
         """The trainer of ``kind``: ``teacher`` (single members), ``sum`` (the train-sum model),
         ``student`` (KD and SD students), ``kd_student`` (KD students of another network,
-        ``protocol.kd_student``), ``control`` (singles at the students' budget); built once per row."""
+        ``protocol.kd_student``), ``control`` (singles at the students' budget), ``wide`` (the wide
+        control net, ``protocol.wide_model``); built once per row."""
         if kind == "teacher":
             return self.trainer
         if kind == "control":  # the singles' training for the students' budget
@@ -118,8 +119,17 @@ class Trainers:
                                                self.augment, mixup=self.mixup)  # fmt: skip
             return self._trainers[kind]
         if kind not in self._trainers:
-            self._trainers[kind] = self.sum_trainer() if kind == "sum" else self.student_trainer(kind == "kd_student")
+            build = {"wide": self.wide_trainer, "sum": self.sum_trainer}.get(kind)
+            self._trainers[kind] = build() if build else self.student_trainer(kind == "kd_student")
         return self._trainers[kind]
+
+    def wide_trainer(self):
+        """The wide control's trainer (``protocol.wide_model``): the teachers' training (budget, optimiser,
+        inputs) for a net of that architecture."""
+        fam = make_family(self.family_name, self.cfg.protocol.wide_model, self.data.num_classes,
+                          self.data.spatial_ndim, self.cfg, self.conv)  # fmt: skip
+        return Trainer(fam, self.trainer.cfg, len(self.data.x_train), self.cfg.run.progress, self.augment,
+                       mixup=self.mixup)  # fmt: skip
 
     def sum_trainer(self):
         L, p = self.cfg.protocol.members, self.cfg.protocol
@@ -189,6 +199,10 @@ def check_students(cfg: Config, model: str) -> None:
     p = cfg.protocol
     kd_model = p.kd_student or model
     parse_model_name(kd_model)
+    if p.wide_model:
+        parse_model_name(p.wide_model)
+        if split_members(p.wide_model)[0]:
+            raise UserError(f"protocol.wide_model={p.wide_model}: the wide control is one net, not a BatchEnsemble")
     if p.kd_memberwise == "on" and split_members(kd_model)[0] != p.members:
         raise UserError(
             f"protocol.kd_memberwise=on needs a BatchEnsemble-{p.members} student "

@@ -1,0 +1,133 @@
+"""Registered (confirmatory) runs: a configuration decided, and committed, before any of its units trains.
+
+A registration is a JSON file (``registrations/NAME.json``) that names the experiment, its preset and
+overrides, the seeds (never used while the regime was chosen), the claims it tests with their direction,
+and the science hash of the configuration they resolve to. ``ntk-vs-nn run EXPERIMENT --registration FILE``
+(or ``ntk-vs-nn table WHICH --registration FILE``) then
+
+- builds the config from the file alone (a ``--preset`` or ``--set`` beside it is refused);
+- refuses a file that is not committed, or that differs from its last commit (git), and a config whose hash
+  differs from the registered one (the code resolves the registered settings to other numbers now);
+- copies the file into the output folder (``OUT/registration.json``, with its sha256 and commit) when the
+  run starts, and refuses to go on (resume, or write results) when the file no longer has that sha256.
+
+Every output a registered run writes says so (the tables' and messages' headers). Exploratory searches run
+without a registration, on other seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+
+from ntk_vs_nn.config import UserError
+from ntk_vs_nn.store import atomic_write
+
+RECORD = "registration.json"  # the copy in the output folder
+FIELDS = {"name": str, "experiment": str, "preset": str, "overrides": list, "seeds": str, "claims": list,
+          "config_hash": str}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class Registration:
+    path: str
+    name: str
+    experiment: str
+    preset: str
+    overrides: list
+    seeds: str
+    claims: list
+    config_hash: str
+    sha256: str
+    which: tuple = ()  # the tables experiment: the tables it registers (table nn, table ntk)
+
+    def header(self) -> str:
+        """The line every output of the run carries."""
+        return f"Confirmatory run registered in `{self.name}` (sha256 {self.sha256[:12]}) before it trained."
+
+
+def load(path: str) -> Registration:
+    """The registration at ``path``, every field checked (one `UserError` naming what is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        d = json.loads(raw)
+    except OSError as e:
+        raise UserError(f"registration {path}: cannot read it ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"registration {path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise UserError(f"registration {path}: not a JSON object")
+    for key, kind in FIELDS.items():
+        if not isinstance(d.get(key), kind):
+            raise UserError(f"registration {path}: needs {key!r} ({kind.__name__})")
+    return Registration(path, d["name"], d["experiment"], d["preset"], [str(o) for o in d["overrides"]], d["seeds"],
+                        d["claims"], d["config_hash"], hashlib.sha256(raw).hexdigest(),
+                        tuple(d.get("which", ())))  # fmt: skip
+
+
+def commit_of(path: str) -> str:
+    """The commit that last changed ``path``, or a `UserError` when it is not committed as it is now."""
+    where = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(path)
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=30)
+
+    try:
+        status, log = git("status", "--porcelain", "--", name), git("log", "-1", "--format=%H", "--", name)
+    except (OSError, subprocess.SubprocessError):
+        raise UserError(f"registration {path}: git is not available to show it was committed before the run") from None
+    if status.returncode or log.returncode or not log.stdout.strip():
+        raise UserError(f"registration {path}: not committed; commit it (its own commit) before the run trains")
+    if status.stdout.strip():
+        raise UserError(f"registration {path}: changed since its last commit; a registered run uses it as committed")
+    return log.stdout.strip()
+
+
+def check(reg: Registration, experiment: str, cfg, preset: str | None, overrides, which=()) -> None:
+    """Refuse a run that is not the registered one: another experiment (or table), settings beside the file,
+    or a config whose hash is not the registered hash."""
+    if reg.experiment != experiment:
+        raise UserError(f"registration {reg.path}: registers experiment {reg.experiment!r}, not {experiment!r}")
+    if reg.which and not set(which) <= set(reg.which):
+        raise UserError(f"registration {reg.path}: registers table(s) {', '.join(reg.which)}, not {', '.join(which)}")
+    if preset is not None or list(overrides):
+        raise UserError(f"registration {reg.path}: a registered run takes its preset and settings from the file "
+                        "alone (no --preset, --set or --dataset)")  # fmt: skip
+    got = cfg.science_hash()
+    if got != reg.config_hash:
+        raise UserError(f"registration {reg.path}: registers config {reg.config_hash}, but its settings now resolve "
+                        f"to {got} (the code changed what they mean); register again")  # fmt: skip
+
+
+def begin(reg: Registration, out: str) -> None:
+    """Record the registration in the output folder, or check it against the one recorded there."""
+    path = os.path.join(out, RECORD)
+    if os.path.exists(path):
+        with open(path) as f:
+            had = json.load(f)
+        if had.get("sha256") != reg.sha256:
+            was = str(had.get("sha256", ""))[:12]
+            raise UserError(f"registration {reg.path} changed since this run started (sha256 {was} -> "
+                            f"{reg.sha256[:12]}): a confirmatory run uses its registration unchanged")  # fmt: skip
+        return
+    with open(reg.path) as f:
+        text = json.load(f)
+    d = {"file": os.path.basename(reg.path), "sha256": reg.sha256, "commit": commit_of(reg.path), "registration": text}
+    atomic_write(path, json.dumps(d, indent=1) + "\n")
+
+
+def recorded(out: str) -> Registration | None:
+    """The registration recorded in an output folder (None: an exploratory run)."""
+    path = os.path.join(out, RECORD)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        d = json.load(f)
+    r = d["registration"]
+    return Registration(d["file"], r["name"], r["experiment"], r["preset"], r["overrides"], r["seeds"], r["claims"],
+                        r["config_hash"], d["sha256"], tuple(r.get("which", ())))  # fmt: skip
