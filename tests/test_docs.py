@@ -82,3 +82,25 @@ def test_a_changed_source_makes_its_quote_stale(tmp_path):
 def test_a_bad_quote_is_one_clear_error(spec, match):
     with pytest.raises(UserError, match=match):
         quotes.quote_text(spec, REPO)
+
+
+def test_a_json_source_and_a_difference_of_two_rows(tmp_path):
+    """A JSON object's nested fields by index, a JSON list's rows, JSON lines, and `-` between two selections."""
+    (tmp_path / "b.json").write_text(
+        '{"name": "b", "ms": {"nn": 8.5, "ntk": 10.0}, "cases": [{"net": "A", "r": 1.25}, {"net": "B", "r": 2.5}]}'
+    )
+    (tmp_path / "l.json").write_text('[{"net": "A", "r": 1.25}, {"net": "B", "r": 2.5}]')
+    (tmp_path / "r.jsonl").write_text('{"unit": "a", "acc": 90.5}\n{"unit": "b", "acc": 88.0}\n')
+    (tmp_path / "t.csv").write_text("family,protocol,acc\nnn,ensemble,98.47\nnn,single,97.28\n")
+    root = str(tmp_path)
+    assert quotes.quote_text("b.json name=b {ms[ntk]:.1f} / {cases[1][r]}", root) == "10.0 / 2.5"
+    assert quotes.quote_text("l.json net=B {r:.2f}", root) == "2.50"
+    assert quotes.quote_text("r.jsonl unit=a - unit=b {acc:+.1f} ({unit})", root) == "+2.5 (a)"
+    assert quotes.quote_text("t.csv protocol=ensemble - protocol=single {acc:+.2f}", root) == "+1.19"
+    assert quotes.quote_text("t.csv protocol=ensemble - l.json net=A {acc:.2f}", root) == "98.47"  # no r in t.csv
+    with pytest.raises(UserError, match="0 rows"):
+        quotes.quote_text("b.json name=c {name}", root)
+    with pytest.raises(UserError, match="two selections"):
+        quotes.quote_text("t.csv protocol=ensemble - protocol=single - protocol=kd {acc}", root)
+    with pytest.raises(UserError, match="cannot format"):
+        quotes.quote_text("b.json {ms[gp]}", root)

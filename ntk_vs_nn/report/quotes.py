@@ -9,6 +9,17 @@ The opening comment names the CSV (relative to the repository root), selects its
 ``column=value`` pairs (a value with spaces in double quotes; compared as text, and as a number where
 both sides are numbers) and gives the text as a Python format string over that row's columns. The
 comments are invisible in rendered markdown; the text between them is what a reader sees.
+
+The source may also be a JSON file (one object: the row is the object, ``column=value`` pairs only
+check its top-level fields, and the format reaches nested fields by index, ``{ms_per_step[ntk]:.1f}``
+or ``{cases[0][ratio]}``; a list of objects: rows as in a CSV) or a JSON-lines file (one row a line).
+A bare ``-`` between two selections quotes their difference: every numeric field of the first row
+minus the same field of the second (other fields from the first); the second selection may name its
+own file first:
+
+    <!-- q results/diversity-fashion_mnist/diversity.csv student="DE-4 (ntk)" - student="DE-1 (ntk)"
+         {acc_mean:+.2f} -->+1.84<!-- /q -->
+
 `render` rewrites every quote's text from its source; `stale` lists the quotes whose text differs,
 which tests/test_docs.py asserts is none, so a number in the docs cannot drift from its results file.
 """
@@ -16,6 +27,7 @@ which tests/test_docs.py asserts is none, so a number in the docs cannot drift f
 from __future__ import annotations
 
 import glob
+import json
 import math
 import os
 import re
@@ -47,8 +59,8 @@ def docs_files(root: str) -> list[str]:
     ]
 
 
-def _parse(spec: str) -> tuple[str, dict[str, str], str]:
-    """(csv path, {column: value}, format string) of a quote's opening comment."""
+def _parse(spec: str) -> tuple[list[tuple[str, dict[str, str]]], str]:
+    """([(file, {column: value}) per selection], format string) of a quote's opening comment."""
     fmt_at = _FIELD.search(spec)
     if fmt_at is None:
         raise UserError(f"quote {spec!r}: no {{column}} to show")
@@ -57,15 +69,30 @@ def _parse(spec: str) -> tuple[str, dict[str, str], str]:
         words = shlex.split(head)
     except ValueError as e:
         raise UserError(f"quote {spec!r}: {e}") from None
-    if not words or "=" in words[0]:
-        raise UserError(f"quote {spec!r}: no results file named")
-    where = {}
-    for w in words[1:]:
-        col, sep, value = w.partition("=")
-        if not sep:
-            raise UserError(f"quote {spec!r}: {w!r} is not column=value")
-        where[col] = value
-    return words[0], where, fmt.strip()
+    groups, group = [], []
+    for w in words:
+        if w == "-":
+            groups.append(group)
+            group = []
+        else:
+            group.append(w)
+    groups.append(group)
+    if len(groups) > 2:
+        raise UserError(f"quote {spec!r}: a difference takes two selections, not {len(groups)}")
+    selections, path = [], None
+    for g in groups:
+        if g and "=" not in g[0]:
+            path, g = g[0], g[1:]
+        if path is None:
+            raise UserError(f"quote {spec!r}: no results file named")
+        where = {}
+        for w in g:
+            col, sep, value = w.partition("=")
+            if not sep:
+                raise UserError(f"quote {spec!r}: {w!r} is not column=value")
+            where[col] = value
+        selections.append((path, where))
+    return selections, fmt.strip()
 
 
 def _matches(cell, value: str) -> bool:
@@ -77,26 +104,51 @@ def _matches(cell, value: str) -> bool:
         return False
 
 
-def quote_text(spec: str, root: str, cache: dict | None = None) -> str:
-    """The text a quote shows: its format string over the one row its selection picks."""
-    path, where, fmt = _parse(spec)
-    cache = {} if cache is None else cache
+def _rows(full: str) -> list[dict]:
+    """The rows of a results file: a CSV's lines (numbers parsed), a JSON object, a JSON list's objects, JSON lines."""
+    if full.endswith(".jsonl"):
+        with open(full, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    if full.endswith(".json"):
+        with open(full, encoding="utf-8") as fh:
+            doc = json.load(fh)
+        return doc if isinstance(doc, list) else [doc]
+    df = pd.read_csv(full, dtype=object, keep_default_na=False)
+    return [{k: _value(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
+def _row(spec: str, path: str, where: dict[str, str], root: str, cache: dict) -> dict:
+    """The one row of ``path`` that ``where`` selects."""
     full = os.path.join(root, path)
     if full not in cache:
         if not os.path.isfile(full):
             raise UserError(f"quote {spec!r}: {path} not found")
-        cache[full] = pd.read_csv(full, dtype=object, keep_default_na=False)
-    df = cache[full]
-    missing = [c for c in where if c not in df.columns]
+        cache[full] = _rows(full)
+    rows = cache[full]
+    missing = [c for c in where if not any(c in r for r in rows)]
     if missing:
         raise UserError(f"quote {spec!r}: {path} has no column {', '.join(missing)}")
-    rows = df[[all(_matches(r[c], v) for c, v in where.items()) for _, r in df.iterrows()]]
-    if len(rows) != 1:
-        raise UserError(f"quote {spec!r}: {len(rows)} rows of {path} match, not one")
-    row = {k: _value(v) for k, v in rows.iloc[0].items()}
+    picked = [r for r in rows if all(c in r and _matches(r[c], v) for c, v in where.items())]
+    if len(picked) != 1:
+        raise UserError(f"quote {spec!r}: {len(picked)} rows of {path} match, not one")
+    return picked[0]
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def quote_text(spec: str, root: str, cache: dict | None = None) -> str:
+    """The text a quote shows: its format string over the one row its selection picks (or two rows' difference)."""
+    selections, fmt = _parse(spec)
+    cache = {} if cache is None else cache
+    row, *other = (_row(spec, path, where, root, cache) for path, where in selections)
+    if other:
+        (b,) = other
+        row = {k: v - b[k] if _number(v) and _number(b.get(k)) else v for k, v in row.items()}
     try:
         return fmt.format(**row)
-    except (KeyError, ValueError, IndexError) as e:
+    except (KeyError, ValueError, IndexError, TypeError) as e:
         raise UserError(f"quote {spec!r}: cannot format {fmt!r} ({e})") from None
 
 
