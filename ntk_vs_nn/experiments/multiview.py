@@ -46,6 +46,7 @@ make its mechanism visible. The search behind them (one factor at a time around 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass, field
@@ -56,7 +57,6 @@ import numpy as np
 import pandas as pd
 
 from ntk_vs_nn import rng
-from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import TrainConfig, UserError, hash_dict
 from ntk_vs_nn.config.base import IntervalConfig
 from ntk_vs_nn.config.validate import check_kd
@@ -66,6 +66,7 @@ from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.families import last_layer, linearized, network
 from ntk_vs_nn.models.multiview import PatchNet, RandomFeatures
+from ntk_vs_nn.protocols.units import Units, distill_teacher, ensemble_of, unit_name
 from ntk_vs_nn.report import multiview as report
 from ntk_vs_nn.store import atomic_write
 
@@ -210,19 +211,26 @@ def fit_one(trainer: Trainer, key, x, y, teacher=None, alpha: float = 0.0, tau: 
 
 
 def units(cfg, mu, families, L, S) -> list[tuple[str, str, str, int]]:
-    """(unit, family, protocol, member) of one point, in training order; ensemble and KD name their L.
-    Singles and ensembles are named by ``science_hash(mu, students=False)``, students by the full hash."""
+    """(unit, family, protocol, member) of one point, in training order; ensemble and KD name their L
+    (`protocols.units.unit_name` without a model: one learner per family). Singles and ensembles are named
+    by ``science_hash(mu, students=False)``, students by the full hash."""
     h, hs, out = cfg.science_hash(mu, students=False), cfg.science_hash(mu), []
     for fam in families:
-        out += [(f"{h}/{fam}/single-{i}", fam, "single", i) for i in range(L)]
-        out += [(f"{h}/{fam}/ensemble-L{L}", fam, "ensemble", -1), (f"{hs}/{fam}/kd-L{L}", fam, "kd", -1)]
-        out += [(f"{hs}/{fam}/sd-{i}", fam, "sd", i) for i in range(S)]
+        out += [(unit_name(h, fam, "single", i), fam, "single", i) for i in range(L)]
+        out += [(unit_name(h, fam, "ensemble", f"L{L}"), fam, "ensemble", -1)]
+        out += [(unit_name(hs, fam, "kd", f"L{L}"), fam, "kd", -1)]
+        out += [(unit_name(hs, fam, "sd", i), fam, "sd", i) for i in range(S)]
     return out
 
 
 def _done(cfg: MultiViewConfig, store, mu: float) -> dict[str, dict]:
     """{unit: record} of the point at ``mu`` (singles and students)."""
-    return store.done((cfg.science_hash(mu, students=False), cfg.science_hash(mu)))
+    return _units(cfg, store, mu).known
+
+
+def _units(cfg: MultiViewConfig, store, mu: float) -> Units:
+    """The recorded units of the point at ``mu`` (`protocols.units.Units`: singles, ensembles and students)."""
+    return Units(store, (cfg.science_hash(mu, students=False), cfg.science_hash(mu)))
 
 
 def _trainer(fam: str, cfg: MultiViewConfig, trainers: dict) -> Trainer:
@@ -237,47 +245,51 @@ def _trainer(fam: str, cfg: MultiViewConfig, trainers: dict) -> Trainer:
 
 def run(cfg: MultiViewConfig, store, log=lambda s: None) -> None:
     """Train every model of every point that ``store`` lacks; record it (and each ensemble) as a unit
-    with its train and test logits."""
-    root, trainers, p = rng.root_key(cfg.protocol.seed), {}, cfg.protocol
+    with its train and test logits, through the shared unit path (`protocols.units`): a finished unit
+    is loaded instead of retrained (`Units.train_unless_recorded`), its predictions saved before its
+    record; the ensemble is `ensemble_of` its singles, a student's targets are `distill_teacher`'s."""
+    trainers = {}
     for mu, families, L, S in cfg.points():
-        h = cfg.science_hash(mu, students=False)
-        done = {u for u in _done(cfg, store, mu) if store.load_predictions(u) is not None}
-        todo = [u for u in units(cfg, mu, families, L, S) if u[0] not in done]
-        data = draw_data(dataclasses.replace(cfg.data, mu=mu), p.seed) if todo else None
+        ledger = _units(cfg, store, mu)
+        todo = [u for u in units(cfg, mu, families, L, S) if ledger.finished([u[0]]) is None]
+        data = draw_data(dataclasses.replace(cfg.data, mu=mu), cfg.protocol.seed) if todo else None
         for unit, fam, protocol, i in todo:
-            tr, te, t = data["train"], data["test"], _trainer(fam, cfg, trainers)
-            singles = [store.load_predictions(f"{h}/{fam}/single-{j}") for j in range(L)] if i < 0 else None
-            rec = {
-                "unit": unit,
-                "config_hash": unit.split("/")[0],
-                "family": fam,
-                "protocol": protocol,
-                "member": i,
-                "mu": mu,
-            }
-            if protocol == "ensemble":  # derived from the members' saved logits
-                logits = {part: metrics.combine([s[part] for s in singles]) for part in ("train", "test")}
-                acc = 100 * float(np.mean(np.argmax(logits["train"], 1) == np.asarray(tr["y"])))
-                store.save_predictions(unit, logits)
-                store.record({**rec, "seconds": 0.0, "train_acc_pct": acc, **report.error_row(logits["test"], te, mu)})
-                continue
-            if protocol == "single":
-                model, secs = fit_one(t, rng.member_key(root, "init", i), tr["x"], tr["y"])
-            else:
-                teacher = (
-                    metrics.combine([s["train"] for s in singles]).astype(np.float32) if protocol == "kd" else None
-                )
-                if protocol == "sd":
-                    teacher = store.load_predictions(f"{h}/{fam}/single-{i}")["train"]
-                key = rng.member_key(root, protocol, max(i, 0))
-                model, secs = fit_one(t, key, tr["x"], tr["y"], teacher, p.kd_alpha, p.kd_tau)
-            train_logits, test_logits = t.predict(model, tr["x"]), t.predict(model, te["x"])
-            store.save_predictions(unit, {"train": train_logits, "test": test_logits})
-            if fam != "gp":
-                rec["views"] = np.asarray(learned_views(model["params"]["W"], data["features"])[0]).tolist()
-            acc = 100 * float(np.mean(np.argmax(train_logits, 1) == np.asarray(tr["y"])))
-            rec = store.record({**rec, "seconds": secs, "train_acc_pct": acc, **report.error_row(test_logits, te, mu)})
-            log(f"[{fam} mu={mu:g}] {protocol} {max(i, 0) + 1}: {rec['error_mu']:.3f} mu ({secs:.1f} s)")
+            train = functools.partial(_train_unit, cfg, ledger, data, trainers, mu, unit, fam, protocol, i, L)
+            rec = ledger.train_unless_recorded([unit], train)[0]
+            if protocol != "ensemble":
+                log(f"[{fam} mu={mu:g}] {protocol} {max(i, 0) + 1}: {rec['error_mu']:.3f} mu ({rec['seconds']:.1f} s)")
+
+
+def _train_unit(cfg: MultiViewConfig, ledger: Units, data: dict, trainers: dict, mu: float, unit: str, fam: str,
+                protocol: str, i: int, L: int) -> tuple[dict, dict]:  # fmt: skip
+    """``(predictions, record)`` of one unit of the point at ``mu``: a single from its init key; the
+    ensemble of the L singles' saved logits; the KD student of that ensemble, SD student i of single i
+    (`engine.distill_loss` with ``protocol.kd_alpha``, ``kd_tau``)."""
+    tr, te, p = data["train"], data["test"], cfg.protocol
+    rec = {"config_hash": unit.split("/")[0], "family": fam, "protocol": protocol, "member": i, "mu": mu}
+    h = cfg.science_hash(mu, students=False)
+    if protocol != "single":  # the teachers: the L singles (ensemble, KD), or single i (SD)
+        singles = [ledger.finished([unit_name(h, fam, "single", j)])[1] for j in (range(L) if i < 0 else [i])]
+    if protocol == "ensemble":  # derived from the members' saved logits
+        logits = ensemble_of(singles, splits=("train", "test"))
+        return logits, {**rec, "seconds": 0.0, **_scores(logits, tr, te, mu)}
+    root, t = rng.root_key(p.seed), _trainer(fam, cfg, trainers)
+    if protocol == "single":
+        model, secs = fit_one(t, rng.member_key(root, "init", i), tr["x"], tr["y"])
+    else:
+        teacher = distill_teacher(protocol, singles, 0)
+        model, secs = fit_one(t, rng.member_key(root, protocol, max(i, 0)), tr["x"], tr["y"], teacher, p.kd_alpha,
+                              p.kd_tau)  # fmt: skip
+    logits = {"train": t.predict(model, tr["x"]), "test": t.predict(model, te["x"])}
+    if fam != "gp":
+        rec["views"] = np.asarray(learned_views(model["params"]["W"], data["features"])[0]).tolist()
+    return logits, {**rec, "seconds": secs, **_scores(logits, tr, te, mu)}
+
+
+def _scores(logits: dict, tr: dict, te: dict, mu: float) -> dict:
+    """A unit's training accuracy (percent) and its test errors (`report.multiview.error_row`)."""
+    acc = 100 * float(np.mean(np.argmax(logits["train"], 1) == np.asarray(tr["y"])))
+    return {"train_acc_pct": acc, **report.error_row(logits["test"], te, mu)}
 
 
 def write(cfg: MultiViewConfig, store) -> Written:
