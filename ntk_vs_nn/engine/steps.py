@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import optax
 
 from ntk_vs_nn import rng
-from ntk_vs_nn.data.transforms import mixup
-from ntk_vs_nn.engine.losses import distill_loss, ensemble_logits
+from ntk_vs_nn.engine.inputs import Batch
+from ntk_vs_nn.engine.losses import distill_loss
 
 
 def _augment_key(data_key, epoch: int):
@@ -22,9 +22,9 @@ def _augment_key(data_key, epoch: int):
 
 
 class Steps:
-    """`Trainer`'s compiled steps; uses its ``family``, ``cfg``, ``tx``, ``augment``, ``mixup``, ``teacher``,
-    ``teacher_rule``, ``perturb``, ``memberwise``, ``steps``, ``batch_size``, ``full_batch``, ``_scaled``
-    and ``_step_cache``."""
+    """`Trainer`'s compiled steps; uses its ``family``, ``cfg``, ``tx``, ``inputs`` and ``targets``
+    (`engine.inputs`), ``teacher``, ``steps``, ``batch_size``, ``full_batch``, ``_scaled`` and
+    ``_step_cache``."""
 
     # -- one optimiser step of M members, unrolled in the trace ---------------------------------
     # The epoch loop stays in Python: on XLA:CPU a lax.scan over steps ran ~12x slower per step
@@ -33,29 +33,13 @@ class Steps:
     def _view(self, x, y, teacher, ib, key):
         """One member's training batch: ``(x_b, y_b, teacher logits, mix, x_kd)``. ``ib``: the batch's
         indices (None: the whole set); ``key``: the step's transformation key; ``teacher``: the fixed
-        (N, k) targets, or the online teacher's variables (a list of members), evaluated here on the
-        transformed batch, or with `perturb` on its perturbation ``x_kd`` (else ``x_kd`` is None: the
-        KD term's input is the batch itself). Member-wise: the teachers' logits stacked (M, B, k)."""
+        (N, k) targets, or the online teacher's variables (a list of members). The trainer's input chain
+        transforms the batch, then its teacher gives the targets on it (`engine.inputs`); ``x_kd`` is the
+        KD term's own input (a perturbation) or None."""
         xb, yb = (x, y) if ib is None else (x[ib], y[ib])
-        if self.augment is not None:
-            xb = self.augment(key, xb)
-        mix = None
-        if self.mixup:
-            xb, perm, lam = mixup(jax.random.fold_in(key, rng.STEP_TAGS["mixup"]), xb, self.mixup)
-            mix = (yb[perm], lam)
-        x_kd = None
-        if self.teacher is not None:
-            if self.perturb is not None:
-                stacked = jax.tree.map(lambda *a: jnp.stack(a), *teacher)
-                x_kd = jax.lax.stop_gradient(
-                    self.perturb(jax.random.fold_in(key, rng.STEP_TAGS["perturb"]), xb, self.teacher.apply, stacked)
-                )
-            outs = [self.teacher.apply(v, xb if x_kd is None else x_kd) for v in teacher]
-            tb = jnp.stack(outs) if self.memberwise else ensemble_logits(outs, self.teacher_rule)
-            tb = jax.lax.stop_gradient(tb)
-        else:
-            tb = teacher if ib is None else teacher[ib]
-        return xb, yb, tb, mix, x_kd
+        b = self.inputs(key, Batch(xb, yb))
+        tb, x_kd = self.targets(key, b, teacher, ib)
+        return b.x, b.y, tb, b.mix, x_kd
 
     def _student(self, variables, x):
         """The student's logits: (B, k), or (M, B, k) per member of a BatchEnsemble family."""

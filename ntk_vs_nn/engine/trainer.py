@@ -42,7 +42,7 @@ import optax
 from tqdm.auto import tqdm
 
 from ntk_vs_nn.config import TrainConfig
-from ntk_vs_nn.engine import sharding
+from ntk_vs_nn.engine import inputs, sharding
 from ntk_vs_nn.engine.batching import pad_rows
 from ntk_vs_nn.engine.optim import make_optimizer
 from ntk_vs_nn.engine.split_sum import SplitSum
@@ -97,6 +97,13 @@ class Trainer(Steps, SplitSum):
             raise ValueError("perturbed or member-wise distillation needs an online teacher (Trainer(teacher=...))")
         if memberwise and not family.members:
             raise ValueError(f"member-wise distillation needs a BatchEnsemble student, not {family.name}")
+        # what each member trains on: the input chain, then the teacher's targets on its output
+        self.inputs = inputs.chain(*([inputs.augmenting(augment)] if augment is not None else []),
+                                   *([inputs.mixing(self.mixup)] if self.mixup else []))  # fmt: skip
+        self.targets = (
+            inputs.fixed_teacher if teacher is None
+            else inputs.online_teacher(teacher, teacher_rule, memberwise, perturb)
+        )  # fmt: skip
         self.batch_size = min(cfg.batch_size, n_train)
         self.steps = n_train // self.batch_size
         # GD: one lax.scan over epochs
