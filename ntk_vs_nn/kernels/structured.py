@@ -120,9 +120,11 @@ def _layer_jacobian(call: _Call, own: dict, x: jax.Array, g: jax.Array) -> dict:
             out["bias"] = gs.sum(2).transpose(1, 0, 2)
     else:
         unbound = m.clone(parent=None)
+        state = {c: v for c, v in m.variables.items() if c != "params"}  # e.g. BatchNorm's batch_stats
 
         def one(xe, ge):  # xe (1, ...), ge (k, 1, ...)
-            _, vjp = jax.vjp(lambda w: unbound.apply({"params": w}, xe, method=call.method, **call.kwargs), own)
+            apply = lambda w: unbound.apply({**state, "params": w}, xe, method=call.method, **call.kwargs)  # noqa: E731
+            _, vjp = jax.vjp(apply, own)
             return jax.vmap(lambda c: vjp(c)[0])(ge)
 
         out = jax.vmap(one)(x[:, None], jnp.swapaxes(g, 0, 1)[:, :, None])
@@ -206,12 +208,11 @@ def structured_jacobian(f: Callable) -> Callable:
     return jac
 
 
-def check_fn(f: Callable, seed: int = 0) -> Callable:
-    """Jitted ``(jacobian, params, x, kw) -> relative error`` of Σ_e J_e^T u_e (``jacobian``: the per-leaf
-    tiles of x) against ``jax.vjp(f)(u)`` for a random cotangent u: one backward pass of the batch.
-    Catches a parameter used outside its module, and wrong per-example Jacobians of any origin."""
+def check_error_fn(f: Callable, seed: int = 0) -> Callable:
+    """Traceable ``(jacobian, params, x, kw) -> relative error`` of Σ_e J_e^T u_e (``jacobian``: the
+    per-leaf tiles of x) against ``jax.vjp(f)(u)`` for a random cotangent u: one backward pass of the
+    batch. Catches a parameter used outside its module, and wrong per-example Jacobians of any origin."""
 
-    @jax.jit
     def err(jacobian, params, x, kw):
         out, vjp = jax.vjp(lambda p: f(p, x, **kw), params)
         u = jax.random.normal(jax.random.key(seed), out.shape, out.dtype)
@@ -219,4 +220,10 @@ def check_fn(f: Callable, seed: int = 0) -> Callable:
         diff = [jnp.max(jnp.abs(jnp.einsum("nkp,nk->p", j, u).reshape(r.shape) - r)) for j, r in zip(jacobian, ref)]
         return jnp.max(jnp.stack(diff)) / jnp.maximum(jnp.max(jnp.stack([jnp.max(jnp.abs(r)) for r in ref])), 1e-30)
 
+    return err
+
+
+def check_fn(f: Callable, seed: int = 0) -> Callable:
+    """`check_error_fn`, jitted, as a host float: ``(jacobian, params, x, kw=None) -> relative error``."""
+    err = jax.jit(check_error_fn(f, seed))
     return lambda jacobian, params, x, kw=None: float(err(jacobian, params, x, kw or {}))
