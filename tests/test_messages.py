@@ -176,7 +176,7 @@ def test_unequal_training_states_are_flagged_and_name_the_groups():
     assert got[(1, "train-sum - ens")] == ""
 
 
-# -- effect sizes beside the paper's (analysis.intervals.EFFECTS, published.effect_ranges) ---------------------
+# -- effect sizes beside the paper's (analysis.effects.EFFECTS, published.effect_ranges) ---------------------
 def test_against_range_has_an_outcome_for_each_place_of_the_interval():
     from ntk_vs_nn.analysis.verdict import AGAINST, against_range
 
@@ -194,7 +194,7 @@ def test_paper_effects_are_the_messages_effects_on_the_papers_cells():
 
     from ntk_vs_nn import paper
     from ntk_vs_nn.analysis import published
-    from ntk_vs_nn.analysis.intervals import EFFECTS
+    from ntk_vs_nn.analysis.effects import EFFECTS
 
     got = published.effect_values(EFFECTS)
     nn = paper.load("nn")
@@ -246,9 +246,9 @@ def test_an_effect_inside_the_papers_range_and_one_below_it():
     rows (on 20,000 test points its interval fits inside their range) reads "within the paper's range";
     a train-sum model 3 points below its ensemble reads "smaller than every paper row" (and fails);
     messages.md shows both beside the paper's range."""
-    from ntk_vs_nn.analysis import intervals
+    from ntk_vs_nn.analysis import effects, intervals
 
-    lo, hi, _ = intervals.paper_ranges()[("ntk", 1, "cifar10")]
+    lo, hi, _ = effects.paper_ranges()[("ntk", 1, "cifar10")]
     df, row = _effect_row((lo + hi) / 2)
     assert row["effect"].startswith("train-sum − ens") and abs(row["effect_value"] - (lo + hi) / 2) < 0.01
     assert lo <= row["effect_ci_low"] < row["effect_ci_high"] <= hi

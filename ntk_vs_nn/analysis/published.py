@@ -69,7 +69,7 @@ def verdicts(cfg=None, kinds=("nn", "kernel")) -> pd.DataFrame:
 def effect_values(effects: dict) -> pd.DataFrame:
     """Each message's effect on every Figure 1 row whose cells it reads are published: ``effects`` maps a
     message to (label, fn), fn reading group statistics ``g[protocol].mean / .best / .std`` as
-    `analysis.intervals.EFFECTS` does, here on the paper's cells (nets: single mean ± std; kernels: the
+    `analysis.effects.EFFECTS` does, here on the paper's cells (nets: single mean ± std; kernels: the
     best of 10 single). Columns family, model, dataset, message, value; a row with a cell lost, oom or
     unpublished has no value for the effects that read it."""
     rows = []
@@ -82,7 +82,7 @@ def effect_values(effects: dict) -> pd.DataFrame:
             for msg, (_, fn) in effects.items():
                 if CLAIMS[msg][0] != ("nn" if kind == "nn" else "kernel"):
                     continue
-                value = float(fn(g))  # (a ratio over a zero or unpublished cell is NaN: `intervals._ratio`)
+                value = float(fn(g))  # (a ratio over a zero or unpublished cell is NaN: `effects._ratio`)
                 if math.isfinite(value):
                     rows.append(dict(family=fam, model=model, dataset=raw_row["dataset"], message=msg, value=value))
     return pd.DataFrame(rows, columns=["family", "model", "dataset", "message", "value"])
