@@ -1,19 +1,14 @@
-"""Presets: functions returning a `Config`. ``--set section.field=value`` overrides any field.
+"""Presets: functions returning a `Config`, each saying what it is for, what it costs and where its
+measurements are. ``--set section.field=value`` overrides any field.
 
-smoke  seconds: tiny MNIST-1D, SimpleCNN-3-1, 3 members, 2 epochs. Both tables < 60 s; used by
-       the tests and CI. Its numbers mean nothing.
-quick  the real default: MNIST-1D (4,000 train of which 400 validate, 10,000 test), ResNet-10-1
-       (1-D, LayerNorm-style GroupNorm), 10 members, Adam lr 2e-3 with cosine decay, 30 epochs,
-       batch 128; K = 3 KD and S = 5 SD students of 90 epochs (KD alpha 0.9, tau 4) on mixup inputs
-       with the teacher online; kernel rows
-       ntk and gp by gradient descent with their own budget (300 epochs, step 6 / lambda_max, momentum
-       0.99); R = 3 replicates; one worker process
-       per core (see `quick`).
-fmnist Fashion-MNIST at the paper's premise (single nets >= 99 % train, >= 90 % test: PlainCNN-2-1,
-       20,000 images, 20 epochs; see `fmnist_premise`); fmnist-full: all 60,000 images (GPUs);
-       fmnist-v1: the earlier CPU preset (SimpleCNN-4-1, 5 epochs: 70 %, underfit).
-replication / replication-cifar10: the ResNet-18/Adam replication (see `replication`).
-paper-cifar10 / paper-cifar100: the paper's networks and training (GPU scale, see `_paper`).
+smoke     seconds: tiny MNIST-1D; what the tests and CI run (its numbers mean nothing).
+minutes   `make table-nn`'s default: MNIST-1D in minutes, one replicate (results/minutes-mnist1d).
+quick     MNIST-1D, ResNet-10-1, R = 3: the committed nets and kernel tables (results/quick-mnist1d*).
+decisive  the registered MNIST-1D nets run that decides messages 4-7 (registrations/decisive-mnist1d.json).
+fmnist    Fashion-MNIST at the paper's premise (results/fmnist-sizing); fmnist-full: all 60,000 images
+          (GPUs); fmnist-v1: the earlier, underfit CPU preset.
+replication / replication-cifar10: the ResNet-18/Adam replication.
+paper-cifar10 / paper-cifar100: the paper's networks and training (GPU scale).
 """
 
 from __future__ import annotations
@@ -100,13 +95,10 @@ def smoke() -> Config:
 
 
 def fmnist() -> Config:
-    """``fmnist-v1`` (the ``fmnist`` preset until the premise preset replaced it; results/fmnist-fashion_mnist
-    was made with it): Fashion-MNIST, 10,000 training images (1,000 validate), the full 10,000 test images,
-    SimpleCNN-4-1 (2-D, 3 convolutions of 16/32/64 channels), 5 epochs; kernel families ntk and gp
-    (ntk_prime tracked ntk within 0.4 points in every cell of the quick MNIST-1D run; a third row does not fit
-    the CPU budget; add it with --set table.ntk_families=ntk,ntk_prime,gp). Sized from a measured
-    epoch (4,500 images: nn 2.1 s, ntk 2.8 s on the 2-core CPU) to about 36 min for both tables;
-    the committed run (results/fmnist-fashion_mnist) took longer because it shared the CPU."""
+    """``fmnist-v1``, the earlier CPU preset, kept because results/fmnist-fashion_mnist was made with it:
+    Fashion-MNIST (10,000 training images), SimpleCNN-4-1, 5 epochs, kernel rows ntk and gp by Adam. For:
+    regenerating that folder. Its nets underfit (70 %); the premise preset `fmnist` replaced it. Cost on 2
+    cores: about 36 min for both tables (results/fmnist-fashion_mnist/README.md)."""
     return Config(
         preset="fmnist-v1",
         dataset="fashion_mnist",
@@ -118,12 +110,11 @@ def fmnist() -> Config:
 
 
 def fmnist_premise(full: bool = False) -> Config:
-    """Fashion-MNIST at the paper's premise: single nets fit their training set (>= 99 % train) and
-    generalise (>= 90 % test). PlainCNN-2-1, 20,000 images (2,000 validate), the full test set, 20 epochs
-    (Adam lr 2e-3, cosine); K = 3 KD students; kernel rows ntk and gp by gradient descent, 60 epochs at
-    step 6 / lambda_max. Cost on 2 CPU cores: the nn table ~1.5 h, the kernel table ~6 h.
-    ``full``: all 60,000 images (6,000 validate), for GPUs (the mark there is >= 93 % test).
-    Each setting, measured: results/fmnist-sizing/README.md ("Why the fmnist preset is what it is")."""
+    """Fashion-MNIST at the paper's premise (single nets >= 99 % train, >= 90 % test): PlainCNN-2-1,
+    20,000 images, 20 epochs (Adam, cosine), K = 3; kernel rows ntk and gp by gradient descent (60 epochs
+    at step 6 / lambda_max). For: the tables on image data on a CPU. Cost on 2 cores: the nn table ~1.5 h,
+    the kernel table ~6 h. ``full``: all 60,000 images, for GPUs. Why each setting:
+    results/fmnist-sizing/README.md."""
     return Config(
         preset="fmnist-full" if full else "fmnist",
         dataset="fashion_mnist",
@@ -140,15 +131,11 @@ def fmnist_premise(full: bool = False) -> Config:
 
 
 def replication(dataset: str = "fashion_mnist") -> Config:
-    """The ResNet-18/Adam replication (PROTOCOLS §8; docs/protocols.md): 5 singles, their
-    probability-averaged ensemble, one KD student of it, one SD student per single, the SD students'
-    ensemble; cross-entropy, Adam lr 1e-3 (constant: the post names no schedule), batch 128; no
-    train-sum model. KD alpha 0.9, tau 4 (the post gives neither: the suite's defaults).
-    ``cifar10``: the recipe's scale (ResNet-18, 100 epochs, 45,000 / 5,000 / 10,000; GPUs).
-    ``fashion_mnist``: sized to the 2-core CPU, ResNet-18-0.125 (8-64 channels, 0.18 M params),
-    10,000 training images (1,000 validate), 15 epochs, the full test set. Its convolutions are XLA's:
-    a training step (batch 128, 28x28) took 312 ms against 478 ms with run.conv=matmul (2 threads,
-    idle machine), ~22 s per epoch, so the 11 trainings take about an hour."""
+    """The ResNet-18/Adam replication (docs/protocols.md): 5 singles, their probability-averaged ensemble,
+    one KD student, one SD student per single; Adam lr 1e-3 constant, no train-sum model. For: setting our
+    nets beside the published replication. ``fashion_mnist``: ResNet-18-0.125, 10,000 images, 15 epochs,
+    about an hour on 2 cores; ``cifar10``: the recipe's scale (GPUs). Measurements:
+    results/replication-fashion_mnist/README.md."""
     cifar = dataset == "cifar10"
     model = "ResNet-18" if cifar else "ResNet-18-0.125"
     return Config(
