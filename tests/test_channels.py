@@ -183,7 +183,10 @@ def test_end_to_end_writes_table_and_plot_and_resumes(tiny_run, tmp_path):
     assert set(claims.verdict) <= {"holds", "fails", "inconclusive"} and (claims.ci_low <= claims.ci_high).all()
     recs = Store(out).records()
     h = ch.EXPERIMENT.configure("smoke", TINY).science_hash()
-    assert [r["unit"] for r in recs] == [f"{h}/backbone", f"{h}/split_2", f"{h}/avg_2"]
+    students = lambda v: [f"{h}/{v}/SimpleCNN-2-1/single-{i}" for i in range(2)]  # noqa: E731 - units of their own
+    assert [r["unit"] for r in recs] == [f"{h}/backbone", *students("split_2"), f"{h}/split_2", *students("avg_2"),
+                                         f"{h}/avg_2"]  # fmt: skip
+    assert all(os.path.exists(os.path.join(out, r["predictions"])) for r in recs if r.get("protocol") == "single")
     assert all(r["config_hash"] == h and "git_sha" in r and "date" in r for r in recs)
     before = outputs(out)
     again = run_experiment("channels", "smoke", TINY, out)  # resumes: nothing retrained, same outputs
@@ -193,13 +196,25 @@ def test_end_to_end_writes_table_and_plot_and_resumes(tiny_run, tmp_path):
 def test_resume_trains_only_the_missing_variant(tiny_run, tmp_path):
     out = copy_of(tiny_run[0], tmp_path / "c")
     recs = Store(out).records()
-    with open(os.path.join(out, "records.jsonl"), "w") as f:  # as if killed before avg_2 was recorded
-        f.writelines(json.dumps(r) + "\n" for r in recs[:2])
+    with open(os.path.join(out, "records.jsonl"), "w") as f:  # as if killed after avg_2's first student
+        f.writelines(json.dumps(r) + "\n" for r in recs[:5])
     run_experiment("channels", "smoke", TINY, out)
     again = Store(out).records()
-    assert again[:2] == recs[:2] and [r["unit"] for r in again[2:]] == [recs[2]["unit"]]
+    assert again[:5] == recs[:5] and [r["unit"] for r in again[5:]] == [r["unit"] for r in recs[5:]]
     same = ("single_mean", "single_std", "ensemble", "acc_by_size", "final_loss")
-    assert {k: again[2][k] for k in same} == {k: recs[2][k] for k in same}  # the backbone retrains alike
+    assert {k: again[-1][k] for k in same} == {k: recs[-1][k] for k in same}  # the backbone retrains alike
+
+
+def test_a_store_recorded_before_students_were_units_still_resumes(tiny_run, tmp_path):
+    """One record per variant and no student units (as results/channels): nothing retrains."""
+    out = copy_of(tiny_run[0], tmp_path / "c")
+    shutil.rmtree(os.path.join(out, "units"))
+    variants = [r for r in Store(out).records() if r.get("protocol") != "single"]
+    with open(os.path.join(out, "records.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in variants)
+    before = outputs(out)
+    run_experiment("channels", "smoke", TINY, out)
+    assert Store(out).records() == variants and outputs(out) == before
 
 
 def test_write_without_records_is_a_user_error(tmp_path):

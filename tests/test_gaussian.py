@@ -3,6 +3,7 @@ teachers, rejection sampling, margin, label noise, the claim's interval and verd
 run through the store, resume, the tables regenerated from the records, and bad --set input."""
 
 import dataclasses
+import json
 import os
 import shutil
 
@@ -209,11 +210,45 @@ def test_end_to_end_writes_its_table_and_resumes(tiny_run, tmp_path):
     cells = [
         (t, s) for t in ("linear", "fc2") for s in ("nomargin/clean/uniform/gaussian", "margin/noise/rejection/mixture")
     ]
-    assert [r["unit"] for r in recs] == [f"{h}/{t}/{s}" for t, s in cells]
+    # each cell's students are units (`protocols.units`), recorded before the cell's record
+    students = lambda t, s: [f"{h}/{t}/{s}/fc2/single-{i}" for i in range(2)]  # noqa: E731
+    assert [r["unit"] for r in recs] == [u for t, s in cells for u in [*students(t, s), f"{h}/{t}/{s}"]]
     assert all(r["config_hash"] == h and "git_sha" in r and "date" in r for r in recs)
+    assert all(os.path.exists(os.path.join(out, r["predictions"])) for r in recs if r.get("protocol") == "single")
     before = outputs(out)
     again = run_experiment("gaussian", "smoke", SETS, out)  # resumes: nothing retrained, same outputs
     assert Store(out).records() == recs and again.text == written.text and outputs(out) == before
+
+
+TIMES = ("date", "wall_s")
+
+
+def test_a_cell_cut_short_resumes_from_its_recorded_students(tiny_run, tmp_path):
+    """Killed after a cell's first student: the rerun loads it (not retrained) and trains the rest; the
+    cell's record is the uninterrupted run's (its wall time aside)."""
+    out = str(tmp_path / "g")
+    shutil.copytree(tiny_run[0], out)
+    recs = Store(out).records()
+    with open(os.path.join(out, "records.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs[:4])  # cell 1, then cell 2's first student
+    run_experiment("gaussian", "smoke", SETS, out)
+    again = Store(out).records()
+    assert again[:4] == recs[:4] and [r["unit"] for r in again[4:]] == [r["unit"] for r in recs[4:]]
+    strip = lambda r: {k: v for k, v in r.items() if k not in TIMES}  # noqa: E731
+    assert [strip(r) for r in again[4:]] == [strip(r) for r in recs[4:]]
+
+
+def test_a_store_recorded_before_students_were_units_still_resumes(tiny_run, tmp_path):
+    """A store with one record per cell and no student units (as results/gaussian): nothing retrains."""
+    out = str(tmp_path / "g")
+    shutil.copytree(tiny_run[0], out)
+    shutil.rmtree(os.path.join(out, "units"))
+    cells = [r for r in Store(out).records() if r.get("protocol") != "single"]
+    with open(os.path.join(out, "records.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in cells)
+    before = outputs(out)
+    run_experiment("gaussian", "smoke", SETS, out)
+    assert Store(out).records() == cells and outputs(out) == before
 
 
 def test_write_without_records_is_a_user_error(tmp_path):

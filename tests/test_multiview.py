@@ -4,6 +4,7 @@ engine (cross-checked against plain GD), the experiment end to end (store, resum
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ import optax
 import pandas as pd
 import pytest
 
+from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.data import multiview as dmv
 from ntk_vs_nn.engine.losses import distill_loss
@@ -21,8 +23,9 @@ from ntk_vs_nn.engine.optim import lambda_max
 from ntk_vs_nn.experiments import multiview as mv
 from ntk_vs_nn.experiments import run_experiment
 from ntk_vs_nn.models import multiview as mmv
+from ntk_vs_nn.protocols import units as punits
 from ntk_vs_nn.report import multiview as rmv
-from ntk_vs_nn.store import Store
+from ntk_vs_nn.store import Store, unit_id
 
 # Small enough to sample fast, large enough for tight statistics; (2 + n_other) * patches fit in P.
 GEN_CFG = dmv.MultiViewData(k=10, d=100, P=12, n_train=4000, n_test=100)
@@ -476,6 +479,7 @@ def test_smoke_run_writes_every_output(smoke_run):
     recs = Store(str(out)).records()
     assert len(recs) == 3 * 5 + 5 and len({r["unit"] for r in recs}) == len(recs)
     assert all(r["config_hash"] and r["git_sha"] and r["date"] for r in recs)
+    assert all(os.path.exists(out / r["predictions"]) for r in recs)  # saved before the record that names them
 
 
 def test_rerun_trains_and_records_nothing_new(smoke_run):
@@ -483,3 +487,60 @@ def test_rerun_trains_and_records_nothing_new(smoke_run):
     before = (out / "records.jsonl").read_text()
     run_experiment("multiview", "smoke", [], str(out))
     assert (out / "records.jsonl").read_text() == before
+
+
+# -- the shared unit path (protocols.units): names, resume, ensemble and distillation targets --------------
+def test_unit_names_are_the_stores_recorded_before_the_shared_path():
+    """`units` names through `protocols.units.unit_name` (no model segment: one learner per family): the
+    very names a store recorded by multiview's own loop holds, so such stores resume."""
+    cfg = mv.EXPERIMENT.configure("smoke")
+    h, hs = cfg.science_hash(0.1, students=False), cfg.science_hash(0.1)
+    want = [f"{h}/nn/single-0", f"{h}/nn/single-1", f"{h}/nn/ensemble-L2", f"{hs}/nn/kd-L2", f"{hs}/nn/sd-0"]
+    assert [u for u, *_ in mv.units(cfg, 0.1, ("nn",), 2, 1)] == want
+    assert punits.unit_name("abc", "nn", "single", 3, "ResNet-8-1") == unit_id("abc", "nn", "ResNet-8-1", "single", 3)
+
+
+def test_units_finished_saved_then_recorded(tmp_path):
+    ledger = punits.Units(Store(str(tmp_path)), "h")
+    preds = {"train": np.ones((3, 2), np.float32), "test": np.zeros((2, 2), np.float32)}
+    calls = []
+    train = lambda: calls.append(1) or (preds, {"config_hash": "h", "x": 1})  # noqa: E731
+    rec, got, trained = ledger.train_unless_recorded(["h/a/single-0", "old/a/single-0"], train)
+    assert trained and rec["predictions"] == os.path.join("units", "h", "a", "single-0.npz") and got is preds
+    again = punits.Units(Store(str(tmp_path)), "h")  # a rerun: loaded, not retrained
+    rec2, got2, trained2 = again.train_unless_recorded(["h/a/single-0"], train)
+    assert not trained2 and calls == [1] and rec2 == rec and np.array_equal(got2["train"], preds["train"])
+    again.save_and_record("h/a/single-1", None, {"config_hash": "h", "status": "oom"})
+    again.save_and_record("h/a/single-2", None, {"config_hash": "h", "status": "diverged"})
+    assert again.finished(["h/a/single-1"]) is None and again.finished(["h/a/single-2"])[1] is None
+    assert again.finished(["h/a/nope", "h/a/single-0"])[0] == rec  # an older form after the name
+
+
+def test_ensemble_and_distillation_targets():
+    rs = np.random.RandomState(0)
+    singles = [{"train": rs.randn(5, 3).astype(np.float32), "test": rs.randn(4, 3)} for _ in range(3)]
+    ens = punits.ensemble_of(singles)
+    assert set(ens) == {"train", "test"}
+    np.testing.assert_allclose(ens["test"], np.mean([s["test"] for s in singles], 0))
+    kd = punits.distill_teacher("kd", singles)
+    assert kd.dtype == np.float32 and np.array_equal(kd, ens["train"].astype(np.float32))
+    assert np.array_equal(punits.distill_teacher("kd", singles, ensemble=ens), kd)
+    assert np.array_equal(punits.distill_teacher("sd", singles, 2), singles[2]["train"])
+    y = rs.randint(0, 3, 4)
+    by_size = punits.accuracy_by_size([s["test"] for s in singles], y)
+    assert len(by_size) == 3 and by_size[0] == metrics.accuracy(singles[0]["test"], y)
+    assert by_size[-1] == metrics.accuracy(ens["test"], y)
+
+
+def test_a_run_cut_short_resumes_with_the_same_numbers(smoke_run, tmp_path):
+    """Killed after nn's KD student: the rerun loads the recorded units and trains the rest, to the records
+    of the uninterrupted run (times aside)."""
+    out = tmp_path / "mv"
+    shutil.copytree(smoke_run[0], out)
+    recs = Store(str(out)).records()
+    with open(out / "records.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs[:4])
+    run_experiment("multiview", "smoke", [], str(out))
+    again = Store(str(out)).records()
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("date", "seconds")}  # noqa: E731
+    assert again[:4] == recs[:4] and [strip(r) for r in again[4:]] == [strip(r) for r in recs[4:]]

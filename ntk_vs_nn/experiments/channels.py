@@ -51,6 +51,7 @@ from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.models import build_model, parse_model_name
 from ntk_vs_nn.models.small import Backbone
 from ntk_vs_nn.protocols import members_and_ensemble, module_trainer
+from ntk_vs_nn.protocols.units import Units, unit_name
 from ntk_vs_nn.report import channels as report
 from ntk_vs_nn.store import atomic_write
 
@@ -203,8 +204,11 @@ def pretrain(data, cfg: ChannelsConfig, root, log) -> tuple[np.ndarray, np.ndarr
     return f_tr, f_te, acc, fit.wall_s
 
 
-def train_variant(variant: str, f_tr, f_te, data, cfg: ChannelsConfig, root, trainers: dict) -> dict:
-    """L students on one transformed input: single mean ± std, ensemble, gain (percent)."""
+def train_variant(variant: str, f_tr, f_te, data, cfg: ChannelsConfig, root, trainers: dict,
+                  ledger: Units | None = None) -> dict:  # fmt: skip
+    """L students on one transformed input: single mean ± std, ensemble, gain (percent). ``ledger``: each
+    student is a unit of it (`protocols.units.Units`), ``{hash}/{variant}/{model}/single-{i}``, trained
+    unless recorded."""
     kind, n = parse_variant(variant)
     L = cfg.student.members
     split_key = rng.member_key(root, "channels.split", n)
@@ -217,7 +221,10 @@ def train_variant(variant: str, f_tr, f_te, data, cfg: ChannelsConfig, root, tra
         trainers[channels] = module_trainer(module, cfg.train, len(f_tr), cfg.run.progress)
     ik, dk = ([rng.member_key(root, f"channels.{s}", i) for i in range(L)] for s in ("init", "data"))
     t0 = time.perf_counter()
-    res = members_and_ensemble(trainers[channels], ik, dk, inputs, data.y_train, data.y_test, cfg.run.members)
+    h = cfg.science_hash()
+    names = [unit_name(h, variant, "single", i, cfg.student.model) for i in range(L)] if ledger else None
+    res = members_and_ensemble(trainers[channels], ik, dk, inputs, data.y_train, data.y_test, cfg.run.members,
+                               ledger=ledger, names=names, record=dict(config_hash=h, variant=variant))  # fmt: skip
     return dict(variant=variant, kind=kind, factor=n, channels=channels, n_members=L, **res,
                 wall_s=round(time.perf_counter() - t0, 1))  # fmt: skip
 
@@ -230,26 +237,29 @@ def prepare(cfg: ChannelsConfig, log=lambda s: None, **_) -> dict:
 
 def run(cfg: ChannelsConfig, store, log=lambda s: None, loaded=None) -> None:
     """Train the backbone and every variant that ``store`` does not hold yet, one record per unit
-    (``loaded`` from `prepare`, else the data are loaded here)."""
+    (``loaded`` from `prepare`, else the data are loaded here); a variant's students are units
+    (`protocols.units`), so a variant cut short resumes from its recorded students."""
     data, used = loaded or load_data(cfg, log)
     h = used.science_hash()
-    done = store.done(h)
+    ledger = Units(store, h)
+    done = ledger.known
     todo = [v for v in used.channels.variants if f"{h}/{v}" not in done]
     if f"{h}/backbone" in done and not todo:
         return
     root = jax.random.key(used.run.seed)
     f_tr, f_te, acc, wall = pretrain(data, used, root, log)
     if f"{h}/backbone" not in done:
-        store.record(dict(unit=f"{h}/backbone", config_hash=h, dataset=used.dataset, n_train=len(data.x_train),
-                          n_test=len(data.x_test), backbone_acc=acc, map_shape="x".join(map(str, f_tr.shape[1:])),
-                          C=int(f_tr.shape[-1]), wall_s=round(wall, 1)))  # fmt: skip
+        ledger.save_and_record(f"{h}/backbone", None, dict(
+            config_hash=h, dataset=used.dataset, n_train=len(data.x_train), n_test=len(data.x_test),
+            backbone_acc=acc, map_shape="x".join(map(str, f_tr.shape[1:])), C=int(f_tr.shape[-1]),
+            wall_s=round(wall, 1)))  # fmt: skip
     elif done[f"{h}/backbone"]["backbone_acc"] != acc:
         log(f"warning: the retrained backbone reaches {acc:.2f}%, the recorded one "
             f"{done[f'{h}/backbone']['backbone_acc']:.2f}%: the new variants see other features")  # fmt: skip
     trainers = {}
     for variant in todo:
-        res = train_variant(variant, f_tr, f_te, data, used, root, trainers)
-        store.record(dict(unit=f"{h}/{variant}", config_hash=h, **res))
+        res = train_variant(variant, f_tr, f_te, data, used, root, trainers, ledger)
+        ledger.save_and_record(f"{h}/{variant}", None, dict(config_hash=h, **res))
         log(
             f"{variant:9s} C'={res['channels']:3d}: single {res['single_mean']:.2f} ± {res['single_std']:.2f}, "
             f"ensemble {res['ensemble']:.2f} ({res['gain']:+.2f}), {res['wall_s']:.0f} s"

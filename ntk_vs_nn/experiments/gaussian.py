@@ -45,6 +45,7 @@ from ntk_vs_nn.engine.batching import apply_rows
 from ntk_vs_nn.experiments import Experiment, Written
 from ntk_vs_nn.models.small import GaussNet
 from ntk_vs_nn.protocols import members_and_ensemble, module_trainer
+from ntk_vs_nn.protocols.units import Units, unit_name
 from ntk_vs_nn.report import gaussian as report
 from ntk_vs_nn.store import atomic_write
 
@@ -240,8 +241,10 @@ def unit(cfg: GaussianConfig, teacher: str, setting: str) -> str:
     return f"{cfg.science_hash()}/{teacher}/{setting}"
 
 
-def train_cell(data: dict, arch: str, cfg: GaussianConfig, root, trainers: dict) -> dict:
-    """Train L students on one cell; returns single/ensemble accuracies (percent)."""
+def train_cell(data: dict, arch: str, cfg: GaussianConfig, root, trainers: dict, ledger: Units | None = None,
+               setting: str = "") -> dict:  # fmt: skip
+    """Train L students on one cell; returns single/ensemble accuracies (percent). ``ledger``: each student
+    is a unit of it (`protocols.units.Units`), ``{cell}/{student}/single-{i}``, trained unless recorded."""
     student = cfg.student.linear_as if arch == "linear" else arch
     if student not in trainers:
         conv = student.startswith(("conv", "resconv"))
@@ -250,29 +253,34 @@ def train_cell(data: dict, arch: str, cfg: GaussianConfig, root, trainers: dict)
         trainers[student] = module_trainer(module, cfg.train, len(data["x_train"]), cfg.run.progress)
     base = rng.stream(root, "gaussian.student")
     keys = [[jax.random.fold_in(jax.random.fold_in(base, s), i) for i in range(cfg.student.members)] for s in (1, 2)]
+    h, cell = cfg.science_hash(), f"{arch}/{setting}"
+    names = [unit_name(h, cell, "single", i, student) for i in range(cfg.student.members)] if ledger else None
+    record = dict(config_hash=h, teacher=arch, setting=setting, student=student)
     res = members_and_ensemble(trainers[student], *keys, [(data["x_train"], data["x_test"])], data["y_train"],
-                               data["y_test"], cfg.run.members, score_train=True)  # fmt: skip
+                               data["y_test"], cfg.run.members, score_train=True, ledger=ledger, names=names,
+                               record=record)  # fmt: skip
     return dict(student=student, **res)
 
 
 def run(cfg: GaussianConfig, store, log=lambda s: None) -> None:
-    """Train every (teacher, setting) cell that ``store`` does not hold yet, one record per cell."""
+    """Train every (teacher, setting) cell that ``store`` does not hold yet, one record per cell; its
+    students are units (`protocols.units`), so a cell cut short resumes from its recorded students."""
     h = cfg.science_hash()
-    done = store.done(h)
+    ledger = Units(store, h)
     root = jax.random.key(cfg.run.seed)
     todo = cfg.cells()
     trainers, teachers = {}, {}
     for n, (t, s) in enumerate(todo, 1):
-        if unit(cfg, t, s) in done:
+        if ledger.recorded([unit(cfg, t, s)]) is not None:
             continue
         c0 = time.perf_counter()
         if t not in teachers:
             teachers[t] = Teacher(t, cfg, root)
         data = make_cell_data(teachers[t], s, cfg, root)
-        res = train_cell(data, t, cfg, root, trainers)
+        res = train_cell(data, t, cfg, root, trainers, ledger, s)
         share = np.array(data["stats"][0]["class_counts"]) / cfg.data.n_train
-        rec = store.record(dict(
-            unit=unit(cfg, t, s), config_hash=h, teacher=t, setting=s, **parse_setting(s),
+        rec = ledger.save_and_record(unit(cfg, t, s), None, dict(
+            config_hash=h, teacher=t, setting=s, **parse_setting(s),
             n_members=cfg.student.members, **res, train_class_min=float(share.min()),
             train_class_max=float(share.max()), accept_rate_train=data["stats"][0]["accept_rate"],
             noise_flipped=float(np.mean(data["y_train"] != data["y_train_clean"])),
