@@ -306,7 +306,9 @@ def empirical_kernel_fn(
 
 def empirical_ntk_vp_fn(f: Callable, x1, x2, params, **kwargs) -> Callable:
     """neural-tangents' ``empirical_ntk_vp_fn``: ``vp(cotangents like f(x2)) -> Θ(x1, x2) · cotangents``,
-    like f(x1), as one vjp through f(x2) and one jvp through f(x1); the NTK is never formed."""
+    like f(x1), as one vjp through f(x2) and one jvp through f(x1); the NTK is never formed. For pytree
+    outputs it is the true product, covariances between different output leaves included (unlike the
+    kernels of `empirical_ntk_fn`, which keep one block per leaf), as in neural-tangents."""
     kw1, kw2 = split_kwargs(kwargs, x1, x2)
     f1 = lambda p: f(p, x1, **kw1)  # noqa: E731
     f2 = f1 if x2 is None else (lambda p: f(p, x2, **kw2))
