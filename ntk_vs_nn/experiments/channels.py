@@ -25,9 +25,11 @@ Datasets: ``fashion_mnist`` (default; if its files are missing the run falls bac
 generated offline, and says so), ``mnist1d``, ``cifar10`` / ``cifar100`` (the existing loaders;
 ``--preset cifar100`` is the GPU-scale setting, not run on the 2-core CPU).
 
-Store: units ``<config hash>/backbone`` (its accuracy and map) and ``<config hash>/<variant>``; the
-hash is the config's after any fallback. A rerun trains only the variants not recorded (the backbone
-is retrained, deterministically, when one is missing). Outputs (`report.channels`, from the records):
+Store: units ``<config hash>/backbone`` (its accuracy and map) and ``<config hash>/<variant>``, after its
+students' (units ``<variant unit>/<model>/single-<i>`` of the shared path, `protocols.units`, with their
+logits); the hash is the config's after any fallback. A rerun trains only the variants not recorded,
+loading a cut-short variant's recorded students (the backbone is retrained, deterministically, when one
+is missing). Outputs (`report.channels`, from the records):
 table.md, table.csv, claims.csv, plot.png, summary.md. The claims (A, B, C) are differences d with
 Welch t-intervals from the students' recorded means and stds, decided by `verdict.decide_interval`.
 """

@@ -20,10 +20,12 @@ Presets:
   paper  the full grid of Figure 3: 7 teachers x 16 settings, L = 10, 30 epochs (~25x the cpu cost).
   smoke  seconds; what the tests run (numbers meaningless).
 
-Store: one record per (teacher, setting) cell, unit ``<config hash>/<teacher>/<setting>``; a rerun
-skips the recorded cells. Outputs (`report.gaussian`, from the records): table.md, table.csv, summary.md,
-claims.csv. The claim ("~no gain") is d = ``claim.holds_below`` - the mean gain over the cells with a
-percentile-bootstrap interval over the cells, decided by `verdict.decide_interval`.
+Store: one record per (teacher, setting) cell, unit ``<config hash>/<teacher>/<setting>``, after its
+students' (units ``<cell>/<student>/single-<i>`` of the shared path, `protocols.units`, with their logits);
+a rerun skips the recorded cells and loads a cut-short cell's recorded students. Outputs
+(`report.gaussian`, from the records): table.md, table.csv, summary.md, claims.csv. The claim ("~no
+gain") is d = ``claim.holds_below`` - the mean gain over the cells with a percentile-bootstrap interval
+over the cells, decided by `verdict.decide_interval`.
 """
 
 from __future__ import annotations
