@@ -34,40 +34,42 @@ def members_and_ensemble(trainer: Trainer, init_keys, data_keys, inputs, y_train
     the members still to train, together)."""
     L = len(init_keys)
     pairs = list(inputs) * L if len(inputs) == 1 else list(inputs)
-    got = {}  # member -> (its {split: logits}, its final loss (float32), whether all its losses were finite)
+    got = {}  # member -> (its test logits, {final_loss: float32, finite: all its losses were, train_acc})
     for i, name in enumerate(names or ()):
         done = ledger.finished([name])
         if done is not None and done[1] is not None:  # (a diverged member trains again: its outputs are needed)
-            got[i] = done[1], np.float32(done[0]["final_loss"]), True
+            rec = done[0]
+            got[i] = done[1]["test"], dict(final_loss=np.float32(rec["final_loss"]), finite=True,
+                                           train_acc=rec.get("train_acc"))  # fmt: skip
     todo = [i for i in range(L) if i not in got]
     alone = len(inputs) > 1 or mode == "sequential"  # (sequential: each member alone is what a group does)
     for group in [[i] for i in todo] if alone else [todo] if todo else []:
-        x_tr = pairs[group[0]][0]
-        fit = trainer.fit([init_keys[i] for i in group], [data_keys[i] for i in group], x_tr, y_train,
+        fit = trainer.fit([init_keys[i] for i in group], [data_keys[i] for i in group], pairs[group[0]][0], y_train,
                           mode=mode if len(inputs) == 1 else "sequential")  # fmt: skip
         for slot, i in enumerate(group):
-            x, x_te = pairs[i]
-            preds = {"test": np.asarray(trainer.predict(fit.variables[slot], x_te))}
-            if score_train:
-                preds["train"] = np.asarray(trainer.predict(fit.variables[slot], x))
-            got[i] = preds, fit.losses[slot, -1], bool(np.isfinite(fit.losses[slot]).all())
-            if ledger is not None:
-                finite = got[i][2] and bool(np.isfinite(preds["test"]).all())
-                m = dict(final_loss=float(got[i][1]), acc=metrics.accuracy(preds["test"], y_test))
-                rec = dict(record or {}, protocol="single", member=i, **m, status="ok" if finite else "diverged")
-                ledger.save_and_record(names[i], preds if finite else None, rec)
-    preds, last, finite = zip(*(got[i] for i in range(L)))
-    return _scores(list(preds), np.array(last, np.float32), all(finite), y_train, y_test, score_train)
+            (x, x_te), v = pairs[i], fit.variables[slot]
+            test = np.asarray(trainer.predict(v, x_te))
+            m = dict(final_loss=fit.losses[slot, -1], finite=bool(np.isfinite(fit.losses[slot]).all()),
+                     train_acc=metrics.accuracy(trainer.predict(v, x), y_train) if score_train else None)  # fmt: skip
+            got[i] = test, m
+            if ledger is not None:  # its test logits, then its record (with its train accuracy: no train logits kept)
+                ok = m["finite"] and bool(np.isfinite(test).all())
+                rec = dict(record or {}, protocol="single", member=i, final_loss=float(m["final_loss"]),
+                           acc=metrics.accuracy(test, y_test), status="ok" if ok else "diverged")  # fmt: skip
+                if score_train:
+                    rec["train_acc"] = m["train_acc"]
+                ledger.save_and_record(names[i], {"test": test} if ok else None, rec)
+    test, ms = zip(*(got[i] for i in range(L)))
+    return _scores(list(test), ms, y_test, score_train)
 
 
-def _scores(preds: list[dict], final_losses: np.ndarray, finite: bool, y_train, y_test, score_train: bool) -> dict:
-    """The members' and their ensemble's scores from their predictions, final losses and whether every
-    member's losses were finite."""
-    L = len(preds)
-    test = [p["test"] for p in preds]
+def _scores(test: list, members: tuple[dict, ...], y_test, score_train: bool) -> dict:
+    """The members' and their ensemble's scores from their test logits and what each member's training left
+    (its final loss, whether its losses were finite, its train accuracy)."""
+    L = len(test)
     accs = np.array([metrics.accuracy(lg, y_test) for lg in test])
     by_size = accuracy_by_size(test, y_test)
-    finite = finite and all(bool(np.isfinite(t).all()) for t in test)
+    finite = all(m["finite"] for m in members) and all(bool(np.isfinite(t).all()) for t in test)
     out = dict(
         single_mean=float(accs.mean()),
         single_std=float(accs.std(ddof=1)) if L > 1 else 0.0,
@@ -78,5 +80,6 @@ def _scores(preds: list[dict], final_losses: np.ndarray, finite: bool, y_train, 
         acc_by_size=" ".join(f"{a:.2f}" for a in by_size),
     )
     if score_train:
-        out["train_acc_mean"] = float(np.mean([metrics.accuracy(p["train"], y_train) for p in preds]))
-    return dict(out, final_loss=float(final_losses.mean()), status="ok" if finite else "diverged")
+        out["train_acc_mean"] = float(np.mean([m["train_acc"] for m in members]))
+    final_loss = float(np.array([m["final_loss"] for m in members], np.float32).mean())
+    return dict(out, final_loss=final_loss, status="ok" if finite else "diverged")
