@@ -74,13 +74,13 @@ def reference_dataset(dataset: str) -> tuple[str, bool]:
 
 
 def config_hashes(cfg: dict, records: list) -> tuple[str, set]:
-    """The science hash of ``cfg`` (as `Config.science_hash`, the first of its forms the records
-    carry), or the records' most common one; and every hash whose records belong to the config (its
-    older forms and its teachers' hash)."""
+    """The science hash of ``cfg``'s first replicate (as `Config.science_hash`, the first of its forms the
+    records carry), or the records' most common one; and every hash whose records belong to the config (every
+    replicate's hash, older forms and teachers' hash)."""
     try:
-        forms = from_dict(cfg).science_hashes()
+        reps = [c.science_hashes() for c in from_dict(cfg).replicate_configs]  # every replicate's forms
         present = {r.get("config_hash") for r in records}
-        return next((h for h in forms if h in present), forms[0]), set(forms)
+        return next((h for h in reps[0] if h in present), reps[0][0]), {h for forms in reps for h in forms}
     except (UserError, TypeError, ValueError, KeyError):
         hashes = Counter(r.get("config_hash") for r in records)
         h = hashes.most_common(1)[0][0] if hashes else "unknown"
@@ -159,7 +159,7 @@ def provenance_markdown(cfg: dict, info: dict) -> str:
         ),
         (
             "protocol",
-            f"L = {members} members, S = {sd} SD students, seed {cfg.get('run', {}).get('seed', '?')}, "
+            f"L = {members} members, S = {sd} SD students, {seed_block(cfg)}, "
             f"ensemble rule `{proto.get('ensemble_rule', '?')}`, KD α = {proto.get('kd_alpha', '?')}",
         ),
         (
