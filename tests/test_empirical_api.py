@@ -16,6 +16,7 @@ max-abs value).
 5. Keyword arguments: a 2-tuple is split between x1 and x2; ``rng`` becomes key / fold_in(key, 1).
 6. empirical_nngp_fn, empirical_kernel_fn (by name and tuple) and empirical_ntk_vp_fn.
 7. Bad arguments are one ValueError line.
+8. The migration example of docs/kernels.md runs and prints what the docs show.
 """
 
 import flax.linen as nn
@@ -243,3 +244,22 @@ def test_bad_arguments_are_one_value_error():
     auto = nt.empirical_ntk_fn(plain, trace_axes=(), vmap_axes=0, implementation="auto")(x, None, w)
     jc = nt.empirical_ntk_fn(plain, trace_axes=(), vmap_axes=0)(x, None, w)
     assert rel_err(auto, jc) < EXACT  # auto falls back to the Jacobian where structure does not apply
+
+
+def test_the_migration_example_in_docs_runs_and_prints_what_the_docs_show():
+    """docs/kernels.md, "Coming from neural-tangents": its example, run as a user would (a fresh
+    process, float32), prints the output shown under it."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    text = open(os.path.join(root, "docs", "kernels.md"), encoding="utf-8").read()
+    section = text[text.index("## Coming from neural-tangents") :]
+    code, shown = re.search(
+        r"A runnable example.*?```python\n(.*?)```\n\nOutput:\n\n```text\n(.*?)```", section, re.S
+    ).groups()
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout == shown
