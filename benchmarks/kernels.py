@@ -1,7 +1,8 @@
 """Our empirical NTK against neural-tangents' on the same network and inputs: seconds and peak memory.
 
 Command: ``cd benchmarks && ../.venv/bin/python kernels.py`` (needs neural-tangents: ``make install-nt``;
-``--quick`` runs only the first model, one repeat). For each model (SimpleCNN-4-1, 24,058 params, and
+``--quick`` runs only the first model, one repeat; ``--api`` measures the NT-compatible API instead,
+see `main_api`). For each model (SimpleCNN-4-1, 24,058 params, and
 ResNet-10-1, 77,562 params, both 2-D on N = 128 random 28x28x1 inputs, 10 classes, float32) and each
 kernel (traced (N, N) and full (N, N, 10, 10), x2 = None), one spawned process per measurement times:
 
@@ -67,6 +68,11 @@ def measure(model: str, shape: tuple, mode: str, impl: str, repeats: int, n: int
     if impl == "ours":
         ours = empirical_ntk_fn(f, trace_axes=trace_axes, tile_size=n)
         fn = lambda: ours(x, None, params)
+    elif impl.startswith("api_"):  # the NT-compatible API, ntk_vs_nn.kernels (--api)
+        import ntk_vs_nn.kernels as api
+
+        new = api.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, implementation=impl[4:])
+        fn = lambda: np.asarray(new(x, None, params))
     else:
         name = "jacobian_contraction" if impl == "nt_jc" else "ntk_vector_products"
         theirs = nt_backend.nt_empirical_ntk_fn(f, trace_axes, name, vmap_axes=0)
@@ -166,5 +172,65 @@ def main() -> dict:
     )
 
 
+API_IMPLS = ("api_jacobian_contraction", "api_ntk_vector_products", "api_structured_derivatives", "api_auto")
+NT_IMPLS = ("nt_jc", "nt_vp")
+N_API = 32  # neural-tangents' vector products need > 15 GB at N = 128 (see above)
+
+
+def main_api() -> dict:
+    """``--api``: every implementation of the NT-compatible `ntk_vs_nn.kernels.empirical_ntk_fn`
+    (vmap_axes=0, result as host numpy) against neural-tangents' JACOBIAN_CONTRACTION and
+    NTK_VECTOR_PRODUCTS (its STRUCTURED_DERIVATIVES and AUTO do not run on this jax), on
+    SimpleCNN-4-1 with N_API inputs, traced and full, one fresh process per measurement. Ratios are
+    ours / theirs for the best-of-REPEATS time and for the peak-memory growth. ``--out DIR`` writes
+    the JSON there instead of results/benchmarks/ (empirical_api_vs_nt.json)."""
+    import _common
+
+    args = sys.argv[1:]
+    if "--out" in args:
+        _common.OUT = args[args.index("--out") + 1]
+    repeats = 1 if "--quick" in args else REPEATS
+    ctx = multiprocessing.get_context("spawn")
+    model, shape = MODELS[0]
+    cases, agreement = [], {}
+    for mode in MODES:
+        res = {impl: _run(ctx, model, shape, mode, impl, repeats, N_API) for impl in API_IMPLS + NT_IMPLS}
+        case = {"model": model, "input_shape": list(shape), "mode": mode, "n": N_API, "params": res["nt_jc"]["params"]}
+        for impl in API_IMPLS + NT_IMPLS:
+            case[impl] = {k: v for k, v in res[impl].items() if k not in ("kernel", "params")}
+        for impl in API_IMPLS:
+            agreement[f"{mode}/{impl}"] = _rel(res[impl]["kernel"], res["nt_jc"]["kernel"])
+            for theirs in NT_IMPLS:
+                case[f"time_ratio_{impl}_over_{theirs}"] = round(res[impl]["s"] / res[theirs]["s"], 3)
+                case[f"memory_ratio_{impl}_over_{theirs}"] = round(
+                    res[impl]["peak_growth_mib"] / max(res[theirs]["peak_growth_mib"], 1.0), 3
+                )
+        cases.append(case)
+    worst = max(c["time_ratio_api_auto_over_nt_jc"] for c in cases)
+    import jax
+
+    from ntk_vs_nn.kernels import nt_compat
+
+    return _common.write(
+        "empirical_api_vs_nt",
+        value=next(c for c in cases if c["mode"] == "traced")["api_auto"]["s"],
+        unit="s",
+        goal=1.0,
+        ratio=worst,
+        holds=bool(worst <= 1.0),
+        load_average_at_end=[round(v, 2) for v in os.getloadavg()],
+        note="timings on a shared 2-core CPU while another job used both cores: ratios, not seconds, are the result",
+        nt_unavailable={"STRUCTURED_DERIVATIVES": "uses jax internals that changed", "AUTO": "tries it"},
+        n=N_API,
+        num_classes=CLASSES,
+        dtype="float32",
+        repeats=repeats,
+        nt_version=nt_compat.import_neural_tangents().__version__,
+        jax_version=jax.__version__,
+        cases=cases,
+        max_rel_diff_vs_nt_jc=agreement,
+    )
+
+
 if __name__ == "__main__":
-    main()
+    main_api() if "--api" in sys.argv[1:] else main()
