@@ -106,7 +106,7 @@ def _same(a, b):
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     if jax.tree.structure(a) != jax.tree.structure(b) or any(np.shape(u) != np.shape(v) for u, v in zip(la, lb)):
         return jnp.asarray(False)
-    eq = [jnp.all(u == v) if jnp.issubdtype(jnp.result_type(u), jnp.integer) else jnp.all(jnp.abs(u - v) < 1e-12)
+    eq = [jnp.all(jnp.abs(u - v) < 1e-12) if jnp.issubdtype(jnp.result_type(u), jnp.inexact) else jnp.all(u == v)
           for u, v in zip(la, lb)]  # fmt: skip
     return jnp.all(jnp.stack(eq)) if eq else jnp.asarray(True)
 

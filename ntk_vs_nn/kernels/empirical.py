@@ -6,6 +6,11 @@ diagonal entries, as in neural-tangents). The NNGP kernel of last-layer features
 φ(x) φ(x')^T / width. Written from the math; neural-tangents is not imported. The closed-form
 predictors that train a kernel model on them are in `ntk_vs_nn.kernels.predict`.
 
+This `empirical_ntk_fn` is the suite's own: (B, k) outputs, tiled inside, host numpy results. For
+neural-tangents' API (pytree outputs, trace/diagonal/vmap axes, traceable under `jax.jit`), use
+`ntk_vs_nn.kernels.empirical_ntk_fn` (`ntk_vs_nn.kernels.api`; docs/kernels.md, "Coming from
+neural-tangents").
+
 Example:
     >>> module = build_model("SimpleCNN-3-1", num_classes=3, ndim=1)
     >>> f = lambda params, x: module.apply({"params": params}, x)            # (B, 3)
