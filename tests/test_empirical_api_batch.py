@@ -3,6 +3,8 @@
 1. batch(kernel_fn, batch_size) equals the unbatched kernel (float64, 1e-12 relative) for pytree
    outputs, several trace/diagonal layouts, x2 given or None, tiles that do not divide n, on the
    device or in host memory; with x2=None only the tiles on and above the diagonal are computed.
+   The same with x2's Jacobians kept (reuse_jacobians, the default for empirical_ntk_fn): each tile
+   is differentiated once.
 2. check_kernel: a PSD kernel passes; a kernel with a negative eigenvalue raises (or warns) with that
    eigenvalue, in the full (n, n, k, k) layout and in a diagonal layout; non-finite entries raise,
    also from batch(check="raise").
@@ -62,6 +64,34 @@ def test_batched_equals_unbatched(axes):
     want = kernel_fn(x, None, ("ntk", "nngp"), params)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         assert rel_err(a, b) < 1e-12
+
+
+@pytest.mark.parametrize("impl", ["jacobian_contraction", "auto"])
+def test_batched_with_kept_jacobians_equals_unbatched_and_differentiates_each_tile_once(impl):
+    _, f, x, params = _setup(5, CNN())
+    for axes in (((-1,), ()), ((), (-1,))):
+        fn = nt.empirical_ntk_fn(f, *axes, vmap_axes=0, implementation=impl)
+        calls = []
+
+        def counting(*a, **k):
+            calls.append(1)
+            return fn(*a, **k)
+
+        def jacobian(*a, **k):
+            calls.append(0)
+            return fn.jacobian(*a, **k)
+
+        counting.axes, counting.jacobian, counting.contract = fn.axes, jacobian, fn.contract
+        for store in (True, False):
+            for x2 in (None, x[:3]):
+                calls.clear()
+                got = nt.batch(counting, batch_size=2, store_on_device=store)(x, x2, params)
+                want = fn(x, x2, params)
+                for leaf in want:
+                    assert isinstance(got[leaf], jax.Array if store else np.ndarray)
+                    assert got[leaf].shape == want[leaf].shape and rel_err(got[leaf], want[leaf]) < 1e-12, (leaf, x2)
+                # no kernel_fn call; one Jacobian per tile: 3 tiles of x (x2=None), or 2 of x2 + 3 of x
+                assert calls == [0] * (3 if x2 is None else 5)
 
 
 def test_batch_refuses_a_kernel_without_its_batch_axes_first():

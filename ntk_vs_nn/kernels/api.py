@@ -217,32 +217,48 @@ def empirical_ntk_fn(
     ntk_impls.canonical_axes(trace_axes, 64, "trace_axes")  # ints, checked per output rank when called
     ntk_impls.canonical_axes(diagonal_axes, 64, "diagonal_axes")
 
+    def jacobian(x, params, kw):
+        """J of one batch: a tree over f's output leaves of parameter trees (``fx.shape + p.shape``)."""
+        fx = jax.eval_shape(lambda p, xx: f(p, xx, **kw), params, x)
+        axes = _canonical_vmap_axes(vmap_axes, x, fx, kw)
+        if impl == NtkImplementation.JACOBIAN_CONTRACTION:
+            return ntk_impls.jacrev_fn(f, axes)(params, x, kw)
+        try:
+            strict = impl == NtkImplementation.STRUCTURED_DERIVATIVES
+            return ntk_impls.structured_fn(f, axes, fx, strict)(params, x, kw)
+        except structured.Unsupported as e:
+            raise ValueError(f"implementation=STRUCTURED_DERIVATIVES does not apply to this network: {e}") from None
+
     def ntk_fn(x1, x2, params, **kwargs):
         kw1, kw2 = split_kwargs(kwargs, x1, x2)
         fx1 = jax.eval_shape(lambda p, x: f(p, x, **kw1), params, x1)
         fx2 = fx1 if x2 is None else jax.eval_shape(lambda p, x: f(p, x, **kw2), params, x2)
         ntk_impls.check_pair(fx1, fx2, trace_axes, diagonal_axes)
-        axes = _canonical_vmap_axes(vmap_axes, x1, fx1, kw1)
         if impl == NtkImplementation.NTK_VECTOR_PRODUCTS:
+            axes = _canonical_vmap_axes(vmap_axes, x1, fx1, kw1)
             x2_, kw2_ = (x1, kw1) if x2 is None else (x2, kw2)
             return ntk_impls.ntk_vector_products(f, axes, fx1, x1, x2_, params, kw1, kw2_, trace_axes, diagonal_axes)
-        if impl == NtkImplementation.JACOBIAN_CONTRACTION:
-            jac = ntk_impls.jacrev_fn(f, axes)
-        else:
-            strict = impl == NtkImplementation.STRUCTURED_DERIVATIVES
-            try:
-                jac = ntk_impls.structured_fn(f, axes, fx1, strict)
-            except structured.Unsupported as e:
-                raise ValueError(f"implementation=STRUCTURED_DERIVATIVES does not apply: {e}") from None
-        try:
-            j1 = jac(params, x1, kw1)
-            j2 = j1 if x2 is None else jac(params, x2, kw2)
-        except structured.Unsupported as e:
-            raise ValueError(f"implementation=STRUCTURED_DERIVATIVES does not apply to this network: {e}") from None
+        j1 = jacobian(x1, params, kw1)
+        j2 = j1 if x2 is None else jacobian(x2, params, kw2)
         return ntk_impls.contract_jacobians(fx1, j1, j2, trace_axes, diagonal_axes)
+
+    def tile_jacobian(x, params, kw):
+        """(J, one scalar per output leaf): the Jacobian of one tile, with f's output structure."""
+        fx = jax.eval_shape(lambda p, xx: f(p, xx, **kw), params, x)
+        return jacobian(x, params, kw), jax.tree.map(lambda o: jnp.zeros((), o.dtype), fx)
+
+    def contract(fx0, j1, j2, params):
+        """The kernel of two tiles from their `tile_jacobian`s (output shapes read off j1)."""
+        treedef, p0 = jax.tree.structure(fx0), jax.tree.leaves(params)[0]
+        heads = [jax.tree.leaves(t)[0] for t in treedef.flatten_up_to(j1)]
+        fx = treedef.unflatten([jax.ShapeDtypeStruct(a.shape[: a.ndim - np.ndim(p0)], a.dtype) for a in heads])
+        return ntk_impls.contract_jacobians(fx, j1, j2, trace_axes, diagonal_axes)
 
     fn = _jit_kernel(ntk_fn)
     fn.axes = (trace_axes, diagonal_axes)
+    if impl != NtkImplementation.NTK_VECTOR_PRODUCTS:  # the pieces `batch` uses to keep x2's Jacobians
+        fn.jacobian = _jit_kernel(lambda x, _, params, **kw: tile_jacobian(x, params, kw))
+        fn.contract = jax.jit(contract)
     return fn
 
 

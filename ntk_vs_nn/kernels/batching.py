@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_vs_nn.kernels import ntk_impls
+from ntk_vs_nn.kernels.api import split_kwargs
 
 
 def kernel_layout(ndim: int, trace_axes, diagonal_axes) -> list[tuple[int, ...]]:
@@ -93,7 +94,7 @@ def _pad(x, t: int):
 
 
 def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, store_on_device: bool = True,
-          check: str | None = None) -> Callable:  # fmt: skip
+          check: str | None = None, reuse_jacobians: bool = True) -> Callable:  # fmt: skip
     """neural-tangents' ``nt.batch``: ``kernel_fn(x1, x2, *args, **kwargs)`` computed in tiles.
 
     Args:
@@ -106,6 +107,13 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
       store_on_device: keep the assembled kernel on the device (a jax array); False copies each
         block to host memory as it completes (a numpy array), so only one block is on the device.
       check: None, or "warn" / "raise": `check_kernel` on the result (PSD only when x2 is None).
+      reuse_jacobians: for an `empirical_ntk_fn` that stores Jacobians (all implementations but
+        NTK_VECTOR_PRODUCTS) called as ``(x1, x2, params, **kwargs)`` without ``rng``: each tile is
+        differentiated once and x2's tile Jacobians are kept (on the device, or in host memory with
+        ``store_on_device=False``: ≈ n2·k·P numbers) and contracted with each row tile's, as the
+        suite's older tiled `empirical.empirical_ntk_fn` does, instead of differentiating both
+        tiles of every pair (neural-tangents' way: memory bounded by one tile pair, about
+        n/batch_size times more backward passes). False: neural-tangents' way.
 
     Returns:
       ``batched(x1, x2=None, *args, **kwargs)`` equal to ``kernel_fn`` up to float round-off. Keyword
@@ -125,15 +133,25 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         rows, cols = range(0, n1, t), range(0, n2, t)
         take = lambda x, i: jax.tree.map(lambda a: a[i : i + t], x)  # noqa: E731
         blocks = {}
-        for i in rows:
-            for j in cols:
-                if x2 is None and j < i and axes is not None:
-                    continue
-                second = None if x2 is None and i == j else take(xs2, j)
-                out = jitted(take(xs1, i), second, *args, **kwargs)
-                if not store_on_device:
-                    out = jax.tree.map(np.asarray, out)
-                blocks[i, j] = out
+        keep = (lambda a: a) if store_on_device else (lambda a: jax.tree.map(np.asarray, a))  # noqa: E731
+        if reuse_jacobians and hasattr(kernel_fn, "jacobian") and len(args) == 1 and "rng" not in kwargs:
+            kw1, kw2 = split_kwargs(kwargs, None, None)  # 2-tuples: x1's and x2's (x2=None: x1's)
+            kept = {
+                j: keep(kernel_fn.jacobian(take(xs2, j), None, *args, **(kw1 if x2 is None else kw2))) for j in cols
+            }
+            for i in rows:
+                j1, fx0 = kept[i] if x2 is None else kernel_fn.jacobian(take(xs1, i), None, *args, **kw1)
+                for j in cols:
+                    if x2 is None and j < i:
+                        continue
+                    blocks[i, j] = keep(kernel_fn.contract(fx0, j1, kept[j][0], *args))
+        else:
+            for i in rows:
+                for j in cols:
+                    if x2 is None and j < i and axes is not None:
+                        continue
+                    second = None if x2 is None and i == j else take(xs2, j)
+                    blocks[i, j] = keep(jitted(take(xs1, i), second, *args, **kwargs))
         first = blocks[0, 0]
         leaves, treedef = jax.tree.flatten(first)
         for k in leaves:
