@@ -176,8 +176,7 @@ class Execution:
                     m.update(metrics.diversity(list(trainer.predict_members(v, self.data.x_test))))
                 if teacher_test is not None:  # a student: how faithfully it matches its teacher on test
                     m.update(metrics.fidelity(teacher_test[slot], preds["test"]))
-                # predictions and params first, the record last: a record always has both
-                self.store.save_predictions(self._unit(*u), preds)
+                # params first, then the predictions and the record (`units.save_and_record`): a record has both
                 if self.cfg.run.checkpoints and getattr(trainer, "checkpointable", True):
                     self.store.save_checkpoint(self._unit(*u), v["params"])
             else:
@@ -188,6 +187,7 @@ class Execution:
                 m,
                 res.wall_s / len(units),
                 test_logits=preds["test"] if ok else None,
+                predictions=preds if ok else None,
                 training=self.training_state(trainer, v, m),
                 n_params=n_params,
                 group_wall_s=round(res.wall_s, 3),

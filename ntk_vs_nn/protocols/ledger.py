@@ -16,6 +16,7 @@ import shutil
 import numpy as np
 
 from ntk_vs_nn.analysis.bootstrap import encode_correct
+from ntk_vs_nn.protocols.units import finished, save_and_record, unit_name
 from ntk_vs_nn.store import unit_id
 
 # units named by the teacher hash (`Config.teacher_hash`); the wide control trains like a single member
@@ -38,7 +39,7 @@ class Ledger:
         return self.teacher_hash if protocol in TEACHER_PROTOCOLS else self.hash
 
     def _unit(self, protocol, member):
-        return unit_id(self._hash_of(protocol), self.family_name, self.model, protocol, member)
+        return unit_name(self._hash_of(protocol), self.family_name, protocol, member, model=self.model)
 
     def _unit_ids(self, protocol, member):
         """The unit's id, then its ids under the config's older hash forms (records made before a
@@ -46,9 +47,12 @@ class Ledger:
         older = [unit_id(h, self.family_name, self.model, protocol, member) for h in self.cfg.science_hashes()[1:]]
         return [self._unit(protocol, member), *older]
 
-    def record(self, protocol, member, status, metrics_=None, wall_s=0.0, test_logits=None, **extra):
+    def record(self, protocol, member, status, metrics_=None, wall_s=0.0, test_logits=None, predictions=None,
+               **extra):  # fmt: skip
+        """Record a unit (`units.save_and_record`: its ``predictions`` saved first, when given; a finished
+        unit's saved predictions named); ``test_logits``: its per-example test correctness, recorded."""
+        unit = self._unit(protocol, member)
         rec = {
-            "unit": self._unit(protocol, member),
             "config_hash": self._hash_of(protocol),
             "preset": self.cfg.preset,
             "family": self.family_name,
@@ -63,14 +67,11 @@ class Ledger:
             "wall_s": round(wall_s, 3),
             **extra,
         }
-        preds = self.store.unit_path(rec["unit"])
-        if status == "ok" and os.path.exists(preds):  # saved before the record: the record names it
-            rec["predictions"] = os.path.relpath(preds, self.store.out_dir)
         if status == "ok" and test_logits is not None:  # per-example correctness: the paired bootstrap's input
             rec["test_correct"] = encode_correct(np.argmax(test_logits, -1) == self.data.y_test)
             rec["n_test"] = len(self.data.y_test)
-        rec = self.store.record(rec)  # + date and this process's provenance
-        self.known[rec["unit"]] = rec
+        rec = save_and_record(self.store, unit, predictions if status == "ok" else None, rec)  # + date, provenance
+        self.known[unit] = rec
         return rec
 
     def training_state(self, trainer, variables, m: dict) -> dict:
@@ -93,13 +94,12 @@ class Ledger:
         return dict(state, train_loss=m.get("final_loss"), train_acc=m.get("train_acc"))
 
     def _done(self, protocol, member):
+        """``(record, predictions)`` of a finished unit (`units.finished`; diverged: predictions {}), else None."""
         rec = next((self.known[u] for u in self._unit_ids(protocol, member) if u in self.known), None)
         if rec is None and protocol in TEACHER_PROTOCOLS:
             return self._adopt(protocol, member)
-        if rec is None or rec["status"] not in ("ok", "diverged"):
-            return None
-        preds = self.store.load_predictions(rec["unit"]) if rec["status"] == "ok" else {}
-        return None if preds is None else (rec, preds)
+        done = finished(self.store, rec)
+        return None if done is None else (done[0], {} if done[1] is None else done[1])
 
     def _adopt(self, protocol, member):
         """A teacher unit recorded before units had a teacher hash, by a config that differs from this
@@ -114,13 +114,12 @@ class Ledger:
             if preds is None:
                 continue
             new = self._unit(protocol, member)
-            self.store.save_predictions(new, preds)
             src, dst = self.store.checkpoint_path(old), self.store.checkpoint_path(new)
             if os.path.isdir(src) and not os.path.isdir(dst) and self.store.writer:
                 shutil.copytree(src, dst)
             keep = {k: rec[k] for k in ("n_params", "group_wall_s", "training") if k in rec}
             got = self.record(protocol, member, "ok", rec["metrics"], rec.get("wall_s", 0.0), test_logits=preds["test"],
-                              adopted_from=old, **keep)  # fmt: skip
+                              predictions=preds, adopted_from=old, **keep)  # fmt: skip
             self.log(f"  {self.family_name} {self.model} {protocol} {member}: adopted from {old}")
             return got, preds
         return None

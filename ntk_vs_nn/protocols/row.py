@@ -32,6 +32,7 @@ from ntk_vs_nn.models import parse_model_name, split_members
 from ntk_vs_nn.protocols.execution import SPLITS, Execution
 from ntk_vs_nn.protocols.ledger import Ledger
 from ntk_vs_nn.protocols.trainers import Trainers, check_students
+from ntk_vs_nn.protocols.units import accuracy_by_size, distill_teacher, ensemble_of
 from ntk_vs_nn.store import Store
 
 
@@ -136,15 +137,12 @@ class Row(Ledger, Execution, Trainers):
             self.record(protocol, "all", "skipped", {"reason": "no finished members"})
             return None
         rule = self.cfg.protocol.ensemble_rule
-        comb = {s: metrics.combine([p[s] for p in ok], rule) for s in SPLITS}
+        comb = ensemble_of(ok, rule, SPLITS)
         d = self.data
         m = metrics.summary(comb["test"], d.y_test)
         m.update(metrics.calibrated(comb["val"], d.y_val, comb["test"], d.y_test))
         m["val_acc"] = metrics.accuracy(comb["val"], d.y_val)
-        m["acc_by_size"] = [
-            metrics.accuracy(metrics.combine([p["test"] for p in ok[:n]], rule), d.y_test)
-            for n in range(1, len(ok) + 1)
-        ]
+        m["acc_by_size"] = accuracy_by_size([p["test"] for p in ok], d.y_test, rule)
         if len(ok) > 1:  # the members' diversity on test, and the DE-1..DE-L curve the DEE reads
             m.update(metrics.diversity([p["test"] for p in ok]))
             val, test = [p["val"] for p in ok], [p["test"] for p in ok]
@@ -222,8 +220,8 @@ class Row(Ledger, Execution, Trainers):
             if self.online:  # the teacher's single members, loaded and evaluated in every step
                 teachers.append(members if protocol == "kd" else [i])
             else:
-                teachers.append(np.asarray(teacher["train"], np.float32))
-            teacher_test.append(np.asarray(teacher["test"], np.float32))
+                teachers.append(distill_teacher(protocol, singles, i, ens))
+            teacher_test.append(distill_teacher(protocol, singles, i, ens, split="test"))
             init_keys.append(rng.member_key(self.root, protocol, i))
             data_keys.append(rng.member_key(self.root, f"{protocol}_data", i))
         if not units:

@@ -1,15 +1,15 @@
 """One protocol path: how a unit (a member, an ensemble of members, a student of given teacher outputs) is
 named, found finished, trained unless recorded, saved and recorded, whatever experiment trains it. The
-tables' `Row` does each of these steps in its ledger and execution (`Ledger._unit`, `Ledger._done`,
-`Execution._fit_group`, `Row.ensemble`, `Row.students`); the theory experiments (multiview, gaussian,
-channels) call the functions here, so a unit of any experiment is named, resumed, ensembled and distilled
-the same way:
+tables' `Row` (its ledger, execution, ensemble and students) and the theory experiments (multiview,
+gaussian, channels) call the functions here, so a unit of any experiment is named, resumed, saved,
+ensembled and distilled the same way:
 
 `unit_name`            ``{hash}/{family}[/{model}]/{protocol}-{member}``: `store.unit_id`, the tables' form;
                        without a model (one learner per family: multiview) the model segment is left out;
-`Units`                the recorded units of a store under a config's hashes: `Units.finished` (a recorded
-                       unit's record and predictions, looked up under its name and then its older forms),
-                       `Units.save_and_record` (predictions first, then the record naming them),
+`finished`             a recorded unit's record and predictions, when it finished (else it trains again);
+`save_and_record`      predictions first, then the record naming them;
+`Units`                the recorded units of a store under a config's hashes: `Units.finished` (looked up
+                       under a unit's name and then its older forms), `Units.save_and_record`,
                        `Units.train_unless_recorded` (a finished unit is loaded instead of retrained);
 `ensemble_of`          the ensemble of members' predictions, split by split (`metrics.combine`);
 `accuracy_by_size`     the accuracy of the ensembles of the first 1..L members;
@@ -51,27 +51,12 @@ class Units:
         return next((self.known[u] for u in names if u in self.known), None)
 
     def finished(self, names: Iterable[str]) -> tuple[dict, dict | None] | None:
-        """``(record, predictions)`` of the unit recorded under the first of ``names`` found, when it is
-        finished (status ``ok`` or none: its predictions must load; ``diverged``: predictions None); else
-        None (not recorded, oom, skipped, or its predictions missing: it is trained again)."""
-        rec = self.recorded(names)
-        if rec is None or rec.get("status", "ok") not in FINISHED:
-            return None
-        if rec.get("status", "ok") != "ok":
-            return rec, None
-        preds = self.store.load_predictions(rec["unit"])
-        return None if preds is None else (rec, preds)
+        """`finished` of this store's units."""
+        return finished(self.store, self.recorded(names))
 
     def save_and_record(self, unit: str, predictions: dict | None, record: dict) -> dict:
-        """Save the unit's ``predictions`` (None: none to save), then append ``record`` (which names its
-        ``unit`` and ``config_hash``) naming them: a record always has its predictions. Returns it as stored."""
-        rec = {"unit": unit, **record}
-        if predictions is not None:
-            self.store.save_predictions(unit, predictions)
-            path = self.store.unit_path(unit)
-            if os.path.exists(path):  # (a process that does not write saves nothing)
-                rec["predictions"] = os.path.relpath(path, self.store.out_dir)
-        rec = self.store.record(rec)
+        """`save_and_record` in this store; the record joins ``known``."""
+        rec = save_and_record(self.store, unit, predictions, record)
         self.known[unit] = rec
         return rec
 
@@ -83,6 +68,31 @@ class Units:
             return done[0], done[1], False
         preds, rec = train()
         return self.save_and_record(names[0], preds, rec), preds, True
+
+
+def finished(store: Store, rec: dict | None) -> tuple[dict, dict | None] | None:
+    """``(record, predictions)`` of a recorded unit (``rec``, None: not recorded) when it is finished (status
+    ``ok`` or none: its predictions must load; ``diverged``: predictions None); else None (not recorded, oom,
+    skipped, or its predictions missing: it is trained again)."""
+    if rec is None or rec.get("status", "ok") not in FINISHED:
+        return None
+    if rec.get("status", "ok") != "ok":
+        return rec, None
+    preds = store.load_predictions(rec["unit"])
+    return None if preds is None else (rec, preds)
+
+
+def save_and_record(store: Store, unit: str, predictions: dict | None, record: dict) -> dict:
+    """Save the unit's ``predictions`` (None: none to save), then append ``record`` (which names its
+    ``config_hash``; ``unit`` goes first) naming them: a record always has its predictions. A finished
+    unit's earlier-saved predictions are named too. Returns the record as stored."""
+    rec = {"unit": unit, **record}
+    if predictions is not None:
+        store.save_predictions(unit, predictions)
+    path = store.unit_path(unit)
+    if rec.get("status", "ok") == "ok" and os.path.exists(path):  # (a process that does not write saves nothing)
+        rec["predictions"] = os.path.relpath(path, store.out_dir)
+    return store.record(rec)
 
 
 def ensemble_of(members: list[dict], rule: str = "logits", splits: Iterable[str] | None = None) -> dict:
