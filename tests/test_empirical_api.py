@@ -17,6 +17,7 @@ max-abs value).
 6. empirical_nngp_fn, empirical_kernel_fn (by name and tuple) and empirical_ntk_vp_fn.
 7. Bad arguments are one ValueError line.
 8. The migration example of docs/kernels.md runs and prints what the docs show.
+9. A failed structured-derivative check (a tied parameter) is recomputed by jacrev under jit, with a warning.
 """
 
 import flax.linen as nn
@@ -263,3 +264,25 @@ def test_the_migration_example_in_docs_runs_and_prints_what_the_docs_show():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout == shown
+
+
+class Tied(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        d = nn.Dense(4, name="d")
+        return d(x) @ d.variables["params"]["kernel"]  # the kernel also used outside d's call
+
+
+@pytest.mark.parametrize("impl", ["auto", "structured_derivatives"])
+def test_a_failed_structured_check_is_recomputed_by_jacrev_with_a_warning(impl):
+    """A parameter used outside its module: the structured Jacobian alone is wrong (the check sees it,
+    tests/test_structured.py); under jit the batch is recomputed by jacrev (lax.cond) and a warning says so."""
+    module = Tied()
+    x = jax.random.normal(jax.random.key(1), (5, 4), jnp.float64)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), module.init(jax.random.key(0), x[:1])["params"])
+    f = lambda p, xb: module.apply({"params": p}, xb)  # noqa: E731
+    want = np.einsum("abAB->aAbB", full_kernel(f, params, x[:2], x[2:]))
+    with pytest.warns(UserWarning, match="check failed"):
+        got = jax.jit(nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=impl))(x[:2], x[2:], params)
+        jax.block_until_ready(got)
+    assert rel_err(got, want) < EXACT

@@ -145,9 +145,9 @@ def structured_fn(f: Callable, axes, fx, strict: bool) -> Callable:
     Layers without a structured rule (anything but Dense and Conv) get their per-example Jacobian from
     `jax.vjp` of that layer alone. Each call checks Σ_e J_e^T u_e against one `jax.vjp` of the batch;
     a batch failing the check (relative error > CHECK_TOL) is recomputed by `jax.jacrev`
-    (`jax.lax.cond`, so it stays traceable). A network outside the assumptions (examples not along
-    axis 0 of x, parameters outside Flax leaf modules, ...) raises `structured.Unsupported` when
-    traced if ``strict``; otherwise ``jac`` is `jacrev_fn`'s.
+    (`jax.lax.cond`, so it stays traceable), with a warning (`jax.debug.callback`). A network outside
+    the assumptions (examples not along axis 0 of x, parameters outside Flax leaf modules, ...) raises
+    `structured.Unsupported` when traced if ``strict``; otherwise ``jac`` is `jacrev_fn`'s.
     """
     dense = jacrev_fn(f, axes)
     if axes is None:
@@ -182,8 +182,9 @@ def structured_fn(f: Callable, axes, fx, strict: bool) -> Callable:
             if strict:
                 raise structured.Unsupported(str(e)) from e
             return dense(params, x, kw)
-        ok = err_fn(tiles, params, x, kw) <= CHECK_TOL
-        tiles = jax.lax.cond(ok, lambda: tiles, lambda: to_tiles(dense(params, x, kw), params))
+        err = err_fn(tiles, params, x, kw)
+        jax.debug.callback(_warn_failed_check, err)  # at run time: a failed check is never silent
+        tiles = jax.lax.cond(err <= CHECK_TOL, lambda: tiles, lambda: to_tiles(dense(params, x, kw), params))
         sizes = [int(np.prod(o.shape)) // o.shape[a] for o, a in zip(leaves, fx_axes)]
         bounds = np.cumsum([0] + sizes)
         p_leaves, p_def = jax.tree.flatten(params)
@@ -198,6 +199,18 @@ def structured_fn(f: Callable, axes, fx, strict: bool) -> Callable:
         return treedef.unflatten(out)
 
     return jac
+
+
+def _warn_failed_check(err) -> None:
+    err = np.max(np.asarray(err))  # (an array under jax.vmap)
+    if not err <= CHECK_TOL:
+        import warnings
+
+        warnings.warn(
+            f"structured derivatives: check failed (relative error {err:.1e} > {CHECK_TOL:g}); "
+            "this batch was recomputed by jax.jacrev",
+            stacklevel=2,
+        )
 
 
 # ---------------------------------------------------------------------------- NTK-vector products
