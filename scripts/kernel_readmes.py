@@ -1,5 +1,5 @@
 """The kernel rows' generated READMEs (issue 30): every number in them is read from the runs' records and
-CSVs, and tests/test_kernel_readmes.py regenerates them, so none can go stale.
+CSVs, and tests/report/test_kernel_readmes.py regenerates them, so none can go stale.
 
   attribution ROOT [--run]   what message ① is for ntk: one small setting's kernel rows trained four
                              ways, and weight-space descent checked against the exact solve
@@ -208,7 +208,7 @@ def readme(root: str, cmp: pd.DataFrame, att: pd.DataFrame) -> str:
         "`attribution.md`: message ①'s two comparisons under each training, from each folder's\n"
         "`messages.csv`. `comparison.md`: the function-space solve against weight-space descent, cell by\n"
         "cell, with a paired-bootstrap interval (test points, replicates, members). Every number below is\n"
-        "read from them by the script (`tests/test_kernel_readmes.py` regenerates this file).\n\n"
+        "read from them by the script (`tests/report/test_kernel_readmes.py` regenerates this file).\n\n"
         "## Reading\n\n" + _reading(cmp, att) + "\n## ① under each training\n\n" + attribution_md(att)
         + "\n## Function space − weight space\n\n" + comparison_md(cmp)
     )  # fmt: skip
@@ -319,7 +319,7 @@ def gd_readme(gd: str, adam: str, budget: str = BUDGET) -> str:
         f"the predictions, `units/`, are not committed), then `ntk-vs-nn messages --out {gd}` and "
         f"`.venv/bin/python scripts/kernel_readmes.py gd-table {gd} {adam}"
         + ("" if budget == BUDGET else f" --budget {budget}") + "` (this file; "
-        "`tests/test_kernel_readmes.py` regenerates it).\n\n"
+        "`tests/report/test_kernel_readmes.py` regenerates it).\n\n"
         f"## ①–③ under gradient descent, beside the Adam-trained rows of `{os.path.relpath(adam, gd)}/`\n\n"
         + table + "\nTrain accuracy (%) per unit, by protocol (min–max):\n\n" + accs
         + "\n## Reading\n\n" + "\n".join(reading) + "\n"

@@ -7,7 +7,7 @@ import tempfile
 # The guard against a test that reads a dataset installed on the machine (a system Fashion-MNIST, a CIFAR
 # archive, a tensorflow-datasets build): every real-data location points at one empty folder, for this
 # process and every process it starts (the CLI, workers). A test that needs real-format files writes its
-# own (tests/test_images.py); the presets the tests run use generated data (``synthetic:fashion_mnist``).
+# own (tests/data/test_images.py); the presets the tests run use generated data (``synthetic:fashion_mnist``).
 # Set before anything imports tensorflow-datasets, which reads TFDS_DATA_DIR at import.
 NO_DATASETS = tempfile.mkdtemp(prefix="ntk_vs_nn-no-datasets-")
 DATA_ENV = ("NTK_VS_NN_FASHION_MNIST", "NTK_VS_NN_CIFAR_DIR", "TFDS_DATA_DIR")

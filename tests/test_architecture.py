@@ -162,3 +162,14 @@ def test_every_prng_stream_tag_is_distinct():
 
     assert len(set(rng.STREAMS.values())) == len(rng.STREAMS)
     assert len(set(rng.STEP_TAGS.values())) == len(rng.STEP_TAGS)
+
+
+def test_the_tests_mirror_the_package():
+    """Each folder of tests/ is named after the package folder whose modules its tests exercise (a test
+    of ntk_vs_nn/engine/ lives in tests/engine/), so a reader finds a module's tests by its path."""
+    tests = os.path.join(ROOT, "tests")
+    folders = [d for d in os.listdir(tests) if os.path.isdir(os.path.join(tests, d)) and not d.startswith((".", "_"))]
+    assert folders
+    for d in folders:
+        assert os.path.isdir(os.path.join(ROOT, "ntk_vs_nn", d)), f"tests/{d}/ mirrors no ntk_vs_nn/{d}/"
+        assert any(f.startswith("test_") for f in os.listdir(os.path.join(tests, d))), f"tests/{d}/ has no tests"

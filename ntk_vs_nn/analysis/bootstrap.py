@@ -49,12 +49,12 @@ d >= 0). Its CI is the percentile interval of d over the draws (np.quantile, lin
 interpolation). The smallest difference a run could detect (`min_detectable`) is the CI half-width
 (hi - lo) / 2: a true d smaller than that would typically leave the interval straddling 0.
 
-Coverage (measured in tests/test_bootstrap.py): nominal for paired model comparisons; for group
+Coverage (measured in tests/analysis/test_bootstrap.py): nominal for paired model comparisons; for group
 means it is conservative when each member's own test noise dominates the members' true spread
 (the member x example noise is counted by both resamplings, as in Owen's pigeonhole bootstrap)
 and under-covers when the true spread dominates and the group is small (L = 3: ~88 %). For an
 ensemble against its singles in one replicate, step d lifts the coverage from ~78 % to >= 90 % when
-the members' spread dominates (L = 10, tests/test_bootstrap.py); the jackknife variance is
+the members' spread dominates (L = 10, tests/analysis/test_bootstrap.py); the jackknife variance is
 conservative (Efron-Stein), so with little member spread the interval is wider than nominal.
 """
 

@@ -68,7 +68,7 @@ def decisive() -> Config:
     the quick preset's data and net with every unit a message compares at one budget, 90 epochs (Adam,
     cosine): L = 10 singles, K = 3 KD and S = 5 SD students on mixup inputs (the inputs that distilled
     best, results/kd-inputs-mnist1d) with the teacher online, the wide control ResNet-10-3 (about the
-    ensemble's parameter count: tests/test_registration.py), the train-sum model in the first 3
+    ensemble's parameter count: tests/experiments/test_registration.py), the train-sum model in the first 3
     replicates; R = 8 replicates on root seeds 1000-1007 (the choices were made on seeds 0-5); 50,000
     test points, so that messages 5-7 can be decided to about 0.1 point. Nets only (`table nn`). Cost on
     2 cores: several hours (the folder's README)."""

@@ -10,7 +10,7 @@
                 same way and a distillation target is the teacher's output on x' itself.
 
 The trainer calls a transformation with ``fold_in(member's epoch key, step)``, so a member's
-batches are the same whichever way the members execute (tests/test_transforms.py). `make_augment`
+batches are the same whichever way the members execute (tests/data/test_transforms.py). `make_augment`
 builds the per-batch augmentation of a `TrainConfig`.
 
 Example:

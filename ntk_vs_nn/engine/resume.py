@@ -4,7 +4,7 @@ A unit that trains for hours (the Fashion-MNIST ntk train-sum model: ten lineari
 survive a stopped run. `Trainer.fit` saves an `EpochSnapshot` of a member group's carry and its losses so
 far every ``every_s`` seconds and after its last epoch, and starts from the saved epoch when one is there.
 An epoch's data order and augmentation keys are functions of the epoch index alone, so the resumed run is
-the uninterrupted one, bit for bit (tests/test_resume.py). The file is one ``.npz`` (no pickle), written to
+the uninterrupted one, bit for bit (tests/engine/test_resume.py). The file is one ``.npz`` (no pickle), written to
 a temporary name and renamed; one that does not match the live carry (leaf count, shapes, dtypes, the
 epoch budget) is ignored and training starts from epoch 0.
 """

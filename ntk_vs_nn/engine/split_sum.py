@@ -57,7 +57,7 @@ class SplitSum:
 
     def _fit_split(self, variables, data_keys, x, y, teachers, alpha, tau, scales, desc, snap=None):
         """`Trainer.fit` of one summed family (``family.parts``) in sequential mode: ``(variables, (1, epochs)
-        losses)``, the joint program's numbers up to float rounding (tests/test_engine.py). On a host split
+        losses)``, the joint program's numbers up to float rounding (tests/engine/test_engine.py). On a host split
         into several CPU devices each batch is split over them, as in `fit` (params replicated, back on one
         device at the end)."""
         fwd, batch, head, back, update = self._split_fns()

@@ -15,7 +15,7 @@ its own soft targets (knowledge distillation) or none. How the members execute i
               (ntk_vs_nn/engine/sharding.py: NamedSharding(mesh, P("member")), data replicated).
 
 All run the same per-member code, so they give the same numbers (tests check it, the sharded mode
-in tests/test_sharding.py); which is fastest depends on the backend and the network
+in tests/engine/test_sharding.py); which is fastest depends on the backend and the network
 (benchmarks/ensemble_members.py). An epoch is a Python loop over one jitted, buffer-donating step
 with the data on device: nothing waits for the host inside an epoch.
 

@@ -19,7 +19,7 @@ picks ``matmul`` on a CPU for vmapped members, and for 2-D nets only on a CPU wi
 (`families.resolve_conv`). It changes rounding, not the model: like
 ``run.members`` it is outside the config hash. Equal to
 ``lax.conv_general_dilated`` in float64 for 1-D and 2-D, strides, padding and kernel dilation
-(tests/test_models.py).
+(tests/models/test_models.py).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ own file first:
          {acc_mean:+.2f} -->+1.84<!-- /q -->
 
 `render` rewrites every quote's text from its source; `stale` lists the quotes whose text differs,
-which tests/test_docs.py asserts is none, so a number in the docs cannot drift from its results file.
+which tests/report/test_docs.py asserts is none, so a number in the docs cannot drift from its results file.
 """
 
 from __future__ import annotations

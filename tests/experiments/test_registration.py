@@ -93,7 +93,7 @@ def test_the_committed_registrations_resolve_to_their_registered_configs():
     a change that moves a registered configuration is caught here, not by the run."""
     from ntk_vs_nn import experiments
 
-    root = os.path.join(os.path.dirname(__file__), "..", "registrations")
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "registrations")
     files = sorted(f for f in os.listdir(root) if f.endswith(".json"))
     assert files
     for f in files:

@@ -261,7 +261,7 @@ def test_committed_results_still_belong_to_their_config(folder):
 
     from ntk_vs_nn.config.presets import from_dict
 
-    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results", folder)
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "results", folder)
     with open(os.path.join(root, "config.json")) as f:
         cfg = from_dict(json.load(f))
     with open(os.path.join(root, "records.jsonl")) as f:

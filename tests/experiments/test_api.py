@@ -13,7 +13,7 @@ import ntk_vs_nn
 from ntk_vs_nn import experiments
 from ntk_vs_nn.cli import main
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_every_public_name_resolves():

@@ -11,7 +11,7 @@ from ntk_vs_nn.cli import main
 from ntk_vs_nn.config.base import UserError
 from ntk_vs_nn.report import quotes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_the_docs_quotes_are_current():

@@ -17,7 +17,7 @@ import pytest
 
 from ntk_vs_nn.engine import sharding
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ATOL = 1e-5
 
 SCRIPT = r"""
