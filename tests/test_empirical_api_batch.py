@@ -4,7 +4,7 @@
    outputs, several trace/diagonal layouts, x2 given or None, tiles that do not divide n, on the
    device or in host memory; with x2=None only the tiles on and above the diagonal are computed.
    The same with x2's Jacobians kept (reuse_jacobians, the default for empirical_ntk_fn): each tile
-   is differentiated once.
+   is differentiated once; kept in memory or, beyond cache_bytes, in memory-mapped files.
 2. check_kernel: a PSD kernel passes; a kernel with a negative eigenvalue raises (or warns) with that
    eigenvalue, in the full (n, n, k, k) layout and in a diagonal layout; non-finite entries raise,
    also from batch(check="raise").
@@ -24,6 +24,7 @@ from conftest import rel_err
 from test_empirical_api import CNN, _setup
 
 import ntk_vs_nn.kernels as nt
+from ntk_vs_nn.kernels import batching
 from ntk_vs_nn.kernels.batching import check_kernel
 
 EXACT = 1e-10
@@ -67,8 +68,11 @@ def test_batched_equals_unbatched(axes):
 
 
 @pytest.mark.parametrize("impl", ["jacobian_contraction", "auto"])
-def test_batched_with_kept_jacobians_equals_unbatched_and_differentiates_each_tile_once(impl):
+def test_batched_with_kept_jacobians_equals_unbatched_and_differentiates_each_tile_once(impl, monkeypatch):
     _, f, x, params = _setup(5, CNN())
+    spilled = []
+    to_disk = batching._to_disk
+    monkeypatch.setattr(batching, "_to_disk", lambda a, *r: spilled.append(1) or to_disk(a, *r))
     for axes in (((-1,), ()), ((), (-1,))):
         fn = nt.empirical_ntk_fn(f, *axes, vmap_axes=0, implementation=impl)
         calls = []
@@ -82,16 +86,18 @@ def test_batched_with_kept_jacobians_equals_unbatched_and_differentiates_each_ti
             return fn.jacobian(*a, **k)
 
         counting.axes, counting.jacobian, counting.contract = fn.axes, jacobian, fn.contract
-        for store in (True, False):
+        for store, cache in ((True, 8 << 30), (False, 8 << 30), (False, 0)):  # 0: every kept tile on disk
             for x2 in (None, x[:3]):
                 calls.clear()
-                got = nt.batch(counting, batch_size=2, store_on_device=store)(x, x2, params)
+                got = nt.batch(counting, batch_size=2, store_on_device=store, cache_bytes=cache)(x, x2, params)
                 want = fn(x, x2, params)
                 for leaf in want:
                     assert isinstance(got[leaf], jax.Array if store else np.ndarray)
                     assert got[leaf].shape == want[leaf].shape and rel_err(got[leaf], want[leaf]) < 1e-12, (leaf, x2)
                 # no kernel_fn call; one Jacobian per tile: 3 tiles of x (x2=None), or 2 of x2 + 3 of x
                 assert calls == [0] * (3 if x2 is None else 5)
+                assert bool(spilled) == (cache == 0)
+                spilled.clear()
 
 
 def test_batch_refuses_a_kernel_without_its_batch_axes_first():

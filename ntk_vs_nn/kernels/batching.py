@@ -11,6 +11,8 @@ the output may be neither traced nor diagonal.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from typing import Callable
 
@@ -88,13 +90,34 @@ def check_kernel(kernel, trace_axes=(-1,), diagonal_axes=(), symmetric=True, act
     return worst
 
 
+def _to_disk(a, folder: str, tile: int) -> np.ndarray:
+    """One Jacobian leaf in a memory-mapped .npy file under ``folder``."""
+    fd, path = tempfile.mkstemp(suffix=".npy", prefix=f"{tile}-", dir=folder)
+    os.close(fd)
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=a.dtype, shape=a.shape)
+    mm[...] = np.asarray(a)
+    mm.flush()
+    return mm
+
+
+def _contract_all(kernel_fn, kept, rows, cols, x2, xs1, take, args, kw1, blocks, keep) -> None:
+    """Fill ``blocks`` with the contraction of each row tile's Jacobian (differentiated once; x1's own
+    kept ones when x2 is None, upper triangle only) with every kept column Jacobian."""
+    for i in rows:
+        j1, fx0 = kept[i] if x2 is None else kernel_fn.jacobian(take(xs1, i), None, *args, **kw1)
+        for j in cols:
+            if x2 is None and j < i:
+                continue
+            blocks[i, j] = keep(kernel_fn.contract(fx0, j1, kept[j][0], *args))
+
+
 def _pad(x, t: int):
     """Every leaf padded along axis 0 to a multiple of t by repeating its last example."""
     return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], -len(a) % t, 0)]) if len(a) % t else a, x)
 
 
 def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, store_on_device: bool = True,
-          check: str | None = None, reuse_jacobians: bool = True) -> Callable:  # fmt: skip
+          check: str | None = None, reuse_jacobians: bool = True, cache_bytes: int = 8 << 30) -> Callable:  # fmt: skip
     """neural-tangents' ``nt.batch``: ``kernel_fn(x1, x2, *args, **kwargs)`` computed in tiles.
 
     Args:
@@ -114,6 +137,8 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         suite's older tiled `empirical.empirical_ntk_fn` does, instead of differentiating both
         tiles of every pair (neural-tangents' way: memory bounded by one tile pair, about
         n/batch_size times more backward passes). False: neural-tangents' way.
+      cache_bytes: with ``store_on_device=False``, the most bytes of kept Jacobians held in memory;
+        the rest go to memory-mapped temporary files (deleted when the call returns).
 
     Returns:
       ``batched(x1, x2=None, *args, **kwargs)`` equal to ``kernel_fn`` up to float round-off. Keyword
@@ -136,15 +161,17 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
         keep = (lambda a: a) if store_on_device else (lambda a: jax.tree.map(np.asarray, a))  # noqa: E731
         if reuse_jacobians and hasattr(kernel_fn, "jacobian") and len(args) == 1 and "rng" not in kwargs:
             kw1, kw2 = split_kwargs(kwargs, None, None)  # 2-tuples: x1's and x2's (x2=None: x1's)
-            kept = {
-                j: keep(kernel_fn.jacobian(take(xs2, j), None, *args, **(kw1 if x2 is None else kw2))) for j in cols
-            }
-            for i in rows:
-                j1, fx0 = kept[i] if x2 is None else kernel_fn.jacobian(take(xs1, i), None, *args, **kw1)
+            kept = {}
+            with tempfile.TemporaryDirectory(prefix="ntk_jacobian_") as spill:
+                used = 0
                 for j in cols:
-                    if x2 is None and j < i:
-                        continue
-                    blocks[i, j] = keep(kernel_fn.contract(fx0, j1, kept[j][0], *args))
+                    jac = kernel_fn.jacobian(take(xs2, j), None, *args, **(kw1 if x2 is None else kw2))
+                    size = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(jac))
+                    if store_on_device or used + size <= cache_bytes:
+                        kept[j], used = keep(jac), used + size
+                    else:  # beyond the budget: a memory-mapped file per leaf, read back when contracted
+                        kept[j] = jax.tree.map(lambda a, j=j: _to_disk(a, spill, j), jac)
+                _contract_all(kernel_fn, kept, rows, cols, x2, xs1, take, args, kw1, blocks, keep)
         else:
             for i in rows:
                 for j in cols:
