@@ -117,7 +117,7 @@ def cmd_table(args) -> int:
 def cmd_messages(args) -> int:
     exp, cfg = experiments.load_config(args.out)
     cfg = override(cfg, args.set, top_level=exp.top_level)
-    written = exp.write(cfg, Store(args.out))
+    written = experiments.write_outputs(exp, cfg, Store(args.out))
     print(written.parts.get("messages", written.text))
     return 0
 
@@ -126,6 +126,9 @@ def cmd_report(args) -> int:
     from ntk_vs_nn.report import write_report  # lazy: matplotlib
 
     paths = write_report(args.out, against=args.against)
+    from ntk_vs_nn.experiments import registration
+
+    registration.stamp(args.out)  # report.md says confirmatory or exploratory, as every output does
     print(f"wrote {paths['md']}, {paths['html']} and {len(paths['figures'])} figure(s)")
     if "stability_md" in paths:
         with open(paths["stability_md"]) as f:

@@ -138,5 +138,14 @@ def run_experiment(
             raise UserError(f"{out}: a registered run's folder; continue it with --registration FILE")
         save_config(out, name, cfg)
     exp.run(cfg, store, log, **options)
-    written = exp.write(cfg, store) if store.writer else Written("", [])
+    written = write_outputs(exp, cfg, store) if store.writer else Written("", [])
     return written._replace(out=out)
+
+
+def write_outputs(exp: Experiment, cfg, store) -> Written:
+    """``exp.write``, then every Markdown output stamped confirmatory or exploratory (`registration.stamp`)."""
+    from ntk_vs_nn.experiments import registration
+
+    written = exp.write(cfg, store)
+    registration.stamp(store.out_dir)
+    return written

@@ -11,8 +11,10 @@ and the science hash of the configuration they resolve to. ``ntk-vs-nn run EXPER
 - copies the file into the output folder (``OUT/registration.json``, with its sha256 and commit) when the
   run starts, and refuses to go on (resume, or write results) when the file no longer has that sha256.
 
-Every output a registered run writes says so (the tables' and messages' headers). Exploratory searches run
-without a registration, on other seeds.
+Every Markdown output of a run says which it is, in the line under its title (`stamp`, called by
+`experiments.write_outputs` after an experiment writes): the registration's name and sha256, or "Exploratory
+run" for a run without one (a search, a sizing run, every run made before registrations existed), whose
+regime may have been chosen on its own seeds.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ from ntk_vs_nn.config import UserError
 from ntk_vs_nn.store import atomic_write
 
 RECORD = "registration.json"  # the copy in the output folder
+CONFIRMATORY = "**Confirmatory run**, registered in"
+EXPLORATORY = (
+    "**Exploratory run**: not registered, so its regime may have been chosen on these seeds; its verdicts "
+    'describe this run, not a confirmatory test (docs/protocols.md, "Registered (confirmatory) runs").'
+)
+NOT_STAMPED = ("README.md",)  # Markdown in an output folder that is not an output (a folder's own prose)
 FIELDS = {"name": str, "experiment": str, "preset": str, "overrides": list, "seeds": str, "claims": list,
           "config_hash": str}  # fmt: skip
 
@@ -46,7 +54,7 @@ class Registration:
 
     def header(self) -> str:
         """The line every output of the run carries."""
-        return f"Confirmatory run registered in `{self.name}` (sha256 {self.sha256[:12]}) before it trained."
+        return f"{CONFIRMATORY} `{self.name}` (sha256 {self.sha256[:12]}) before it trained."
 
 
 def load(path: str) -> Registration:
@@ -131,3 +139,31 @@ def recorded(out: str) -> Registration | None:
     r = d["registration"]
     return Registration(d["file"], r["name"], r["experiment"], r["preset"], r["overrides"], r["seeds"], r["claims"],
                         r["config_hash"], d["sha256"], tuple(r.get("which", ())))  # fmt: skip
+
+
+def status(out: str) -> str:
+    """The line that says whether the run in ``out`` is confirmatory (registered) or exploratory."""
+    reg = recorded(out)
+    return reg.header() if reg is not None else EXPLORATORY
+
+
+def stamp(out: str) -> list[str]:
+    """Put `status` under the title of every Markdown output in ``out`` (`NOT_STAMPED` aside), replacing an
+    earlier stamp; returns the files changed. A file without a ``#`` title gets it as its first line."""
+    line, changed = status(out), []
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name)
+        if not name.endswith(".md") or name in NOT_STAMPED or not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            lines = f.read().split("\n")
+        keep = [x for x in lines if not x.startswith((CONFIRMATORY, EXPLORATORY[:22]))]
+        at = 1 if keep and keep[0].startswith("#") else 0
+        if at and len(keep) > 1 and keep[1] == "":
+            keep = keep[:1] + keep[2:]  # the blank line under the title is put back below
+        new = keep[:at] + ([""] if at else []) + [line, ""] + keep[at:]
+        text = "\n".join(new)
+        if text != "\n".join(lines):
+            atomic_write(path, text)
+            changed.append(name)
+    return changed

@@ -45,8 +45,10 @@ def test_a_registered_run_records_its_registration_and_says_so(registered, tmp_p
     assert main(["table", "nn", "--registration", str(path), "--out", out]) == 0
     rec = json.load(open(os.path.join(out, "registration.json")))
     assert rec["registration"] == reg and len(rec["sha256"]) == 64 and len(rec["commit"]) == 40
-    assert "Confirmatory run registered in `smoke-nn`" in open(os.path.join(out, "messages.md")).read()
-    assert "Confirmatory run registered" in open(os.path.join(out, "table_nn.md")).read()
+    for name in ("messages.md", "table_nn.md"):
+        lines = open(os.path.join(out, name)).read().splitlines()
+        assert lines[2].startswith("**Confirmatory run**, registered in `smoke-nn` (sha256 ") and lines[1] == ""
+        assert not any(x.startswith("**Exploratory run**") for x in lines)
     n = len(Store(out).records())
     assert main(["table", "nn", "--registration", str(path), "--out", out]) == 0  # resumes: nothing to train
     assert len(Store(out).records()) == n
@@ -116,3 +118,19 @@ def test_the_decisive_wide_control_has_about_the_ensembles_parameter_count():
     count = lambda m: param_count(make_family("nn", m, 10, 1, cfg).init(jax.random.key(0), x))  # noqa: E731
     member, wide = count(cfg.table.nn_models[0]), count(cfg.protocol.wide_model)
     assert 0.8 < wide / (cfg.protocol.members * member) < 1.2 and wide > 5 * member
+
+
+def test_every_markdown_output_of_an_unregistered_run_says_exploratory_once(tmp_path):
+    """A run without a registration: each Markdown output (not the folder's README) carries the exploratory
+    line under its title exactly once, also after `messages` rewrites the outputs (the stamp replaces itself)."""
+    out = tmp_path / "out"
+    assert main(["table", "nn", "--preset", "smoke", "--out", str(out), *sum((["--set", o] for o in FAST), [])]) == 0
+    (out / "README.md").write_text("# notes\n")
+    assert main(["messages", "--out", str(out)]) == 0
+    mds = sorted(p for p in os.listdir(out) if p.endswith(".md") and p != "README.md")
+    assert {"messages.md", "table_nn.md"} <= set(mds)
+    for name in mds:
+        lines = (out / name).read_text().splitlines()
+        assert lines[0].startswith("# ") and lines[2] == registration.EXPLORATORY, name
+        assert sum(x == registration.EXPLORATORY for x in lines) == 1, name
+    assert (out / "README.md").read_text() == "# notes\n"
