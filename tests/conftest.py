@@ -88,3 +88,24 @@ def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def theory_outputs(out: str) -> dict:
+    """The written outputs of a gaussian or channels run folder (what a resume must leave as they are)."""
+    return {n: open(os.path.join(out, n)).read() for n in ("table.md", "table.csv", "summary.md", "claims.csv")}
+
+
+def store_before_student_units(src: str, dst: str) -> list:
+    """A copy of run folder ``src`` at ``dst`` as a store recorded before students were units would be: no
+    unit files, only the records that are not a student's (protocol ``single``); returns those records."""
+    import json
+    import shutil
+
+    from ntk_vs_nn.store import Store
+
+    shutil.copytree(src, dst)
+    shutil.rmtree(os.path.join(dst, "units"))
+    kept = [r for r in Store(dst).records() if r.get("protocol") != "single"]
+    with open(os.path.join(dst, "records.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+    return kept

@@ -148,4 +148,6 @@ def write_outputs(exp: Experiment, cfg, store) -> Written:
 
     written = exp.write(cfg, store)
     registration.stamp(store.out_dir)
-    return written
+    line = registration.status(store.out_dir)  # what the command prints says it too
+    parts = {k: registration.stamp_text(v, line) if isinstance(v, str) else v for k, v in written.parts.items()}
+    return written._replace(text=registration.stamp_text(written.text, line) if written.text else "", parts=parts)

@@ -147,23 +147,28 @@ def status(out: str) -> str:
     return reg.header() if reg is not None else EXPLORATORY
 
 
+def stamp_text(text: str, line: str) -> str:
+    """``text`` (Markdown) with ``line`` under its ``#`` title (first, without one), replacing an earlier stamp."""
+    lines = text.split("\n")
+    keep = [x for x in lines if not x.startswith((CONFIRMATORY, EXPLORATORY[:22]))]
+    at = 1 if keep and keep[0].startswith("#") else 0
+    if at and len(keep) > 1 and keep[1] == "":
+        keep = keep[:1] + keep[2:]  # the blank line under the title is put back below
+    return "\n".join(keep[:at] + ([""] if at else []) + [line, ""] + keep[at:])
+
+
 def stamp(out: str) -> list[str]:
-    """Put `status` under the title of every Markdown output in ``out`` (`NOT_STAMPED` aside), replacing an
-    earlier stamp; returns the files changed. A file without a ``#`` title gets it as its first line."""
+    """Put `status` under the title of every Markdown output in ``out`` (`NOT_STAMPED` aside; `stamp_text`);
+    returns the files changed."""
     line, changed = status(out), []
     for name in sorted(os.listdir(out)):
         path = os.path.join(out, name)
         if not name.endswith(".md") or name in NOT_STAMPED or not os.path.isfile(path):
             continue
         with open(path) as f:
-            lines = f.read().split("\n")
-        keep = [x for x in lines if not x.startswith((CONFIRMATORY, EXPLORATORY[:22]))]
-        at = 1 if keep and keep[0].startswith("#") else 0
-        if at and len(keep) > 1 and keep[1] == "":
-            keep = keep[:1] + keep[2:]  # the blank line under the title is put back below
-        new = keep[:at] + ([""] if at else []) + [line, ""] + keep[at:]
-        text = "\n".join(new)
-        if text != "\n".join(lines):
-            atomic_write(path, text)
+            text = f.read()
+        new = stamp_text(text, line)
+        if new != text:
+            atomic_write(path, new)
             changed.append(name)
     return changed

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import store_before_student_units, theory_outputs
 from scipy import stats
 
 from ntk_vs_nn.config import UserError
@@ -144,10 +145,6 @@ def test_fashion_mnist_missing_falls_back_to_mnist1d(tmp_path):
         cd.load_data(dataclasses.replace(cfg, fallback=False), msgs.append)
 
 
-def outputs(out: str) -> dict:
-    return {n: open(os.path.join(out, n)).read() for n in ("table.md", "table.csv", "summary.md", "claims.csv")}
-
-
 # compile time dominates here: 1-D data, small programs, and both variants have 4 channels (one compiled
 # student); one run for the module, the tests below work on copies of its folder
 TINY = ["dataset=mnist1d", "data.n_train=128", "data.n_test=64", "channels.variants=split_2,avg_2",
@@ -188,9 +185,9 @@ def test_end_to_end_writes_table_and_plot_and_resumes(tiny_run, tmp_path):
                                          f"{h}/avg_2"]  # fmt: skip
     assert all(os.path.exists(os.path.join(out, r["predictions"])) for r in recs if r.get("protocol") == "single")
     assert all(r["config_hash"] == h and "git_sha" in r and "date" in r for r in recs)
-    before = outputs(out)
+    before = theory_outputs(out)
     again = run_experiment("channels", "smoke", TINY, out)  # resumes: nothing retrained, same outputs
-    assert Store(out).records() == recs and again.text == written.text and outputs(out) == before
+    assert Store(out).records() == recs and again.text == written.text and theory_outputs(out) == before
 
 
 def test_resume_trains_only_the_missing_variant(tiny_run, tmp_path):
@@ -207,14 +204,11 @@ def test_resume_trains_only_the_missing_variant(tiny_run, tmp_path):
 
 def test_a_store_recorded_before_students_were_units_still_resumes(tiny_run, tmp_path):
     """One record per variant and no student units (as results/channels): nothing retrains."""
-    out = copy_of(tiny_run[0], tmp_path / "c")
-    shutil.rmtree(os.path.join(out, "units"))
-    variants = [r for r in Store(out).records() if r.get("protocol") != "single"]
-    with open(os.path.join(out, "records.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in variants)
-    before = outputs(out)
+    out = str(tmp_path / "c")
+    variants = store_before_student_units(tiny_run[0], out)
+    before = theory_outputs(out)
     run_experiment("channels", "smoke", TINY, out)
-    assert Store(out).records() == variants and outputs(out) == before
+    assert Store(out).records() == variants and theory_outputs(out) == before
 
 
 def test_write_without_records_is_a_user_error(tmp_path):

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import store_before_student_units, theory_outputs
 
 from ntk_vs_nn.analysis import bootstrap as bs
 from ntk_vs_nn.config import UserError
@@ -170,10 +171,6 @@ def test_claim_settings_are_not_in_the_science_hash():
         g.EXPERIMENT.configure("smoke", ["claim.level=1.5"])
 
 
-def outputs(out: str) -> dict:
-    return {n: open(os.path.join(out, n)).read() for n in ("table.md", "table.csv", "summary.md", "claims.csv")}
-
-
 # linear and fc2 teachers both get fc2 students: one compiled student for the four cells; one run for the
 # module, the tests below work on copies of its folder
 SETS = ["grid.teachers=linear,fc2", "data.n_train=128", "data.n_test=128", "student.members=2",
@@ -215,9 +212,9 @@ def test_end_to_end_writes_its_table_and_resumes(tiny_run, tmp_path):
     assert [r["unit"] for r in recs] == [u for t, s in cells for u in [*students(t, s), f"{h}/{t}/{s}"]]
     assert all(r["config_hash"] == h and "git_sha" in r and "date" in r for r in recs)
     assert all(os.path.exists(os.path.join(out, r["predictions"])) for r in recs if r.get("protocol") == "single")
-    before = outputs(out)
+    before = theory_outputs(out)
     again = run_experiment("gaussian", "smoke", SETS, out)  # resumes: nothing retrained, same outputs
-    assert Store(out).records() == recs and again.text == written.text and outputs(out) == before
+    assert Store(out).records() == recs and again.text == written.text and theory_outputs(out) == before
 
 
 TIMES = ("date", "wall_s")
@@ -241,14 +238,10 @@ def test_a_cell_cut_short_resumes_from_its_recorded_students(tiny_run, tmp_path)
 def test_a_store_recorded_before_students_were_units_still_resumes(tiny_run, tmp_path):
     """A store with one record per cell and no student units (as results/gaussian): nothing retrains."""
     out = str(tmp_path / "g")
-    shutil.copytree(tiny_run[0], out)
-    shutil.rmtree(os.path.join(out, "units"))
-    cells = [r for r in Store(out).records() if r.get("protocol") != "single"]
-    with open(os.path.join(out, "records.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in cells)
-    before = outputs(out)
+    cells = store_before_student_units(tiny_run[0], out)
+    before = theory_outputs(out)
     run_experiment("gaussian", "smoke", SETS, out)
-    assert Store(out).records() == cells and outputs(out) == before
+    assert Store(out).records() == cells and theory_outputs(out) == before
 
 
 def test_write_without_records_is_a_user_error(tmp_path):
