@@ -25,6 +25,7 @@ over the peak after set-up (imports, model, inputs), so each number is one imple
 Writes results/benchmarks/empirical_ntk_vs_nt.json: value = our seconds on SimpleCNN-4-1 traced
 (the reference case: neural-tangents JC took 0.71 s traced, 2.49 s full there in an earlier
 measurement); ratio = the worst ours / nt_jc over the four cases; goal 1.0 (ours no slower);
+(the API comparison, ``--api``: `api_verdict`);
 ``cases`` has every number, ``max_rel_diff_ours_vs_nt`` the max relative difference between our
 kernel and neural-tangents' (float32).
 """
@@ -206,7 +207,6 @@ def main_api() -> dict:
                     res[impl]["peak_growth_mib"] / max(res[theirs]["peak_growth_mib"], 1.0), 3
                 )
         cases.append(case)
-    worst = max(c["time_ratio_api_auto_over_nt_jc"] for c in cases)
     import jax
 
     from ntk_vs_nn.kernels import nt_compat
@@ -215,9 +215,7 @@ def main_api() -> dict:
         "empirical_api_vs_nt",
         value=next(c for c in cases if c["mode"] == "traced")["api_auto"]["s"],
         unit="s",
-        goal=1.0,
-        ratio=worst,
-        holds=bool(worst <= 1.0),
+        **api_verdict(cases),
         load_average_at_end=[round(v, 2) for v in os.getloadavg()],
         note="timings on a shared 2-core CPU while another job used both cores: ratios, not seconds, are the result",
         nt_unavailable={"STRUCTURED_DERIVATIVES": "uses jax internals that changed", "AUTO": "tries it"},
@@ -230,6 +228,20 @@ def main_api() -> dict:
         cases=cases,
         max_rel_diff_vs_nt_jc=agreement,
     )
+
+
+API_GOAL = 0.5  # the issue's goal: at most half neural-tangents' fastest time, no more memory than its leanest
+
+
+def api_verdict(cases: list) -> dict:
+    """The API benchmark's summary from its cases: ``ratio`` = the worst over the cases of our auto
+    implementation's time over the fastest of neural-tangents' (goal `API_GOAL`), ``memory_ratio`` = the
+    worst of its peak memory growth over neural-tangents' leanest (goal 1); ``holds`` when both are met."""
+    time_r = max(c["api_auto"]["s"] / min(c[t]["s"] for t in NT_IMPLS) for c in cases)
+    mem_r = max(c["api_auto"]["peak_growth_mib"] / max(min(c[t]["peak_growth_mib"] for t in NT_IMPLS), 1.0)
+                for c in cases)  # fmt: skip
+    return dict(goal=API_GOAL, ratio=round(time_r, 3), memory_ratio=round(mem_r, 3), memory_goal=1.0,
+                holds=bool(time_r <= API_GOAL and mem_r <= 1.0))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ The public API (everything else is internal and may change):
 - metrics: the module `metrics` (`nll`, `brier`, `ece`, `calibrate`, `dee`, `disagreement`, ... on logits);
 - families: `ModelFamily`, `network`, `linearized`, `last_layer`, `summed`, `make_family`;
 - engine: `Trainer`, `distill_loss`, `perturb` (Gaussian / ODS / ConfODS distillation inputs);
-- kernels: `empirical_ntk_fn` (empirical NTK of any Flax apply function), `nngp_fn`,
-  `head_features`;
+- kernels: `empirical_ntk_fn`, `empirical_nngp_fn`, `empirical_kernel_fn` (neural-tangents' empirical-kernel
+  API with its semantics; `ntk_vs_nn.kernels` also has `batch`; docs/kernels.md), `nngp_fn`, `head_features`;
 - protocols: `PROTOCOLS`, `run_row` (single, ensemble, train-sum, KD, SD of one family and model);
 - store: `Store`;
 - experiments: `run_experiment`, `EXPERIMENTS` (their names), `get_experiment`, `load_config`.
@@ -44,7 +44,9 @@ _EXPORTS = {
     "make_family": "ntk_vs_nn.families",
     "Trainer": "ntk_vs_nn.engine.trainer",
     "distill_loss": "ntk_vs_nn.engine.losses",
-    "empirical_ntk_fn": "ntk_vs_nn.kernels.empirical",
+    "empirical_ntk_fn": "ntk_vs_nn.kernels",
+    "empirical_nngp_fn": "ntk_vs_nn.kernels",
+    "empirical_kernel_fn": "ntk_vs_nn.kernels",
     "nngp_fn": "ntk_vs_nn.kernels.empirical",
     "head_features": "ntk_vs_nn.kernels.empirical",
     "run_row": "ntk_vs_nn.protocols",
