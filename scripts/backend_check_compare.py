@@ -27,7 +27,7 @@ COMMON = (
     "best member for single, else the protocol's accuracy; 2σ = twice the std of the weights backend's\n"
     "single members.\n\n"
 )
-# what the traced-kernel check (results/quick-mnist1d/backend-check) found; tests/test_trace_check.py
+# what the traced-kernel check (results/quick-mnist1d/backend-check) found; tests/kernels/test_trace_check.py
 # (formerly backend-check/trace_check.py) checks the full-kernel and traced-kernel claims
 TRACED_NOTE = (
     "\n\ngp agrees in every protocol (its traced kernel is exact: φφᵀ+1 ⊗ I_k). ntk and ntk′ do not: "

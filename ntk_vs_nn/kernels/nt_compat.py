@@ -23,7 +23,7 @@ unchanged on disk, by providing during the import only what the import itself lo
 
 Nothing of jax is left changed after the import. ``stax`` (infinite-width kernels), ``batch``,
 ``monte_carlo_kernel_fn`` and ``empirical_ntk_fn`` with ``JACOBIAN_CONTRACTION`` and
-``NTK_VECTOR_PRODUCTS`` work and are cross-checked in ``tests/test_nt_crosscheck.py`` (against our
+``NTK_VECTOR_PRODUCTS`` work and are cross-checked in ``tests/kernels/test_nt_crosscheck.py`` (against our
 kernels to 1e-10 in float64, and against Monte-Carlo estimates from our own wide Flax nets). The same
 neural-tangents code on its own pinned jax 0.4.38 gave the same numbers (measured once, float64:
 empirical NTKs to 3e-15, infinite-width NNGP to 5e-16, NTK to 2e-9 relative, on ResNet-10-1 1-D and

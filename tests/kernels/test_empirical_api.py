@@ -255,7 +255,7 @@ def test_the_migration_example_in_docs_runs_and_prints_what_the_docs_show():
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     text = open(os.path.join(root, "docs", "kernels.md"), encoding="utf-8").read()
     section = text[text.index("## Coming from neural-tangents") :]
     code, shown = re.search(
@@ -276,7 +276,7 @@ class Tied(nn.Module):
 @pytest.mark.parametrize("impl", ["auto", "structured_derivatives"])
 def test_a_failed_structured_check_is_recomputed_by_jacrev_with_a_warning(impl):
     """A parameter used outside its module: the structured Jacobian alone is wrong (the check sees it,
-    tests/test_structured.py); under jit the batch is recomputed by jacrev (lax.cond) and a warning says so."""
+    tests/kernels/test_structured.py); under jit the batch is recomputed by jacrev (lax.cond) and a warning says so."""
     module = Tied()
     x = jax.random.normal(jax.random.key(1), (5, 4), jnp.float64)
     params = jax.tree.map(lambda a: a.astype(jnp.float64), module.init(jax.random.key(0), x[:1])["params"])
