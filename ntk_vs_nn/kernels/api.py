@@ -5,7 +5,7 @@ the same arguments, defaults and output layouts, so ``import neural_tangents as 
 ``import ntk_vs_nn.kernels as nt`` for ``nt.empirical_ntk_fn``, ``nt.empirical_nngp_fn``,
 ``nt.empirical_kernel_fn``, ``nt.empirical_ntk_vp_fn``, ``nt.NtkImplementation`` and ``nt.batch``.
 Written from neural-tangents' documented semantics; its code is not used (only the cross-checks in
-tests/test_empirical_api_nt.py import it).
+tests/kernels/test_empirical_api_nt.py import it).
 
 Conventions, all as in neural-tangents 0.6.5:
 
