@@ -242,19 +242,39 @@ BAD = [
 ]
 
 
+def _cli(argv) -> int:
+    """The command's exit code, run in this process (argparse's own errors exit by SystemExit)."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.mark.parametrize("argv,needle", BAD)
-def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, argv, needle):
+def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, argv, needle, capsys):
+    """In this process (the CLI's own code path): exit code 2, one line on stderr naming the problem, no
+    output folder."""
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "ntk_vs_nn", *argv, "--out", str(out)], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
+    code = _cli([*argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], err
     assert not out.exists()
 
 
-def test_bad_npz_labels_rejected(tmp_path):
+def test_bad_input_from_the_executable_is_one_line_exit_2(tmp_path):
+    """The same through the installed command's process (its exit status, nothing but the line on stderr)."""
+    out = tmp_path / "out"
+    argv, needle = BAD[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "ntk_vs_nn", *argv, "--out", str(out)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert needle in proc.stderr and not out.exists()
+
+
+def test_bad_npz_labels_rejected(tmp_path, capsys):
     path = tmp_path / "bad.npz"
     rng = np.random.default_rng(0)
     np.savez(
@@ -265,25 +285,8 @@ def test_bad_npz_labels_rejected(tmp_path):
         y_test=np.zeros(5, int),
     )
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ntk_vs_nn",
-            "table",
-            "nn",
-            "--preset",
-            "smoke",
-            "--dataset",
-            f"npz:{path}",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and "labels" in proc.stderr and not out.exists()
+    assert _cli(["table", "nn", "--preset", "smoke", "--dataset", f"npz:{path}", "--out", str(out)]) == 2
+    assert "labels" in capsys.readouterr().err and not out.exists()
 
 
 def test_npz_dataset_end_to_end(tmp_path):
@@ -304,36 +307,17 @@ def test_npz_dataset_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     "dataset,env", [("cifar10", "NTK_VS_NN_CIFAR_DIR"), ("fashion_mnist", "NTK_VS_NN_FASHION_MNIST")]
 )
-def test_missing_image_data_says_how_to_get_it(tmp_path, dataset, env):
+def test_missing_image_data_says_how_to_get_it(tmp_path, dataset, env, monkeypatch, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ntk_vs_nn",
-            "table",
-            "nn",
-            "--preset",
-            "smoke",
-            "--dataset",
-            dataset,
-            "--set",
-            f"data.data_dir={empty}",
-            "--set",
-            "data.source=binary" if dataset == "cifar10" else "data.n_test=0",
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, env: str(empty)},
-    )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    monkeypatch.setenv(env, str(empty))
+    second = "data.source=binary" if dataset == "cifar10" else "data.n_test=0"
+    argv = ["table", "nn", "--preset", "smoke", "--dataset", dataset, "--set", f"data.data_dir={empty}"]
+    argv += ["--set", second]
+    assert _cli([*argv, "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
     assert ("cifar-10-binary.tar.gz" in lines[0]) if dataset == "cifar10" else ("get_fashion_mnist" in lines[0])
     assert not out.exists()
 
