@@ -82,13 +82,36 @@ def contract_jacobians(fx, j1, j2, trace_axes, diagonal_axes):
     for o, a_tree, b_tree in zip(fx_leaves, j1s, j2s):
         nd = len(o.shape)
         s1, s2, res = einsum_spec(nd, trace_axes, diagonal_axes)
-        terms = [
-            jnp.einsum(f"{s1}Z,{s2}Z->{res}", a.reshape(a.shape[:nd] + (-1,)), b.reshape(b.shape[:nd] + (-1,)),
-                       precision=_HIGHEST)
-            for a, b in zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree))
-        ]  # fmt: skip
-        out.append(sum(terms) / trace_size(o.shape, trace_axes))
+        pairs = zip(jax.tree.leaves(a_tree), jax.tree.leaves(b_tree))
+        if canonical_axes(diagonal_axes, nd, "diagonal_axes"):
+            terms = [
+                jnp.einsum(f"{s1}Z,{s2}Z->{res}", a.reshape(a.shape[:nd] + (-1,)), b.reshape(b.shape[:nd] + (-1,)),
+                           precision=_HIGHEST)
+                for a, b in pairs
+            ]  # fmt: skip
+            kernel = sum(terms)
+        else:
+            kernel = _gemm_contract(pairs, nd, canonical_axes(trace_axes, nd, "trace_axes"), s1, s2, res)
+        out.append(kernel / trace_size(o.shape, trace_axes))
     return treedef.unflatten(out)
+
+
+def _gemm_contract(pairs, nd: int, trace: tuple, s1: str, s2: str, res: str):
+    """The einsum ``{s1}Z,{s2}Z->{res}`` summed over the leaf pairs, without diagonal axes, as one matrix
+    product per leaf: each Jacobian's kept output axes first, its traced axes and parameters flattened
+    into one, then the result's axes put in the kernel's order. XLA:CPU ran this 3.5x faster than the
+    einsum (SimpleCNN-4-1, 128 inputs, traced), which it lowered with a transposed copy."""
+    kept = [i for i in range(nd) if i not in trace]
+    perm = kept + list(trace) + [nd]
+    total, shape1, shape2 = None, None, None
+    for a, b in pairs:
+        a = a.reshape(a.shape[:nd] + (-1,)).transpose(perm)
+        b = b.reshape(b.shape[:nd] + (-1,)).transpose(perm)
+        shape1, shape2 = a.shape[: len(kept)], b.shape[: len(kept)]
+        m = jnp.dot(a.reshape(int(np.prod(shape1)), -1), b.reshape(int(np.prod(shape2)), -1).T, precision=_HIGHEST)
+        total = m if total is None else total + m
+    labels = [s1[i] for i in kept] + [s2[i] for i in kept]  # the product's axes, then into the kernel's order
+    return total.reshape(shape1 + shape2).transpose([labels.index(c) for c in res])
 
 
 def reduce_full(k_full, ndim: int, trace_axes, diagonal_axes, size: int):
