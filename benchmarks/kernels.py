@@ -217,7 +217,7 @@ def main_api() -> dict:
         unit="s",
         **api_verdict(cases),
         load_average_at_end=[round(v, 2) for v in os.getloadavg()],
-        note="timings on a shared 2-core CPU while another job used both cores: ratios, not seconds, are the result",
+        note="timings on a shared 2-core CPU (load average at the end recorded): ratios, not seconds, are the result",
         nt_unavailable={"STRUCTURED_DERIVATIVES": "uses jax internals that changed", "AUTO": "tries it"},
         n=N_API,
         num_classes=CLASSES,
