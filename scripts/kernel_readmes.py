@@ -302,6 +302,9 @@ def gd_readme(gd: str, adam: str, budget: str = BUDGET) -> str:
             + "; ".join(f"{CIRCLED[r['message'] - 1]} {r['family']} {r['comparison']} ({r['gd_state_flags']})"
                         for _, r in flagged.iterrows()) + "."
         )  # fmt: skip
+    # the kernel rows train on the clean points unless kernels are augmented: kd_inputs=auto means clean here
+    inputs = p.kd_inputs if p.kd_inputs != "auto" or cfg.train.augment_kernels else "clean"
+    n_test = next(r["n_test"] for r in Store(gd).records() if "n_test" in r)  # data.n_test = 0: the whole set
     cmd = (f"ntk-vs-nn table ntk --preset {cfg.preset} --set protocol.kd_inputs={p.kd_inputs} "
            f"--set run.progress=false --out {gd}")  # fmt: skip
     return (
@@ -313,7 +316,7 @@ def gd_readme(gd: str, adam: str, budget: str = BUDGET) -> str:
         f"{k.epochs} epochs for every unit (singles, the train-sum model, KD and SD students: one budget, measured "
         f"in `{os.path.relpath(budget, gd)}/`); the train-sum model with each member's gradient scaled to a "
         f"single's (`protocol.sum_grad={p.sum_grad}`). L = {p.members}, K = {p.kd_students} KD and "
-        f"S = {cfg.sd_students} SD students on the {p.kd_inputs} training points, {cfg.data.n_test:,} test "
+        f"S = {cfg.sd_students} SD students on the {inputs} training points, {n_test:,} test "
         f"points, **{reps} replicate(s) (root seeds {seeds})**.\n\n"
         f"Made by\n\n    {cmd}\n\n(in a scratch folder, then `config.json` and `records.jsonl` copied here; "
         f"the predictions, `units/`, are not committed), then `ntk-vs-nn messages --out {gd}` and "

@@ -51,11 +51,19 @@ def test_the_backend_comparison_is_paired(tmp_path, swap):
     assert (back["gd"] == there["function"]).all() and (back["function"] == there["gd"]).all()
 
 
-def test_the_gradient_descent_tables_readme_regenerates_byte_identical(monkeypatch):
-    """results/quick-mnist1d-kernel-gd/README.md: its tables and reading are read from its messages.csv and
-    records and from the Adam-trained rows' messages.csv, so a changed number there fails here."""
+GD_TABLES = [  # (the gradient-descent kernel table, its Adam-trained counterpart, the folder of its budget)
+    ("quick-mnist1d-kernel-gd", "quick-mnist1d", None),
+    ("fmnist-premise-kernel-gd", "fmnist-premise-fashion_mnist", "results/fmnist-sizing/kernel-gd"),
+]
+
+
+@pytest.mark.parametrize("folder,adam,budget", GD_TABLES)
+def test_the_gradient_descent_tables_readme_regenerates_byte_identical(monkeypatch, folder, adam, budget):
+    """results/<gd table>/README.md: its tables and reading are read from its messages.csv and records and from
+    the Adam-trained rows' messages.csv, so a changed number there fails here."""
     monkeypatch.chdir(REPO)
-    gd = os.path.join("results", "quick-mnist1d-kernel-gd")
-    text = _script().gd_readme(gd, os.path.join("results", "quick-mnist1d"))
+    gd = os.path.join("results", folder)
+    script = _script()
+    text = script.gd_readme(gd, os.path.join("results", adam), budget or script.BUDGET)
     with open(os.path.join(gd, "README.md")) as fh:
         assert fh.read() == text, f"{gd}/README.md is stale: rerun scripts/kernel_readmes.py gd-table"
