@@ -109,3 +109,16 @@ def store_before_student_units(src: str, dst: str) -> list:
     with open(os.path.join(dst, "records.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
     return kept
+
+
+@pytest.fixture()
+def x64():
+    """float64 for exact cross-checks, with most XLA optimisations off: the programs are tiny, so compiling
+    dominates (used by name, or autouse through a module's ``x64_everywhere``)."""
+    import jax
+
+    fast = jax.config.values["jax_disable_most_optimizations"]
+    jax.config.update("jax_disable_most_optimizations", True)
+    with jax.enable_x64(True):
+        yield
+    jax.config.update("jax_disable_most_optimizations", fast)

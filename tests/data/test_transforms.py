@@ -102,12 +102,6 @@ def _flat(res):
     return [np.asarray(jax.flatten_util.ravel_pytree(v["params"])[0]) for v in res.variables]
 
 
-@pytest.fixture
-def x64():
-    with jax.enable_x64(True):
-        yield
-
-
 @pytest.mark.parametrize("family", ["nn", "ntk"])
 def test_online_teacher_on_untransformed_inputs_equals_fixed_targets(x64, tiny_data, tiny_cfg, family):
     """KD of an ensemble of 3 and SD of one member, float64: the students' params trained against

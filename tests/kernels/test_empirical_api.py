@@ -35,12 +35,9 @@ IMPLS = list(nt.NtkImplementation)
 
 
 @pytest.fixture(autouse=True)
-def x64():
-    fast = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)  # tiny programs: compiling dominates
-    with jax.enable_x64(True):
-        yield
-    jax.config.update("jax_disable_most_optimizations", fast)
+def x64_everywhere(x64):
+    """Every test here in float64 (conftest's `x64`)."""
+    yield
 
 
 class CNN(nn.Module):

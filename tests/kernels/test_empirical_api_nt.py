@@ -39,12 +39,9 @@ EXACT = 1e-10
 
 
 @pytest.fixture(autouse=True)
-def x64():
-    fast = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    with jax.enable_x64(True):
-        yield
-    jax.config.update("jax_disable_most_optimizations", fast)
+def x64_everywhere(x64):
+    """Every test here in float64 (conftest's `x64`)."""
+    yield
 
 
 class MLP(nn.Module):

@@ -54,16 +54,6 @@ def f64(tree):
     return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), tree)
 
 
-@pytest.fixture()
-def x64():
-    # float64 for exact comparisons; fewer XLA passes: these programs are tiny, compiling dominates
-    fast = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    with jax.enable_x64(True):
-        yield
-    jax.config.update("jax_disable_most_optimizations", fast)
-
-
 class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):

@@ -384,11 +384,6 @@ def test_unknown_model_dtype_is_a_user_error():
 
 
 # -- run.conv=matmul: convolution as one matrix product (models/conv.py) --------------------------
-@pytest.fixture
-def x64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
 
 
 @pytest.mark.parametrize("ndim", [1, 2])
