@@ -189,7 +189,7 @@ def row_groups(by: dict, fam: str, model: str, names=GROUPS) -> tuple[bs.Groups,
             continue
         oks = [[r for r in rep.values() if r["status"] == "ok"] for rep in reps]
         recs += [r for ok in oks for r in ok]
-        if all(oks) or (any(oks) and all(ok or by_design(rep) for ok, rep in zip(oks, reps))):
+        if any(oks) and all(ok or by_design(rep.values()) for ok, rep in zip(oks, reps)):
             n = next(r["n_test"] for ok in oks for r in ok)
             decode = lambda ok: np.stack([bs.decode_correct(r["test_correct"], r["n_test"]) for r in ok])  # noqa: E731
             groups[name] = [decode(ok) if ok else np.zeros((0, n), bool) for ok in oks]

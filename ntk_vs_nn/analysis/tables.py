@@ -91,12 +91,13 @@ def replicate_hashes(config_hash) -> list[tuple[str, ...]]:
     return [(h,) if isinstance(h, str) else tuple(h) for h in config_hash]
 
 
-def by_design(rep: dict) -> bool:
-    """Whether a replicate's units of a group were all skipped by the run's design (the train-sum model
-    after the first ``table.train_sum_replicates`` replicates), not lost (diverged, oom, missing)."""
-    return bool(rep) and all(
+def by_design(recs) -> bool:
+    """Whether a replicate's records of a group (some) were all skipped by the run's design (the train-sum
+    model after the first ``table.train_sum_replicates`` replicates), not lost (diverged, oom, missing)."""
+    recs = list(recs)
+    return bool(recs) and all(
         r["status"] == "skipped" and r["metrics"].get("reason", "").startswith("table.train_sum_replicates")
-        for r in rep.values()
+        for r in recs
     )
 
 
@@ -131,7 +132,7 @@ def tidy(
         for fam in families:
             for protocol in PROTOCOLS + tuple(p for p in EXTRA if (fam, model, p) in by):
                 reps = [list(m.values()) for m in by.get((fam, model, protocol), [{} for _ in range(n_rep)])]
-                reps = [recs for recs in reps if not by_design({i: r for i, r in enumerate(recs)})] or reps
+                reps = [recs for recs in reps if not by_design(recs)] or reps
                 rows.append(_row(fam, model, dataset, protocol, reps, by, members, sd_students, kd_students))
     return pd.DataFrame(rows, columns=COLUMNS)
 

@@ -147,7 +147,7 @@ def write_outputs(exp: Experiment, cfg, store) -> Written:
     from ntk_vs_nn.experiments import registration
 
     written = exp.write(cfg, store)
-    registration.stamp(store.out_dir)
-    line = registration.status(store.out_dir)  # what the command prints says it too
+    line = registration.status(store.out_dir)  # the files and what the command prints say it alike
+    registration.stamp(store.out_dir, line)
     parts = {k: registration.stamp_text(v, line) if isinstance(v, str) else v for k, v in written.parts.items()}
     return written._replace(text=registration.stamp_text(written.text, line) if written.text else "", parts=parts)

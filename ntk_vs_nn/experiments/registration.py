@@ -30,8 +30,9 @@ from ntk_vs_nn.store import atomic_write
 
 RECORD = "registration.json"  # the copy in the output folder
 CONFIRMATORY = "**Confirmatory run**, registered in"
+EXPLORATORY_MARK = "**Exploratory run**"
 EXPLORATORY = (
-    "**Exploratory run**: not registered, so its regime may have been chosen on these seeds; its verdicts "
+    f"{EXPLORATORY_MARK}: not registered, so its regime may have been chosen on these seeds; its verdicts "
     'describe this run, not a confirmatory test (docs/protocols.md, "Registered (confirmatory) runs").'
 )
 NOT_STAMPED = ("README.md",)  # Markdown in an output folder that is not an output (a folder's own prose)
@@ -51,6 +52,7 @@ class Registration:
     config_hash: str
     sha256: str
     which: tuple = ()  # the tables experiment: the tables it registers (table nn, table ntk)
+    data: dict = dataclasses.field(default_factory=dict)  # the file's JSON object, as read
 
     def header(self) -> str:
         """The line every output of the run carries."""
@@ -72,9 +74,13 @@ def load(path: str) -> Registration:
     for key, kind in FIELDS.items():
         if not isinstance(d.get(key), kind):
             raise UserError(f"registration {path}: needs {key!r} ({kind.__name__})")
+    return _build(path, d, hashlib.sha256(raw).hexdigest())
+
+
+def _build(path: str, d: dict, sha256: str) -> Registration:
+    """A `Registration` from its JSON object ``d`` (a file's, or the copy recorded in an output folder)."""
     return Registration(path, d["name"], d["experiment"], d["preset"], [str(o) for o in d["overrides"]], d["seeds"],
-                        d["claims"], d["config_hash"], hashlib.sha256(raw).hexdigest(),
-                        tuple(d.get("which", ())))  # fmt: skip
+                        d["claims"], d["config_hash"], sha256, tuple(d.get("which", ())), d)  # fmt: skip
 
 
 def commit_of(path: str) -> str:
@@ -123,9 +129,8 @@ def begin(reg: Registration, out: str) -> None:
             raise UserError(f"registration {reg.path} changed since this run started (sha256 {was} -> "
                             f"{reg.sha256[:12]}): a confirmatory run uses its registration unchanged")  # fmt: skip
         return
-    with open(reg.path) as f:
-        text = json.load(f)
-    d = {"file": os.path.basename(reg.path), "sha256": reg.sha256, "commit": commit_of(reg.path), "registration": text}
+    d = {"file": os.path.basename(reg.path), "sha256": reg.sha256, "commit": commit_of(reg.path),
+         "registration": reg.data}  # fmt: skip
     atomic_write(path, json.dumps(d, indent=1) + "\n")
 
 
@@ -136,9 +141,7 @@ def recorded(out: str) -> Registration | None:
         return None
     with open(path) as f:
         d = json.load(f)
-    r = d["registration"]
-    return Registration(d["file"], r["name"], r["experiment"], r["preset"], r["overrides"], r["seeds"], r["claims"],
-                        r["config_hash"], d["sha256"], tuple(r.get("which", ())))  # fmt: skip
+    return _build(d["file"], d["registration"], d["sha256"])
 
 
 def status(out: str) -> str:
@@ -150,17 +153,17 @@ def status(out: str) -> str:
 def stamp_text(text: str, line: str) -> str:
     """``text`` (Markdown) with ``line`` under its ``#`` title (first, without one), replacing an earlier stamp."""
     lines = text.split("\n")
-    keep = [x for x in lines if not x.startswith((CONFIRMATORY, EXPLORATORY[:22]))]
+    keep = [x for x in lines if not x.startswith((CONFIRMATORY, EXPLORATORY_MARK))]
     at = 1 if keep and keep[0].startswith("#") else 0
     if at and len(keep) > 1 and keep[1] == "":
         keep = keep[:1] + keep[2:]  # the blank line under the title is put back below
     return "\n".join(keep[:at] + ([""] if at else []) + [line, ""] + keep[at:])
 
 
-def stamp(out: str) -> list[str]:
-    """Put `status` under the title of every Markdown output in ``out`` (`NOT_STAMPED` aside; `stamp_text`);
-    returns the files changed."""
-    line, changed = status(out), []
+def stamp(out: str, line: str | None = None) -> list[str]:
+    """Put ``line`` (default `status`) under the title of every Markdown output in ``out`` (`NOT_STAMPED`
+    aside; `stamp_text`); returns the files changed."""
+    line, changed = line or status(out), []
     for name in sorted(os.listdir(out)):
         path = os.path.join(out, name)
         if not name.endswith(".md") or name in NOT_STAMPED or not os.path.isfile(path):

@@ -17,7 +17,6 @@ import numpy as np
 
 from ntk_vs_nn.analysis.bootstrap import encode_correct
 from ntk_vs_nn.protocols.units import finished, save_and_record, unit_name
-from ntk_vs_nn.store import unit_id
 
 # units named by the teacher hash (`Config.teacher_hash`); the wide control trains like a single member
 TEACHER_PROTOCOLS = ("single", "ensemble", "train_sum", "wide")
@@ -44,7 +43,8 @@ class Ledger:
     def _unit_ids(self, protocol, member):
         """The unit's id, then its ids under the config's older hash forms (records made before a
         field was added still count)."""
-        older = [unit_id(h, self.family_name, self.model, protocol, member) for h in self.cfg.science_hashes()[1:]]
+        hashes = self.cfg.science_hashes()[1:]
+        older = [unit_name(h, self.family_name, protocol, member, model=self.model) for h in hashes]
         return [self._unit(protocol, member), *older]
 
     def record(self, protocol, member, status, metrics_=None, wall_s=0.0, test_logits=None, predictions=None,
@@ -108,7 +108,7 @@ class Ledger:
         unit. Its predictions and checkpoint are copied to this unit's path and its record is written
         again under the teacher hash (``adopted_from`` names the original), so it trains nothing."""
         for h in self.cfg.neutral_student_hashes():
-            old = unit_id(h, self.family_name, self.model, protocol, member)
+            old = unit_name(h, self.family_name, protocol, member, model=self.model)
             rec = self.known.get(old)
             preds = self.store.load_predictions(old) if rec is not None and rec["status"] == "ok" else None
             if preds is None:
