@@ -76,7 +76,7 @@ test-nt: install-nt
 	VENV=$(VENV) bash scripts/test_nt.sh
 
 test: $(STAMP) install-nt $(VENV)/.installed-ray
-	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadfile --durations=25
+	$(PY) -m pytest -q -n auto --maxprocesses=4 --dist loadgroup --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ntk_vs_nn tests benchmarks scripts

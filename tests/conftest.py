@@ -122,3 +122,14 @@ def x64():
     with jax.enable_x64(True):
         yield
     jax.config.update("jax_disable_most_optimizations", fast)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs pytest-xdist with ``--dist loadgroup``: each test module is one group, run by one
+    worker, so its module-scoped fixtures are built once, except the modules that set
+    ``SPREAD_OVER_WORKERS = True`` (many slow independent cases, no module fixture): their tests are shared
+    among the workers, so that no one file holds the run's tail."""
+    for item in items:
+        if not getattr(item.module, "SPREAD_OVER_WORKERS", False):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -173,3 +173,26 @@ def test_the_tests_mirror_the_package():
     for d in folders:
         assert os.path.isdir(os.path.join(ROOT, "ntk_vs_nn", d)), f"tests/{d}/ mirrors no ntk_vs_nn/{d}/"
         assert any(f.startswith("test_") for f in os.listdir(os.path.join(tests, d))), f"tests/{d}/ has no tests"
+
+
+def test_modules_shared_among_workers_build_no_module_fixture():
+    """A test module with ``SPREAD_OVER_WORKERS = True`` has its tests run by every `make test` worker
+    (conftest, ``--dist loadgroup``), so a module- or session-scoped fixture of its own would be built once
+    per worker: such a module must define none. The slowest file must carry the flag (spelt as conftest
+    reads it), or its cases would again sit on one worker at the end of the run."""
+    import ast
+    import glob
+
+    flagged = []
+    for path in glob.glob(os.path.join(ROOT, "tests", "**", "test_*.py"), recursive=True):
+        tree = ast.parse(open(path).read())
+        names = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                 if isinstance(t, ast.Name)}  # fmt: skip
+        if "SPREAD_OVER_WORKERS" not in names:
+            continue
+        flagged.append(os.path.relpath(path, ROOT))
+        for node in ast.walk(tree):
+            for dec in getattr(node, "decorator_list", []):
+                scope = [k.value.value for k in getattr(dec, "keywords", []) if k.arg == "scope"]
+                assert not scope or scope[0] == "function", f"{flagged[-1]}: a {scope[0]}-scoped fixture"
+    assert "tests/kernels/test_empirical_api_nt.py" in flagged  # the suite's slowest file: its cases must spread

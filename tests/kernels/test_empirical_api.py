@@ -31,6 +31,7 @@ from jax.flatten_util import ravel_pytree
 import ntk_vs_nn.kernels as nt
 
 EXACT = 1e-10
+SPREAD_OVER_WORKERS = True  # conftest: its tests are shared among `make test`'s workers, not kept on one
 IMPLS = list(nt.NtkImplementation)
 
 

@@ -36,6 +36,7 @@ pytestmark = [
     pytest.mark.skipif(NT_ERROR is not None, reason=f"neural-tangents not importable: {NT_ERROR}"),
 ]
 EXACT = 1e-10
+SPREAD_OVER_WORKERS = True  # conftest: its tests are shared among `make test`'s workers, not kept on one
 
 
 @pytest.fixture(autouse=True)
@@ -73,28 +74,35 @@ def _close(a, b):
     return all(rel_err(u, v) < EXACT for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_every_implementation_equals_neural_tangents_over_argument_combinations(name):
+# one case per (model, trace/diagonal layout), so that `make test`'s workers share them (SPREAD_OVER_WORKERS)
+CASES = [(name, trace, diag) for name, (_, layouts) in MODELS.items() for trace, diag in layouts]
+
+
+@pytest.mark.parametrize("name, trace, diag", CASES, ids=[f"{n}-t{t}-d{d}" for n, t, d in CASES])
+def test_every_implementation_equals_neural_tangents_over_argument_combinations(name, trace, diag):
     f, x, params = _model(name)
     x1, x2s = x[:2], {"x2": x[2:], "None": None}
     vmaps = [None, 0, (0, 0, {})] if name != "ResNet-10-1" else [0]
     checked = 0
-    for trace, diag in MODELS[name][1]:
-        for vmap_axes in vmaps:
-            theirs = jax.jit(NT.empirical_ntk_fn(f, trace, diag, vmap_axes, NT.NtkImplementation.JACOBIAN_CONTRACTION))
-            impls = list(ours.NtkImplementation) if vmap_axes is not None else [1, 2, 0]
-            for x2_name, x2 in x2s.items():
-                # a traced or diagonal batch axis needs len(x1) == len(x2)
-                a, b = (x1, x2) if 0 not in trace + diag else (x[:3], None if x2 is None else x[2:])
-                ref = theirs(a, b, params)
-                for impl in impls:
-                    got = ours.empirical_ntk_fn(f, trace, diag, vmap_axes, impl)(a, b, params)
-                    assert jax.tree.structure(got) == jax.tree.structure(ref)
-                    assert _close(got, ref), (trace, diag, vmap_axes, x2_name, impl)
-                    checked += 1
-    assert checked >= 16  # ResNet: 2 layouts x 2 x2 x 4 implementations; the others far more
-    if name == "ResNet-10-1":
-        return
+    for vmap_axes in vmaps:
+        theirs = jax.jit(NT.empirical_ntk_fn(f, trace, diag, vmap_axes, NT.NtkImplementation.JACOBIAN_CONTRACTION))
+        impls = list(ours.NtkImplementation) if vmap_axes is not None else [1, 2, 0]
+        for x2_name, x2 in x2s.items():
+            # a traced or diagonal batch axis needs len(x1) == len(x2)
+            a, b = (x1, x2) if 0 not in trace + diag else (x[:3], None if x2 is None else x[2:])
+            ref = theirs(a, b, params)
+            for impl in impls:
+                got = ours.empirical_ntk_fn(f, trace, diag, vmap_axes, impl)(a, b, params)
+                assert jax.tree.structure(got) == jax.tree.structure(ref)
+                assert _close(got, ref), (vmap_axes, x2_name, impl)
+                checked += 1
+    assert checked >= 8  # ResNet: 2 x2 x 4 implementations; the others 2 x (4 + 4 + 3)
+
+
+@pytest.mark.parametrize("name", ["MLP", "CNN-dict"])
+def test_ntk_vector_products_equal_neural_tangents(name):
+    f, x, params = _model(name)
+    x1 = x[:2]
     vp = jax.jit(NT.empirical_ntk_fn(f, (), (), 0, NT.NtkImplementation.NTK_VECTOR_PRODUCTS))(x1, x[2:], params)
     assert _close(ours.empirical_ntk_fn(f, (), (), 0, "ntk_vector_products")(x1, x[2:], params), vp)
 
