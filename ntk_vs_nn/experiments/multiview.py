@@ -83,12 +83,21 @@ class LearnerSection:
     steps: int = 1500  # GD steps of every family
     kernel_lr: float = 1.0  # GD step of ntk and gp in units of 1 / lambda_max (J^T J / n at init)
     gp_width: int = 512  # random features of gp
+    kernel_momentum: float = 0.0  # heavy-ball momentum of ntk and gp's GD (optax.sgd's trace; 0 = plain GD)
+    kernel_steps: int = 0  # GD steps of ntk and gp (0 = learner.steps)
 
     def __post_init__(self):
         if min(self.m, self.steps, self.gp_width) < 1:
             raise UserError("learner.m, learner.steps and learner.gp_width must be >= 1")
         if self.q < 2 or min(self.varrho, self.sigma0, self.lr, self.kernel_lr) <= 0:
             raise UserError("learner.q >= 2 and learner.varrho, sigma0, lr, kernel_lr > 0 required")
+        if not 0.0 <= self.kernel_momentum < 1.0 or self.kernel_steps < 0:
+            raise UserError("learner.kernel_momentum must be in [0, 1) and learner.kernel_steps >= 0 (0 = steps)")
+
+    @property
+    def kernel_epochs(self) -> int:
+        """The GD steps of ntk and gp: ``kernel_steps``, or ``steps`` when it is 0."""
+        return self.kernel_steps or self.steps
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,8 @@ class ProtocolSection:
     kd_alpha: float = 0.5  # weight of the distillation term of engine.distill_loss
     kd_tau: float = 4.0  # distillation temperature
     families: tuple[str, ...] = FAMILIES
-    seed: int = 0  # root seed of the data draw and every init
+    seed: int = 0  # root seed of the data draw and every init (data draw d: seed + d)
+    draws: int = 1  # independent data draws of the main point, each with its own inits (the sweep: draw 0)
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,8 @@ class MultiViewConfig:
         p, s = self.protocol, self.sweep
         if p.seeds < 1 or s.seeds < 1:
             raise UserError("protocol.seeds and sweep.seeds must be >= 1")
+        if p.draws < 1:
+            raise UserError(f"protocol.draws must be >= 1 (independent data draws), got {p.draws}")
         if not 0 <= p.sd_students <= p.seeds or not 0 <= s.sd_students <= s.seeds:
             raise UserError("sd_students must be in [0, seeds] (protocol and sweep)")
         check_kd(p.kd_alpha, p.kd_tau, tau_auto=False)
@@ -149,12 +161,32 @@ class MultiViewConfig:
             (m, s.families, s.seeds, s.sd_students) for m in s.mus
         ]
 
+    def drawn(self, d: int) -> MultiViewConfig:
+        """The config of data draw ``d``: root seed ``protocol.seed + d`` for its data and every init, as a
+        run with ``--set protocol.seed=SEED+d`` (so its units are named by that seed's hash)."""
+        return self if d == 0 else dataclasses.replace(self, protocol=dataclasses.replace(
+            self.protocol, seed=self.protocol.seed + d))  # fmt: skip
+
+    def runs(self) -> list[tuple[MultiViewConfig, float, tuple[str, ...], int, int]]:
+        """(the draw's config, mu, families, singles, SD students) in training order: the main point of
+        every data draw, then the sweep's points (draw 0 only)."""
+        main, *sweep = self.points()
+        return [(self.drawn(d), *main) for d in range(self.protocol.draws)] + [(self, *pt) for pt in sweep]
+
     def science_hash(self, mu: float | None = None, students: bool = True) -> str:
         """The hash of what changes a model's numbers at ``mu`` (default ``data.mu``): the data, the
         learner and the seed, and for the students (``students=True``) the distillation settings; not
-        the protocol sizes, the families or the sweep (the units name those)."""
+        the protocol sizes, the families, the number of data draws or the sweep (the units name those)."""
         data = dataclasses.replace(self.data, mu=self.data.mu if mu is None else float(mu))
-        d = {"data": dataclasses.asdict(data), "learner": dataclasses.asdict(self.learner), "seed": self.protocol.seed}
+        learner = dataclasses.asdict(self.learner)
+        # kernel_momentum and kernel_steps came after results/multiview was trained: at their neutral value
+        # (plain GD for learner.steps; kernel_steps = steps is that too) they are left out, so every unit
+        # recorded before they existed keeps its name
+        if learner["kernel_momentum"] == 0.0:
+            del learner["kernel_momentum"]
+        if learner["kernel_steps"] in (0, learner["steps"]):
+            del learner["kernel_steps"]
+        d = {"data": dataclasses.asdict(data), "learner": learner, "seed": self.protocol.seed}
         return hash_dict({**d, "kd": [self.protocol.kd_alpha, self.protocol.kd_tau]} if students else d)
 
 
@@ -234,11 +266,14 @@ def _units(cfg: MultiViewConfig, store, mu: float) -> Units:
 
 
 def _trainer(fam: str, cfg: MultiViewConfig, trainers: dict) -> Trainer:
-    """One `Trainer` per family for the whole run (one compiled program): full-batch GD, constant step."""
+    """One `Trainer` per family for the whole run (one compiled program): full-batch GD, constant step;
+    ntk and gp with ``learner.kernel_momentum`` (heavy ball) for ``learner.kernel_epochs`` steps."""
     if fam not in trainers:
-        lr = cfg.learner.lr if fam == "nn" else cfg.learner.kernel_lr
-        tc = TrainConfig(optimizer="sgd", lr=lr, momentum=0.0, weight_decay=0.0, schedule="constant",
-                         epochs=cfg.learner.steps, batch_size=cfg.data.n_train, eval_batch_size=2000)  # fmt: skip
+        lp, kernel = cfg.learner, fam != "nn"
+        lr, momentum = (lp.kernel_lr, lp.kernel_momentum) if kernel else (lp.lr, 0.0)
+        tc = TrainConfig(optimizer="sgd", lr=lr, momentum=momentum, weight_decay=0.0, schedule="constant",
+                         epochs=lp.kernel_epochs if kernel else lp.steps, batch_size=cfg.data.n_train,
+                         eval_batch_size=2000)  # fmt: skip
         trainers[fam] = Trainer(learner_family(fam, cfg), tc, cfg.data.n_train)
     return trainers[fam]
 
@@ -247,17 +282,21 @@ def run(cfg: MultiViewConfig, store, log=lambda s: None) -> None:
     """Train every model of every point that ``store`` lacks; record it (and each ensemble) as a unit
     with its train and test logits, through the shared unit path (`protocols.units`): a finished unit
     is loaded instead of retrained (`Units.train_unless_recorded`), its predictions saved before its
-    record; the ensemble is `ensemble_of` its singles, a student's targets are `distill_teacher`'s."""
+    record; the ensemble is `ensemble_of` its singles, a student's targets are `distill_teacher`'s. The
+    main point runs once per data draw (`MultiViewConfig.runs`: draw d as ``protocol.seed + d``), the
+    sweep on draw 0."""
     trainers = {}
-    for mu, families, L, S in cfg.points():
-        ledger = _units(cfg, store, mu)
-        todo = [u for u in units(cfg, mu, families, L, S) if ledger.finished([u[0]]) is None]
-        data = draw_data(dataclasses.replace(cfg.data, mu=mu), cfg.protocol.seed) if todo else None
+    for dc, mu, families, L, S in cfg.runs():
+        ledger = _units(dc, store, mu)
+        todo = [u for u in units(dc, mu, families, L, S) if ledger.finished([u[0]]) is None]
+        data = draw_data(dataclasses.replace(dc.data, mu=mu), dc.protocol.seed) if todo else None
+        tag = f" seed={dc.protocol.seed}" if cfg.protocol.draws > 1 else ""
         for unit, fam, protocol, i in todo:
-            train = functools.partial(_train_unit, cfg, ledger, data, trainers, mu, unit, fam, protocol, i, L)
+            train = functools.partial(_train_unit, dc, ledger, data, trainers, mu, unit, fam, protocol, i, L)
             rec = ledger.train_unless_recorded([unit], train)[0]
             if protocol != "ensemble":
-                log(f"[{fam} mu={mu:g}] {protocol} {max(i, 0) + 1}: {rec['error_mu']:.3f} mu ({rec['seconds']:.1f} s)")
+                log(f"[{fam} mu={mu:g}{tag}] {protocol} {max(i, 0) + 1}: {rec['error_mu']:.3f} mu "
+                    f"({rec['seconds']:.1f} s)")  # fmt: skip
 
 
 def _train_unit(cfg: MultiViewConfig, ledger: Units, data: dict, trainers: dict, mu: float, unit: str, fam: str,
@@ -294,16 +333,22 @@ def _scores(logits: dict, tr: dict, te: dict, mu: float) -> dict:
 
 def write(cfg: MultiViewConfig, store) -> Written:
     """Every output from the records: table, models, lottery, sweep, claims, summary; the verdicts (each
-    statement and claim a d with a bootstrap interval, `report.multiview.family_draws`)."""
-    points = [(mu, [done[u] for u, *_ in units(cfg, mu, *pt) if u in done])
-              for mu, *pt in cfg.points() for done in [_done(cfg, store, mu)]]  # fmt: skip
-    main = points[0][1]
+    statement and claim a d with a bootstrap interval, `report.multiview.family_draws`: with several data
+    draws, over the draws too; then models.csv has a ``draw`` column and draws.csv breaks the errors down
+    per draw; the lottery is draw 0's)."""
+    runs = [(mu, [done[u] for u, *_ in units(dc, mu, *pt) if u in done])
+            for dc, mu, *pt in cfg.runs() for done in [_done(dc, store, mu)]]  # fmt: skip
+    n_draws = cfg.protocol.draws
+    mains = [recs for _, recs in runs[:n_draws]]
+    points, main = runs[:1] + runs[n_draws:], mains[0]  # draw 0's main point, then the sweep's
     if not main:
         raise UserError(f"{store.out_dir}: no multi-view records of config {cfg.science_hash()}; nothing to write")
     agg_at = lambda recs, mu: report.aggregate(report.models_frame(recs), mu, cfg.claim)  # noqa: E731
     sweep = [agg_at(recs, mu).assign(mu=mu) for mu, recs in points[1:] if recs]
     sweep = pd.concat(sweep, ignore_index=True) if sweep else pd.DataFrame()
     models, views = report.models_frame(main), report.views_frame(main, view_threshold(cfg))
+    if n_draws > 1:  # every draw's models, named by their draw (draw 0's are main's)
+        models = pd.concat([report.models_frame(r).assign(draw=d) for d, r in enumerate(mains) if r], ignore_index=True)
     agg = report.aggregate(models, cfg.data.mu, cfg.claim)
     cf = report.claim_frame(models, cfg.data.mu, cfg.claim)
     md, (lines, verdicts) = report.table_markdown(agg, cfg), report.claims(agg, cf)
@@ -312,10 +357,14 @@ def write(cfg: MultiViewConfig, store) -> Written:
     if len(views):
         files["lottery.md"] = report.lottery_markdown(views, view_threshold(cfg))
         files["lottery.csv"] = views.to_csv(index=False)
+    draw_lines = []
+    if n_draws > 1:
+        per_draw = report.draws_frame(models, [cfg.protocol.seed + d for d in range(n_draws)])
+        files["draws.csv"], draw_lines = per_draw.to_csv(index=False), report.draws_lines(per_draw)
     if len(sweep):
         files["sweep.csv"] = sweep.to_csv(index=False)
         report.sweep_figure(sweep, os.path.join(store.out_dir, "sweep.png"))
-    trained = {r["unit"]: r for _, recs in points for r in recs if r["protocol"] != "ensemble"}.values()
+    trained = {r["unit"]: r for _, recs in runs for r in recs if r["protocol"] != "ensemble"}.values()
     prov = {"train_s": sum(r["seconds"] for r in trained), "units": len(trained),
             "device": main[0].get("device", "?"), "jax": main[0].get("versions", {}).get("jax", "?")}  # fmt: skip
     files["summary.md"] = report.summary_markdown(
@@ -324,6 +373,7 @@ def write(cfg: MultiViewConfig, store) -> Written:
         sweep,
         report.command(cfg, PRESETS[cfg.preset]() if cfg.preset in PRESETS else MultiViewConfig(), store.out_dir),
         prov,
+        draw_lines,
     )
     for name, text in files.items():
         atomic_write(os.path.join(store.out_dir, name), text)

@@ -17,9 +17,14 @@ from matplotlib.figure import Figure
 
 from ntk_vs_nn.analysis import bootstrap as bs
 from ntk_vs_nn.analysis.verdict import decide_interval
-
-PROTOCOLS = ("single", "ensemble", "kd", "sd")
-NAMES = {"single": "single", "ensemble": "ensemble", "kd": "KD", "sd": "SD"}
+from ntk_vs_nn.report.multiview_draws import (  # noqa: F401 (re-exported: the experiment and tests use them here)
+    NAMES,
+    PROTOCOLS,
+    draws_frame,
+    draws_lines,
+    family_draws,
+    one_draw,
+)
 
 
 def _fmt(x: float) -> str:
@@ -38,10 +43,11 @@ def table_markdown(agg: pd.DataFrame, cfg) -> str:
         "",
         f"k = {d.k}, d = {d.d}, P = {d.P}, N = {d.n_train}, mu = {d.mu:g}, m = {lr.m}, "
         f"q = {lr.q}, varrho = {lr.varrho:g}, sigma0 = {lr.sigma0:g}, GD lr {lr.lr:g} x {lr.steps} steps "
-        f"(ntk, gp: {lr.kernel_lr:g} / lambda_max); KD/SD: engine.distill_loss, alpha = {p.kd_alpha:g}, "
+        f"(ntk, gp: {lr.kernel_lr:g} / lambda_max{_kernel_budget(lr)}); KD/SD: engine.distill_loss, "
+        f"alpha = {p.kd_alpha:g}, "
         f"tau = {p.kd_tau:g}; {d.n_test} test points. Error = (1 - mu) err_mv + mu err_sv, in units of mu; "
         "mean +- SE over the models (SE: spread over inits and test-set binomial error). The theorem is about "
-        "the two-layer net (nn); ntk and gp rows are the paper's contrast.",
+        "the two-layer net (nn); ntk and gp rows are the paper's contrast." + _draws_note(p),
         "",
         "| family | protocol | models | error / mu | std / mu | multi-view err % | single-view err % | train acc % "
         "| theorem | d | ci_low | ci_high | verdict |",
@@ -53,8 +59,24 @@ def table_markdown(agg: pd.DataFrame, cfg) -> str:
             f"{_fmt(r.error_mu_std)} | {r.err_mv_pct:.2f} | {r.err_sv_pct:.1f} | {r.train_acc_pct:.1f} | "
             f"{r.statement} | {_sgn(r.d)} | {_sgn(r.ci_low)} | {_sgn(r.ci_high)} | {r.verdict} |"
         )
-    lines += ["", STATEMENT_RULE, "", rule_sentence(cfg.claim)]
+    lines += ["", STATEMENT_RULE, "", rule_sentence(cfg.claim, p.draws)]
     return "\n".join(lines) + "\n"
+
+
+def _kernel_budget(lr) -> str:
+    """The kernel rows' momentum and steps where they differ from the nets' plain GD (else nothing)."""
+    out = f", heavy-ball momentum {lr.kernel_momentum:g}" if lr.kernel_momentum else ""
+    return out + (f" x {lr.kernel_steps} steps" if lr.kernel_steps not in (0, lr.steps) else "")
+
+
+def _draws_note(p) -> str:
+    """table.md's words on the data draws (none for one draw)."""
+    if p.draws == 1:
+        return ""
+    return (
+        f" Rows pool {p.draws} independent data draws (root seeds {p.seed}..{p.seed + p.draws - 1}, each with its "
+        "own inits; per draw: `draws.csv`); the lottery is draw 0's."
+    )
 
 
 def lottery_markdown(views: pd.DataFrame, threshold: float) -> str:
@@ -116,8 +138,10 @@ def sweep_figure(sweep: pd.DataFrame, path: str) -> None:
     fig.savefig(path, dpi=120, metadata={"Software": None})
 
 
-def summary_markdown(cfg, claims: list[str], sweep: pd.DataFrame, command: str, provenance: dict) -> str:
-    """summary.md: the command, the training time and machine (from the records), the claims, the sweep."""
+def summary_markdown(cfg, claims: list[str], sweep: pd.DataFrame, command: str, provenance: dict,
+                     draw_lines: list[str] = ()) -> str:  # fmt: skip
+    """summary.md: the command, the training time and machine (from the records), the claims, each data
+    draw's errors and singles' training accuracy (``draw_lines``, `draws_lines`; several draws only), the sweep."""
     sweep_lines = []
     for (fam, protocol), g in sweep.groupby(["family", "protocol"], sort=False) if len(sweep) else []:
         pts = ", ".join(f"{m:g}: {e:.2f}" for m, e in zip(g.mu, g.error_mu))
@@ -138,13 +162,22 @@ def summary_markdown(cfg, claims: list[str], sweep: pd.DataFrame, command: str, 
         "",
         *claims,
         "",
-        rule_sentence(cfg.claim),
+        rule_sentence(cfg.claim, cfg.protocol.draws),
     ]
+    if draw_lines:
+        p = cfg.protocol
+        lines += ["", "## Data draws", ""]
+        lines.append(
+            f"{p.draws} independent data draws, root seeds {p.seed}..{p.seed + p.draws - 1} (draw d: the data and "
+            "every init of `--set protocol.seed=SEED+d`); the verdicts above resample them. Per draw (`draws.csv`):"
+        )
+        lines += ["", *draw_lines]
     if sweep_lines:
         sw = cfg.sweep
         lines += ["", "## Sweep over mu", ""]
         lines.append(
-            f"Fresh data per mu (same seed), {sw.seeds} singles and {sw.sd_students} SD students per point "
+            f"Fresh data per mu (same seed{', draw 0' if cfg.protocol.draws > 1 else ''}), {sw.seeds} singles and "
+            f"{sw.sd_students} SD students per point "
             f"({', '.join(sw.families)}); `sweep.png`."
         )
         lines += ["", *sweep_lines]
@@ -155,7 +188,7 @@ def summary_markdown(cfg, claims: list[str], sweep: pd.DataFrame, command: str, 
         "`table.{md,csv}` (aggregated), `models.csv` (one row per trained model), `lottery.{md,csv}`, "
         "`sweep.{csv,png}`, `claims.csv` (the KD / SD claims: d, interval, verdict), `config.json` (every setting), "
         "`records.jsonl` (one record per model, with provenance), `units/` (each model's train and test logits), "
-        "`summary.md`.",
+        "`summary.md`" + (", `draws.csv` (per data draw)." if draw_lines else "."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -213,57 +246,6 @@ def views_frame(records: list[dict], threshold: float) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _counts(g: pd.DataFrame) -> np.ndarray:
-    """(models, 2) test errors [multi-view, single-view] of the rows (the recorded percentages x counts)."""
-    return np.rint(np.stack([g.err_mv_pct / 100 * g.n_mv, g.err_sv_pct / 100 * g.n_sv], axis=1)).astype(np.int64)
-
-
-def family_draws(fm: pd.DataFrame, mu: float, n_boot: int = 2000, seed: int = 0) -> dict[str, tuple[float, np.ndarray]]:
-    """{protocol: (mean error / mu of its models, ``n_boot`` bootstrap draws of it)} for one family's
-    models (the rows of `models_frame`; every model of a point is scored on the same test set).
-
-    The records keep each model's error counts on the n_mv multi-view and n_sv single-view test
-    points, not which points it got wrong, so the draws resample the models and then each protocol's
-    test errors (exact order, one ``rng = np.random.default_rng(seed)`` per family):
-      1. units (`analysis.bootstrap.unit_draws` on ``rng``, models in member order), block by block:
-         the pairs (single i, SD student i of single i) resampled together, then the singles without an
-         SD student, the SD students without a single, the ensemble, the KD student (a one-model block
-         always draws its model);
-      2. for each protocol in ``PROTOCOLS`` order: the mean multi-view and single-view error rates of
-         its drawn models, p_mv and p_sv, then ``k_mv = rng.binomial(n_mv, p_mv)`` and
-         ``k_sv = rng.binomial(n_sv, p_sv)`` (one test-set resample of the protocol's mean model);
-         draw = ((1 - mu) k_mv / n_mv + mu k_sv / n_sv) / mu.
-    The protocols' test resamples are independent, so differences between protocols (which share the
-    test points) get wider intervals than a paired resample would give; a one-model protocol's
-    interval is its test-set noise alone."""
-    rng = np.random.default_rng(seed)
-    by = {p: g.sort_values("member", kind="stable") for p, g in fm.groupby("protocol", sort=False)}
-    n = np.array([max(int(fm.n_mv.iloc[0]), 1), max(int(fm.n_sv.iloc[0]), 1)])
-    single, sd = by.get("single", fm.iloc[:0]), by.get("sd", fm.iloc[:0])
-    paired = sorted(set(single.member) & set(sd.member))
-    parts: dict[str, list[np.ndarray]] = {p: [] for p in by}
-    if paired:
-        d = bs.unit_draws({"single": _counts(single[single.member.isin(paired)]),
-                           "sd": _counts(sd[sd.member.isin(paired)])}, n_boot, rng)  # fmt: skip
-        parts["single"].append(d["single"])
-        parts["sd"].append(d["sd"])
-    for p, g in (("single", single), ("sd", sd)):
-        rest = g[~g.member.isin(paired)]
-        if len(rest):
-            parts[p].append(bs.unit_draws({p: _counts(rest)}, n_boot, rng)[p])
-    for p in ("ensemble", "kd"):
-        if p in by:
-            parts[p].append(bs.unit_draws({p: _counts(by[p])}, n_boot, rng)[p])
-    out = {}
-    for p in PROTOCOLS:
-        if p not in by:
-            continue
-        rate = np.concatenate(parts[p], axis=1).mean(axis=1) / n  # (n_boot, 2)
-        k_mv, k_sv = rng.binomial(n[0], rate[:, 0]), rng.binomial(n[1], rate[:, 1])
-        out[p] = (float(by[p].error_mu.mean()), ((1 - mu) * k_mv / n[0] + mu * k_sv / n[1]) / mu)
-    return out
-
-
 STATEMENT_RULE = (
     "A statement's d (error / mu) is hi - error for 'error <= hi' and min(hi - error, error - lo) for "
     "'error in [lo, hi]' (the statement is true iff d >= 0): it holds if ci_low >= 0, fails if ci_high < 0, "
@@ -271,11 +253,12 @@ STATEMENT_RULE = (
 )
 
 
-def rule_sentence(claim) -> str:
+def rule_sentence(claim, draws: int = 1) -> str:
+    over = "" if draws == 1 else f"the {draws} data draws, then within each drawn data draw "
     return (
         f"Intervals: {100 * claim.level:g} % percentile bootstrap ({claim.n_boot} draws, seed {claim.boot_seed}) "
-        "that resamples the trained models (an SD student with its teacher single) and then each protocol's test "
-        "errors binomially from its models' recorded counts (the records keep no per-point errors, so the "
+        f"that resamples {over}the trained models (an SD student with its teacher single) and then each protocol's "
+        "test errors binomially from its models' recorded counts (the records keep no per-point errors, so the "
         "protocols' test resamples are independent); `verdict.decide_interval` decides."
     )
 

@@ -277,6 +277,70 @@ def _reference_gd(f, p0, x, y, lr, steps, teacher=None, alpha=0.0, tau=1.0):
     return p0
 
 
+def _reference_heavy_ball(f, p0, x, y, lr, momentum, steps):
+    """``steps`` heavy-ball steps on mean CE: v <- momentum v + grad L(p), p <- p - lr v (optax.sgd's trace)."""
+    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(f(p, x), y).mean()  # noqa: E731
+    step = jax.jit(lambda p, v: (p - lr * (momentum * v + jax.grad(loss)(p)), momentum * v + jax.grad(loss)(p)))
+    v = jnp.zeros_like(p0)
+    for _ in range(steps):
+        p0, v = step(p0, v)
+    return p0
+
+
+def test_kernel_rows_train_with_their_momentum_and_steps():
+    """``learner.kernel_momentum`` and ``kernel_steps`` reach ntk and gp (not nn): gp's head equals heavy-ball
+    GD at 1 / lambda_max for ``kernel_steps`` steps, and differs from plain GD for ``learner.steps``."""
+    cfg = dataclasses.replace(XC, learner=dataclasses.replace(XC.learner, kernel_momentum=0.9, kernel_steps=40))
+    assert mv._trainer("nn", cfg, {}).cfg.epochs == cfg.learner.steps == 25
+    assert mv._trainer("nn", cfg, {}).cfg.momentum == 0.0 and mv._trainer("ntk", cfg, {}).cfg.momentum == 0.9
+    data = dmv.draw_data(cfg.data, 1)
+    x, y, key = data["train"]["x"], data["train"]["y"], jax.random.key(4)
+    trainer = mv._trainer("gp", cfg, {})
+    got, _ = mv.fit_one(trainer, key, x, y)
+    v0 = trainer.family.init(key, x[:1])
+    phi = _features(v0, x, cfg)
+    lam = np.linalg.eigvalsh(np.asarray(phi.T @ phi, np.float64) / len(x))[-1]
+    f = lambda A, x: _features(v0, x, cfg) @ A.T  # noqa: E731
+    A0 = jnp.zeros((3, cfg.learner.gp_width))
+    want = _reference_heavy_ball(f, A0, x, y, 1 / lam, 0.9, 40)
+    np.testing.assert_allclose(got["params"]["head"]["kernel"], want, rtol=2e-3, atol=1e-6)
+    plain = _reference_gd(f, A0, x, y, 1 / lam, 25)
+    assert float(jnp.abs(want - plain).max()) > 100 * float(jnp.abs(got["params"]["head"]["kernel"] - want).max())
+
+
+def test_kernel_budget_at_neutral_keeps_the_hash():
+    """kernel_momentum = 0 and kernel_steps = 0 (or = steps) are today's plain GD: the hash (and so every
+    recorded unit's name) is unchanged; any other value changes it, as do the nets' own settings."""
+    base = mv.default()
+    same = [["learner.kernel_momentum=0"], ["learner.kernel_steps=0"], ["learner.kernel_steps=1500"],
+            ["protocol.draws=4"]]  # fmt: skip
+    for sets in same:
+        cfg = mv.EXPERIMENT.configure("default", sets)
+        assert cfg.science_hash() == base.science_hash() and cfg.science_hash(0.2, False) == base.science_hash(
+            0.2, False
+        )
+    other = [["learner.kernel_momentum=0.9"], ["learner.kernel_steps=4000"], ["learner.steps=1000"],
+             ["learner.steps=1000", "learner.kernel_steps=1500"]]  # fmt: skip
+    hashes = {mv.EXPERIMENT.configure("default", sets).science_hash() for sets in other}
+    assert len(hashes) == len(other) and base.science_hash() not in hashes
+
+
+def test_draw_d_is_the_run_of_seed_plus_d():
+    """Data draw d trains exactly the units (names, data, inits) of ``--set protocol.seed=SEED+d``; the
+    main point runs on every draw, the sweep on draw 0 only."""
+    cfg = mv.EXPERIMENT.configure("smoke", ["protocol.draws=3", "protocol.seed=7"])
+    runs = cfg.runs()
+    assert [(dc.protocol.seed, mu) for dc, mu, *_ in runs] == [(7, 0.1), (8, 0.1), (9, 0.1), (7, 0.1), (7, 0.2)]
+    for d in range(3):
+        alone = mv.EXPERIMENT.configure("smoke", [f"protocol.seed={7 + d}"])
+        dc = runs[d][0]
+        assert dc.science_hash() == alone.science_hash() and dc.protocol.seed == alone.protocol.seed
+        assert mv.units(dc, 0.1, *runs[d][2:]) == mv.units(alone, 0.1, *alone.points()[0][1:])
+    assert len({mv.units(dc, 0.1, *rest)[0][0] for dc, _, *rest in runs[:3]}) == 3  # three different hashes
+    one = mv.EXPERIMENT.configure("smoke")
+    assert [(dc, mu) for dc, mu, *_ in one.runs()] == [(one, mu) for mu, *_ in one.points()]
+
+
 @pytest.mark.parametrize("family", ["nn", "nn-kd", "ntk", "gp"])
 def test_shared_engine_equals_plain_gradient_descent(family):
     data = dmv.draw_data(XC.data, 1)
@@ -377,6 +441,56 @@ def test_statement_verdicts_by_hand():
     assert agg(family([30, 30], 0, 0, [30])).loc["single", "verdict"] == "fails"  # 0.3 mu: d = -0.19 -+ ~0.09
 
 
+def _interval(boot, level=0.95):
+    return np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+
+
+def test_family_draws_over_data_draws_carry_the_spread_between_draws():
+    """Two data draws whose models err a lot differently (singles at 0.2 and 0.8 mu): the interval over
+    the draws is far wider than either draw's own and contains both draws' means; the point estimate is
+    the mean of the draws' means; the ensemble of each draw is resampled with its own draw's models."""
+    d0 = family([20, 22, 18], 1, 5, [21, 19]).assign(draw=0)
+    d1 = family([80, 78, 82], 3, 40, [79, 81]).assign(draw=1)
+    both = rmv.family_draws(pd.concat([d0, d1], ignore_index=True), 0.1, 2000, 3)
+    alone = [rmv.family_draws(d, 0.1, 2000, 3) for d in (d0, d1)]
+    lo, hi = _interval(both["single"][1])
+    for a in alone:
+        a_lo, a_hi = _interval(a["single"][1])
+        assert hi - lo > 3 * (a_hi - a_lo)
+        assert lo <= a["single"][0] <= hi
+    assert both["single"][0] == pytest.approx((alone[0]["single"][0] + alone[1]["single"][0]) / 2)
+    assert set(both) == set(rmv.PROTOCOLS) and all(len(v[1]) == 2000 and np.isfinite(v[1]).all() for v in both.values())
+    # about a quarter of the draws pick draw 0 twice: the single's draws cluster near 0.2, 0.5 and 0.8 mu
+    near = [np.mean(np.abs(both["single"][1] - c) < 0.1) for c in (0.2, 0.5, 0.8)]
+    assert all(0.18 < f < 0.32 for f in near[::2]) and 0.4 < near[1] < 0.6
+
+
+def test_family_draws_of_one_data_draw_are_the_old_ones():
+    """draws = 1: a ``draw`` column with one value changes nothing (the same numbers, the same stream)."""
+    fm = family([10, 30, 50], 2, 7, [20, 40], k_mv=3)
+    old, new = rmv.one_draw(fm, 0.1, 500, 5), rmv.family_draws(fm.assign(draw=0), 0.1, 500, 5)
+    assert old.keys() == new.keys()
+    for p in old:
+        assert old[p][0] == new[p][0] and np.array_equal(old[p][1], new[p][1])
+
+
+def test_family_draws_over_data_draws_follow_their_documented_order():
+    """The order of `family_draws`' docstring: the picks, then slot by slot each draw's `one_draw` on the
+    same stream, each protocol the mean over its slots (a protocol missing from a draw skips its slots)."""
+    parts = [family([10 + 5 * d, 30], 2 + d, 7, [20 + d]).assign(draw=d) for d in range(3)]
+    parts[2] = parts[2][parts[2].protocol != "kd"]
+    n_boot, seed, mu = 200, 9, 0.1
+    got = rmv.family_draws(pd.concat(parts, ignore_index=True), mu, n_boot, seed)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, 3, size=(n_boot, 3))
+    slots = [[rmv.one_draw(g, mu, n_boot, rng) for g in parts] for _ in range(3)]
+    for p in rmv.PROTOCOLS:
+        want = [np.mean([slots[s][pick[b, s]][p][1][b] for s in range(3) if p in slots[s][pick[b, s]]]
+                        or [np.nan]) for b in range(n_boot)]  # fmt: skip
+        np.testing.assert_allclose(got[p][1], want, rtol=0, atol=1e-12)
+    assert got["kd"][0] == pytest.approx(np.mean([parts[d][parts[d].protocol == "kd"].error_mu.mean() for d in (0, 1)]))
+
+
 @pytest.mark.parametrize("kd,verdict", [(0, "holds"), (30, "fails"), (15, "inconclusive")])
 def test_kd_claim_flips_with_its_interval(kd, verdict):
     """nn: d = (single - KD) - (single - ensemble) / 2 >= 0 with singles at 0.3 mu and the ensemble at
@@ -422,6 +536,9 @@ def test_claim_settings_are_not_in_the_science_hash():
         (["sweep.mus=0.1,x"], "sweep.mus: expected comma-separated numbers"),
         (["sweep.mus=0.1,'x'"], "sweep.mus: expected comma-separated numbers"),
         (["protocol.seeds"], "expects key=value"),
+        (["protocol.draws=0"], "protocol.draws must be >= 1"),
+        (["learner.kernel_momentum=1"], "learner.kernel_momentum must be in [0, 1)"),
+        (["learner.kernel_steps=-1"], "learner.kernel_steps >= 0"),
     ],
 )
 def test_bad_input_is_a_user_error_before_anything_is_written(tmp_path, sets, message):
@@ -480,6 +597,35 @@ def test_smoke_run_writes_every_output(smoke_run):
     assert len(recs) == 3 * 5 + 5 and len({r["unit"] for r in recs}) == len(recs)
     assert all(r["config_hash"] and r["git_sha"] and r["date"] for r in recs)
     assert all(os.path.exists(out / r["predictions"]) for r in recs)  # saved before the record that names them
+
+
+def test_more_data_draws_extend_a_run(smoke_run, tmp_path):
+    """A finished one-draw folder rerun with ``protocol.draws=2`` trains draw 1's main point only (draw 0
+    and the sweep are loaded), names its units by seed 1's hash with the numbers of a run of
+    ``protocol.seed=1``; models.csv gains a draw column, draws.csv the per-draw breakdown, and the
+    verdicts' intervals resample the draws."""
+    out = tmp_path / "mv"
+    shutil.copytree(smoke_run[0], out)
+    before = Store(str(out)).records()
+    run_experiment("multiview", "smoke", ["protocol.draws=2"], str(out))
+    recs = Store(str(out)).records()
+    assert recs[: len(before)] == before and len(recs) == len(before) + 3 * 5
+    seed1 = mv.EXPERIMENT.configure("smoke", ["protocol.seed=1"])
+    assert {r["config_hash"] for r in recs[len(before) :]} == {seed1.science_hash(), seed1.science_hash(students=False)}
+    alone = tmp_path / "seed1"
+    run_experiment("multiview", "smoke", ["protocol.seed=1", "protocol.families=nn", "sweep.mus=()"], str(alone))
+    new = {r["unit"]: r for r in recs[len(before) :]}
+    for r in Store(str(alone)).records():
+        assert (r["error_mu"], r["train_acc_pct"]) == (new[r["unit"]]["error_mu"], new[r["unit"]]["train_acc_pct"])
+    models, draws = pd.read_csv(out / "models.csv"), pd.read_csv(out / "draws.csv")
+    assert sorted(models.draw.unique()) == [0, 1] and len(models) == 2 * 3 * 5
+    assert sorted(draws.seed.unique()) == [0, 1] and len(draws) == 2 * 3 * 4
+    assert set(draws.columns) >= {"draw", "family", "protocol", "error_mu", "train_acc_pct"}
+    summary = (out / "summary.md").read_text()
+    assert "## Data draws" in summary and "--set protocol.draws=2" in summary and "the 2 data draws" in summary
+    single = pd.read_csv(out / "table.csv").set_index(["family", "protocol"]).loc[("nn", "single")]
+    assert single.n_models == 4 and single.error_mu == pytest.approx(draws.set_index(["family", "protocol"]).loc[
+        ("nn", "single")].error_mu.mean())  # fmt: skip
 
 
 def test_rerun_trains_and_records_nothing_new(smoke_run):
