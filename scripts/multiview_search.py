@@ -11,6 +11,14 @@ with ``learner.sigma0 = 0.04`` (the defaults when the search was run; ``results/
     .venv/bin/python scripts/multiview_search.py --rows 16,17    # replaces those rows
     .venv/bin/python scripts/multiview_search.py --bench         # the old GD loop vs the shared engine
     .venv/bin/python scripts/multiview_search.py --preset smoke --rows 0 -L 2 -S 1 --csv /tmp/s.csv  # seconds
+    .venv/bin/python scripts/multiview_search.py --kernel-budget     # results/multiview-explore/kernel-budget/
+
+``--kernel-budget`` is an exploratory search for the kernel rows' GD budget (seed 0 only; a confirmatory
+run uses other seeds): one ntk and one gp single (single 0's init) at the default regime for every
+(``learner.kernel_lr``, ``kernel_momentum``, ``kernel_steps``) of ``KERNEL_GRID``, through the experiment's
+own trainer (`experiments.multiview._trainer`, `fit_one`): training accuracy and loss, multi- and
+single-view test error, wall seconds (compilation included), and ``status`` = ``diverged`` where the
+training loss is not finite.
 """
 
 import argparse
@@ -77,7 +85,7 @@ def run_row(stage, over, variants, L, S, preset, store_dir):
         done = Store(store_dir).done((cfg.science_hash(students=False), cfg.science_hash()))
         recs = [done[u] for u, *_ in mv.units(cfg, cfg.data.mu, ("nn",), L, S)]
         views = report.views_frame(recs, mv.view_threshold(cfg))
-        agg = report.aggregate(report.models_frame(recs)).set_index("protocol")
+        agg = report.aggregate(report.models_frame(recs), cfg.data.mu, cfg.claim).set_index("protocol")
         row = {"stage": stage, "overrides": json.dumps(over), "kd_alpha": a, "kd_tau": tau, "L": L, "S": S}
         for p in report.PROTOCOLS:
             row[f"{p}_mu"] = round(float(agg.loc[p, "error_mu"]), 4)
@@ -153,9 +161,60 @@ def bench(repeats: int = 3, commit: str = "5bd0065") -> dict:
     return out
 
 
+KERNEL_GRID = {"kernel_lr": (1.0, 3.0, 6.0), "kernel_momentum": (0.0, 0.9, 0.99), "kernel_steps": (1500, 4000)}
+KERNEL_OUT = os.path.join(ROOT, "results", "multiview-explore", "kernel-budget")
+
+
+def kernel_budget(out_dir: str, preset: str = "default", seed: int = 0, grid: dict = KERNEL_GRID) -> pd.DataFrame:
+    """One ntk and one gp single per grid point on data draw ``seed`` (init: single 0's): grid.csv in
+    ``out_dir``, rewritten after every row (a cut-short run keeps what it measured)."""
+    import itertools
+
+    import numpy as np
+    import optax
+
+    from ntk_vs_nn import rng
+    from ntk_vs_nn.data.multiview import draw_data
+
+    os.makedirs(out_dir, exist_ok=True)
+    base = mv.EXPERIMENT.configure(preset, [f"protocol.seed={seed}"])
+    data = draw_data(base.data, seed)
+    tr, te = data["train"], data["test"]
+    key = rng.member_key(rng.root_key(seed), "init", 0)
+    rows = []
+    for lr, mom, steps in itertools.product(*grid.values()):
+        items = [f"protocol.seed={seed}", f"learner.kernel_lr={lr}", f"learner.kernel_momentum={mom}",
+                 f"learner.kernel_steps={steps}"]  # fmt: skip
+        cfg = mv.EXPERIMENT.configure(preset, items)
+        for fam in ("ntk", "gp"):
+            trainer = mv._trainer(fam, cfg, {})
+            model, secs = mv.fit_one(trainer, key, tr["x"], tr["y"])
+            train, test = np.asarray(trainer.predict(model, tr["x"])), np.asarray(trainer.predict(model, te["x"]))
+            loss = float(optax.softmax_cross_entropy_with_integer_labels(train, np.asarray(tr["y"])).mean())
+            row = {"family": fam, "kernel_lr": lr, "kernel_momentum": mom, "kernel_steps": steps, "seed": seed,
+                   "status": "ok" if np.isfinite(loss) and np.isfinite(test).all() else "diverged",
+                   "seconds": round(secs, 2)}  # fmt: skip
+            if row["status"] == "ok":
+                err = report.error_row(test, te, cfg.data.mu)
+                row.update(train_acc_pct=round(100 * float(np.mean(train.argmax(1) == np.asarray(tr["y"]))), 2),
+                           train_loss=float(f"{loss:.4g}"), err_mv_pct=round(err["err_mv_pct"], 2),
+                           err_sv_pct=round(err["err_sv_pct"], 2), error_mu=round(err["error_mu"], 4))  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            frame = pd.DataFrame(rows)
+            frame.to_csv(os.path.join(out_dir, "grid.csv"), index=False)
+    env = {"load_avg_1min_at_end": round(os.getloadavg()[0], 2), "cpu_count": os.cpu_count(), "preset": preset}
+    with open(os.path.join(out_dir, "environment.json"), "w") as f:
+        json.dump(env, f, indent=1)
+    return frame
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bench", action="store_true", help="time the old GD loop against the shared engine")
+    ap.add_argument("--kernel-budget", action="store_true", help="exploratory: the kernel rows' GD budget grid")
+    ap.add_argument("--seed", type=int, default=0, help="--kernel-budget: the data draw and init (exploratory: 0)")
+    ap.add_argument("--out", default=KERNEL_OUT, help="--kernel-budget: the output folder")
     ap.add_argument("--rows", default="", help="comma-separated row indices (default all)")
     ap.add_argument("-L", type=int, default=5)
     ap.add_argument("-S", type=int, default=2)
@@ -169,6 +228,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.bench:
         bench(args.repeats, args.commit)
+        return 0
+    if args.kernel_budget:
+        kernel_budget(args.out, args.preset, args.seed)
         return 0
     idx = [int(i) for i in args.rows.split(",")] if args.rows else range(len(ROWS))
     # --rows appends to (and replaces matching rows of) an existing csv; its '#' lines are commands

@@ -2,17 +2,21 @@
 
     ntk-vs-nn run multiview [--preset default|smoke] [--set section.field=value ...] [--out DIR]
 
-Per family on one data draw (`data.multiview`): ``protocol.seeds`` single models (differing only in
-their init; nn and ntk share inits), their logit-average ensemble, one KD student of the ensemble and
-``protocol.sd_students`` SD students (student i of single i), all trained by full-batch GD through the
-shared engine (`engine.trainer`, `families`: nn = `models.multiview.PatchNet`, ntk its linearisation,
-gp `RandomFeatures` with a trained head; ntk and gp step ``learner.kernel_lr / lambda_max``). Test
-error ``(1 - mu) err_mv + mu err_sv`` is reported in units of mu beside the theorem (single 0.49-0.51
-mu, ensemble and KD <= 0.01 mu, SD <= 0.26 mu); then a sweep over mu (nn). Every statement and the
-KD / SD claims are differences d with percentile-bootstrap intervals (the models resampled, then each
-protocol's test errors; ``claim.n_boot``, ``claim.level``, ``claim.boot_seed``), decided by
-`verdict.decide_interval`. Every trained model is a unit of the store; the ensembles are recorded from
-their members' saved logits.
+Per family on each of ``protocol.draws`` data draws (`data.multiview`): ``protocol.seeds`` single models
+(differing only in their init; nn and ntk share inits), their logit-average ensemble, one KD student of
+the ensemble and ``protocol.sd_students`` SD students (student i of single i), all trained by full-batch
+GD through the shared engine (`engine.trainer`, `families`: nn = `models.multiview.PatchNet`, ntk its
+linearisation, gp `RandomFeatures` with a trained head; ntk and gp step ``learner.kernel_lr /
+lambda_max`` with heavy-ball momentum ``learner.kernel_momentum`` for ``learner.kernel_steps`` steps, 0 =
+``learner.steps``; both left out of the hash at their neutral 0). Test error ``(1 - mu) err_mv + mu
+err_sv`` is reported in units of mu beside the theorem (single 0.49-0.51 mu, ensemble and KD <= 0.01 mu,
+SD <= 0.26 mu); then a sweep over mu (nn, on draw 0 only). Every statement and the KD / SD claims are
+differences d with percentile-bootstrap intervals (the data draws resampled, then within each the models,
+then each protocol's test errors; ``claim.n_boot``, ``claim.level``, ``claim.boot_seed``), decided by
+`verdict.decide_interval`. Data draw d is exactly the run of ``--set protocol.seed=SEED+d`` (its data,
+its inits, its units' hash), trained through the same unit path, so ``draws = 1`` is the one-draw run
+and raising ``draws`` on a finished folder trains only the new draws. Every trained model is a unit of
+the store; the ensembles are recorded from their members' saved logits.
 
 The regime (``default``). The theorem is asymptotic in ``k``; at ``k = 10`` these are the choices that
 make its mechanism visible. The search behind them (one factor at a time around a base with

@@ -3,8 +3,8 @@ statements, the lottery (which view each model learned), the sweep over mu, the 
 the summary, all from the aggregated rows and the per-model records.
 
 Every statement and claim is a difference d that it says is >= 0 or > 0, with a percentile-bootstrap
-interval (`family_draws`: the trained models are resampled, then each group's test errors) decided
-by `verdict.decide_interval`."""
+interval (`family_draws`, in `report.multiview_draws`: the data draws are resampled when there are
+several, then the trained models, then each group's test errors) decided by `verdict.decide_interval`."""
 
 from __future__ import annotations
 
