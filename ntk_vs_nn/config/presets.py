@@ -50,10 +50,10 @@ def minutes() -> Config:
     finishes in minutes on 2 cores. One replicate of L = 6 members of 30 epochs (Adam), K = 2 KD and S = 3
     SD students at the teachers' budget on the clean points (every unit a message compares trained alike),
     kernel rows by gradient descent as in the quick preset but 100 epochs (ntk 97 % train, within 0.7 points
-    of its converged test accuracy: results/quick-mnist1d/budget/kernel-gd); 10,000 test points. The ensemble's interval carries its members'
-    noise (their leave-one-out ensembles). Its verdicts are mostly inconclusive, each with the smallest
-    difference it could detect; the decided ones are the committed runs' (results/quick-mnist1d).
-    Measured cost: results/minutes-mnist1d/README.md."""
+    of its converged test accuracy: results/quick-mnist1d/budget/kernel-gd); 10,000 test points. The
+    ensemble's interval carries its members' noise (their leave-one-out ensembles). Its verdicts are mostly
+    inconclusive, each with the smallest difference it could detect; the decided ones are the committed
+    runs'. Measured cost (table-nn ~3 min, table-ntk ~16 min): results/minutes-mnist1d/README.md."""
     return Config(
         preset="minutes",
         data=DataConfig(n_test=10000),
