@@ -165,19 +165,22 @@ def jacrev_fn(f: Callable, axes) -> Callable:
 def structured_fn(f: Callable, axes, fx, strict: bool) -> Callable:
     """``jac`` as `jacrev_fn`, from layer structure (`ntk_vs_nn.kernels.structured`, Flax linen nets).
 
-    Layers without a structured rule (anything but Dense and Conv) get their per-example Jacobian from
-    `jax.vjp` of that layer alone. Each call checks Σ_e J_e^T u_e against one `jax.vjp` of the batch;
-    a batch failing the check (relative error > CHECK_TOL) is recomputed by `jax.jacrev`
-    (`jax.lax.cond`, so it stays traceable), with a warning (`jax.debug.callback`). A network outside
-    the assumptions (examples not along axis 0 of x, parameters outside Flax leaf modules, ...) raises
-    `structured.Unsupported` when traced if ``strict``; otherwise ``jac`` is `jacrev_fn`'s.
+    Leaf layers other than Dense and Conv get their per-example Jacobian from `jax.vjp` of that layer
+    alone; parameters the trace cannot attribute to a leaf layer (a parent module's own parameter, a
+    leaf used outside any module call) from `jax.vmap(jax.jacrev)` with respect to those leaves only:
+    the fallback is per layer, not for the whole net. Each call checks Σ_e J_e^T u_e against one
+    `jax.vjp` of the batch; a batch failing the check (relative error > CHECK_TOL) is recomputed by
+    `jax.jacrev` (`jax.lax.cond`, so it stays traceable), with a warning (`jax.debug.callback`). A
+    network outside the assumptions (examples not along axis 0 of x, module parameters transformed
+    before use, no leaf with a structured rule, ...) raises `structured.Unsupported` when traced if
+    ``strict``; otherwise ``jac`` is `jacrev_fn`'s.
     """
     dense = jacrev_fn(f, axes)
     if axes is None:
         if strict:
             raise structured.Unsupported("structured derivatives need vmap_axes (independent examples)")
         return dense
-    x_axis, fx_axis, _ = axes
+    x_axis, fx_axis, kw_axes = axes
     leaves, treedef = jax.tree.flatten(fx)
     fx_axes = treedef.flatten_up_to(fx_axis)
     if any(a != 0 for a in jax.tree.leaves(x_axis, is_leaf=_none)) or any(a is None for a in fx_axes):
@@ -189,7 +192,7 @@ def structured_fn(f: Callable, axes, fx, strict: bool) -> Callable:
         outs = treedef.flatten_up_to(f(p, x, **kw))
         return jnp.concatenate([jnp.moveaxis(o, a, 0).reshape(o.shape[a], -1) for o, a in zip(outs, fx_axes)], 1)
 
-    struct, err_fn = structured.structured_jacobian(flat), structured.check_error_fn(flat)
+    struct, err_fn = structured.structured_jacobian(flat, kw_axes), structured.check_error_fn(flat)
 
     def to_tiles(j, params):  # jacrev_fn's layout -> per param leaf (n, K, P_l), as structured_jacobian's
         per_o = treedef.flatten_up_to(j)

@@ -15,11 +15,20 @@ Jacobians follow as batched matrix products. Leaf modules other than Dense and C
 embeddings, custom layers) take their per-example gradient from `jax.vjp` of that one layer,
 vmapped over examples and outputs: exact, and cheap for element-wise layers.
 
-Assumptions, checked where they can be: examples are independent (``vmap_axes=0``); every
-parameter belongs to a leaf module (no child modules with parameters) and is used only inside that
-module's call; the call's only array argument is its input. A network outside them raises
-`Unsupported` at trace time; `check_fn` compares Σ_e J_e^T u_e with one `jax.vjp` of the batch, which
-catches a parameter used outside its module.
+Parameters without a structured rule fall back per layer, not for the whole net: a parameter of a
+module that also has child modules with parameters (a learned scale next to its Dense/Conv
+children), a leaf used outside any Flax module call, the leaves of a call that does not take one
+array input and return one array, and those of a layer whose rule does not apply get their
+per-example Jacobian from `jax.vmap(jax.jacrev(f))` with respect to those leaves only (every other
+leaf held fixed), while every other leaf keeps its structured rule. The traced ``jac.fallback``
+(`fallback_leaves`) lists them.
+
+Assumptions, checked where they can be: examples are independent (``vmap_axes=0``); f returns
+(n, k); a module's own parameters are leaves of ``params`` as passed (not transformed before the
+module sees them); at least one leaf has a structured rule. Outside them, `Unsupported` is raised at
+trace time. A parameter used both inside and outside its module's call (a tied weight) is not
+detected by the trace: `check_fn` compares Σ_e J_e^T u_e with one `jax.vjp` of the batch, which
+catches it, and wrong per-example Jacobians of any origin.
 """
 
 from __future__ import annotations
@@ -46,12 +55,11 @@ class _Call(NamedTuple):
     leaves: dict  # parameter name -> index in jax.tree.leaves(params)
 
 
-def _own_params(module: nn.Module) -> dict:
+def _own_params(module: nn.Module) -> tuple[dict, bool]:
+    """(the module's own parameters, whether it also has child modules with parameters)."""
     params = module.variables.get("params", {})
     own = {k: v for k, v in params.items() if not hasattr(v, "items")}
-    if own and len(own) != len(params):
-        raise Unsupported(f"{type(module).__name__} {module.name!r} has parameters and child modules with parameters")
-    return own
+    return own, bool(own) and len(own) != len(params)
 
 
 def _kind(module: nn.Module) -> str:
@@ -133,32 +141,36 @@ def _layer_jacobian(call: _Call, own: dict, x: jax.Array, g: jax.Array) -> dict:
     return {name: a.reshape(n, k, -1) for name, a in out.items()}
 
 
-def structured_jacobian(f: Callable) -> Callable:
+def structured_jacobian(f: Callable, kw_axes: dict | None = None) -> Callable:
     """``jac(params, x (n, ...), kw) -> tuple`` of per-example Jacobians (n, k, P_leaf), one per leaf
     of ``params`` in `jax.tree.leaves` order — the layout of `kernels._flat_jacobian`.
 
     ``f(params, x, **kw)`` must call a Flax linen module's ``apply`` with the leaves of ``params``
-    (any dict structure around them is fine); see the module docstring for the assumptions.
+    (any dict structure around them is fine); see the module docstring for the assumptions and for
+    what falls back per layer. ``kw_axes``: the batch axis (a pytree of ints / None) of each keyword
+    argument that is batched like x (the others are shared by all examples), read by the fallback
+    only. ``jac.fallback``: the indices of the leaves that fell back, set when ``jac`` is traced.
     """
+    kw_axes = dict(kw_axes or {})
 
-    def run(params, x, kw, eps, calls):
-        """f with eps[i] added to the output of the i-th parameter-owning call (eps None: nothing
-        added); fills ``calls`` and returns (f's output, the calls' inputs, their outputs)."""
+    def run(params, x, kw, eps, calls, fallback):
+        """f with eps[i] added to the output of the i-th structured call (eps None: nothing added);
+        fills ``calls`` and ``fallback`` (leaf indices without a structured rule) and returns
+        (f's output, the calls' inputs, their outputs)."""
         ids = {id(leaf): i for i, leaf in enumerate(jax.tree.leaves(params))}
         inputs, outputs = [], []
 
         def interceptor(next_fun, args, kwargs, context):
-            own = _own_params(context.module) if context.method_name != "setup" else {}
+            own, parent = _own_params(context.module) if context.method_name != "setup" else ({}, False)
             if not own:
                 return next_fun(*args, **kwargs)
             if any(id(v) not in ids for v in own.values()):
                 raise Unsupported(f"parameters of {context.module.name!r} are not leaves of params (transformed?)")
             arrays = [a for a in (*args[1:], *kwargs.values()) if isinstance(a, jax.Array | np.ndarray)]
-            if not args or arrays:
-                raise Unsupported(f"{context.module.name!r}.{context.method_name}: one array argument expected")
             out = next_fun(*args, **kwargs)
-            if not isinstance(out, jax.Array):
-                raise Unsupported(f"{context.module.name!r}.{context.method_name} does not return one array")
+            if parent or not args or arrays or not isinstance(out, jax.Array):  # no rule: per-layer jacrev
+                fallback.update(ids[id(v)] for v in own.values())
+                return out
             calls.append(
                 _Call(context.module, context.method_name, dict(kwargs), {k: ids[id(v)] for k, v in own.items()})
             )
@@ -172,19 +184,23 @@ def structured_jacobian(f: Callable) -> Callable:
 
     def jac(params, x, kw):
         leaves = jax.tree.leaves(params)
-        shapes = jax.eval_shape(lambda p, xx: run(p, xx, kw, None, [])[2], params, x)
+        shapes = jax.eval_shape(lambda p, xx: run(p, xx, kw, None, [], set())[2], params, x)
         eps0 = [jnp.zeros(s.shape, s.dtype) for s in shapes]
         calls: list[_Call] = []
+        fallback: set[int] = set()
 
         def g(eps):
             del calls[:]
-            out, inputs, _ = run(params, x, kw, eps, calls)
+            fallback.clear()
+            out, inputs, _ = run(params, x, kw, eps, calls, fallback)
             return out, inputs
 
         out, vjp, xs = jax.vjp(g, eps0, has_aux=True)
         n, k = out.shape[0], out.shape[-1]
         if out.shape != (n, k):
             raise Unsupported(f"f must return (n, k) outputs, got {out.shape}")
+        if not calls:
+            raise Unsupported("no parameter leaf has a structured rule")
         basis = jnp.eye(k, dtype=out.dtype)[:, None, :] * jnp.ones((1, n, 1), out.dtype)  # (k, n, k)
         # one backward pass per output unit, unrolled: not vmapped, because XLA:CPU (jax 0.10.2)
         # computes vmapped cotangents through GroupNorm wrongly (results/xla-cpu-bug/), and the
@@ -197,15 +213,62 @@ def structured_jacobian(f: Callable) -> Callable:
         per_leaf: dict[int, jax.Array] = {}
         for call, xi, gi in zip(calls, xs, cots):
             own = {name: leaves[i] for name, i in call.leaves.items()}
-            for name, a in _layer_jacobian(call, own, xi, gi).items():
+            try:
+                layer = _layer_jacobian(call, own, xi, gi)
+            except Unsupported:  # this layer's rule does not apply: its leaves fall back
+                fallback.update(call.leaves.values())
+                continue
+            for name, a in layer.items():
                 i = call.leaves[name]
                 per_leaf[i] = a if i not in per_leaf else per_leaf[i] + a
-        missing = [i for i in range(len(leaves)) if i not in per_leaf]
-        if missing:
-            raise Unsupported(f"{len(missing)} parameter leaves are used outside any Flax module call")
+        # leaves of no structured call (used outside any module call, or unused) fall back too, and a
+        # leaf that fell back anywhere takes its whole Jacobian from the fallback
+        rest = sorted(fallback | (set(range(len(leaves))) - set(per_leaf)))
+        if len(rest) == len(leaves):
+            raise Unsupported("no parameter leaf has a structured rule")
+        jac.fallback = tuple(rest)
+        if rest:
+            per_leaf.update(zip(rest, _fallback_jacobian(f, kw_axes, params, x, kw, rest)))
         return tuple(per_leaf[i] for i in range(len(leaves)))
 
+    jac.fallback = None
     return jac
+
+
+def _fallback_jacobian(f: Callable, kw_axes: dict, params, x, kw: dict, idx: list) -> list:
+    """Per-example Jacobians (n, k, P_leaf) of the leaves ``idx`` of params only, every other leaf
+    held fixed: `jax.vmap` over examples of `jax.jacrev` with respect to those leaves."""
+    leaves, treedef = jax.tree.flatten(params)
+    batched = {name: v for name, v in kw.items() if name in kw_axes}
+    fixed = {name: v for name, v in kw.items() if name not in kw_axes}
+
+    def one(xe, be):
+        xe = jax.tree.map(lambda a: a[None], xe)
+        be = {name: _expand(v, kw_axes[name]) for name, v in be.items()}
+
+        def fe(sub):
+            full = list(leaves)
+            for i, s in zip(idx, sub):
+                full[i] = s
+            return f(treedef.unflatten(full), xe, **be, **fixed)[0]
+
+        return jax.jacrev(fe)([leaves[i] for i in idx])
+
+    js = jax.vmap(one, in_axes=(0, {name: kw_axes[name] for name in batched}))(x, batched)
+    return [j.reshape(j.shape[:2] + (-1,)) for j in js]
+
+
+def _expand(v, axes):
+    """Re-insert the vmapped-away batch axis of each leaf of ``v`` (axes: a pytree of ints / None)."""
+    return jax.tree.map(lambda a, w: w if a is None else jnp.expand_dims(w, a), axes, v, is_leaf=lambda a: a is None)
+
+
+def fallback_leaves(f: Callable, params, x, kw: dict | None = None, kw_axes: dict | None = None) -> tuple:
+    """The indices (in `jax.tree.leaves` order of ``params``) of the leaves whose per-example Jacobian
+    `structured_jacobian` takes from the restricted `jax.jacrev` fallback; traces only (`jax.eval_shape`)."""
+    jac = structured_jacobian(f, kw_axes)
+    jax.eval_shape(lambda p, xx: jac(p, xx, kw or {}), params, x)
+    return jac.fallback
 
 
 def check_error_fn(f: Callable, seed: int = 0) -> Callable:

@@ -7,7 +7,9 @@
    ``setup``; our 1-D and 2-D ResNets.
 2. `empirical_ntk_fn(implementation="auto")` picks structured derivatives for our networks and
    falls back to jacobian_contraction where they do not apply: parameters transformed before the
-   module sees them (the ntk family's jvp at W0), a module with its own parameters and children.
+   module sees them (the ntk family's jvp at W0), no leaf with a structured rule; a module with its
+   own parameters and children stays structured, only its own parameter falling back
+   (tests/kernels/test_structured_fallback.py).
 3. The check has teeth: a parameter also used outside its module (a tied weight) is caught —
    "auto" warns and falls back, "structured_derivatives" raises — while the kernel stays exact.
 """
@@ -124,11 +126,17 @@ def test_auto_uses_structured_where_it_applies_and_falls_back_elsewhere():
     assert rel_err(k_auto, k_ref) < EXACT
     with pytest.raises(ValueError, match="structured_derivatives"):
         family_ntk_fn(fam, v, trace_axes=(), implementation="structured_derivatives")(xs)
+    # a module with its own parameter and a child Dense: only that parameter falls back (per layer)
     f, params, x = _setup(Owner(), (5, 4))
-    with pytest.raises(Unsupported, match="child modules"):
-        jax.jit(structured_jacobian(f))(params, x, {})
     got, impl = _kernels(f, params, x, "auto")
-    assert impl == "jacobian_contraction" and rel_err(got, _kernels(f, params, x, "jacobian_contraction")[0]) < EXACT
+    assert impl == "structured_derivatives" and rel_err(got, _kernels(f, params, x, "jacobian_contraction")[0]) < EXACT
+    # no leaf with a structured rule (a plain function of params): Unsupported, and auto uses jacobian_contraction
+    g = lambda p, xb: jnp.tanh(xb @ p["w"])  # noqa: E731
+    w = {"w": jax.random.normal(jax.random.key(3), (4, 3), jnp.float64)}
+    with pytest.raises(Unsupported, match="no parameter leaf has a structured rule"):
+        jax.jit(structured_jacobian(g))(w, x, {})
+    got, impl = _kernels(g, w, x, "auto")
+    assert impl == "jacobian_contraction" and rel_err(got, _kernels(g, w, x, "jacobian_contraction")[0]) < EXACT
 
 
 def test_check_catches_a_parameter_used_outside_its_module():

@@ -1,0 +1,173 @@
+"""Per-layer fallback of structured derivatives (`ntk_vs_nn.kernels.structured`, issue 34), in float64.
+
+A parameter the structured trace cannot attribute to a leaf layer — a module's own parameter next to
+child Dense/Conv modules (a learned scale), a leaf used outside any Flax module call — takes its
+per-example Jacobian from `jax.vmap(jax.jacrev)` with respect to those leaves only; every other leaf
+keeps its structured rule. The references are independent of the code under test: `jax.jacrev` of
+the whole batch, contracted by numpy and reduced by an einsum written out per case.
+
+1. Per-example Jacobians equal vmapped `jacrev` leaf by leaf, and only the parent's leaf (and the leaf
+   used outside the module) fell back (`structured.fallback_leaves`).
+2. `jax.jit(empirical_ntk_fn(..., implementation=STRUCTURED_DERIVATIVES | AUTO))` equals the explicit
+   Jacobian kernel (relative error < 1e-10) for trace_axes (-1,) and (), with no failed check and with
+   the fallback run for exactly those leaves (so AUTO did not silently use jacobian_contraction);
+   also with a batched keyword argument (``vmap_axes`` triple), which the fallback must vmap.
+3. A planted bug in the fallback (its contribution dropped, or taken from the wrong examples) is
+   caught: `check_fn` flags it, the NT-style API warns and recomputes the batch by `jacrev`, and the
+   tiled `empirical_ntk_fn(implementation="structured_derivatives")` raises.
+"""
+
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import rel_err
+
+import ntk_vs_nn.kernels as nt
+from ntk_vs_nn.kernels import empirical, structured
+from ntk_vs_nn.kernels.empirical import _flat_jacobian
+from ntk_vs_nn.kernels.ntk_impls import CHECK_TOL
+
+EXACT = 1e-10
+SPREAD_OVER_WORKERS = True  # conftest: its tests are shared among `make test`'s workers, not kept on one
+
+
+@pytest.fixture(autouse=True)
+def x64_everywhere(x64):
+    """Every test here in float64 (conftest's `x64`)."""
+    yield
+
+
+class Scaled(nn.Module):
+    """A learned per-channel scale of its own, multiplied into a child Conv's output, and child Denses."""
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.normal(1.0), (3,))
+        h = jnp.tanh(nn.Conv(3, (3, 3), name="conv")(x)) * scale
+        h = nn.relu(nn.Dense(4, name="hidden")(h.mean((1, 2))))
+        return nn.Dense(3, name="head")(h)
+
+
+NET = Scaled()
+
+
+def _parent(p, x):  # every parameter inside module calls; `scale` owned by a module with children
+    return NET.apply({"params": p}, x)
+
+
+def _outside(p, x):  # plus a leaf used outside any Flax module call
+    return NET.apply({"params": p["net"]}, x) * p["temperature"]
+
+
+def _kw(p, x, shift):  # a keyword argument batched like x, meeting the leaf used outside the module
+    return NET.apply({"params": p["net"]}, x) * (p["temperature"] + shift)
+
+
+CASES = {"parent": _parent, "outside": _outside, "kw": _kw}
+FALLS_BACK = {"parent": {"scale"}, "outside": {"scale", "temperature"}, "kw": {"scale", "temperature"}}
+
+
+def _setup(case, n=5):
+    x = jax.random.normal(jax.random.key(1), (n, 5, 5, 2), jnp.float64)
+    net = jax.tree.map(lambda a: a.astype(jnp.float64), NET.init(jax.random.key(0), x[:1])["params"])
+    temperature = 1.0 + jax.random.uniform(jax.random.key(2), (3,), jnp.float64)
+    params = net if case == "parent" else {"net": net, "temperature": temperature}
+    kw = {"shift": jax.random.normal(jax.random.key(3), (n, 1), jnp.float64)} if case == "kw" else {}
+    return CASES[case], params, x, kw
+
+
+def _expected_fallback(case, params) -> tuple:
+    """Indices (jax.tree.leaves order) of the leaves named in FALLS_BACK: found by key path, not by the code."""
+    paths = [tuple(getattr(k, "key", k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    return tuple(i for i, path in enumerate(paths) if path[-1] in FALLS_BACK[case])
+
+
+def reference_kernel(f, params, x, kw, trace_axes):
+    """Θ from the whole batch's `jax.jacrev` (no vmap): (n, n) traced over the classes, or (n, n, k, k)."""
+    jac = jax.jacrev(lambda p: f(p, x, **kw))(params)
+    j = np.concatenate([np.asarray(a).reshape(a.shape[0], a.shape[1], -1) for a in jax.tree.leaves(jac)], -1)
+    full = np.einsum("acp,bdp->acbd", j, j)  # (n, k, n, k)
+    if trace_axes == (-1,):
+        return np.einsum("acbc->ab", full) / j.shape[1]
+    return full.transpose(0, 2, 1, 3)
+
+
+@pytest.mark.parametrize("case", ["parent", "outside"])
+def test_only_unattributed_leaves_fall_back_and_tiles_equal_jacrev(case):
+    f, params, x, _ = _setup(case)
+    expected = _expected_fallback(case, params)
+    assert 0 < len(expected) < len(jax.tree.leaves(params))  # conv, hidden and head stay structured
+    assert structured.fallback_leaves(f, params, x) == expected
+    jac = structured.structured_jacobian(f)
+    mine = jax.jit(jac)(params, x, {})
+    assert jac.fallback == expected
+    ref = jax.jit(_flat_jacobian(f, 0))(params, x, {})
+    assert len(mine) == len(ref) == len(jax.tree.leaves(params))
+    for a, b in zip(mine, ref):
+        assert a.shape == b.shape and a.dtype == jnp.float64
+        assert rel_err(np.asarray(a), np.asarray(b)) < EXACT
+    assert structured.check_fn(f)(mine, params, x) < EXACT
+
+
+def _recording_fallback(monkeypatch, mutate=None):
+    """Wrap `structured._fallback_jacobian`: record the leaf indices it is asked for; ``mutate`` plants a bug."""
+    real, asked = structured._fallback_jacobian, []
+
+    def wrapped(f, kw_axes, params, x, kw, idx):
+        asked.append(tuple(idx))
+        out = real(f, kw_axes, params, x, kw, idx)
+        return out if mutate is None else mutate(out)
+
+    monkeypatch.setattr(structured, "_fallback_jacobian", wrapped)
+    return asked
+
+
+def _api_kernel(f, params, x, kw, trace_axes, impl):
+    vmap_axes = (0, 0, {"shift": 0}) if kw else 0
+    fn = nt.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=vmap_axes, implementation=impl)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        k = np.asarray(jax.jit(lambda a, p, kws: fn(a, None, p, **kws))(x, params, kw))
+    return k, [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize(
+    "impl", [nt.NtkImplementation.STRUCTURED_DERIVATIVES, nt.NtkImplementation.AUTO], ids=["structured", "auto"]
+)
+@pytest.mark.parametrize("trace_axes", [(-1,), ()], ids=["traced", "full"])
+@pytest.mark.parametrize("case", ["parent", "outside", "kw"])
+def test_kernel_equals_explicit_jacobian_kernel(monkeypatch, case, trace_axes, impl):
+    f, params, x, kw = _setup(case)
+    asked = _recording_fallback(monkeypatch)
+    got, messages = _api_kernel(f, params, x, kw, trace_axes, impl)
+    ref = reference_kernel(f, params, x, kw, trace_axes)
+    assert got.shape == ref.shape and rel_err(got, ref) < EXACT
+    assert not [m for m in messages if "check failed" in m]  # right by structure, not by the jacrev recompute
+    assert asked and set(asked) == {_expected_fallback(case, params)}  # structured ran, per-layer fallback
+
+
+def _dropped(out):
+    return [jnp.zeros_like(a) for a in out]
+
+
+def _wrong_examples(out):
+    return [a[::-1] for a in out]
+
+
+@pytest.mark.parametrize("bug", [_dropped, _wrong_examples], ids=["dropped", "wrong-examples"])
+def test_a_planted_fallback_bug_is_caught(monkeypatch, bug):
+    f, params, x, kw = _setup("outside")
+    ref = reference_kernel(f, params, x, kw, (-1,))
+    _recording_fallback(monkeypatch, bug)
+    tiles = jax.jit(structured.structured_jacobian(f))(params, x, {})
+    assert structured.check_fn(f)(tiles, params, x) > CHECK_TOL
+    # the NT-style API: the check fails, the batch is recomputed by jacrev, with a warning
+    got, messages = _api_kernel(f, params, x, kw, (-1,), nt.NtkImplementation.STRUCTURED_DERIVATIVES)
+    assert [m for m in messages if "check failed" in m] and rel_err(got, ref) < EXACT
+    # the tiled kernel: an explicit structured_derivatives raises
+    with pytest.raises(ValueError, match="check failed"):
+        empirical.empirical_ntk_fn(f, implementation="structured_derivatives", tile_size=3)(x, None, params)
