@@ -7,7 +7,8 @@ keeps its structured rule. The references are independent of the code under test
 the whole batch, contracted by numpy and reduced by an einsum written out per case.
 
 1. Per-example Jacobians equal vmapped `jacrev` leaf by leaf, and only the parent's leaf (and the leaf
-   used outside the module) fell back (`structured.fallback_leaves`).
+   used outside the module; or the leaves of a Conv called with an extra batch axis, outside its rule)
+   fell back (`structured.fallback_leaves`).
 2. `jax.jit(empirical_ntk_fn(..., implementation=STRUCTURED_DERIVATIVES | AUTO))` equals the explicit
    Jacobian kernel (relative error < 1e-10) for trace_axes (-1,) and (), with no failed check and with
    the fallback run for exactly those leaves (so AUTO did not silently use jacobian_contraction);
@@ -67,23 +68,38 @@ def _kw(p, x, shift):  # a keyword argument batched like x, meeting the leaf use
     return NET.apply({"params": p["net"]}, x) * (p["temperature"] + shift)
 
 
-CASES = {"parent": _parent, "outside": _outside, "kw": _kw}
+class ExtraAxes(nn.Module):
+    """A 1-D Conv called on (n, 5, 5, 2): an extra batch axis, outside the Conv rule."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(3, (3,), name="conv1d")(x)
+        return nn.Dense(3, name="head")(h.mean((1, 2)))
+
+
+def _rule(p, x):  # a leaf layer whose structured rule does not apply
+    return ExtraAxes().apply({"params": p}, x)
+
+
+CASES = {"parent": _parent, "outside": _outside, "kw": _kw, "rule": _rule}
 FALLS_BACK = {"parent": {"scale"}, "outside": {"scale", "temperature"}, "kw": {"scale", "temperature"}}
+FALLS_BACK["rule"] = {"conv1d"}
 
 
 def _setup(case, n=5):
     x = jax.random.normal(jax.random.key(1), (n, 5, 5, 2), jnp.float64)
-    net = jax.tree.map(lambda a: a.astype(jnp.float64), NET.init(jax.random.key(0), x[:1])["params"])
+    module = ExtraAxes() if case == "rule" else NET
+    net = jax.tree.map(lambda a: a.astype(jnp.float64), module.init(jax.random.key(0), x[:1])["params"])
     temperature = 1.0 + jax.random.uniform(jax.random.key(2), (3,), jnp.float64)
-    params = net if case == "parent" else {"net": net, "temperature": temperature}
+    params = net if case in ("parent", "rule") else {"net": net, "temperature": temperature}
     kw = {"shift": jax.random.normal(jax.random.key(3), (n, 1), jnp.float64)} if case == "kw" else {}
     return CASES[case], params, x, kw
 
 
 def _expected_fallback(case, params) -> tuple:
-    """Indices (jax.tree.leaves order) of the leaves named in FALLS_BACK: found by key path, not by the code."""
+    """Indices (jax.tree.leaves order) of the leaves whose key path names one in FALLS_BACK (not found by the code)."""
     paths = [tuple(getattr(k, "key", k) for k in path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    return tuple(i for i, path in enumerate(paths) if path[-1] in FALLS_BACK[case])
+    return tuple(i for i, path in enumerate(paths) if FALLS_BACK[case] & set(path))
 
 
 def reference_kernel(f, params, x, kw, trace_axes):
@@ -96,11 +112,11 @@ def reference_kernel(f, params, x, kw, trace_axes):
     return full.transpose(0, 2, 1, 3)
 
 
-@pytest.mark.parametrize("case", ["parent", "outside"])
+@pytest.mark.parametrize("case", ["parent", "outside", "rule"])
 def test_only_unattributed_leaves_fall_back_and_tiles_equal_jacrev(case):
     f, params, x, _ = _setup(case)
     expected = _expected_fallback(case, params)
-    assert 0 < len(expected) < len(jax.tree.leaves(params))  # conv, hidden and head stay structured
+    assert 0 < len(expected) < len(jax.tree.leaves(params))  # the Dense (and 2-D Conv) leaves stay structured
     assert structured.fallback_leaves(f, params, x) == expected
     jac = structured.structured_jacobian(f)
     mine = jax.jit(jac)(params, x, {})
