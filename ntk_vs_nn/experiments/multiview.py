@@ -67,7 +67,7 @@ from ntk_vs_nn.config.validate import check_kd
 from ntk_vs_nn.data.multiview import MultiViewData, draw_data
 from ntk_vs_nn.engine.optim import lambda_max
 from ntk_vs_nn.engine.trainer import Trainer
-from ntk_vs_nn.experiments import Experiment, Written
+from ntk_vs_nn.experiments import Experiment, Written, registration
 from ntk_vs_nn.families import last_layer, linearized, network
 from ntk_vs_nn.models.multiview import PatchNet, RandomFeatures
 from ntk_vs_nn.protocols.units import Units, distill_teacher, ensemble_of, unit_name
@@ -371,14 +371,13 @@ def write(cfg: MultiViewConfig, store) -> Written:
     trained = {r["unit"]: r for _, recs in runs for r in recs if r["protocol"] != "ensemble"}.values()
     prov = {"train_s": sum(r["seconds"] for r in trained), "units": len(trained),
             "device": main[0].get("device", "?"), "jax": main[0].get("versions", {}).get("jax", "?")}  # fmt: skip
-    files["summary.md"] = report.summary_markdown(
-        cfg,
-        lines,
-        sweep,
-        report.command(cfg, PRESETS[cfg.preset]() if cfg.preset in PRESETS else MultiViewConfig(), store.out_dir),
-        prov,
-        draw_lines,
+    reg = registration.recorded(store.out_dir)  # a registered run is made by its file alone
+    cmd = (
+        f"ntk-vs-nn run multiview --registration registrations/{reg.path} --out {store.out_dir}"
+        if reg
+        else report.command(cfg, PRESETS[cfg.preset]() if cfg.preset in PRESETS else MultiViewConfig(), store.out_dir)
     )
+    files["summary.md"] = report.summary_markdown(cfg, lines, sweep, cmd, prov, draw_lines)
     for name, text in files.items():
         atomic_write(os.path.join(store.out_dir, name), text)
     return Written(md, verdicts, {"table": md})

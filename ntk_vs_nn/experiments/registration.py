@@ -152,8 +152,13 @@ def status(out: str) -> str:
 
 def stamp_text(text: str, line: str) -> str:
     """``text`` (Markdown) with ``line`` under its ``#`` title (first, without one), replacing an earlier stamp."""
-    lines = text.split("\n")
-    keep = [x for x in lines if not x.startswith((CONFIRMATORY, EXPLORATORY_MARK))]
+    lines, keep = text.split("\n"), []
+    for i, x in enumerate(lines):  # an earlier stamp goes with the blank line stamping put under it
+        if x.startswith((CONFIRMATORY, EXPLORATORY_MARK)) or (
+            x == "" and i and lines[i - 1].startswith((CONFIRMATORY, EXPLORATORY_MARK))
+        ):
+            continue
+        keep.append(x)
     at = 1 if keep and keep[0].startswith("#") else 0
     if at and len(keep) > 1 and keep[1] == "":
         keep = keep[:1] + keep[2:]  # the blank line under the title is put back below

@@ -134,3 +134,16 @@ def test_every_markdown_output_of_an_unregistered_run_says_exploratory_once(tmp_
         assert lines[0].startswith("# ") and lines[2] == registration.EXPLORATORY, name
         assert sum(x == registration.EXPLORATORY for x in lines) == 1, name
     assert (out / "README.md").read_text() == "# notes\n"
+
+
+@pytest.mark.parametrize("text", ["# title\n\nbody\n", "# title\nbody\n", "no title\n\nbody\n", "# t\n\n\nbody\n"])
+def test_stamping_a_stamped_file_again_changes_nothing(text):
+    """A Markdown file no run rewrites (results/multiview/search.md) is stamped at every `messages`: the
+    second stamp must give the first's bytes (before, each pass added a blank line under the stamp), and a
+    confirmatory stamp replaces an exploratory one in place."""
+    once = registration.stamp_text(text, registration.EXPLORATORY)
+    assert registration.stamp_text(once, registration.EXPLORATORY) == once
+    assert once.count(registration.EXPLORATORY) == 1
+    assert [x for x in once.splitlines() if x and x != registration.EXPLORATORY] == [x for x in text.splitlines() if x]
+    conf = registration.stamp_text(once, f"{registration.CONFIRMATORY} `x` (sha256 0) before it trained.")
+    assert registration.EXPLORATORY_MARK not in conf and conf.count("\n") == once.count("\n")
