@@ -188,8 +188,8 @@ def _paper(dataset: str) -> Config:
 # where a preset's reader finds the decided verdicts: the CLI prints it after a run's own
 DECIDED_ELSEWHERE = {
     "minutes": "a minutes-scale run: an inconclusive verdict here says only that its intervals are wide; the "
-    "committed runs with replicates and longer budgets: results/quick-mnist1d/messages.md (nets, R = 3), "
-    "results/quick-mnist1d-kernel-gd/messages.md (kernel rows)",
+    "committed runs with replicates and longer budgets: results/decisive-mnist1d/messages.md (nets, R = 8, "
+    "registered), results/quick-mnist1d-kernel-gd/messages.md (kernel rows, R = 3)",
 }
 
 PRESETS = {
