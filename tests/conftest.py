@@ -114,7 +114,7 @@ def store_before_student_units(src: str, dst: str) -> list:
 @pytest.fixture()
 def x64():
     """float64 for exact cross-checks, with most XLA optimisations off: the programs are tiny, so compiling
-    dominates (used by name, or autouse through a module's ``x64_everywhere``)."""
+    dominates (used by name, or for a whole module by ``pytestmark = pytest.mark.usefixtures("x64")``)."""
     import jax
 
     fast = jax.config.values["jax_disable_most_optimizations"]

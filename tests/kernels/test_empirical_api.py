@@ -31,14 +31,9 @@ from jax.flatten_util import ravel_pytree
 import ntk_vs_nn.kernels as nt
 
 EXACT = 1e-10
+pytestmark = pytest.mark.usefixtures("x64")  # every test here in float64 (conftest's `x64`)
 SPREAD_OVER_WORKERS = True  # conftest: its tests are shared among `make test`'s workers, not kept on one
 IMPLS = list(nt.NtkImplementation)
-
-
-@pytest.fixture(autouse=True)
-def x64_everywhere(x64):
-    """Every test here in float64 (conftest's `x64`)."""
-    yield
 
 
 class CNN(nn.Module):

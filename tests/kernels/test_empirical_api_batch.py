@@ -28,12 +28,7 @@ from ntk_vs_nn.kernels import batching
 from ntk_vs_nn.kernels.batching import check_kernel
 
 EXACT = 1e-10
-
-
-@pytest.fixture(autouse=True)
-def x64_everywhere(x64):
-    """Every test here in float64 (conftest's `x64`)."""
-    yield
+pytestmark = pytest.mark.usefixtures("x64")  # every test here in float64 (conftest's `x64`)
 
 
 @pytest.mark.parametrize("axes", [((-1,), ()), ((), ()), ((), (-1,)), ((1,), ())], ids=str)

@@ -32,17 +32,12 @@ except UserError as e:
     if os.environ.get("NTK_VS_NN_REQUIRE_NT"):
         raise
 pytestmark = [
+    pytest.mark.usefixtures("x64"),  # every test here in float64 (conftest's `x64`)
     pytest.mark.nt,
     pytest.mark.skipif(NT_ERROR is not None, reason=f"neural-tangents not importable: {NT_ERROR}"),
 ]
 EXACT = 1e-10
 SPREAD_OVER_WORKERS = True  # conftest: its tests are shared among `make test`'s workers, not kept on one
-
-
-@pytest.fixture(autouse=True)
-def x64_everywhere(x64):
-    """Every test here in float64 (conftest's `x64`)."""
-    yield
 
 
 class MLP(nn.Module):

@@ -33,13 +33,8 @@ from ntk_vs_nn.kernels.empirical import _flat_jacobian
 from ntk_vs_nn.kernels.ntk_impls import CHECK_TOL
 
 EXACT = 1e-10
+pytestmark = pytest.mark.usefixtures("x64")  # every test here in float64 (conftest's `x64`)
 SPREAD_OVER_WORKERS = True  # conftest: its tests are shared among `make test`'s workers, not kept on one
-
-
-@pytest.fixture(autouse=True)
-def x64_everywhere(x64):
-    """Every test here in float64 (conftest's `x64`)."""
-    yield
 
 
 class Scaled(nn.Module):
