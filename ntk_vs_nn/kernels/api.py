@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntk_vs_nn.kernels import ntk_impls, structured
+from ntk_vs_nn.kernels import jacobians, ntk_impls, structured
 
 
 class NtkImplementation(enum.IntEnum):
@@ -222,7 +222,7 @@ def empirical_ntk_fn(
         fx = jax.eval_shape(lambda p, xx: f(p, xx, **kw), params, x)
         axes = _canonical_vmap_axes(vmap_axes, x, fx, kw)
         if impl == NtkImplementation.JACOBIAN_CONTRACTION:
-            return ntk_impls.jacrev_fn(f, axes)(params, x, kw)
+            return jacobians.jacrev_fn(f, axes)(params, x, kw)
         try:
             strict = impl == NtkImplementation.STRUCTURED_DERIVATIVES
             return ntk_impls.structured_fn(f, axes, fx, strict)(params, x, kw)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ntk_vs_nn.kernels import structured
+from ntk_vs_nn.kernels.jacobians import expand, is_none, jacrev_fn, squeeze
 
 CHECK_TOL = 1e-3  # relative error of the structured Jacobian's check (float32 gives ~1e-7)
 _HIGHEST = jax.lax.Precision.HIGHEST  # no TF32 in our contractions on GPUs
@@ -123,45 +124,6 @@ def reduce_full(k_full, ndim: int, trace_axes, diagonal_axes, size: int):
 # ---------------------------------------------------------------------------------- Jacobians
 
 
-def expand(x, axes):
-    """Re-insert the vmapped-away axis of each leaf of ``x`` (axes: a pytree of ints / None)."""
-    if axes is None:
-        return x
-    return jax.tree.map(lambda a, v: v if a is None else jnp.expand_dims(v, a), axes, x, is_leaf=_none)
-
-
-def squeeze(fx, axes):
-    """Drop the size-1 vmapped axis of each output leaf (axes: a pytree of ints / None)."""
-    if axes is None:
-        return fx
-    return jax.tree.map(lambda a, v: v if a is None else jnp.squeeze(v, a), axes, fx, is_leaf=_none)
-
-
-def _none(a) -> bool:
-    return a is None
-
-
-def jacrev_fn(f: Callable, axes) -> Callable:
-    """``jac(params, x, kw) -> J``: a tree over f's output leaves of parameter trees, each leaf of shape
-    ``fx_leaf.shape + param.shape``, by `jax.jacrev`; vmapped over examples when ``axes`` =
-    (x_axis, fx_axis, kw_axes) is given, one reverse pass per output entry of the batch otherwise."""
-
-    def jac(params, x, kw):
-        if axes is None:
-            return jax.jacrev(lambda p: f(p, x, **kw))(params)
-        x_axis, fx_axis, kw_axes = axes
-        batched = {k: v for k, v in kw.items() if k in kw_axes}
-        fixed = {k: v for k, v in kw.items() if k not in kw_axes}
-
-        def one(xe, be):
-            xe, be = expand(xe, x_axis), {k: expand(v, kw_axes[k]) for k, v in be.items()}
-            return jax.jacrev(lambda p: squeeze(f(p, xe, **be, **fixed), fx_axis))(params)
-
-        return jax.vmap(one, in_axes=(x_axis, {k: kw_axes[k] for k in batched}), out_axes=fx_axis)(x, batched)
-
-    return jac
-
-
 def structured_fn(f: Callable, axes, fx, strict: bool) -> Callable:
     """``jac`` as `jacrev_fn`, from layer structure (`ntk_vs_nn.kernels.structured`, Flax linen nets).
 
@@ -183,7 +145,7 @@ def structured_fn(f: Callable, axes, fx, strict: bool) -> Callable:
     x_axis, fx_axis, kw_axes = axes
     leaves, treedef = jax.tree.flatten(fx)
     fx_axes = treedef.flatten_up_to(fx_axis)
-    if any(a != 0 for a in jax.tree.leaves(x_axis, is_leaf=_none)) or any(a is None for a in fx_axes):
+    if any(a != 0 for a in jax.tree.leaves(x_axis, is_leaf=is_none)) or any(a is None for a in fx_axes):
         if strict:
             raise structured.Unsupported("structured derivatives need inputs batched along axis 0")
         return dense

@@ -41,6 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntk_vs_nn.kernels import jacobians
+
 UNROLL_MAX = 16  # output units whose backward passes are unrolled in one program
 
 
@@ -237,30 +239,19 @@ def structured_jacobian(f: Callable, kw_axes: dict | None = None) -> Callable:
 
 def _fallback_jacobian(f: Callable, kw_axes: dict, params, x, kw: dict, idx: list) -> list:
     """Per-example Jacobians (n, k, P_leaf) of the leaves ``idx`` of params only, every other leaf
-    held fixed: `jax.vmap` over examples of `jax.jacrev` with respect to those leaves."""
+    held fixed: `jacobians.jacrev_fn` (`jax.vmap` over examples of `jax.jacrev`) of f as a function of
+    those leaves."""
     leaves, treedef = jax.tree.flatten(params)
-    batched = {name: v for name, v in kw.items() if name in kw_axes}
-    fixed = {name: v for name, v in kw.items() if name not in kw_axes}
 
-    def one(xe, be):
-        xe = jax.tree.map(lambda a: a[None], xe)
-        be = {name: _expand(v, kw_axes[name]) for name, v in be.items()}
+    def f_of(sub, xb, **kwb):
+        full = list(leaves)
+        for i, s in zip(idx, sub):
+            full[i] = s
+        return f(treedef.unflatten(full), xb, **kwb)
 
-        def fe(sub):
-            full = list(leaves)
-            for i, s in zip(idx, sub):
-                full[i] = s
-            return f(treedef.unflatten(full), xe, **be, **fixed)[0]
-
-        return jax.jacrev(fe)([leaves[i] for i in idx])
-
-    js = jax.vmap(one, in_axes=(0, {name: kw_axes[name] for name in batched}))(x, batched)
+    x_axis = jax.tree.map(lambda _: 0, x)
+    js = jacobians.jacrev_fn(f_of, (x_axis, 0, kw_axes))([leaves[i] for i in idx], x, kw)
     return [j.reshape(j.shape[:2] + (-1,)) for j in js]
-
-
-def _expand(v, axes):
-    """Re-insert the vmapped-away batch axis of each leaf of ``v`` (axes: a pytree of ints / None)."""
-    return jax.tree.map(lambda a, w: w if a is None else jnp.expand_dims(w, a), axes, v, is_leaf=lambda a: a is None)
 
 
 def fallback_leaves(f: Callable, params, x, kw: dict | None = None, kw_axes: dict | None = None) -> tuple:
