@@ -9,15 +9,16 @@ import pandas as pd
 
 from ntk_vs_nn import paper
 from ntk_vs_nn.analysis import bootstrap as bs
-from ntk_vs_nn.analysis.verdict import decide_interval
+from ntk_vs_nn.analysis.verdict import against_range, decide_interval
 from ntk_vs_nn.data.gaussian import parse_setting
 
 COLUMNS = (
     "teacher", "student", "setting", "margin", "noise", "sampling", "input", "n_members", "single_mean",
     "single_std", "single_min", "single_max", "ensemble", "gain", "acc_by_size", "train_acc_mean", "final_loss",
     "train_class_min", "train_class_max", "accept_rate_train", "noise_flipped", "status", "wall_s",
-    "paper_single", "paper_ensemble", "paper_gain",
+    "paper_single", "paper_ensemble", "paper_gain", "fits", "flag",
 )  # fmt: skip
+UNDERFIT, OVERFIT = "underfit", "over-fits"  # the flags of a cell (`tidy`)
 
 
 def _paper_lookup() -> dict:
@@ -47,13 +48,21 @@ def setting_label(setting: str) -> str:
     )
 
 
-def tidy(cells: list[dict]) -> pd.DataFrame:
-    """One row per cell record, with the paper's numbers for the same (teacher, setting)."""
+def tidy(cells: list[dict], cfg) -> pd.DataFrame:
+    """One row per cell record, with the paper's numbers for the same (teacher, setting) and the cell's
+    flag: ``underfit`` when its students' mean train accuracy is below ``claim.fit_threshold`` (the
+    premise, models that fit their training set, is missing there), ``over-fits`` when it fits yet its
+    single test accuracy is more than ``claim.overfit_margin`` points below the paper's cell."""
     ref = _paper_lookup()
+    c = cfg.claim
     rows = []
-    for c in cells:
-        p = ref.get((c["teacher"], c["setting"]), (np.nan, np.nan))
-        rows.append({**c, "paper_single": p[0], "paper_ensemble": p[1], "paper_gain": round(p[1] - p[0], 2)})
+    for cell in cells:
+        p = ref.get((cell["teacher"], cell["setting"]), (np.nan, np.nan))
+        fits = bool(cell["train_acc_mean"] >= c.fit_threshold)
+        over = fits and np.isfinite(p[0]) and cell["single_mean"] < p[0] - c.overfit_margin
+        flag = OVERFIT if over else "" if fits else UNDERFIT
+        rows.append({**cell, "paper_single": p[0], "paper_ensemble": p[1], "paper_gain": round(p[1] - p[0], 2),
+                     "fits": fits, "flag": flag})  # fmt: skip
     return pd.DataFrame(rows)[list(COLUMNS)]
 
 
@@ -101,13 +110,30 @@ def markdown(df, cfg) -> str:
         "",
         *_grid(df, teachers, settings, lambda r: f"{sgn(r.gain)} ± {r.single_std:.1f} / {sgn(r.paper_gain)}"),
         "",
+        "## Training set fit: the students' mean train accuracy (%) and the cell's flag",
+        "",
+        f"*{UNDERFIT}*: below {cfg.claim.fit_threshold:g} % train accuracy (on the labels trained on, flipped "
+        f"ones included), so the premise (models that fit their training set) is missing; *{OVERFIT}*: fits, yet "
+        f"its single test accuracy is more than {cfg.claim.overfit_margin:g} points below the paper's cell.",
+        "",
+        *_grid(df, teachers, settings, lambda r: f"{r.train_acc_mean:.1f}" + (f" *{r.flag}*" if r.flag else "")),
+        "",
     ]
     return "\n".join(out)
 
 
 CLAIM = "ensembles give ~no gain on Gaussian-like data"
 CLAIM_COLUMNS = ("claim", "comparison", "strict", "d", "ci_low", "ci_high", "verdict", "n_cells", "n_boot", "level",
-                 "evidence")  # fmt: skip
+                 "evidence", "effect", "effect_value", "effect_ci_low", "effect_ci_high", "paper_lo", "paper_hi",
+                 "vs_paper")  # fmt: skip
+
+
+def _mean_gain(gains: np.ndarray, shift: float, cfg) -> bs.Comparison:
+    """``shift - mean gain`` over the cells with its percentile-bootstrap interval over the cells."""
+    c = cfg.claim
+    if not len(gains):
+        return bs.Comparison(float("nan"), float("nan"), float("nan"))
+    return bs.unit_bootstrap({"gain": gains}, lambda v: shift - v["gain"].mean(-1), c.n_boot, c.level, c.boot_seed)
 
 
 def claim(df, cfg) -> dict:
@@ -115,15 +141,15 @@ def claim(df, cfg) -> dict:
     over the cells`` (strict: the claim says d > 0), with a percentile-bootstrap interval over the cells
     (`analysis.bootstrap.unit_bootstrap`: the records keep one gain per cell, so the cells are the
     resampled units; ``claim.n_boot``, ``claim.level``, ``claim.boot_seed``), decided by
-    `verdict.decide_interval`: holds if ci_low > 0, fails if ci_high < 0, else inconclusive."""
+    `verdict.decide_interval`: holds if ci_low > 0, fails if ci_high < 0, else inconclusive. The same
+    claim on the cells that fit their training set (``fit_*``: the premise), and the effect in the
+    paper's units: the mean gain with its interval (the same draws) against the range of the paper's
+    Figure 3 cells' gains (`verdict.against_range`)."""
     ok = df[df.status == "ok"]
     gains = ok.gain.to_numpy()
     c = cfg.claim
-    if len(gains):
-        comp = bs.unit_bootstrap({"gain": gains}, lambda v: c.holds_below - v["gain"].mean(-1), c.n_boot, c.level,
-                                 c.boot_seed)  # fmt: skip
-    else:
-        comp = bs.Comparison(float("nan"), float("nan"), float("nan"))
+    comp = _mean_gain(gains, c.holds_below, cfg)
+    fit = _mean_gain(ok[ok.fits.astype(bool)].gain.to_numpy(), c.holds_below, cfg)
     band = np.maximum(2 * ok.single_std.to_numpy(), 0.2)
     nn_ref = paper.load("nn")
     real = {ds: float((g.ensemble_acc - g.single_mean_acc).mean()) for ds, g in nn_ref.groupby("dataset")}
@@ -131,13 +157,24 @@ def claim(df, cfg) -> dict:
     fig3_gain = (fig3.ensemble_acc - fig3.single_acc).to_numpy()
     stat = lambda f: float(f(gains)) if len(gains) else float("nan")
     mean = stat(np.mean)
+    gain_lo, gain_hi = c.holds_below - comp.hi, c.holds_below - comp.lo  # the mean gain's interval
     return dict(
         verdict=decide_interval(comp.lo, comp.hi, strict=True),
         d=comp.d,
         ci_low=comp.lo,
         ci_high=comp.hi,
         cells=len(gains),
+        fit_verdict=decide_interval(fit.lo, fit.hi, strict=True),
+        fit_d=fit.d,
+        fit_ci_low=fit.lo,
+        fit_ci_high=fit.hi,
+        fit_cells=int(ok.fits.astype(bool).sum()),
+        underfit=int((ok.flag == UNDERFIT).sum()),
+        overfit=int((ok.flag == OVERFIT).sum()),
         mean_gain=mean,
+        mean_gain_ci_low=gain_lo,
+        mean_gain_ci_high=gain_hi,
+        vs_paper=against_range(gain_lo, gain_hi, float(fig3_gain.min()), float(fig3_gain.max())),
         median_gain=stat(np.median),
         min_gain=stat(np.min),
         max_gain=stat(np.max),
@@ -156,13 +193,24 @@ def _num(x: float) -> str:
 
 
 def claims_frame(v: dict, cfg) -> pd.DataFrame:
-    """claims.csv: the claim as one comparison with its interval."""
+    """claims.csv: the claim as one comparison with its interval, then the same claim on the cells that fit
+    their training set; ``effect`` columns: the mean gain with its interval beside the paper's cells' range."""
     t = cfg.claim.holds_below
-    ev = f"mean gain {v['mean_gain']:+.2f} points over {v['cells']} cells"
-    row = dict(claim=CLAIM, comparison=f"{t:g} - mean gain", strict=True, d=v["d"], ci_low=v["ci_low"],
-               ci_high=v["ci_high"], verdict=v["verdict"], n_cells=v["cells"], n_boot=cfg.claim.n_boot,
-               level=cfg.claim.level, evidence=ev)  # fmt: skip
-    return pd.DataFrame([row], columns=list(CLAIM_COLUMNS))
+    eff = dict(effect="mean ensemble gain (points)", effect_value=v["mean_gain"], effect_ci_low=v["mean_gain_ci_low"],
+               effect_ci_high=v["mean_gain_ci_high"], paper_lo=v["paper_min_gain"], paper_hi=v["paper_max_gain"],
+               vs_paper=v["vs_paper"])  # fmt: skip
+    rows = [
+        dict(claim=CLAIM, comparison=f"{t:g} - mean gain", strict=True, d=v["d"], ci_low=v["ci_low"],
+             ci_high=v["ci_high"], verdict=v["verdict"], n_cells=v["cells"], n_boot=cfg.claim.n_boot,
+             level=cfg.claim.level, evidence=f"mean gain {v['mean_gain']:+.2f} points over {v['cells']} cells",
+             **eff),
+        dict(claim=f"{CLAIM}, on the cells that fit their training set",
+             comparison=f"{t:g} - mean gain (fitting cells)",
+             strict=True, d=v["fit_d"], ci_low=v["fit_ci_low"], ci_high=v["fit_ci_high"], verdict=v["fit_verdict"],
+             n_cells=v["fit_cells"], n_boot=cfg.claim.n_boot, level=cfg.claim.level,
+             evidence=f"{v['fit_cells']} of {v['cells']} cells reach {cfg.claim.fit_threshold:g} % train accuracy"),
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=list(CLAIM_COLUMNS))
 
 
 def rule_sentence(cfg) -> str:
@@ -194,6 +242,16 @@ def summary_md(df, cfg, v: dict, command: str) -> str:
         "| --- | --- | --- | --- | --- | --- |",
         f"| {CLAIM}: {cfg.claim.holds_below:g} − mean gain > 0 | {_num(v['d'])} | {_num(v['ci_low'])} | "
         f"{_num(v['ci_high'])} | **{v['verdict']}** | mean gain {v['mean_gain']:+.2f} points over {v['cells']} cells |",
+        f"| the same, on the cells that fit their training set (≥ {cfg.claim.fit_threshold:g} % train) | "
+        f"{_num(v['fit_d'])} | {_num(v['fit_ci_low'])} | {_num(v['fit_ci_high'])} | **{v['fit_verdict']}** | "
+        f"{v['fit_cells']} of {v['cells']} cells fit |",
+        "",
+        f"The effect in the paper's units: mean ensemble gain {_num(v['mean_gain'])} [{_num(v['mean_gain_ci_low'])}, "
+        f"{_num(v['mean_gain_ci_high'])}] points against the paper's Figure 3 cells' gains "
+        f"{v['paper_min_gain']:+.1f} … {v['paper_max_gain']:+.1f}: **{v['vs_paper'] or 'n/a'}**.",
+        f"Cells flagged: {v['underfit']} {UNDERFIT} (below {cfg.claim.fit_threshold:g} % train accuracy), "
+        f"{v['overfit']} {OVERFIT} (fit, yet more than {cfg.claim.overfit_margin:g} points below the paper's single "
+        "model); `table.md` shows each cell's train accuracy and flag.",
         "",
         rule_sentence(cfg),
         "",

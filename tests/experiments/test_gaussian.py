@@ -115,7 +115,8 @@ def test_settings_and_overrides():
 def cells(gains) -> pd.DataFrame:
     """The columns `report.gaussian.claim` reads, one row per made-up cell."""
     n = len(gains)
-    return pd.DataFrame(dict(status=["ok"] * n, gain=gains, single_std=[0.1] * n, paper_gain=[0.0] * n))
+    return pd.DataFrame(dict(status=["ok"] * n, gain=gains, single_std=[0.1] * n, paper_gain=[0.0] * n,
+                             fits=[True] * n, flag=[""] * n))  # fmt: skip
 
 
 def claim_cfg(**claim) -> g.GaussianConfig:
@@ -163,9 +164,47 @@ def test_claim_verdict_follows_the_interval_not_the_point():
     assert v["verdict"] == "inconclusive" and np.isnan(v["d"])
 
 
+def record(teacher, setting, single, train) -> dict:
+    """A cell record with the fields `report.gaussian.tidy` keeps (the others made up)."""
+    r = {c: 0.0 for c in rg.COLUMNS if not c.startswith("paper_") and c not in ("fits", "flag")}
+    return {**r, "teacher": teacher, "setting": setting, "status": "ok", "single_mean": single, "train_acc_mean": train}
+
+
+def test_cells_are_flagged_underfit_or_over_fitting_against_the_threshold_and_the_paper():
+    """The paper's fc3 cell nomargin/clean/uniform/gaussian has single 68.9 %: a cell that fits (99.5 %
+    train) at 57 % is over-fitting at margin 10, not at margin 12; at 60 % it is not; a cell at 98 % train
+    is underfit whatever its test accuracy, and fits once the threshold drops to 97."""
+    s = "nomargin/clean/uniform/gaussian"
+    recs = [record("fc3", s, 57.0, 99.5), record("fc3", s, 60.0, 99.5), record("fc3", s, 40.0, 98.0)]
+    df = rg.tidy(recs, claim_cfg())
+    assert df.paper_single.iloc[0] == pytest.approx(68.9)
+    assert list(df.flag) == [rg.OVERFIT, "", rg.UNDERFIT] and list(df.fits) == [True, True, False]
+    assert list(rg.tidy(recs, claim_cfg(overfit_margin=12.0)).flag) == ["", "", rg.UNDERFIT]
+    assert list(rg.tidy(recs, claim_cfg(fit_threshold=97.0)).flag) == [rg.OVERFIT, "", rg.OVERFIT]
+
+
+def test_claim_on_fitting_cells_and_the_effect_against_the_papers_range():
+    """The fitting cells' claim reads only the cells that fit; the mean gain's interval is the claim's
+    mirrored (gain = threshold - d); identical gains of +5 lie above every cell of the paper's Figure 3
+    (its largest gain is under 1 point), identical gains of -0.5 inside its range."""
+    df = cells([0.1, 0.1, 3.0, 3.0])
+    df["fits"] = [True, True, False, False]
+    v = rg.claim(df, claim_cfg())
+    assert v["fit_cells"] == 2 and v["fit_d"] == pytest.approx(0.4) and v["fit_verdict"] == "holds"
+    assert v["d"] == pytest.approx(0.5 - 1.55) and v["fit_ci_low"] == pytest.approx(0.4)
+    assert (v["mean_gain_ci_low"], v["mean_gain_ci_high"]) == (pytest.approx(0.5 - v["ci_high"]),
+                                                               pytest.approx(0.5 - v["ci_low"]))  # fmt: skip
+    assert rg.claim(cells([5.0] * 4), claim_cfg())["vs_paper"] == "larger than every paper row"
+    assert rg.claim(cells([-0.5] * 4), claim_cfg())["vs_paper"] == "within the paper's range"
+    frame = rg.claims_frame(v, claim_cfg())
+    assert list(frame.comparison) == ["0.5 - mean gain", "0.5 - mean gain (fitting cells)"]
+    assert frame.n_cells.tolist() == [4, 2] and frame.verdict.tolist() == [v["verdict"], "holds"]
+
+
 def test_claim_settings_are_not_in_the_science_hash():
     base = g.GaussianConfig()
-    assert claim_cfg(n_boot=500, level=0.9, boot_seed=3, holds_below=1.0).science_hash() == base.science_hash()
+    changed = claim_cfg(n_boot=500, level=0.9, boot_seed=3, holds_below=1.0, fit_threshold=95.0, overfit_margin=5.0)
+    assert changed.science_hash() == base.science_hash()
     assert base.science_hash() == "8b0c438403bf"  # the committed records' hash (results/gaussian)
     with pytest.raises(UserError, match="claim.n_boot"):
         g.EXPERIMENT.configure("smoke", ["claim.level=1.5"])
@@ -197,10 +236,11 @@ def test_end_to_end_writes_its_table_and_resumes(tiny_run, tmp_path):
     assert df.paper_single.notna().all()  # every cell found in the paper's table
     md = open(os.path.join(out, "table.md")).read()
     assert "## Ours" in md and "margin · 10% noise · rejection · mixture" in md and "(" in md
-    assert written.text == md and len(written.verdicts) == 1 and "Figure 3" in written.verdicts[0]
+    assert written.text == md and len(written.verdicts) == 2 and "Figure 3" in written.verdicts[0]
+    assert "fit their training set" in written.verdicts[1] and "Training set fit" in md
     assert "Verdict" in open(os.path.join(out, "summary.md")).read()
     claims = pd.read_csv(os.path.join(out, "claims.csv"))
-    assert {"d", "ci_low", "ci_high", "verdict"} <= set(claims.columns) and len(claims) == 1
+    assert {"d", "ci_low", "ci_high", "verdict", "vs_paper"} <= set(claims.columns) and len(claims) == 2
     assert claims.ci_low[0] <= claims.d[0] <= claims.ci_high[0] and claims.verdict[0] in written.verdicts[0]
     recs = Store(out).records()
     h = g.EXPERIMENT.configure("smoke", SETS).science_hash()
