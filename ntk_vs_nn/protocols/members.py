@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ntk_vs_nn.analysis import metrics
+from ntk_vs_nn.analysis.bootstrap import encode_correct
 from ntk_vs_nn.engine.trainer import Trainer
 from ntk_vs_nn.families import network
 from ntk_vs_nn.protocols.units import Units, accuracy_by_size
@@ -19,14 +20,19 @@ def module_trainer(module, train_cfg, n_train: int, progress: bool = False) -> T
 
 def members_and_ensemble(trainer: Trainer, init_keys, data_keys, inputs, y_train, y_test, mode="sequential",
                          score_train: bool = False, ledger: Units | None = None, names=None,
-                         record: dict | None = None) -> dict:  # fmt: skip
+                         record: dict | None = None, correctness: bool = False) -> dict:  # fmt: skip
     """Train L = len(init_keys) members and score them and their ensemble (test accuracy, percent).
 
     ``inputs``: one ``(x_train, x_test)`` pair shared by every member (trained together in ``mode``),
     or one pair per member (each member trained alone). single = mean / std (ddof 1) / min / max of
     the members' accuracies; the ensemble combines their logits (`metrics.combine`); acc_by_size is
     the ensemble of the first 1..L members (`units.accuracy_by_size`: its last is the ensemble);
-    ``score_train`` adds the members' mean train accuracy.
+    ``score_train`` adds the members' mean train accuracy (left out when a loaded member's record lacks
+    its own). ``correctness`` adds what a paired bootstrap over test points and members needs
+    (`analysis.bootstrap`, encoded by `encode_correct`): ``n_test``, ``test_correct`` (each member's
+    per-test-point correctness, member order), ``ensemble_correct`` (the ensemble's) and, for L > 1,
+    ``loo_correct`` (entry i: the ensemble of every member but i, combined by the same logit average:
+    the ensemble's leave-one-out combinations, `bootstrap.Jackknife`).
 
     ``ledger`` and ``names``: member i is unit ``names[i]`` of ``ledger`` (`units.Units`): a finished member
     is loaded instead of retrained; a trained one is saved and recorded (``record``'s fields, protocol
@@ -60,7 +66,18 @@ def members_and_ensemble(trainer: Trainer, init_keys, data_keys, inputs, y_train
                     rec["train_acc"] = m["train_acc"]
                 ledger.save_and_record(names[i], {"test": test} if ok else None, rec)
     test, ms = zip(*(got[i] for i in range(L)))
-    return _scores(list(test), ms, y_test, score_train)
+    out = _scores(list(test), ms, y_test, score_train)
+    return dict(out, **_correctness(list(test), y_test)) if correctness else out
+
+
+def _correctness(test: list, y_test) -> dict:
+    """The members', the ensemble's and (L > 1) the leave-one-out ensembles' per-test-point correctness,
+    encoded (`bootstrap.encode_correct`); the ensembles combine logits as `_scores`' (`metrics.combine`)."""
+    right = lambda logits: encode_correct(np.argmax(logits, -1) == np.asarray(y_test))  # noqa: E731
+    out = dict(n_test=len(y_test), test_correct=[right(t) for t in test], ensemble_correct=right(metrics.combine(test)))
+    if len(test) > 1:
+        out["loo_correct"] = [right(metrics.combine(test[:i] + test[i + 1 :])) for i in range(len(test))]
+    return out
 
 
 def _scores(test: list, members: tuple[dict, ...], y_test, score_train: bool) -> dict:
@@ -79,7 +96,7 @@ def _scores(test: list, members: tuple[dict, ...], y_test, score_train: bool) ->
         gain=by_size[-1] - float(accs.mean()),
         acc_by_size=" ".join(f"{a:.2f}" for a in by_size),
     )
-    if score_train:
+    if score_train and all(m["train_acc"] is not None for m in members):  # (a member recorded without it: none)
         out["train_acc_mean"] = float(np.mean([m["train_acc"] for m in members]))
     final_loss = float(np.array([m["final_loss"] for m in members], np.float32).mean())
     return dict(out, final_loss=final_loss, status="ok" if finite else "diverged")
