@@ -30,8 +30,13 @@ students' (units ``<variant unit>/<model>/single-<i>`` of the shared path, `prot
 logits); the hash is the config's after any fallback. A rerun trains only the variants not recorded,
 loading a cut-short variant's recorded students (the backbone is retrained, deterministically, when one
 is missing). Outputs (`report.channels`, from the records):
-table.md, table.csv, claims.csv, plot.png, summary.md. The claims (A, B, C) are differences d with
-Welch t-intervals from the students' recorded means and stds, decided by `verdict.decide_interval`.
+table.md, table.csv, claims.csv, plot.png, summary.md. The claims (A, B, C) are differences d decided
+by `verdict.decide_interval` on a paired percentile bootstrap over test points and students, each
+ensemble carrying its students' noise (``claim.n_boot``, ``claim.level``, ``claim.boot_seed``; the
+variant records keep every student's, the ensemble's and its leave-one-out ensembles' per-test-point
+correctness); records made before they kept it get the Welch t-interval from the students' means and
+stds, the ensembles held fixed, as the paper's rows do. The backbone's record keeps its train accuracy
+(on the whole training set) beside its test accuracy, a variant's its students' mean train accuracy.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import numpy as np
 
 from ntk_vs_nn import rng
 from ntk_vs_nn.analysis import metrics
-from ntk_vs_nn.config import DataConfig, TrainConfig, UserError, hash_dict
+from ntk_vs_nn.config import DataConfig, IntervalConfig, TrainConfig, UserError, hash_dict
 from ntk_vs_nn.data.channels import VARIANTS, fallback_config, load_data, parse_variant, standardize, transform
 from ntk_vs_nn.engine.batching import apply_rows
 from ntk_vs_nn.experiments import Experiment, Written
@@ -82,16 +87,11 @@ class ChannelSection:
 
 
 @dataclass(frozen=True)
-class ClaimSection:
-    """The claims' intervals (not in the science hash). The records keep each variant's students only as
-    mean ± std, so the interval is a Welch t-interval (`report.channels.interval`), not a bootstrap:
-    only the level applies."""
-
-    level: float = 0.95  # confidence level of every claim's interval (as messages.level)
-
-    def __post_init__(self):
-        if not 0.5 < self.level < 1.0:
-            raise UserError(f"claim.level must be in (0.5, 1), got {self.level}")
+class ClaimSection(IntervalConfig):
+    """The claims' intervals (not in the science hash): ``n_boot`` draws of the paired bootstrap over test
+    points and students (seed ``boot_seed``) at ``level`` (`report.channels.bootstrap_claims`); records
+    made before the students' correctness was recorded keep the Welch t-interval, where only the level
+    applies."""
 
 
 @dataclass(frozen=True)
@@ -187,9 +187,10 @@ PRESETS = {"cpu": cpu, "smoke": smoke, "cifar100": cifar100}
 
 
 # ----------------------------------------------------------------------------------------------- run
-def pretrain(data, cfg: ChannelsConfig, root, log) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Train the backbone; return its stage-``pretrain.stage`` features on train and test, its test
-    accuracy and its training time."""
+def pretrain(data, cfg: ChannelsConfig, root, log) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Train the backbone; return its stage-``pretrain.stage`` features on train and test and its scores:
+    ``backbone_acc`` (test), ``backbone_train_acc`` (on the whole training set it trained on) and its
+    training time ``wall_s``."""
     module = Backbone(cfg.pretrain.width, data.num_classes, data.spatial_ndim, cfg.pretrain.head)
     tcfg = TrainConfig(epochs=cfg.pretrain.epochs, lr=cfg.pretrain.lr, batch_size=cfg.pretrain.batch_size)
     trainer = module_trainer(module, tcfg, len(data.x_train), cfg.run.progress)
@@ -197,18 +198,21 @@ def pretrain(data, cfg: ChannelsConfig, root, log) -> tuple[np.ndarray, np.ndarr
     fit = trainer.fit([jax.random.fold_in(key, 0)], [jax.random.fold_in(key, 1)], data.x_train, data.y_train)
     variables = {"params": fit.variables[0]["params"]}
     acc = metrics.accuracy(trainer.predict(fit.variables[0], data.x_test), data.y_test)
+    train_acc = metrics.accuracy(trainer.predict(fit.variables[0], data.x_train), data.y_train)
     features = apply_rows(lambda v, x: module.apply(v, x, cfg.pretrain.stage, method="features"), 500)
     f_tr, f_te = np.asarray(features(variables, data.x_train)), np.asarray(features(variables, data.x_test))
     log(
-        f"backbone: {cfg.pretrain.epochs} epochs, test accuracy {acc:.2f}%, {fit.wall_s:.0f} s; "
-        f"input map {f_tr.shape[1:]} (stage {cfg.pretrain.stage})"
+        f"backbone: {cfg.pretrain.epochs} epochs, train accuracy {train_acc:.2f}%, test accuracy {acc:.2f}%, "
+        f"{fit.wall_s:.0f} s; input map {f_tr.shape[1:]} (stage {cfg.pretrain.stage})"
     )
-    return f_tr, f_te, acc, fit.wall_s
+    return f_tr, f_te, dict(backbone_acc=acc, backbone_train_acc=train_acc, wall_s=fit.wall_s)
 
 
 def train_variant(variant: str, f_tr, f_te, data, cfg: ChannelsConfig, root, trainers: dict,
                   ledger: Units | None = None) -> dict:  # fmt: skip
-    """L students on one transformed input: single mean ± std, ensemble, gain (percent). ``ledger``: each
+    """L students on one transformed input: single mean ± std, ensemble, gain (percent), the students' mean
+    train accuracy, and every student's, the ensemble's and its leave-one-out ensembles' per-test-point
+    correctness (`members_and_ensemble`'s ``correctness``: the claims' bootstrap). ``ledger``: each
     student is a unit of it (`protocols.units.Units`), ``{hash}/{variant}/{model}/single-{i}``, trained
     unless recorded."""
     kind, n = parse_variant(variant)
@@ -226,7 +230,8 @@ def train_variant(variant: str, f_tr, f_te, data, cfg: ChannelsConfig, root, tra
     h = cfg.science_hash()
     names = [unit_name(h, variant, "single", i, cfg.student.model) for i in range(L)] if ledger else None
     res = members_and_ensemble(trainers[channels], ik, dk, inputs, data.y_train, data.y_test, cfg.run.members,
-                               ledger=ledger, names=names, record=dict(config_hash=h, variant=variant))  # fmt: skip
+                               score_train=True, ledger=ledger, names=names,
+                               record=dict(config_hash=h, variant=variant), correctness=True)  # fmt: skip
     return dict(variant=variant, kind=kind, factor=n, channels=channels, n_members=L, **res,
                 wall_s=round(time.perf_counter() - t0, 1))  # fmt: skip
 
@@ -249,12 +254,13 @@ def run(cfg: ChannelsConfig, store, log=lambda s: None, loaded=None) -> None:
     if f"{h}/backbone" in done and not todo:
         return
     root = jax.random.key(used.run.seed)
-    f_tr, f_te, acc, wall = pretrain(data, used, root, log)
+    f_tr, f_te, bb = pretrain(data, used, root, log)
+    acc = bb["backbone_acc"]
     if f"{h}/backbone" not in done:
         ledger.save_and_record(f"{h}/backbone", None, dict(
             config_hash=h, dataset=used.dataset, n_train=len(data.x_train), n_test=len(data.x_test),
-            backbone_acc=acc, map_shape="x".join(map(str, f_tr.shape[1:])), C=int(f_tr.shape[-1]),
-            wall_s=round(wall, 1)))  # fmt: skip
+            backbone_acc=acc, backbone_train_acc=bb["backbone_train_acc"], map_shape="x".join(map(str, f_tr.shape[1:])),
+            C=int(f_tr.shape[-1]), wall_s=round(bb["wall_s"], 1)))  # fmt: skip
     elif done[f"{h}/backbone"]["backbone_acc"] != acc:
         log(f"warning: the retrained backbone reaches {acc:.2f}%, the recorded one "
             f"{done[f'{h}/backbone']['backbone_acc']:.2f}%: the new variants see other features")  # fmt: skip
@@ -287,10 +293,11 @@ def write(cfg: ChannelsConfig, store) -> Written:
     paper_all, prow_name = report.paper_rows(bb["C"])
     df = report.tidy(results, paper_all[prow_name])
     level = cfg.claim.level
-    ours = report.ours_claims(df, level)
+    n_boot = cfg.claim.n_boot if report.has_correctness(results) else None  # None: older records, Welch
+    ours = report.ours_claims(df, level, results, cfg.claim.n_boot, cfg.claim.boot_seed)
     all_paper = {m: report.paper_claims(g, level) for m, g in paper_all.items()}
     info = dict(bb, paper_row=prow_name, wall_s=bb["wall_s"] + float(df.wall_s.sum()))
-    md = report.markdown(df, cfg, info, ours, all_paper[prow_name])
+    md = report.markdown(df, cfg, info, ours, all_paper[prow_name], n_boot)
     out = store.out_dir
     atomic_write(os.path.join(out, "table.csv"), df.to_csv(index=False))
     atomic_write(os.path.join(out, "table.md"), md)
@@ -298,7 +305,7 @@ def write(cfg: ChannelsConfig, store) -> Written:
     title = f"Figure 6 on {bb['dataset']}: C = {bb['C']} channels of a fixed backbone (L = {cfg.student.members})"
     report.plot(df, paper_all, prow_name, os.path.join(out, "plot.png"), title)
     command = f"ntk-vs-nn run channels --preset {cfg.preset}"
-    atomic_write(os.path.join(out, "summary.md"), report.summary_md(df, cfg, info, ours, all_paper, command))
+    atomic_write(os.path.join(out, "summary.md"), report.summary_md(df, cfg, info, ours, all_paper, command, n_boot))
     verdicts = [f"Figure 6 claim {c['claim']}: {c['verdict']} (d = {c['d']:+.2f} [{c['ci_low']:+.2f}, "
                 f"{c['ci_high']:+.2f}])" for c in ours]  # fmt: skip
     return Written(md, verdicts, {"table": md})

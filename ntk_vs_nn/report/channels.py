@@ -1,6 +1,12 @@
 """Figure 6's outputs, derived from its records alone: the claims (the paper's Observations 1-2 as
 three differences d with confidence intervals, decided by `verdict.decide_interval`), table.md,
-table.csv, claims.csv, plot.png and summary.md."""
+table.csv, claims.csv, plot.png and summary.md.
+
+The interval of our claims: when every variant's record carries its students' and ensembles'
+per-test-point correctness (`protocols.members_and_ensemble`'s ``correctness``), a paired percentile
+bootstrap over test points and students in which each ensemble carries its students' noise through its
+leave-one-out combinations (`bootstrap_claims`); for older records, which keep the students only as
+mean ± std, and for the paper's rows, a Welch t-interval with the ensembles held fixed (`interval`)."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from ntk_vs_nn import paper
+from ntk_vs_nn.analysis import bootstrap as bs
 from ntk_vs_nn.analysis.verdict import decide_interval
 
 COLUMNS = ("variant", "kind", "factor", "channels", "n_members", "single_mean", "single_std", "single_min",
@@ -48,7 +55,7 @@ def interval(d: float, coef: dict, table: dict, members, level: float = 0.95) ->
     return float(d - half), float(d + half)
 
 
-def claims(table: dict, members=PAPER_MEMBERS, level: float = 0.95) -> list[dict]:
+def claims(table: dict, members=PAPER_MEMBERS, level: float = 0.95, intervals=None) -> list[dict]:
     """The three claims from {variant: (single_mean, single_std, ensemble)} (ours or a paper row), each
     a difference d in accuracy points that the claim says is > 0 (gain = ensemble - single mean):
 
@@ -59,9 +66,10 @@ def claims(table: dict, members=PAPER_MEMBERS, level: float = 0.95) -> list[dict
     B: averaging raises the gain less than splitting: d = mean over g of [gain(split_g) - gain(avg_g)]
        (g present in both).
 
-    Each d is linear in the single means; its interval is `interval` (the records keep the L students
-    of a variant only as mean ± std and one ensemble, so nothing can be resampled; the ensembles are
-    held fixed), ``members`` = L (per variant or one for all), decided by `verdict.decide_interval`:
+    Each d is linear in the single means and the ensembles: d = sum_v coef_v single_v + ens_v ensemble_v.
+    Its interval is ``intervals(d, coef, ens)`` when given (`bootstrap_claims`), else `interval` (the
+    Welch t-interval of the single means with the ensembles held fixed: the paper's rows and records
+    without correctness), ``members`` = L (per variant or one for all); decided by `verdict.decide_interval`:
     holds if ci_low > 0, fails if ci_high < 0, else inconclusive.
     """
 
@@ -69,8 +77,8 @@ def claims(table: dict, members=PAPER_MEMBERS, level: float = 0.95) -> list[dict
         s, _, e = table[v]
         return e - s
 
-    def claim(name, comparison, d, coef, evidence):
-        lo, hi = interval(d, coef, table, members, level)
+    def claim(name, comparison, d, coef, ens, evidence):
+        lo, hi = intervals(d, coef, ens) if intervals else interval(d, coef, table, members, level)
         return dict(claim=name, comparison=comparison, strict=True, d=float(d), ci_low=lo, ci_high=hi,
                     verdict=decide_interval(lo, hi, strict=True), evidence=evidence)  # fmt: skip
 
@@ -79,7 +87,7 @@ def claims(table: dict, members=PAPER_MEMBERS, level: float = 0.95) -> list[dict
     if "original" in table and splits:
         deep = f"split_{splits[-1]}"
         out.append(claim("A: splitting channels raises the ensemble gain", f"gain({deep}) − gain(original)",
-                         gain(deep) - gain("original"), {deep: -1.0, "original": 1.0},
+                         gain(deep) - gain("original"), {deep: -1.0, "original": 1.0}, {deep: 1.0, "original": -1.0},
                          f"gain {gain('original'):+.2f} (original) -> {gain(deep):+.2f} ({deep})"))  # fmt: skip
         drop_s = table["original"][0] - table[deep][0]
         drop_e = table["original"][2] - table[deep][2]
@@ -87,21 +95,72 @@ def claims(table: dict, members=PAPER_MEMBERS, level: float = 0.95) -> list[dict
         ev = f"single drops {drop_s:+.2f}, ensemble {drop_e:+.2f} (original -> {deep}; share {share})"
         out.append(claim("C: the ensemble loses less than half of the single models' drop when splitting",
                          "drop(single)/2 − drop(ensemble)", drop_s / 2 - drop_e, {"original": 0.5, deep: -0.5},
-                         ev))  # fmt: skip
+                         {"original": -1.0, deep: 1.0}, ev))  # fmt: skip
     both = [g for g in splits if f"avg_{g}" in table and np.isfinite(table[f"avg_{g}"][2])]
     if both:
         diffs = [gain(f"split_{g}") - gain(f"avg_{g}") for g in both]
-        coef = {}
+        coef, ens = {}, {}
         for g in both:
             coef[f"split_{g}"], coef[f"avg_{g}"] = -1.0 / len(both), 1.0 / len(both)
+            ens[f"split_{g}"], ens[f"avg_{g}"] = 1.0 / len(both), -1.0 / len(both)
         ev = ", ".join(f"g={g}: {x:+.2f}" for g, x in zip(both, diffs))
         out.append(claim("B: averaging raises the gain less than splitting", "mean_g gain(split_g) − gain(avg_g)",
-                         float(np.mean(diffs)), coef, f"gain(split) − gain(avg): {ev}"))  # fmt: skip
+                         float(np.mean(diffs)), coef, ens, f"gain(split) − gain(avg): {ev}"))  # fmt: skip
     return out
 
 
-def ours_claims(df, level: float = 0.95) -> list[dict]:
-    """`claims` on our variants, L = each variant's recorded n_members."""
+CORRECTNESS = ("n_test", "test_correct", "ensemble_correct")  # what a variant's record needs for the bootstrap
+
+
+def has_correctness(results: list[dict]) -> bool:
+    """Whether every variant record carries its students' and ensemble's per-test-point correctness (and,
+    for L > 1, its leave-one-out ensembles'): then the claims get `bootstrap_claims`' interval."""
+    return bool(results) and all(
+        all(k in r for k in CORRECTNESS) and (len(r["test_correct"]) < 2 or "loo_correct" in r) for r in results
+    )
+
+
+def variant_groups(results: list[dict]) -> tuple[bs.Groups, dict[str, bs.Jackknife]]:
+    """The bootstrap's groups of our variant records (`bootstrap.bootstrap`, one replicate): ``single:<v>``
+    (L x n_test, the students in member order) and ``ensemble:<v>`` (1 x n_test, the logit-average
+    ensemble), and each ensemble's `bootstrap.Jackknife` (its L leave-one-out ensembles; none for L = 1)."""
+    groups, jack = {}, {}
+    for r in results:
+        v, n = r["variant"], int(r["n_test"])
+        groups[f"single:{v}"] = [np.stack([bs.decode_correct(c, n) for c in r["test_correct"]])]
+        groups[f"ensemble:{v}"] = [bs.decode_correct(r["ensemble_correct"], n)[None]]
+        if len(r["test_correct"]) > 1:
+            loo = np.stack([bs.decode_correct(c, n) for c in r["loo_correct"]])
+            jack[f"ensemble:{v}"] = bs.Jackknife(f"single:{v}", [loo])
+    return groups, jack
+
+
+def bootstrap_claims(df, results: list[dict], level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """`claims` on our variants with a paired percentile bootstrap (`bootstrap.bootstrap`) over test points
+    and students: each draw resamples the test points (the same for every model) and each variant's
+    students, and shifts each ensemble by its students' jackknife noise (step d of the bootstrap); d =
+    sum_v coef_v mean(single:v) + ens_v mean(ensemble:v) of the draw's group means (`bootstrap.compare`),
+    so that an ensemble's own noise is in the interval."""
+    groups, jack = variant_groups(results)
+    draws = bs.bootstrap(groups, n_boot, seed, jackknife=jack)
+
+    def intervals(d, coef, ens):
+        def stat(g):
+            singles = sum(c * g[f"single:{v}"].mean for v, c in coef.items())
+            return singles + sum(c * g[f"ensemble:{v}"].mean for v, c in ens.items())
+
+        lo, hi = bs.interval(np.broadcast_to(stat(draws.boot), (n_boot,)), level)
+        return lo, hi
+
+    table = {r.variant: (r.single_mean, r.single_std, r.ensemble) for r in df.itertuples()}
+    return claims(table, {r.variant: int(r.n_members) for r in df.itertuples()}, level, intervals)
+
+
+def ours_claims(df, level: float = 0.95, results: list[dict] = (), n_boot: int = 2000, seed: int = 0) -> list[dict]:
+    """`claims` on our variants: `bootstrap_claims` when every record in ``results`` carries correctness
+    (`has_correctness`), else the Welch interval with L = each variant's recorded n_members."""
+    if has_correctness(results):
+        return bootstrap_claims(df, results, level, n_boot, seed)
     table = {r.variant: (r.single_mean, r.single_std, r.ensemble) for r in df.itertuples()}
     return claims(table, {r.variant: int(r.n_members) for r in df.itertuples()}, level)
 
@@ -126,7 +185,19 @@ def _ci(c: dict) -> str:
     return f"{_num(c['d'])} [{_num(c['ci_low'])}, {_num(c['ci_high'])}]"
 
 
-def rule_sentence(level: float) -> str:
+def rule_sentence(level: float, n_boot: int | None = None) -> str:
+    """The rule under the claims: with ``n_boot`` (our records carry correctness) the bootstrap's, and the
+    Welch rule for the paper's rows; without (older records), the Welch rule for ours and the paper's."""
+    if n_boot is not None:
+        return (
+            f"Rule: each claim is a difference d in accuracy points that it says is > 0, with a {100 * level:g} % "
+            f"paired percentile-bootstrap interval ({n_boot} draws) over the test points and each variant's L "
+            "students, each ensemble carrying its students' noise through its L leave-one-out ensembles (a "
+            "jackknife); a claim holds if ci_low > 0, fails if ci_high < 0, and is inconclusive otherwise. The "
+            "paper's rows give only mean ± std and one ensemble, so theirs is a Welch t-interval from the single "
+            "models' means (std / √L, Welch–Satterthwaite degrees of freedom; the ensembles held fixed) with "
+            f"L = {PAPER_MEMBERS} assumed."
+        )
     return (
         f"Rule: each claim is a difference d in accuracy points that it says is > 0, with a {100 * level:g} % "
         "Welch t-interval from the single students' means (std / √L per variant, Welch–Satterthwaite degrees of "
@@ -138,8 +209,12 @@ def rule_sentence(level: float) -> str:
 
 
 def tidy(results: list[dict], prow) -> pd.DataFrame:
-    """One row per variant record, with the paper's row ``prow`` beside it."""
-    df = pd.DataFrame(results)[list(COLUMNS)]
+    """One row per variant record, with the paper's row ``prow`` beside it; the students' mean train
+    accuracy (after acc_by_size) when every record has it."""
+    cols = list(COLUMNS)
+    if all("train_acc_mean" in r for r in results):
+        cols.insert(cols.index("acc_by_size") + 1, "train_acc_mean")
+    df = pd.DataFrame(results)[cols]
     pairs = (("paper_single", "single_mean_acc"), ("paper_std", "single_std_acc"), ("paper_ensemble", "ensemble_acc"))
     for col, src in pairs:
         df[col] = [float(prow[src][v]) if v in prow.index else np.nan for v in df.variant]
@@ -147,34 +222,50 @@ def tidy(results: list[dict], prow) -> pd.DataFrame:
     return df
 
 
-def markdown(df, cfg, info: dict, ours: list[dict], theirs: list[dict]) -> str:
+TRAIN_NOTE = "; single train = the students' mean train accuracy"
+
+
+def _backbone(info: dict) -> str:
+    """The backbone's accuracy: test, and train where its record has it."""
+    if "backbone_train_acc" in info:
+        return f"train accuracy {info['backbone_train_acc']:.2f}%, test accuracy {info['backbone_acc']:.2f}%"
+    return f"test accuracy {info['backbone_acc']:.2f}%"
+
+
+def markdown(df, cfg, info: dict, ours: list[dict], theirs: list[dict], n_boot: int | None = None) -> str:
+    """table.md; ``n_boot``: our claims' intervals are the bootstrap's (`rule_sentence`)."""
     f = lambda x: f"{x:.2f}" if np.isfinite(x) else "–"
+    train = "train_acc_mean" in df
     intro = (
         f"Dataset `{info['dataset']}` ({info['n_train']} train / {info['n_test']} test), backbone "
         f"{cfg.pretrain.width}/{2 * cfg.pretrain.width}/{4 * cfg.pretrain.width} channels trained "
-        f"{cfg.pretrain.epochs} epochs, {cfg.pretrain.head} head (test accuracy {info['backbone_acc']:.2f}%), "
+        f"{cfg.pretrain.epochs} epochs, {cfg.pretrain.head} head ({_backbone(info)}), "
         f"input = its stage-"
         f"{cfg.pretrain.stage} map {info['map_shape']} (C = {info['C']}). Students {cfg.student.model}, "
         f"L = {cfg.student.members}, {cfg.train.epochs} epochs ({cfg.train.optimizer} lr {cfg.train.lr:g}, "
         f"{cfg.train.schedule}); split subsets `{cfg.channels.split_mode}`; config `{info['config_hash']}`, "
         f"seed {cfg.run.seed}. Test accuracy in %; single = mean ± std over the L students, ensemble = logit "
-        f"average. Paper: CIFAR-100, row `{info['paper_row']}`."
+        f"average{TRAIN_NOTE if train else ''}. Paper: CIFAR-100, row "
+        f"`{info['paper_row']}`."
     )
     lines = [
         "# Figure 6: channels of a fixed pretrained layer, split or averaged",
         "",
         intro,
         "",
-        "| variant | channels | single | ensemble | gain | paper single | paper ensemble | paper gain |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| variant | channels | single |{' single train |' if train else ''} ensemble | gain | paper single | "
+        "paper ensemble | paper gain |",
+        "| --- | --- | --- |" + (" --- |" if train else "") + " --- | --- | --- | --- | --- |",
     ]
     for r in df.itertuples():
         lines.append(
-            f"| {r.variant} | {r.channels} | {r.single_mean:.2f} ± {r.single_std:.2f} | {r.ensemble:.2f} | "
-            f"{r.gain:+.2f} | {f(r.paper_single)} ± {f(r.paper_std)} | {f(r.paper_ensemble)} | "
+            f"| {r.variant} | {r.channels} | {r.single_mean:.2f} ± {r.single_std:.2f} |"
+            + (f" {f(r.train_acc_mean)} |" if train else "")
+            + f" {r.ensemble:.2f} | {r.gain:+.2f} | {f(r.paper_single)} ± {f(r.paper_std)} | {f(r.paper_ensemble)} | "
             f"{r.paper_gain:+.2f} |"
         )
-    lines += ["", "## Claims (ours; the paper's row by the same rule)", "",
+    same = "the same rule" if n_boot is None else "the Welch rule"
+    lines += ["", f"## Claims (ours; the paper's row by {same})", "",
               "| claim | d | ci_low | ci_high | verdict | evidence | paper d [CI] | paper verdict | paper evidence |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     paper_by = {c["claim"]: c for c in theirs}
@@ -185,7 +276,7 @@ def markdown(df, cfg, info: dict, ours: list[dict], theirs: list[dict]) -> str:
             f"| {c['claim']} | {_num(c['d'])} | {_num(c['ci_low'])} | {_num(c['ci_high'])} | **{c['verdict']}** | "
             f"{c['evidence']} | {pd_} | {pv} | {pe} |"
         )
-    lines += ["", rule_sentence(cfg.claim.level)]
+    lines += ["", rule_sentence(cfg.claim.level, n_boot)]
     return "\n".join(lines + [""])
 
 
@@ -225,8 +316,9 @@ def plot(df, paper_all: dict, prow_name: str, path: str, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def summary_md(df, cfg, info, ours, all_paper: dict, command: str) -> str:
-    """summary.md; the wall time is the sum of the recorded wall times (backbone and variants)."""
+def summary_md(df, cfg, info, ours, all_paper: dict, command: str, n_boot: int | None = None) -> str:
+    """summary.md; the wall time is the sum of the recorded wall times (backbone and variants); ``n_boot``:
+    our claims' intervals are the bootstrap's (`rule_sentence`)."""
     wall = info["wall_s"]
     lines = [
         "# Figure 6 (channels as views): summary",
@@ -235,7 +327,12 @@ def summary_md(df, cfg, info, ours, all_paper: dict, command: str) -> str:
         f"Wall time: {wall:.0f} s ({wall / 60:.1f} min, the sum of the recorded training times): backbone + "
         f"{len(df)} variants x L = {cfg.student.members} students.",
         f"Data: `{info['dataset']}`, {info['n_train']} train / {info['n_test']} test; input map "
-        f"{info['map_shape']} from a backbone at {info['backbone_acc']:.2f}% test accuracy.",
+        f"{info['map_shape']} from a backbone at "
+        + (
+            f"{info['backbone_train_acc']:.2f}% train / {info['backbone_acc']:.2f}% test accuracy."
+            if "backbone_train_acc" in info
+            else f"{info['backbone_acc']:.2f}% test accuracy."
+        ),
         "",
         "The paper's reading (Figure 6, Observations 1-2): removing channels costs single models accuracy but "
         "the ensemble much less, so the ensemble gain grows as the input is split into fewer channels (more "
@@ -250,14 +347,15 @@ def summary_md(df, cfg, info, ours, all_paper: dict, command: str) -> str:
             f"| {c['claim']} | {_num(c['d'])} | {_num(c['ci_low'])} | {_num(c['ci_high'])} | **{c['verdict']}** | "
             f"{c['evidence']} |"
         )
-    lines += ["", "The same rule on each complete row of the paper's table (CIFAR-100), d [CI]:", ""]
+    same = "The same rule" if n_boot is None else "The Welch rule"
+    lines += ["", f"{same} on each complete row of the paper's table (CIFAR-100), d [CI]:", ""]
     for m, cs in all_paper.items():
         if cs:
             lines.append(f"- {m}: " + "; ".join(f"{c['claim'][0]} {c['verdict']} ({_ci(c)})" for c in cs))
     lines += [
         "",
         "Comparisons: A d = gain(deepest split) − gain(original); C d = drop(single)/2 − drop(ensemble), original "
-        "→ deepest split; B d = mean over g of gain(split_g) − gain(avg_g). " + rule_sentence(cfg.claim.level),
+        "→ deepest split; B d = mean over g of gain(split_g) − gain(avg_g). " + rule_sentence(cfg.claim.level, n_boot),
         "",
     ]
     return "\n".join(lines)

@@ -1,6 +1,9 @@
 """Figure 6 (ntk_vs_nn/experiments/channels.py, data/channels.py, report/channels.py): split / average
-shapes and values, the claim rules and their intervals, the Fashion-MNIST -> MNIST-1D fallback, a tiny end-to-end run
-through the store, resume, the tables regenerated from the records, and bad --set input."""
+shapes and values, the claim rules and their intervals (the bootstrap over test points and students with the
+ensembles' jackknife noise, against a naive loop; the Welch rule of older records), the Fashion-MNIST -> MNIST-1D
+fallback, a tiny end-to-end run through the store, resume, the tables regenerated from the records, and bad --set
+input. (`messages` regenerating the committed results/channels byte-identical, the older records' Welch path:
+tests/experiments/test_api.py.)"""
 
 import dataclasses
 import json
@@ -14,6 +17,7 @@ import pytest
 from conftest import store_before_student_units, theory_outputs
 from scipy import stats
 
+from ntk_vs_nn.analysis import bootstrap as bs
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.data import channels as cd
 from ntk_vs_nn.experiments import channels as ch
@@ -128,10 +132,113 @@ def test_claim_c_is_half_the_single_drop_minus_the_ensemble_drop():
 
 def test_claim_settings_are_not_in_the_science_hash():
     base = ch.ChannelsConfig()
-    other = dataclasses.replace(base, claim=ch.ClaimSection(level=0.9))
+    other = dataclasses.replace(base, claim=ch.ClaimSection(level=0.9, n_boot=500, boot_seed=3))
     assert other.science_hash() == base.science_hash() == "ea4a79a6fb9d"  # results/channels' records
+    assert (base.claim.n_boot, base.claim.boot_seed, base.claim.level) == (2000, 0, 0.95)
     with pytest.raises(UserError, match="claim.level"):
         ch.EXPERIMENT.configure("smoke", ["claim.level=1.0"])
+    with pytest.raises(UserError, match="claim.n_boot"):
+        ch.EXPERIMENT.configure("smoke", ["claim.n_boot=10"])
+
+
+# -- the bootstrap of records that carry correctness ---------------------------------------------------------
+def variant_record(variant: str, students: np.ndarray, ensemble: np.ndarray, loo: np.ndarray) -> dict:
+    """A variant record as `train_variant` writes it, from its students' (L x n), its ensemble's (n) and its
+    leave-one-out ensembles' (L x n) correctness."""
+    accs = 100 * students.mean(1)
+    return dict(variant=variant, n_members=len(students), single_mean=accs.mean(), single_std=accs.std(ddof=1),
+                ensemble=100 * ensemble.mean(), n_test=students.shape[1],
+                test_correct=[bs.encode_correct(c) for c in students], ensemble_correct=bs.encode_correct(ensemble),
+                loo_correct=[bs.encode_correct(c) for c in loo])  # fmt: skip
+
+
+def majority(students: np.ndarray):
+    """A stand-in ensemble of correctness vectors: right where most members are (ties right), and its
+    leave-one-out ensembles."""
+    L = len(students)
+    ens = 2 * students.sum(0) >= L
+    loo = np.stack([2 * (students.sum(0) - s) >= L - 1 for s in students])
+    return ens, loo
+
+
+def made_up(L: int, n: int, seed: int, p=(0.7, 0.6)) -> list[dict]:
+    """original and split_2, L independent students each right on a random fraction p of n test points."""
+    r = np.random.RandomState(seed)
+    recs = []
+    for v, q in zip(("original", "split_2"), p):
+        students = r.rand(L, n) < q
+        recs.append(variant_record(v, students, *majority(students)))
+    return recs
+
+
+def naive_claim_a(recs: list[dict], n_boot: int, seed: int, level: float = 0.95) -> tuple[float, float]:
+    """Claim A's percentile interval by a loop over the draws, in the order `bootstrap.bootstrap` documents
+    (test indices, then each group's member draws in sorted group order; the ensembles shifted by their
+    jackknife noise over the drawn students' leave-one-out ensembles)."""
+    dec = lambda r, k: np.stack([bs.decode_correct(c, r["n_test"]) for c in r[k]])  # noqa: E731
+    by = {r["variant"]: dict(S=dec(r, "test_correct"), E=bs.decode_correct(r["ensemble_correct"], r["n_test"]),
+                             LOO=dec(r, "loo_correct")) for r in recs}  # fmt: skip
+    n = recs[0]["n_test"]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    names = sorted([f"ensemble:{v}" for v in by] + [f"single:{v}" for v in by])
+    u = {g: rng.random((n_boot, 1, 1 if g.startswith("ensemble") else len(by[g.split(":")[1]]["S"]))) for g in names}
+    d = []
+    for b in range(n_boot):
+        acc = lambda x: 100 * x[idx[b]].mean()  # noqa: E731
+        gain = {}
+        for v, m in by.items():
+            L = len(m["S"])
+            j = [min(int(np.floor(u[f"single:{v}"][b, 0, k] * L)), L - 1) for k in range(L)]
+            single = np.mean([acc(m["S"][i]) for i in j])
+            noise = np.mean([acc(m["LOO"][i]) for i in j]) - np.mean([acc(x) for x in m["LOO"]])
+            gain[v] = acc(m["E"]) - np.sqrt(L * (L - 1)) * noise - single
+        d.append(gain["split_2"] - gain["original"])
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def test_bootstrap_claim_a_equals_a_naive_loop():
+    recs = made_up(L=3, n=40, seed=1)
+    df = pd.DataFrame(recs)
+    a = rc.ours_claims(df, 0.9, recs, n_boot=300, seed=5)[0]
+    assert a["claim"].startswith("A") and rc.has_correctness(recs)
+    assert (a["ci_low"], a["ci_high"]) == pytest.approx(naive_claim_a(recs, 300, 5, 0.9), rel=1e-9, abs=1e-9)
+    gain = lambda r: r["ensemble"] - r["single_mean"]  # noqa: E731
+    assert a["d"] == pytest.approx(gain(recs[1]) - gain(recs[0]))
+
+
+def test_disagreeing_students_widen_claim_a_beyond_the_welch_interval():
+    """Students right on independent random 70 % / 60 % of the points: their accuracies barely differ (a
+    narrow Welch interval, the ensembles held fixed), but each ensemble's own noise and the test set's are
+    large; the bootstrap's interval is wider, around the same d. Without leave-one-out ensembles (L > 1), a
+    record set is not the bootstrap's."""
+    recs = made_up(L=5, n=600, seed=2)
+    df = pd.DataFrame(recs)
+    boot = rc.ours_claims(df, 0.95, recs)
+    welch = rc.ours_claims(df, 0.95)
+    assert not rc.has_correctness([{k: v for k, v in r.items() if k != "loo_correct"} for r in recs])
+    for b, w in zip(boot, welch):
+        assert b["claim"] == w["claim"] and b["d"] == w["d"]
+    wa, ba = welch[0]["ci_high"] - welch[0]["ci_low"], boot[0]["ci_high"] - boot[0]["ci_low"]
+    assert ba > 1.5 * wa, (ba, wa)  # (10.7 against 6.1 points)
+
+
+def test_identical_students_give_the_test_set_width():
+    """Every student of a variant the same: no member noise, no jackknife noise; each claim's interval is that
+    of the test points alone (one student per variant, no jackknife, the same draws)."""
+    r = np.random.RandomState(3)
+    recs, groups = [], {}
+    for v, q in (("original", 0.8), ("split_2", 0.6)):
+        one = r.rand(50) < q
+        recs.append(variant_record(v, np.stack([one] * 4), one, np.stack([one] * 4)))
+        groups[f"single:{v}"], groups[f"ensemble:{v}"] = [one[None]], [one[None]]
+    c = next(c for c in rc.ours_claims(pd.DataFrame(recs), 0.95, recs, 500, 7) if c["claim"].startswith("C"))
+    draws = bs.bootstrap(groups, 500, 7)
+    drop = lambda g, k: g[f"{k}:original"].mean - g[f"{k}:split_2"].mean  # noqa: E731
+    ref = bs.compare(draws, lambda g: drop(g, "single") / 2 - drop(g, "ensemble"))
+    assert c["d"] == pytest.approx(ref.d) and c["d"] < 0 and ref.hi - ref.lo > 1.0
+    assert (c["ci_low"], c["ci_high"]) == (pytest.approx(ref.lo), pytest.approx(ref.hi))
 
 
 def test_fashion_mnist_missing_falls_back_to_mnist1d(tmp_path):
@@ -188,6 +295,57 @@ def test_end_to_end_writes_table_and_plot_and_resumes(tiny_run, tmp_path):
     before = theory_outputs(out)
     again = run_experiment("channels", "smoke", TINY, out)  # resumes: nothing retrained, same outputs
     assert Store(out).records() == recs and again.text == written.text and theory_outputs(out) == before
+
+
+def test_end_to_end_claims_get_the_bootstrap_and_train_accuracies(tiny_run):
+    """The records carry the students' correctness and train accuracies and the backbone's train accuracy;
+    claims.csv holds the bootstrap's intervals (recomputed from the records), not the Welch ones."""
+    out = tiny_run[0]
+    recs = Store(out).records()
+    bb, variants = recs[0], [r for r in recs if r["unit"].endswith(("/split_2", "/avg_2"))]
+    assert 0 <= bb["backbone_train_acc"] <= 100 and 0 <= bb["backbone_acc"] <= 100
+    assert rc.has_correctness(variants) and all(0 <= r["train_acc_mean"] <= 100 for r in variants)
+    for r in variants:
+        correct = [bs.decode_correct(c, r["n_test"]) for c in r["test_correct"]]
+        assert r["n_test"] == bb["n_test"] and len(r["loo_correct"]) == len(correct) == 2
+        assert 100 * np.mean(correct) == pytest.approx(r["single_mean"])
+        assert 100 * bs.decode_correct(r["ensemble_correct"], r["n_test"]).mean() == pytest.approx(r["ensemble"])
+    df = pd.read_csv(os.path.join(out, "table.csv"))
+    assert df.train_acc_mean.tolist() == pytest.approx([r["train_acc_mean"] for r in variants])
+    claims = pd.read_csv(os.path.join(out, "claims.csv"))
+    ours = claims[claims.source == "ours"]
+    boot = rc.bootstrap_claims(df, variants, 0.95, 2000, 0)
+    assert ours.claim.tolist() == [c["claim"] for c in boot]
+    assert ours.ci_low.tolist() == pytest.approx([c["ci_low"] for c in boot])
+    assert ours.ci_high.tolist() == pytest.approx([c["ci_high"] for c in boot])
+    welch = rc.ours_claims(df, 0.95)
+    assert ours.ci_low.tolist() != pytest.approx([c["ci_low"] for c in welch])
+    md, summary = (open(os.path.join(out, f)).read() for f in ("table.md", "summary.md"))
+    assert all("percentile-bootstrap interval (2000 draws)" in text for text in (md, summary))
+    assert f"(train accuracy {bb['backbone_train_acc']:.2f}%, test accuracy" in md and "% train / " in summary
+    assert "| variant | channels | single | single train | ensemble |" in md
+
+
+def test_records_without_correctness_keep_the_welch_interval(tiny_run, tmp_path):
+    """Variant records made before the correctness was recorded (as results/channels): the Welch interval
+    with the ensembles held fixed, and the rule sentence says so; no train accuracy column."""
+    out = copy_of(tiny_run[0], tmp_path / "c")
+    drop = {"n_test", "test_correct", "ensemble_correct", "loo_correct", "train_acc_mean", "backbone_train_acc"}
+    recs = [{k: v for k, v in r.items() if k not in drop or "variant" not in r} for r in Store(out).records()]
+    recs[0].pop("backbone_train_acc")
+    with open(os.path.join(out, "records.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    run_experiment("channels", "smoke", TINY, out)  # nothing to train: the outputs are written again
+    assert Store(out).records() == recs
+    df = pd.read_csv(os.path.join(out, "table.csv"))
+    assert "train_acc_mean" not in df
+    claims = pd.read_csv(os.path.join(out, "claims.csv"))
+    welch = rc.ours_claims(df, 0.95)
+    assert claims[claims.source == "ours"].ci_low.tolist() == pytest.approx([c["ci_low"] for c in welch])
+    md, summary = (open(os.path.join(out, f)).read() for f in ("table.md", "summary.md"))
+    for text in (md, summary):
+        assert "Welch t-interval from the single students' means" in text and "bootstrap" not in text
+    assert "| variant | channels | single | ensemble |" in md and "train accuracy" not in md
 
 
 def test_resume_trains_only_the_missing_variant(tiny_run, tmp_path):
