@@ -19,7 +19,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
+from ntk_vs_nn.engine.batching import pad_rows
 from ntk_vs_nn.kernels import ntk_impls
 from ntk_vs_nn.kernels.api import split_kwargs
 
@@ -100,24 +102,92 @@ def _to_disk(a, folder: str, tile: int) -> np.ndarray:
     return mm
 
 
-def _contract_all(kernel_fn, kept, rows, cols, x2, xs1, take, args, kw1, blocks, keep) -> None:
-    """Fill ``blocks`` with the contraction of each row tile's Jacobian (differentiated once; x1's own
-    kept ones when x2 is None, upper triangle only) with every kept column Jacobian."""
-    for i in rows:
-        j1, fx0 = kept[i] if x2 is None else kernel_fn.jacobian(take(xs1, i), None, *args, **kw1)
-        for j in cols:
-            if x2 is None and j < i:
-                continue
-            blocks[i, j] = keep(kernel_fn.contract(fx0, j1, kept[j][0], *args))
-
-
 def _pad(x, t: int):
-    """Every leaf padded along axis 0 to a multiple of t by repeating its last example."""
-    return jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], -len(a) % t, 0)]) if len(a) % t else a, x)
+    """Every leaf padded along axis 0 to a multiple of t by repeating its last example (numpy stays numpy)."""
+    return jax.tree.map(lambda a: pad_rows(a, t), x)
+
+
+def _size(x) -> int:
+    return len(jax.tree.leaves(x)[0])
+
+
+def _first_of_pairs(kwargs: dict) -> dict:
+    """kwargs with each 2-tuple (v1, v2) made (v1, v1): a tile pair of x1 with itself (x2=None uses v1)."""
+    return {k: (v[0], v[0]) if k != "rng" and isinstance(v, tuple) and len(v) == 2 else v for k, v in kwargs.items()}
+
+
+class _Assembly:
+    """The blocks of each row set put together. In host memory (``on_device=False``) each block is
+    written into a preallocated numpy array (cropped, and mirrored for a symmetric set) while the next
+    one computes; on the device the blocks are kept and concatenated at the end."""
+
+    def __init__(self, ns, n2, t, symmetric, axes, on_device):
+        self.ns, self.n2, self.t, self.symmetric, self.axes, self.on_device = ns, n2, t, symmetric, axes, on_device
+        self.blocks, self.pending, self.out, self.shapes = {}, None, [None] * len(ns), None
+
+    def add(self, r, i, j, res):
+        if self.shapes is None:  # the first block: check the layout, learn the leaves' shapes
+            leaves, self.treedef = jax.tree.flatten(res)
+            for k in leaves:
+                if k.ndim < 2 or k.shape[:2] != (self.t, self.t):
+                    raise ValueError(
+                        f"batch: a kernel block of shape {k.shape} does not start with the two batch axes "
+                        f"({self.t}, {self.t}); the batch axis of the output must be neither traced nor diagonal"
+                    )
+            self.shapes = [(k.shape[2:], k.dtype) for k in leaves]
+            self.groups = [None if self.axes is None else kernel_layout(k.ndim, *self.axes) for k in leaves]
+        if self.on_device:
+            self.blocks[r, i, j] = jax.tree.leaves(res)
+            return
+        if self.pending is not None:  # copy block b-1 to the host while block b computes
+            self._store(*self.pending)
+        self.pending = (r, i, j, res)
+
+    def _mirrored(self, r, i, j) -> bool:
+        return self.symmetric[r] and j != i and self.axes is not None
+
+    def _store(self, r, i, j, res):
+        n1, n2 = self.ns[r], self.n2
+        if self.out[r] is None:
+            self.out[r] = [np.empty((n1, n2) + shape, dtype) for shape, dtype in self.shapes]
+        for o, a, g in zip(self.out[r], jax.tree.leaves(res), self.groups):
+            blk = np.asarray(a)[: n1 - i, : n2 - j]
+            o[i : i + blk.shape[0], j : j + blk.shape[1]] = blk
+            if self._mirrored(r, i, j):
+                o[j : j + blk.shape[1], i : i + blk.shape[0]] = _swap(blk, g)
+
+    def finish(self) -> list:
+        if self.shapes is None:
+            raise ValueError("batch: no kernel block was computed (no examples)")
+        if not self.on_device:
+            if self.pending is not None:
+                self._store(*self.pending)
+            out = [o or [np.empty((n, self.n2) + s, d) for s, d in self.shapes] for o, n in zip(self.out, self.ns)]
+            return [self.treedef.unflatten(o) for o in out]
+        results = []
+        for r, n1 in enumerate(self.ns):
+            leaves = []
+            for li, (shape, dtype) in enumerate(self.shapes):
+                if n1 == 0:
+                    leaves.append(jnp.zeros((0, self.n2) + shape, dtype))
+                    continue
+                grid = []
+                for i in range(0, n1, self.t):
+                    row = []
+                    for j in range(0, self.n2, self.t):
+                        if (r, i, j) in self.blocks:
+                            row.append(self.blocks[r, i, j][li])
+                        else:
+                            row.append(_swap(self.blocks[r, j, i][li], self.groups[li]))
+                    grid.append(jnp.concatenate(row, axis=1))
+                leaves.append(jnp.concatenate(grid, axis=0)[:n1, : self.n2])
+            results.append(self.treedef.unflatten(leaves))
+        return results
 
 
 def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, store_on_device: bool = True,
-          check: str | None = None, reuse_jacobians: bool = True, cache_bytes: int = 8 << 30) -> Callable:  # fmt: skip
+          check: str | None = None, reuse_jacobians: bool = True, cache_bytes: int = 8 << 30,
+          progress: bool = False) -> Callable:  # fmt: skip
     """neural-tangents' ``nt.batch``: ``kernel_fn(x1, x2, *args, **kwargs)`` computed in tiles.
 
     Args:
@@ -133,78 +203,94 @@ def batch(kernel_fn: Callable, batch_size: int = 0, device_count: int = -1, stor
       reuse_jacobians: for an `empirical_ntk_fn` that stores Jacobians (all implementations but
         NTK_VECTOR_PRODUCTS) called as ``(x1, x2, params, **kwargs)`` without ``rng``: each tile is
         differentiated once and x2's tile Jacobians are kept (on the device, or in host memory with
-        ``store_on_device=False``: ≈ n2·k·P numbers) and contracted with each row tile's, as the
-        suite's older tiled `empirical.empirical_ntk_fn` does, instead of differentiating both
-        tiles of every pair (neural-tangents' way: memory bounded by one tile pair, about
-        n/batch_size times more backward passes). False: neural-tangents' way.
+        ``store_on_device=False``: ≈ n2·k·P numbers) and contracted with each row tile's, instead
+        of differentiating both tiles of every pair (neural-tangents' way: memory bounded by one
+        tile pair, about n/batch_size times more backward passes). False: neural-tangents' way.
       cache_bytes: with ``store_on_device=False``, the most bytes of kept Jacobians held in memory;
         the rest go to memory-mapped temporary files (deleted when the call returns).
+      progress: a tqdm bar over the tiles (Jacobians and blocks).
 
     Returns:
       ``batched(x1, x2=None, *args, **kwargs)`` equal to ``kernel_fn`` up to float round-off. Keyword
       arguments reach every tile unchanged (so per-example keyword arguments are not supported, and
       an ``rng`` key is split per tile pair as neural-tangents does, not as one call would).
+      ``batched.train_test(x_train, x_other, *args, **kwargs)`` returns ``(batched(x_train, None),
+      batched(x_other, x_train))`` with x_train's tile Jacobians computed once for both blocks (when
+      Jacobians are reused); a keyword given as a 2-tuple is (x_train's value, x_other's value).
     """
     del device_count
     axes = getattr(kernel_fn, "axes", None)  # (trace_axes, diagonal_axes) of our kernel functions
     jitted = kernel_fn if axes is not None else jax.jit(kernel_fn)  # ours are jitted inside
 
-    def batched(x1, x2=None, *args, **kwargs):
-        n1 = len(jax.tree.leaves(x1)[0])
-        n2 = n1 if x2 is None else len(jax.tree.leaves(x2)[0])
-        t = min(batch_size or max(n1, n2), max(n1, n2))
-        xs1 = _pad(x1, t)
-        xs2 = xs1 if x2 is None else _pad(x2, t)
-        rows, cols = range(0, n1, t), range(0, n2, t)
+    def compute(x_cols, row_sets, args) -> list:
+        """Θ(rows, x_cols) for each (rows, kwargs) of ``row_sets``, kwargs as ``kernel_fn(rows, x_cols,
+        **kwargs)`` takes them; rows None: Θ(x_cols, x_cols) as ``kernel_fn(x_cols, None, **kwargs)``,
+        only the tiles on and above the diagonal computed (for kernel functions of this package).
+        With reused Jacobians, x_cols's tiles are differentiated once for every row set."""
+        n2 = _size(x_cols)
+        symmetric = [rows is None for rows, _ in row_sets]
+        ns = [n2 if rows is None else _size(rows) for rows, _ in row_sets]
+        t = min(batch_size or max(ns + [n2]), max(ns + [n2]))
+        cols = _pad(x_cols, t)
+        padded = [cols if rows is None else _pad(rows, t) for rows, _ in row_sets]
         take = lambda x, i: jax.tree.map(lambda a: a[i : i + t], x)  # noqa: E731
-        blocks = {}
+        starts2 = range(0, n2, t)
+        todo = [(r, i, j) for r, n1 in enumerate(ns) for i in range(0, n1, t) for j in starts2
+                if not (symmetric[r] and j < i and axes is not None)]  # fmt: skip
+        reuse = reuse_jacobians and hasattr(kernel_fn, "jacobian") and len(args) == 1
+        reuse = reuse and not any("rng" in kw for _, kw in row_sets)
         keep = (lambda a: a) if store_on_device else (lambda a: jax.tree.map(np.asarray, a))  # noqa: E731
-        if reuse_jacobians and hasattr(kernel_fn, "jacobian") and len(args) == 1 and "rng" not in kwargs:
-            kw1, kw2 = split_kwargs(kwargs, None, None)  # 2-tuples: x1's and x2's (x2=None: x1's)
-            kept = {}
-            with tempfile.TemporaryDirectory(prefix="ntk_jacobian_") as spill:
-                used = 0
-                for j in cols:
-                    jac = kernel_fn.jacobian(take(xs2, j), None, *args, **(kw1 if x2 is None else kw2))
+        out = _Assembly(ns, n2, t, symmetric, axes, store_on_device)
+        bar = tqdm(total=len(todo) + (len(starts2) if reuse else 0), desc="kernel tiles", disable=not progress)
+        with tempfile.TemporaryDirectory(prefix="ntk_jacobian_") as spill:
+            if reuse:  # 2-tuples: (x1's, x2's) kwargs per row set; x_cols's are the same in every set
+                splits = [split_kwargs(kw, None, None) for _, kw in row_sets]
+                kw_cols = splits[0][0] if symmetric[0] else splits[0][1]
+                kept, used = {}, 0
+                for j in starts2:
+                    jac = kernel_fn.jacobian(take(cols, j), None, *args, **kw_cols)
                     size = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(jac))
                     if store_on_device or used + size <= cache_bytes:
                         kept[j], used = keep(jac), used + size
                     else:  # beyond the budget: a memory-mapped file per leaf, read back when contracted
                         kept[j] = jax.tree.map(lambda a, j=j: _to_disk(a, spill, j), jac)
-                _contract_all(kernel_fn, kept, rows, cols, x2, xs1, take, args, kw1, blocks, keep)
-        else:
-            for i in rows:
-                for j in cols:
-                    if x2 is None and j < i and axes is not None:
-                        continue
-                    second = None if x2 is None and i == j else take(xs2, j)
-                    blocks[i, j] = keep(jitted(take(xs1, i), second, *args, **kwargs))
-        first = blocks[0, 0]
-        leaves, treedef = jax.tree.flatten(first)
-        for k in leaves:
-            if k.ndim < 2 or k.shape[:2] != (t, t):
-                raise ValueError(
-                    f"batch: a kernel block of shape {k.shape} does not start with the two batch axes ({t}, {t}); "
-                    "the batch axis of the output must be neither traced nor diagonal"
-                )
-        xp = jnp if store_on_device else np
-        out = []
-        for li, k0 in enumerate(leaves):
-            groups = None if axes is None else kernel_layout(k0.ndim, *axes)
-            grid = []
-            for i in rows:
-                row = []
-                for j in cols:
-                    if (i, j) in blocks:
-                        row.append(jax.tree.leaves(blocks[i, j])[li])
-                    else:
-                        row.append(_swap(jax.tree.leaves(blocks[j, i])[li], groups))
-                grid.append(xp.concatenate(row, axis=1))
-            out.append(xp.concatenate(grid, axis=0)[:n1, :n2])
-        result = treedef.unflatten(out)
+                    bar.update()
+                current = None
+                for r, i, j in todo:
+                    if current != (r, i):  # each row tile differentiated once (x_cols's own: kept)
+                        rows = None if symmetric[r] else take(padded[r], i)
+                        j1, fx0 = kept[i] if rows is None else kernel_fn.jacobian(rows, None, *args, **splits[r][0])
+                        current = (r, i)
+                    out.add(r, i, j, kernel_fn.contract(fx0, j1, kept[j][0], *args))
+                    bar.update()
+            else:
+                for r, i, j in todo:
+                    kw = row_sets[r][1]
+                    second = take(cols, j)
+                    if symmetric[r]:
+                        second, kw = (None, kw) if i == j else (second, _first_of_pairs(kw))
+                    out.add(r, i, j, jitted(take(padded[r], i), second, *args, **kw))
+                    bar.update()
+            results = out.finish()
+        bar.close()
         if check is not None:
             trace_axes, diagonal_axes = axes if axes is not None else ((), ())
-            check_kernel(result, trace_axes, diagonal_axes, symmetric=x2 is None and axes is not None, action=check)
-        return result
+            for res, sym in zip(results, symmetric):
+                check_kernel(res, trace_axes, diagonal_axes, symmetric=sym and axes is not None, action=check)
+        return results
 
+    def batched(x1, x2=None, *args, **kwargs):
+        if x2 is None:
+            return compute(x1, [(None, kwargs)], args)[0]
+        return compute(x2, [(x1, kwargs)], args)[0]
+
+    def train_test(x_train, x_other, *args, **kwargs):
+        kw_tt, kw_ot = {}, {}
+        for k, v in kwargs.items():
+            pair = k != "rng" and isinstance(v, tuple) and len(v) == 2
+            kw_tt[k], kw_ot[k] = (v[0], (v[1], v[0])) if pair else (v, v)
+        k_tt, k_ot = compute(x_train, [(None, kw_tt), (x_other, kw_ot)], args)
+        return k_tt, k_ot
+
+    batched.train_test = train_test
     return batched

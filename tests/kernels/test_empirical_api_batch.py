@@ -5,6 +5,9 @@
    device or in host memory; with x2=None only the tiles on and above the diagonal are computed.
    The same with x2's Jacobians kept (reuse_jacobians, the default for empirical_ntk_fn): each tile
    is differentiated once; kept in memory or, beyond cache_bytes, in memory-mapped files.
+   batched.train_test(x_train, x_other) equals the unbatched Θ(train, train), Θ(other, train) and two
+   batched calls, and differentiates each training tile once for both blocks (two calls: twice);
+   a 2-tuple keyword is (x_train's, x_other's); the progress bar counts every tile.
 2. check_kernel: a PSD kernel passes; a kernel with a negative eigenvalue raises (or warns) with that
    eigenvalue, in the full (n, n, k, k) layout and in a diagonal layout; non-finite entries raise,
    also from batch(check="raise").
@@ -90,6 +93,80 @@ def test_batched_with_kept_jacobians_equals_unbatched_and_differentiates_each_ti
                 assert calls == [0] * (3 if x2 is None else 5)
                 assert bool(spilled) == (cache == 0)
                 spilled.clear()
+
+
+class Scaled(nn.Module):
+    @nn.compact
+    def __call__(self, x, scale):
+        return CNN()(x * scale)
+
+
+@pytest.mark.parametrize("impl", ["auto", "jacobian_contraction", "ntk_vector_products"])
+def test_train_test_shares_the_training_jacobians(impl, monkeypatch):
+    _, f, x, params = _setup(8, CNN())
+    x_train, x_other = x[:5], x[5:]  # tiles of 2: train 2 + 2 + 1, other 2 + 1
+    bars = []
+
+    class Bar:  # batching's tqdm: the total it was given and the updates it saw
+        def __init__(self, total, desc, disable):
+            self.total, self.n = total, 0
+            bars.append(self)
+
+        def update(self, k=1):
+            self.n += k
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(batching, "tqdm", Bar)
+    for axes in (((-1,), ()), ((), (-1,))):
+        fn = nt.empirical_ntk_fn(f, *axes, vmap_axes=0, implementation=impl)
+        tiles = []
+
+        def counting(*a, **k):
+            return fn(*a, **k)
+
+        counting.axes = fn.axes
+        if impl != "ntk_vector_products":
+
+            def jacobian(x1, *a, **k):
+                tiles.append(np.asarray(x1[0]))  # the tile's first example says which set it came from
+                return fn.jacobian(x1, *a, **k)
+
+            counting.jacobian, counting.contract = jacobian, fn.contract
+        want_tt, want_ot = fn(x_train, None, params), fn(x_other, x_train, params)
+        for store, cache in ((True, 8 << 30), (False, 8 << 30), (False, 0)):
+            batched = nt.batch(counting, batch_size=2, store_on_device=store, cache_bytes=cache, progress=True)
+            tiles.clear()
+            k_tt, k_ot = batched.train_test(x_train, x_other, params)
+            from_train = sum(any(np.array_equal(t, r) for r in np.asarray(x_train)) for t in tiles)
+            if impl != "ntk_vector_products":  # the 3 training tiles once, the 2 other tiles once
+                assert (len(tiles), from_train) == (5, 3)
+            # 3 kept training Jacobians (reused only), 6 upper blocks of Θ(train, train), 2 x 3 of Θ(other, train)
+            assert bars[-1].n == bars[-1].total == (3 if impl != "ntk_vector_products" else 0) + 6 + 6
+            tiles.clear()
+            two = batched(x_train, None, params), batched(x_other, x_train, params)
+            if impl != "ntk_vector_products":  # two calls differentiate the training tiles twice
+                assert sum(any(np.array_equal(t, r) for r in np.asarray(x_train)) for t in tiles) == 6
+            for got, want, sep in ((k_tt, want_tt, two[0]), (k_ot, want_ot, two[1])):
+                for leaf in want:
+                    assert isinstance(got[leaf], jax.Array if store else np.ndarray)
+                    assert got[leaf].shape == want[leaf].shape and rel_err(got[leaf], want[leaf]) < 1e-12, leaf
+                    assert rel_err(got[leaf], sep[leaf]) < 1e-12, leaf
+
+
+def test_train_test_splits_a_pair_keyword_into_train_and_other():
+    module = Scaled()
+    x = jax.random.normal(jax.random.key(1), (5, 4, 3, 2), jnp.float64)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), module.init(jax.random.key(0), x[:1], 1.0)["params"])
+    fn = nt.empirical_ntk_fn(lambda p, xb, scale: module.apply({"params": p}, xb, scale), vmap_axes=0)
+    s_train, s_other = jnp.float64(0.5), jnp.float64(2.0)
+    k_tt, k_ot = nt.batch(fn, 2, store_on_device=False).train_test(x[:3], x[3:], params, scale=(s_train, s_other))
+    want_tt, want_ot = fn(x[:3], None, params, scale=s_train), fn(x[3:], x[:3], params, scale=(s_other, s_train))
+    for leaf in want_tt:
+        assert rel_err(k_tt[leaf], want_tt[leaf]) < 1e-12 and rel_err(k_ot[leaf], want_ot[leaf]) < 1e-12
+    # the scale matters: the kernel with one scale for both is another one
+    assert rel_err(k_ot["logits"], fn(x[3:], x[:3], params, scale=s_train)["logits"]) > 1e-2
 
 
 def test_batch_refuses_a_kernel_without_its_batch_axes_first():
