@@ -2,9 +2,12 @@
 jacobian_contraction (vmapped jacrev) vs ntk_vector_products.
 
 Command: ``PYTHONPATH=. .venv/bin/python benchmarks/kernels_impl.py`` (from the repo root). Builds
-SimpleCNN-4-1 on 16x16x1 inputs with 10 classes (24,058 params) and times ``empirical_ntk_fn`` on
-N = 128 random inputs (one 128x128 tile), traced (N, N) and full (N, N, 10, 10), in float32, best of
-REPEATS runs after a warm-up call that compiles. Each implementation runs in its own spawned
+SimpleCNN-4-1 on 16x16x1 inputs with 10 classes (24,058 params) and times the kernel as the
+function-space backend computes it, ``batch(empirical_ntk_fn(f, trace_axes, vmap_axes=0,
+implementation=impl), tile, store_on_device=False)(x, None, params)`` (`ntk_vs_nn.kernels`), on
+N = 128 random inputs (one 128x128 tile; tiles of VP_TILE = 32 for ntk_vector_products, which
+vmaps over every pair of examples of a tile pair), traced (N, N) and full (N, N, 10, 10), in
+float32, best of REPEATS runs after a warm-up call that compiles. Each implementation runs in its own spawned
 process, so its peak RSS (resource.getrusage) is its own. Writes
 results/benchmarks/empirical_ntk_impls.json: value = seconds of the fastest implementation (traced),
 ratio = structured_derivatives / jacobian_contraction (traced seconds; < 1: the structured Jacobian,
@@ -21,14 +24,14 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from _common import write
 
-MODEL, SHAPE, CLASSES, N, REPEATS = "SimpleCNN-4-1", (16, 16, 1), 10, 128, 3
+MODEL, SHAPE, CLASSES, N, REPEATS, VP_TILE = "SimpleCNN-4-1", (16, 16, 1), 10, 128, 3, 32
 IMPLS = ("structured_derivatives", "jacobian_contraction", "ntk_vector_products")
 
 
 def time_impl(impl: str) -> dict:
     import jax
 
-    from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
+    import ntk_vs_nn.kernels as api
     from ntk_vs_nn.models import build_model
 
     module = build_model(MODEL, CLASSES, len(SHAPE) - 1)
@@ -37,7 +40,8 @@ def time_impl(impl: str) -> dict:
     f = lambda p, xb: module.apply({"params": p}, xb)
     out = {"params": sum(a.size for a in jax.tree.leaves(params))}
     for name, trace_axes in [("traced", (-1,)), ("full", ())]:
-        fn = empirical_ntk_fn(f, trace_axes=trace_axes, implementation=impl)
+        kernel_fn = api.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, implementation=impl)
+        fn = api.batch(kernel_fn, VP_TILE if impl == "ntk_vector_products" else N, store_on_device=False)
         t0 = time.perf_counter()
         kern = fn(x, None, params)  # compiles; returns host numpy, so it has finished
         first = time.perf_counter() - t0

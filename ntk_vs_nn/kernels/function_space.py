@@ -35,6 +35,11 @@ so its kernel is c²·Σ_l Θ_l and f0 = c·Σ_l f0_l; with ``protocol.sum_grad=
 member's gradient is scaled by 1/(L c²) as in weight space (`Config.sum_grad_scale`), so the kernel is
 (1/L)·Σ_l Θ_l: the mean of the members' kernels. It reuses the single members' kernels.
 
+The empirical NTKs (ntk, ntk_prime; ``kernel.backend=function``) come from the kernel API:
+``batch(empirical_ntk_fn(f, trace_axes, vmap_axes=0, implementation=AUTO), kernel.tile_size,
+store_on_device=False)``; Θ(train, train) and Θ(other, train) by its ``train_test``, which
+differentiates the training set once for both.
+
 Kernels are cached in memory per (kind, model, dataset, init key) for the process, so ntk and
 ntk_prime, and train_sum, compute no kernel twice.
 """
@@ -58,9 +63,10 @@ from scipy.special import softmax
 from ntk_vs_nn.config import INFINITE_FAMILIES, Config  # noqa: F401 - re-exported
 from ntk_vs_nn.engine.batching import map_batches
 from ntk_vs_nn.engine.trainer import Members, progress_enabled
-from ntk_vs_nn.kernels import infinite
+from ntk_vs_nn.kernels import api, infinite
 from ntk_vs_nn.kernels import nt as nt_backend
-from ntk_vs_nn.kernels.empirical import empirical_ntk_fn, head_features
+from ntk_vs_nn.kernels.batching import batch
+from ntk_vs_nn.kernels.empirical import head_features
 from ntk_vs_nn.kernels.predict import gradient_descent_mse
 from ntk_vs_nn.models import build_model
 
@@ -134,9 +140,15 @@ class FunctionTrainer:
             fn = nt_backend.nt_empirical_ntk_fn(f, trace_axes=(-1,))
             k_tt, k_ot = nt_backend.nt_train_test(fn, x_tr, x_ot, params, self.cfg.kernel.tile_size)
         else:
-            fn = empirical_ntk_fn(f, trace_axes=(-1,), tile_size=self.cfg.kernel.tile_size, progress=self.progress)
-            k_tt, k_ot = fn.train_test(x_tr, x_ot, params)
+            k_tt, k_ot = self._ntk(f, (-1,)).train_test(x_tr, x_ot, params)
         return np.asarray(k_tt, np.float32), np.asarray(k_ot, np.float32), f0_tr, f0_ot
+
+    def _ntk(self, f, trace_axes):
+        """The empirical NTK of f as the suite computes it: `api.empirical_ntk_fn` (structured derivatives
+        where they apply) in tiles of ``kernel.tile_size`` by `batching.batch`, each tile differentiated
+        once, the Jacobians and the kernel in host memory."""
+        fn = api.empirical_ntk_fn(f, trace_axes, vmap_axes=0, implementation=api.NtkImplementation.AUTO)
+        return batch(fn, self.cfg.kernel.tile_size, store_on_device=False, progress=self.progress)
 
     def _full_kernel(self, f, params, x_tr, x_ot):
         """(Θ_train as (n·k, n·k), Θ_other: an array (nt) or `_jacobian_operator`)."""
@@ -146,7 +158,7 @@ class FunctionTrainer:
             k_tt, k_ot = nt_backend.nt_train_test(fn, x_tr, x_ot, params, tile)
             other = np.asarray(k_ot, np.float32)
         else:
-            k_tt = empirical_ntk_fn(f, trace_axes=(), tile_size=tile, progress=self.progress)(x_tr, None, params)
+            k_tt = self._ntk(f, ())(x_tr, None, params)
             other = _jacobian_operator(f, params, x_tr, x_ot)
         return _flatten_full(k_tt), other
 

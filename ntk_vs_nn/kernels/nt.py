@@ -1,4 +1,4 @@
-"""neural-tangents beside our own kernels: its empirical NTK, a cross-check of ours (`kernels.empirical`).
+"""neural-tangents beside our own kernels: its empirical NTK, a cross-check of ours (`kernels.api`).
 
 neural-tangents 0.6.5 is optional (``make install-nt``) and imports only through the compatibility
 layer of `ntk_vs_nn.kernels.nt_compat`, on which ``JACOBIAN_CONTRACTION`` and ``NTK_VECTOR_PRODUCTS``

@@ -3,8 +3,8 @@
 Full-batch GD on a mean loss (1/n) Σ ℓ moves a linear-in-weights model by
 f ← f − (η/n) Θ(·, X_train) ∂ℓ/∂f(X_train): closed forms for MSE (`gradient_descent_mse`,
 `kernel_ridge`), a cheap recursion for cross-entropy (`gradient_descent_xent`). Written from the
-math; neural-tangents is not imported. The kernels come from `ntk_vs_nn.kernels.empirical` (or the
-infinite-width `ntk_vs_nn.kernels.infinite`).
+math; neural-tangents is not imported. The kernels come from `ntk_vs_nn.kernels`
+(``batch(empirical_ntk_fn(...))``) or the infinite-width `ntk_vs_nn.kernels.infinite`.
 
 Predictors work in numpy float64 on the host. A kernel is either full (n1, n2, k, k), acting on
 residuals flattened to (n k,), or traced (n1, n2), acting on each output column (Θ ⊗ I_k).

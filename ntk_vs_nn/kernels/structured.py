@@ -145,7 +145,8 @@ def _layer_jacobian(call: _Call, own: dict, x: jax.Array, g: jax.Array) -> dict:
 
 def structured_jacobian(f: Callable, kw_axes: dict | None = None) -> Callable:
     """``jac(params, x (n, ...), kw) -> tuple`` of per-example Jacobians (n, k, P_leaf), one per leaf
-    of ``params`` in `jax.tree.leaves` order — the layout of `kernels._flat_jacobian`.
+    of ``params`` in `jax.tree.leaves` order: `jax.vmap` of `jax.jacrev`'s Jacobians, flattened per
+    example and output unit.
 
     ``f(params, x, **kw)`` must call a Flax linen module's ``apply`` with the leaves of ``params``
     (any dict structure around them is fine); see the module docstring for the assumptions and for

@@ -21,7 +21,7 @@ from ntk_vs_nn.config import KernelConfig
 from ntk_vs_nn.engine.losses import distill_loss
 from ntk_vs_nn.families import last_layer, linearized, network, summed
 from ntk_vs_nn.kernels import function_space
-from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
+from ntk_vs_nn.kernels.api import empirical_ntk_fn
 from ntk_vs_nn.kernels.function_space import FunctionTrainer, solve
 from ntk_vs_nn.kernels.predict import kernel_ridge
 from ntk_vs_nn.models import build_model
@@ -154,7 +154,7 @@ def test_trainer_kernels_and_offsets(tiny_data, tiny_cfg):
     module = build_model(MODEL, tiny_data.num_classes, 1)
     params = module.init(key, tiny_data.x_train[:1])["params"]
     f = lambda p, x: module.apply({"params": p}, x)  # noqa: E731
-    ref = empirical_ntk_fn(f)(tiny_data.x_train, None, params)
+    ref = empirical_ntk_fn(f, vmap_axes=None)(tiny_data.x_train, None, params)  # whole batch, jacrev, untiled
     assert rel_err(ntk[0], ref) < 1e-5 and np.array_equal(ntk[0], prime[0])
     assert rel_err(ntk[2], f(params, tiny_data.x_train)) < 1e-5
     assert not prime[2].any() and not prime[3].any()

@@ -1,8 +1,10 @@
 """Empirical kernels and function-space predictors, cross-checked in float64 on a tiny SimpleCNN.
 
-1. Both NTK implementations equal an explicit reference J J^T (ravel_pytree + jax.jacobian), full
-   and traced (= mean of the diagonal), non-square, per-example or whole-batch, and tiled (tile 4
-   with remainders, symmetric path mirrored) against the same untiled reference.
+1. Every NTK implementation, through the path the function-space backend uses (`batch` of
+   `empirical_ntk_fn`, host memory), equals an explicit reference J J^T (ravel_pytree +
+   jax.jacobian), full and traced (= mean of the diagonal), non-square, per-example or whole-batch,
+   tiled (tile 4 with remainders, symmetric path mirrored), and train_test's two blocks (the training
+   Jacobians kept in memory or on disk).
 2. The ntk family's NTK at any params is the nn family's at W0; the gp family's is width·NNGP + 1.
 3. Weight space = function space: the ntk family trained by optax.sgd on MSE / cross-entropy
    matches gradient_descent_mse / gradient_descent_xent with the full empirical NTK to 1e-8
@@ -19,14 +21,16 @@ import pytest
 from conftest import rel_err
 from jax.flatten_util import ravel_pytree
 
+import ntk_vs_nn.kernels as nt
 from ntk_vs_nn.families import last_layer, linearized, network
-from ntk_vs_nn.kernels.empirical import IMPLEMENTATIONS, empirical_ntk_fn, family_ntk_fn, head_features, nngp_fn
+from ntk_vs_nn.kernels.empirical import family_ntk_fn, head_features, nngp_fn
 from ntk_vs_nn.kernels.predict import gradient_descent_mse, gradient_descent_xent, kernel_ridge
 from ntk_vs_nn.models import build_model
 
 MODEL, K, N_TRAIN, N_TEST, STEPS = "SimpleCNN-3-1", 3, 8, 4, 30
 TOL = 1e-8  # relative (max-abs over max-abs) agreement of exact identities in float64
 EXACT = 1e-12  # two float64 computations of the same kernel
+IMPLEMENTATIONS = list(nt.NtkImplementation)
 
 
 def f64(tree):
@@ -65,7 +69,7 @@ def problem(net):
     x_train, x_test = x[:N_TRAIN], x[N_TRAIN : N_TRAIN + N_TEST]
     y = np.asarray(jax.nn.one_hot(jnp.arange(N_TRAIN) % K, K), np.float64)
     full = family_ntk_fn(nn_fam, v0, trace_axes=())
-    k_tt, k_st = full(x_train), full(x_test, x_train)
+    k_tt, k_st = np.asarray(full(x_train)), np.asarray(full(x_test, x_train))
     lam_max = np.linalg.eigvalsh(k_tt.transpose(0, 2, 1, 3).reshape(N_TRAIN * K, -1))[-1]
     return dict(
         module=module,
@@ -89,28 +93,37 @@ def diag_mean(kern):
     return np.einsum("ijaa->ij", kern) / K
 
 
+def suite_ntk(f, trace_axes, impl, tile, vmap_axes=0, **kw):
+    """The kernel API as the function-space backend calls it: batch(empirical_ntk_fn(...)) in host memory."""
+    fn = nt.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=vmap_axes, implementation=impl)
+    return nt.batch(fn, tile, store_on_device=False, **kw)
+
+
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_ntk_matches_explicit_jacobian(net, impl):
     _, f, params, x, ref = net
     x1, x2, ref12 = x[:6], x[6:10], ref[:6, 6:10]  # non-square, distinct: ignoring x2 or swapping axes shows
-    k12 = empirical_ntk_fn(f, trace_axes=(), implementation=impl)(x1, x2, params)
-    assert k12.shape == (6, 4, K, K) and k12.dtype == np.float64
+    k12 = suite_ntk(f, (), impl, 4)(x1, x2, params)
+    assert isinstance(k12, np.ndarray) and k12.shape == (6, 4, K, K) and k12.dtype == np.float64
     assert rel_err(k12, ref12) < EXACT
     # traced = the MEAN of the k diagonal entries (a sum would be off by a factor k = 3)
-    traced = empirical_ntk_fn(f, trace_axes=(-1,), implementation=impl)(x1, x2, params)
+    traced = suite_ntk(f, (-1,), impl, 4)(x1, x2, params)
     assert traced.shape == (6, 4)
     assert rel_err(traced, diag_mean(ref12)) < EXACT and rel_err(traced, diag_mean(k12)) < EXACT
     # each tile differentiated as one batch (vmap_axes=None): the same for independent examples
-    batch = empirical_ntk_fn(f, trace_axes=(), vmap_axes=None, implementation=impl)
-    assert rel_err(batch(x1, x2, params), ref12) < EXACT
+    batch = suite_ntk(f, (), impl, 4, vmap_axes=None)
+    if impl == nt.NtkImplementation.STRUCTURED_DERIVATIVES:  # it needs independent examples
+        with pytest.raises(ValueError, match="STRUCTURED_DERIVATIVES does not apply"):
+            batch(x1, x2, params)
+    else:
+        assert rel_err(batch(x1, x2, params), ref12) < EXACT
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
 def test_tiling_matches_untiled(net, impl):
     _, f, params, x, ref = net
     x1, x2 = x[:10], x[3:10]  # 10 = 2·4 + 2 and 7 = 4 + 3 with tile_size 4: remainders on both sides
-    full = empirical_ntk_fn(f, trace_axes=(), implementation=impl, tile_size=4)
-    traced = empirical_ntk_fn(f, trace_axes=(-1,), implementation=impl, tile_size=4)
+    full, traced = suite_ntk(f, (), impl, 4), suite_ntk(f, (-1,), impl, 4)
     assert rel_err(full(x1, x2, params), ref[:10, 3:10]) < EXACT
     assert rel_err(traced(x1, x2, params), diag_mean(ref[:10, 3:10])) < EXACT
     # symmetric path: only the upper tiles are computed, the lower ones mirrored
@@ -124,7 +137,7 @@ def test_train_test_blocks_share_the_training_jacobian(net, impl, cache_bytes):
     _, f, params, x, ref = net
     x_train, x_test = x[:7], x[7:12]  # 7 = 4 + 3 training rows, 5 = 4 + 1 test rows with tile_size 4
     for trace_axes, view in [((), lambda a: a), ((-1,), diag_mean)]:
-        fn = empirical_ntk_fn(f, trace_axes=trace_axes, implementation=impl, tile_size=4, cache_bytes=cache_bytes)
+        fn = suite_ntk(f, trace_axes, impl, 4, cache_bytes=cache_bytes)
         k_tt, k_st = fn.train_test(x_train, x_test, params)
         assert rel_err(k_tt, view(ref[:7, :7])) < EXACT
         assert rel_err(k_st, view(ref[7:12, :7])) < EXACT
@@ -244,20 +257,3 @@ def test_kernel_ridge_interpolates_and_is_the_flow_limit(problem, kernel):
     # a ridge that matters does not interpolate: the check above can fail
     big = np.linalg.eigvalsh(k_tt.transpose(0, 2, 1, 3).reshape(N_TRAIN * K, -1) if kernel == "full" else k_tt)[-1]
     assert rel_err(kernel_ridge(k_tt, p["y"], k_st, ridge=0.1 * big)[0], p["y"]) > 1e-3
-
-
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-def test_outputs_that_are_not_batch_by_k_raise_instead_of_a_wrong_kernel(impl):
-    """A conv net's (B, H, W, C) output used to be contracted as if it were (B, k): a kernel of the wrong
-    shape, silently. Now one clear error; the same net pooled to (B, C) gives its kernel."""
-
-    def conv(params, x):
-        return jax.lax.conv_general_dilated(x, params, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    params = jax.random.normal(jax.random.key(0), (3, 3, 1, 2))
-    x = jax.random.normal(jax.random.key(1), (4, 5, 5, 1))
-    with pytest.raises(ValueError, match=r"f must return one \(B, k\) array; it returns \(1, 5, 5, 2\)"):
-        empirical_ntk_fn(conv, trace_axes=(), implementation=impl)(x, None, params)
-    if impl != "structured_derivatives":  # (it needs Flax modules: this f is a bare function)
-        pooled = empirical_ntk_fn(lambda p, xb: conv(p, xb).mean((1, 2)), trace_axes=(), implementation=impl)
-        assert pooled(x, None, params).shape == (4, 4, 2, 2)

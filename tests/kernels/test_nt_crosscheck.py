@@ -3,9 +3,11 @@
 Skipped when neural-tangents is not installed (``make install-nt``); ``scripts/test_nt.sh`` installs
 it and sets NTK_VS_NN_REQUIRE_NT=1, which turns a failed import into a failure instead of a skip.
 
-1. Empirical NTK: ours (both implementations) equals neural-tangents' JACOBIAN_CONTRACTION and
-   NTK_VECTOR_PRODUCTS, full and traced, on an MLP, SimpleCNN-3-1 and ResNet-10-1 (1-D), float64,
-   to 1e-10 relative (max-abs difference over max-abs value; observed ~1e-15).
+1. Empirical NTK: ours (every implementation, through the path the function-space backend uses:
+   `batch(empirical_ntk_fn(...), tile)` in host memory, tiles that do not divide n, x2 given,
+   x2=None and train_test) equals neural-tangents' JACOBIAN_CONTRACTION and NTK_VECTOR_PRODUCTS,
+   full and traced, on an MLP, SimpleCNN-3-1 and ResNet-10-1 (1-D), float64, to 1e-10 relative
+   (max-abs difference over max-abs value; observed ~1e-15).
 2. The stax network of `infinite_kernel_fn` *is* our Flax network: with the Flax weights copied in,
    its outputs equal the Flax model's to 1e-12 (GroupNorm at init = stax LayerNorm; strides,
    padding, shortcuts, head), it has the same weights, and neural-tangents' empirical NTK of it equals
@@ -31,10 +33,11 @@ import pytest
 from conftest import rel_err
 from flax import traverse_util
 
+import ntk_vs_nn.kernels as api
 from ntk_vs_nn.config import UserError
 from ntk_vs_nn.kernels import infinite, nt_compat
 from ntk_vs_nn.kernels import nt as nt_backend
-from ntk_vs_nn.kernels.empirical import IMPLEMENTATIONS, empirical_ntk_fn, head_features, nngp_fn
+from ntk_vs_nn.kernels.empirical import head_features, nngp_fn
 from ntk_vs_nn.models import build_model
 
 try:
@@ -63,6 +66,12 @@ class MLP(nn.Module):
         return nn.Dense(K, name="head")(h)
 
 
+def suite_ntk(f, trace_axes=(-1,), implementation="auto", tile=3):
+    """Our empirical NTK as the function-space backend computes it: batch(empirical_ntk_fn(...)), host memory."""
+    fn = api.empirical_ntk_fn(f, trace_axes=trace_axes, vmap_axes=0, implementation=implementation)
+    return api.batch(fn, tile, store_on_device=False)
+
+
 def _network(name):
     return MLP() if name == "MLP" else build_model(name, K, 1)
 
@@ -80,22 +89,27 @@ def test_empirical_ntk_equals_neural_tangents(x64, name, trace_axes):
     params = f64(jax.jit(module.init)(jax.random.key(0), x[:1])["params"])
     f = lambda p, xb: module.apply({"params": p}, xb)
     x1, x2 = x[:4], x[4:]
+    calls = {"x1x2": (x1, x2), "xx": (x, None), "x2x2": (x2, None)}  # Θ(x2, x2): train_test's first block
     theirs = {
-        impl: np.asarray(nt_backend.nt_empirical_ntk_fn(f, trace_axes, impl)(x1, x2, params))
+        impl: {c: np.asarray(nt_backend.nt_empirical_ntk_fn(f, trace_axes, impl)(*a, params)) for c, a in calls.items()}
         for impl in ("jacobian_contraction", "ntk_vector_products")
     }
-    assert theirs["jacobian_contraction"].dtype == np.float64
-    assert rel_err(theirs["ntk_vector_products"], theirs["jacobian_contraction"]) < EXACT
-    for impl in IMPLEMENTATIONS:
-        ours = empirical_ntk_fn(f, trace_axes=trace_axes, implementation=impl)(x1, x2, params)
-        assert ours.shape == ((4, 3) if trace_axes else (4, 3, K, K))
+    assert theirs["jacobian_contraction"]["x1x2"].dtype == np.float64
+    for c in calls:
+        assert rel_err(theirs["ntk_vector_products"][c], theirs["jacobian_contraction"][c]) < EXACT
+    for impl in api.NtkImplementation:  # tiles of 3: 4 = 3 + 1, 7 = 3 + 3 + 1
+        ours = suite_ntk(f, trace_axes, impl)
+        k12, kxx = ours(x1, x2, params), ours(x, None, params)
+        k22, k12_tt = ours.train_test(x2, x1, params)  # (Θ(x2, x2), Θ(x1, x2))
+        assert k12.shape == ((4, 3) if trace_axes else (4, 3, K, K))
         for their_impl, ref in theirs.items():
-            assert rel_err(ours, ref) < EXACT, (impl, their_impl)
+            for got, c in ((k12, "x1x2"), (kxx, "xx"), (k22, "x2x2"), (k12_tt, "x1x2")):
+                assert rel_err(got, ref[c]) < EXACT, (impl, their_impl, c)
     if name == "ResNet-10-1":
         return
     # neural-tangents differentiating the batch as a whole (vmap_axes=None) gives the same kernel
     whole_batch = nt_backend.nt_empirical_ntk_fn(f, trace_axes, "jacobian_contraction", vmap_axes=None)
-    assert rel_err(whole_batch(x1, x2, params), theirs["jacobian_contraction"]) < EXACT
+    assert rel_err(whole_batch(x1, x2, params), theirs["jacobian_contraction"]["x1x2"]) < EXACT
 
 
 @pytest.mark.parametrize("trace_axes", [(), (-1,)], ids=["full", "traced"])
@@ -113,7 +127,7 @@ def test_nt_train_test_in_tiles_equals_one_call(x64, trace_axes):
     k_tt, k_ot = nt_backend.nt_train_test(fn, x_tr, x_ot, params, tile_size=3)
     assert k_tt.shape[:2] == (7, 7) and k_ot.shape[:2] == (5, 7)
     assert rel_err(k_tt, fn(x_tr, None, params)) < EXACT and rel_err(k_ot, fn(x_ot, x_tr, params)) < EXACT
-    ours_tt, ours_ot = empirical_ntk_fn(f, trace_axes=trace_axes, tile_size=3).train_test(x_tr, x_ot, params)
+    ours_tt, ours_ot = suite_ntk(f, trace_axes).train_test(x_tr, x_ot, params)
     assert rel_err(k_tt, ours_tt) < EXACT and rel_err(k_ot, ours_ot) < EXACT
 
 
@@ -223,7 +237,7 @@ def test_stax_network_is_our_flax_network(x64, name, ndim, norm):
     assert size(stax_shapes) == size(weights)
     # the empirical NTK of the stax net (neural-tangents) = ours w.r.t. the same weights
     f = lambda w, xb: module.apply({"params": _merge(w, norms)}, xb)
-    mine = empirical_ntk_fn(f, trace_axes=(-1,))(x[:3], x[3:], weights)
+    mine = suite_ntk(f, (-1,), tile=2)(x[:3], x[3:], weights)
     theirs = nt_backend.nt_empirical_ntk_fn(apply_fn, (-1,))(x[:3], x[3:], stax_params)
     assert rel_err(mine, theirs) < EXACT
 
@@ -242,7 +256,7 @@ def _monte_carlo(name, x, seeds, ntk=True):
     f = lambda p, xb: module.apply({"params": p}, xb)
     init = jax.jit(module.init)  # one compile for every seed
     features = jax.jit(lambda p, xb: head_features(module, p, xb))
-    ntk_fn = empirical_ntk_fn(f, trace_axes=(-1,))
+    ntk_fn = suite_ntk(f, (-1,), tile=256)
     nngps, ntks = [], []
     for s in range(seeds):
         params = init(jax.random.key(s), x[:1])["params"]

@@ -5,14 +5,18 @@
    a Dense applied over extra (spatial) axes; LayerNorm and GroupNorm through the generic per-layer
    vjp; a layer called twice (weight sharing: contributions add up); parameters declared in
    ``setup``; our 1-D and 2-D ResNets.
-2. `empirical_ntk_fn(implementation="auto")` picks structured derivatives for our networks and
-   falls back to jacobian_contraction where they do not apply: parameters transformed before the
-   module sees them (the ntk family's jvp at W0), no leaf with a structured rule; a module with its
-   own parameters and children stays structured, only its own parameter falling back
-   (tests/kernels/test_structured_fallback.py).
-3. The check has teeth: a parameter also used outside its module (a tied weight) is caught —
-   "auto" warns and falls back, "structured_derivatives" raises — while the kernel stays exact.
+2. `empirical_ntk_fn(implementation="auto")`, tiled by `batch` as the function-space backend calls
+   it, picks structured derivatives for our networks (their trace succeeds) and falls back to
+   jacobian_contraction where they do not apply: parameters transformed before the module sees them
+   (the ntk family's jvp at W0; STRUCTURED_DERIVATIVES raises there), no leaf with a structured
+   rule; a module with its own parameters and children stays structured, only its own parameter
+   falling back (tests/kernels/test_structured_fallback.py).
+3. The check has teeth: a parameter also used outside its module (a tied weight) is caught — auto
+   and STRUCTURED_DERIVATIVES warn and recompute each tile by jacrev — while the kernel stays exact;
+   one wrong tile among good ones is caught alone.
 """
+
+import warnings
 
 import flax.linen as nn
 import jax
@@ -21,8 +25,10 @@ import numpy as np
 import pytest
 from conftest import rel_err
 
+import ntk_vs_nn.kernels as nt
 from ntk_vs_nn.families import linearized, network
-from ntk_vs_nn.kernels.empirical import _flat_jacobian, empirical_ntk_fn, family_ntk_fn
+from ntk_vs_nn.kernels import structured
+from ntk_vs_nn.kernels.empirical import family_ntk_fn
 from ntk_vs_nn.kernels.structured import Unsupported, structured_jacobian
 from ntk_vs_nn.models import build_model
 
@@ -79,6 +85,35 @@ def x64():
         yield
 
 
+def vmapped_jacrev(f, params, x):
+    """The reference: per-example Jacobians (n, k, P_leaf) per leaf of params, by jax.vmap of jax.jacrev."""
+    j = jax.jit(jax.vmap(lambda xi: jax.jacrev(lambda p: f(p, xi[None])[0])(params)))(x)
+    return tuple(a.reshape(a.shape[:2] + (-1,)) for a in jax.tree.leaves(j))
+
+
+@pytest.fixture
+def traces(monkeypatch):
+    """One entry per trace of a structured Jacobian: True when its rules applied, False when it raised."""
+    real, seen = structured.structured_jacobian, []
+
+    def recording(f, kw_axes=None):
+        jac = real(f, kw_axes)
+
+        def wrapped(*a):
+            try:
+                out = jac(*a)
+            except Exception:
+                seen.append(False)
+                raise
+            seen.append(True)
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(structured, "structured_jacobian", recording)
+    return seen
+
+
 def _setup(module, shape, seed=0):
     x = jax.random.normal(jax.random.key(seed), shape, jnp.float64)
     params = jax.tree.map(lambda a: a.astype(jnp.float64), module.init(jax.random.key(1), x[:1])["params"])
@@ -98,7 +133,7 @@ def _setup(module, shape, seed=0):
 )
 def test_structured_jacobian_equals_jacrev(module, shape):
     f, params, x = _setup(module, shape)
-    ref = jax.jit(_flat_jacobian(f, 0))(params, x, {})
+    ref = vmapped_jacrev(f, params, x)
     mine = jax.jit(structured_jacobian(f))(params, x, {})
     assert len(mine) == len(ref) == len(jax.tree.leaves(params))
     for a, b in zip(mine, ref):
@@ -106,63 +141,74 @@ def test_structured_jacobian_equals_jacrev(module, shape):
         assert rel_err(np.asarray(a), np.asarray(b)) < EXACT
 
 
-def _kernels(f, params, x, impl):
-    fn = empirical_ntk_fn(f, trace_axes=(), implementation=impl, tile_size=3)
-    return fn(x, None, params), fn.implementation()
+def _kernels(f, params, x, impl, traces=()):
+    """The full kernel as the function-space backend computes it (`batch` of `empirical_ntk_fn`, tiles of
+    3, host memory) and what gave the Jacobians: "structured_derivatives" (the structured trace applied
+    and every tile passed its check), "jacobian_contraction" (it did not apply), or
+    "structured_derivatives+jacobian_contraction" (some tiles failed their check: recomputed by jacrev);
+    and the number of failed checks. ``traces``: the `traces` fixture's list."""
+    n0 = len(traces)
+    fn = nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=impl)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        k = nt.batch(fn, 3, store_on_device=False)(x, None, params)
+    failed = sum("check failed" in str(w.message) for w in caught)
+    ran = "structured_derivatives" if any(traces[n0:]) else "jacobian_contraction"
+    return k, ran + ("+jacobian_contraction" if failed and ran == "structured_derivatives" else ""), failed
 
 
-def test_auto_uses_structured_where_it_applies_and_falls_back_elsewhere():
+def test_auto_uses_structured_where_it_applies_and_falls_back_elsewhere(traces):
     f, params, x = _setup(Odd(), (5, 11, 9, 2))
-    ref, impl = _kernels(f, params, x, "jacobian_contraction")
-    got, impl = _kernels(f, params, x, "auto")
+    ref, impl, _ = _kernels(f, params, x, "jacobian_contraction", traces)
+    assert impl == "jacobian_contraction"
+    got, impl, _ = _kernels(f, params, x, "auto", traces)
     assert impl == "structured_derivatives" and rel_err(got, ref) < EXACT
     # the ntk family: params enter through a jvp at the anchor, not as the module's leaves
     module = build_model("SimpleCNN-3-1", 3, 1)
     fam = linearized(network(module))
     xs = jax.random.normal(jax.random.key(2), (5, 8, 1), jnp.float64)
     v = jax.tree.map(lambda a: a.astype(jnp.float64), fam.init(jax.random.key(0), xs[:1]))
+    n0 = len(traces)
     k_auto = family_ntk_fn(fam, v, trace_axes=(), implementation="auto")(xs)
+    assert traces[n0:] == [False]  # traced, did not apply
     k_ref = family_ntk_fn(fam, v, trace_axes=(), implementation="jacobian_contraction")(xs)
     assert rel_err(k_auto, k_ref) < EXACT
-    with pytest.raises(ValueError, match="structured_derivatives"):
+    with pytest.raises(ValueError, match="STRUCTURED_DERIVATIVES does not apply"):
         family_ntk_fn(fam, v, trace_axes=(), implementation="structured_derivatives")(xs)
     # a module with its own parameter and a child Dense: only that parameter falls back (per layer)
     f, params, x = _setup(Owner(), (5, 4))
-    got, impl = _kernels(f, params, x, "auto")
-    assert impl == "structured_derivatives" and rel_err(got, _kernels(f, params, x, "jacobian_contraction")[0]) < EXACT
+    got, impl, _ = _kernels(f, params, x, "auto", traces)
+    ref = _kernels(f, params, x, "jacobian_contraction")[0]
+    assert impl == "structured_derivatives" and rel_err(got, ref) < EXACT
     # no leaf with a structured rule (a plain function of params): Unsupported, and auto uses jacobian_contraction
     g = lambda p, xb: jnp.tanh(xb @ p["w"])  # noqa: E731
     w = {"w": jax.random.normal(jax.random.key(3), (4, 3), jnp.float64)}
     with pytest.raises(Unsupported, match="no parameter leaf has a structured rule"):
         jax.jit(structured_jacobian(g))(w, x, {})
-    got, impl = _kernels(g, w, x, "auto")
+    got, impl, _ = _kernels(g, w, x, "auto", traces)
     assert impl == "jacobian_contraction" and rel_err(got, _kernels(g, w, x, "jacobian_contraction")[0]) < EXACT
 
 
-def test_check_catches_a_parameter_used_outside_its_module():
+def test_check_catches_a_parameter_used_outside_its_module(traces):
     f, params, x = _setup(Tied(), (5, 4))
-    ref, _ = _kernels(f, params, x, "jacobian_contraction")
+    ref, _, _ = _kernels(f, params, x, "jacobian_contraction")
     # the structured Jacobian alone misses the tied use: it is wrong, so the check is needed
     wrong = jax.jit(structured_jacobian(f))(params, x, {})
-    right = jax.jit(_flat_jacobian(f, 0))(params, x, {})
+    right = vmapped_jacrev(f, params, x)
     assert max(rel_err(np.asarray(a), np.asarray(b)) for a, b in zip(wrong, right)) > 1e-3
-    with pytest.warns(UserWarning, match="check failed"):
-        got, impl = _kernels(f, params, x, "auto")
-    assert impl == "jacobian_contraction" and rel_err(got, ref) < EXACT
-    with pytest.raises(ValueError, match="check failed"):
-        _kernels(f, params, x, "structured_derivatives")
+    for impl in ("auto", "structured_derivatives"):  # both tiles (3 + 2 examples) fail and are recomputed
+        got, ran, failed = _kernels(f, params, x, impl, traces)
+        assert (ran, failed) == ("structured_derivatives+jacobian_contraction", 2) and rel_err(got, ref) < EXACT
 
 
 def test_every_structured_tile_is_checked(monkeypatch):
     """A wrong tile after good ones (as XLA:CPU produced for a 1-D ResNet) is recomputed by jacrev."""
-    import ntk_vs_nn.kernels.structured as structured
-
     f, params, x = _setup(Odd(), (7, 11, 9, 2))
-    ref, _ = _kernels(f, params, x, "jacobian_contraction")
+    ref, _, _ = _kernels(f, params, x, "jacobian_contraction")
     real, calls = structured.structured_jacobian, []
 
-    def corrupt_second_tile(f):
-        jac = real(f)
+    def corrupt_second_tile(f, kw_axes=None):
+        jac = real(f, kw_axes)
 
         def wrapped(params, x, kw):
             calls.append(1)
@@ -172,19 +218,17 @@ def test_every_structured_tile_is_checked(monkeypatch):
         return wrapped
 
     monkeypatch.setattr(structured, "structured_jacobian", corrupt_second_tile)
-    # tile_size 3: tiles of 3, 3, 1 (+ padding); jit off so the Python counter sees every call
-    with jax.disable_jit(), pytest.warns(UserWarning, match="check failed"):
-        got, impl = _kernels(f, params, x, "auto")
-    assert impl == "structured_derivatives+jacobian_contraction" and rel_err(got, ref) < EXACT
+    # tile_size 3: tiles of 3, 3, 1 (+ padding); jit off so the Python counter sees every tile
+    with jax.disable_jit():
+        got, _, failed = _kernels(f, params, x, "auto")
+    assert len(calls) == 3 and failed == 1 and rel_err(got, ref) < EXACT
 
 
 def test_many_output_units_use_lax_map(monkeypatch):
     """Beyond UNROLL_MAX output units the backward passes run under lax.map: the same Jacobian."""
-    import ntk_vs_nn.kernels.structured as structured
-
     monkeypatch.setattr(structured, "UNROLL_MAX", 1)
     f, params, x = _setup(build_model("ResNet-10-1", 3, 1), (4, 20, 1))
-    ref = jax.jit(_flat_jacobian(f, 0))(params, x, {})
+    ref = vmapped_jacrev(f, params, x)
     mine = jax.jit(structured.structured_jacobian(f))(params, x, {})
     for a, b in zip(mine, ref):
         assert rel_err(np.asarray(a), np.asarray(b)) < EXACT
@@ -198,6 +242,6 @@ def test_quick_preset_resnet1d_tile_is_right_in_float32():
         x = jax.random.normal(jax.random.key(0), (128, 40, 1))
         params = module.init(jax.random.key(1), x[:1])["params"]
         f = lambda p, xb: module.apply({"params": p}, xb)  # noqa: E731
-        ref = jax.jit(_flat_jacobian(f, 0))(params, x, {})
+        ref = vmapped_jacrev(f, params, x)
         mine = jax.jit(structured_jacobian(f))(params, x, {})
         assert max(rel_err(np.asarray(a), np.asarray(b)) for a, b in zip(mine, ref)) < 1e-5

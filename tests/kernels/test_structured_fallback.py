@@ -14,8 +14,8 @@ the whole batch, contracted by numpy and reduced by an einsum written out per ca
    the fallback run for exactly those leaves (so AUTO did not silently use jacobian_contraction);
    also with a batched keyword argument (``vmap_axes`` triple), which the fallback must vmap.
 3. A planted bug in the fallback (its contribution dropped, or taken from the wrong examples) is
-   caught: `check_fn` flags it, the NT-style API warns and recomputes the batch by `jacrev`, and the
-   tiled `empirical_ntk_fn(implementation="structured_derivatives")` raises.
+   caught: `check_fn` flags it, the NT-style API warns and recomputes the batch by `jacrev`, also
+   tile by tile in the function-space backend's path (`batch`, tiles of 3 + 2).
 """
 
 import warnings
@@ -26,10 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import rel_err
+from test_structured import vmapped_jacrev
 
 import ntk_vs_nn.kernels as nt
-from ntk_vs_nn.kernels import empirical, structured
-from ntk_vs_nn.kernels.empirical import _flat_jacobian
+from ntk_vs_nn.kernels import structured
 from ntk_vs_nn.kernels.ntk_impls import CHECK_TOL
 
 EXACT = 1e-10
@@ -116,7 +116,7 @@ def test_only_unattributed_leaves_fall_back_and_tiles_equal_jacrev(case):
     jac = structured.structured_jacobian(f)
     mine = jax.jit(jac)(params, x, {})
     assert jac.fallback == expected
-    ref = jax.jit(_flat_jacobian(f, 0))(params, x, {})
+    ref = vmapped_jacrev(f, params, x)
     assert len(mine) == len(ref) == len(jax.tree.leaves(params))
     for a, b in zip(mine, ref):
         assert a.shape == b.shape and a.dtype == jnp.float64
@@ -179,6 +179,9 @@ def test_a_planted_fallback_bug_is_caught(monkeypatch, bug):
     # the NT-style API: the check fails, the batch is recomputed by jacrev, with a warning
     got, messages = _api_kernel(f, params, x, kw, (-1,), nt.NtkImplementation.STRUCTURED_DERIVATIVES)
     assert [m for m in messages if "check failed" in m] and rel_err(got, ref) < EXACT
-    # the tiled kernel: an explicit structured_derivatives raises
-    with pytest.raises(ValueError, match="check failed"):
-        empirical.empirical_ntk_fn(f, implementation="structured_derivatives", tile_size=3)(x, None, params)
+    # the suite's tiled path: each of the two tiles (3 + 2 examples) fails its check and is recomputed
+    fn = nt.empirical_ntk_fn(f, vmap_axes=0, implementation=nt.NtkImplementation.STRUCTURED_DERIVATIVES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = nt.batch(fn, 3, store_on_device=False)(x, None, params)
+    assert sum("check failed" in str(w.message) for w in caught) == 2 and rel_err(got, ref) < EXACT

@@ -16,11 +16,11 @@ import numpy as np
 import optax
 import pytest
 
+import ntk_vs_nn.kernels as nt
 from ntk_vs_nn.config.presets import get_preset
 from ntk_vs_nn.data import load_dataset
 from ntk_vs_nn.engine.losses import distill_loss
 from ntk_vs_nn.families import make_family
-from ntk_vs_nn.kernels.empirical import empirical_ntk_fn
 from ntk_vs_nn.kernels.predict import gradient_descent_xent
 
 N, N_TEST, STEPS, LR, MODEL = 96, 200, 300, 0.03, "ResNet-10-1"
@@ -56,7 +56,8 @@ def three_ways():
     onehot = np.eye(k)[y]
     res = {"weights": (w_tr, w_te), "f0": (f0_tr, f0_te), "y_test": d.y_test[:N_TEST]}
     for name, axes in (("full", ()), ("traced", (-1,))):
-        k_tt, k_te = empirical_ntk_fn(f, trace_axes=axes, tile_size=64).train_test(x, xt, v["state"]["anchor"])
+        fn = nt.empirical_ntk_fn(f, trace_axes=axes, vmap_axes=0, implementation="auto")  # as the backend does
+        k_tt, k_te = nt.batch(fn, 64, store_on_device=False).train_test(x, xt, v["state"]["anchor"])
         res[name + "_kernel"] = k_tt
         res[name] = gradient_descent_xent(k_tt, onehot, k_te, f0_tr, f0_te, LR, STEPS)
     return res
