@@ -63,7 +63,7 @@ class NtkImplementation(enum.IntEnum):
     ≈ one jvp+vjp per output entry of x2 (per pair of examples with vmap_axes); for cheap forward passes.
     STRUCTURED_DERIVATIVES (3): per-example Jacobians of Flax linen Dense/Conv layers as batched GEMMs
     of layer inputs and output cotangents (other layers by `jax.vjp` of that layer alone: the fallback
-    is per layer); needs vmap_axes on axis 0; checked against one vjp per call, jacrev where it fails.
+    is per layer); needs vmap_axes on axis 0; checked against one jvp per call, jacrev where it fails.
     """
 
     AUTO = 0

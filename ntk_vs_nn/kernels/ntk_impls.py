@@ -130,8 +130,8 @@ def structured_fn(f: Callable, axes, fx, strict: bool) -> Callable:
     Leaf layers other than Dense and Conv get their per-example Jacobian from `jax.vjp` of that layer
     alone; parameters the trace cannot attribute to a leaf layer (a parent module's own parameter, a
     leaf used outside any module call) from `jax.vmap(jax.jacrev)` with respect to those leaves only:
-    the fallback is per layer, not for the whole net. Each call checks Σ_e J_e^T u_e against one
-    `jax.vjp` of the batch; a batch failing the check (relative error > CHECK_TOL) is recomputed by
+    the fallback is per layer, not for the whole net. Each call checks J v (v a random tangent) against one
+    `jax.jvp` of the batch; a batch failing the check (relative error > CHECK_TOL) is recomputed by
     `jax.jacrev` (`jax.lax.cond`, so it stays traceable), with a warning (`jax.debug.callback`). A
     network outside the assumptions (examples not along axis 0 of x, module parameters transformed
     before use, no leaf with a structured rule, ...) raises `structured.Unsupported` when traced if
