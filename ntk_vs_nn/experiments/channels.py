@@ -54,7 +54,7 @@ from ntk_vs_nn.analysis import metrics
 from ntk_vs_nn.config import DataConfig, IntervalConfig, TrainConfig, UserError, hash_dict
 from ntk_vs_nn.data.channels import VARIANTS, fallback_config, load_data, parse_variant, standardize, transform
 from ntk_vs_nn.engine.batching import apply_rows
-from ntk_vs_nn.experiments import Experiment, Written
+from ntk_vs_nn.experiments import Experiment, Written, registration
 from ntk_vs_nn.models import build_model, parse_model_name
 from ntk_vs_nn.models.small import Backbone
 from ntk_vs_nn.protocols import members_and_ensemble, module_trainer
@@ -304,7 +304,8 @@ def write(cfg: ChannelsConfig, store) -> Written:
     atomic_write(os.path.join(out, "claims.csv"), report.claims_frame(ours, all_paper, level).to_csv(index=False))
     title = f"Figure 6 on {bb['dataset']}: C = {bb['C']} channels of a fixed backbone (L = {cfg.student.members})"
     report.plot(df, paper_all, prow_name, os.path.join(out, "plot.png"), title)
-    command = f"ntk-vs-nn run channels --preset {cfg.preset}"
+    base = PRESETS[cfg.preset]() if cfg.preset in PRESETS else ChannelsConfig()
+    command = registration.run_command("channels", cfg, base, store.out_dir)
     atomic_write(os.path.join(out, "summary.md"), report.summary_md(df, cfg, info, ours, all_paper, command, n_boot))
     verdicts = [f"Figure 6 claim {c['claim']}: {c['verdict']} (d = {c['d']:+.2f} [{c['ci_low']:+.2f}, "
                 f"{c['ci_high']:+.2f}])" for c in ours]  # fmt: skip

@@ -44,7 +44,7 @@ from ntk_vs_nn.config import TrainConfig, UserError, hash_dict
 from ntk_vs_nn.config.base import IntervalConfig
 from ntk_vs_nn.data.gaussian import TEACHERS, TOKENS, draw_inputs, make_cell_data, parse_setting, width
 from ntk_vs_nn.engine.batching import apply_rows
-from ntk_vs_nn.experiments import Experiment, Written
+from ntk_vs_nn.experiments import Experiment, Written, registration
 from ntk_vs_nn.models.small import GaussNet
 from ntk_vs_nn.protocols import members_and_ensemble, module_trainer
 from ntk_vs_nn.protocols.units import Units, unit_name
@@ -312,7 +312,8 @@ def write(cfg: GaussianConfig, store) -> Written:
     out = store.out_dir
     atomic_write(os.path.join(out, "table.csv"), df.to_csv(index=False))
     atomic_write(os.path.join(out, "table.md"), md)
-    command = f"ntk-vs-nn run gaussian --preset {cfg.preset}"
+    base = PRESETS[cfg.preset]() if cfg.preset in PRESETS else GaussianConfig()
+    command = registration.run_command("gaussian", cfg, base, store.out_dir)
     atomic_write(os.path.join(out, "summary.md"), report.summary_md(df, cfg, v, command))
     atomic_write(os.path.join(out, "claims.csv"), report.claims_frame(v, cfg).to_csv(index=False))
     missing = f" ({len(cfg.cells()) - len(cells)} cells not recorded yet)" if len(cells) < len(cfg.cells()) else ""

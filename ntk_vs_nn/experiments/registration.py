@@ -180,3 +180,28 @@ def stamp(out: str, line: str | None = None) -> list[str]:
             atomic_write(path, new)
             changed.append(name)
     return changed
+
+
+def run_command(experiment: str, cfg, base, out: str) -> str:
+    """The command line that made the run in ``out`` (without ``--out``: the folder holding it, wherever it
+    was moved): ``--registration FILE`` for a registered run (made by its file alone), else the preset and
+    one ``--set`` per field of ``cfg`` that differs from ``base`` (the preset's config):
+    ``section.field=value`` inside a section, ``field=value`` for a top-level field."""
+    reg = recorded(out)
+    if reg is not None:
+        return f"ntk-vs-nn run {experiment} --registration registrations/{reg.path}"
+
+    def text(v):
+        return ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
+
+    sets = []
+    for f in dataclasses.fields(cfg):
+        if f.name == "preset":
+            continue
+        a, b = getattr(cfg, f.name), getattr(base, f.name)
+        if dataclasses.is_dataclass(a):
+            da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+            sets += [f"--set {f.name}.{k}={text(v)}" for k, v in da.items() if v != db.get(k)]
+        elif a != b:
+            sets.append(f"--set {f.name}={text(a)}")
+    return " ".join([f"ntk-vs-nn run {experiment}", "--preset", cfg.preset, *sets])

@@ -8,8 +8,6 @@ several, then the trained models, then each group's test errors) decided by `ver
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -191,17 +189,6 @@ def summary_markdown(cfg, claims: list[str], sweep: pd.DataFrame, command: str, 
         "`summary.md`" + (", `draws.csv` (per data draw)." if draw_lines else "."),
     ]
     return "\n".join(lines) + "\n"
-
-
-def command(cfg, base, out: str) -> str:
-    """The command line that makes ``cfg``: its preset and a ``--set`` per field that differs from ``base``."""
-    sets = []
-    for sec in ("data", "learner", "protocol", "sweep", "claim"):
-        a, b = dataclasses.asdict(getattr(cfg, sec)), dataclasses.asdict(getattr(base, sec))
-        sets += [
-            f"--set {sec}.{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in a.items() if v != b[k]
-        ]
-    return " ".join(["ntk-vs-nn run multiview", "--preset", cfg.preset, *sets, "--out", out])
 
 
 def error_row(pred, test: dict, mu: float) -> dict:

@@ -147,3 +147,32 @@ def test_stamping_a_stamped_file_again_changes_nothing(text):
     assert [x for x in once.splitlines() if x and x != registration.EXPLORATORY] == [x for x in text.splitlines() if x]
     conf = registration.stamp_text(once, f"{registration.CONFIRMATORY} `x` (sha256 0) before it trained.")
     assert registration.EXPLORATORY_MARK not in conf and conf.count("\n") == once.count("\n")
+
+
+def test_run_command_names_the_registration_or_every_changed_setting(tmp_path):
+    """A registered run's command is its file alone; an exploratory one's is the preset plus one --set per
+    changed field (a section's, a top-level one's, tuples comma-joined), and nothing for unchanged ones: the
+    command rebuilds the config it describes."""
+    import dataclasses
+
+    from ntk_vs_nn.experiments.channels import EXPERIMENT as exp
+
+    sets = ["run.seed=7", "pretrain.stage=1", "channels.variants=original,split_8", "fallback=false"]
+    cfg = exp.configure("smoke", sets)
+    cmd = registration.run_command("channels", cfg, exp.configure("smoke", []), str(tmp_path))
+    got = cmd.split(" --set ")[1:]
+    assert cmd.startswith("ntk-vs-nn run channels --preset smoke --set ") and "--out" not in cmd
+    assert sorted(got) == sorted(["run.seed=7", "pretrain.stage=1", "channels.variants=original,split_8",
+                                  "fallback=False"])  # fmt: skip
+    rebuilt = exp.configure("smoke", [s.replace("False", "false") for s in got])
+    assert dataclasses.asdict(rebuilt) == dataclasses.asdict(cfg)
+    same = registration.run_command("channels", cfg, cfg, str(tmp_path))
+    assert same == "ntk-vs-nn run channels --preset smoke"
+    (tmp_path / registration.RECORD).write_text(json.dumps({"file": "x.json", "sha256": "0" * 64, "commit": "c",
+                                                            "registration": {"name": "x", "experiment": "channels",
+                                                                             "preset": "smoke", "overrides": [],
+                                                                             "seeds": "", "claims": [],
+                                                                             "config_hash": "h"}}))  # fmt: skip
+    assert registration.run_command("channels", cfg, cfg, str(tmp_path)) == (
+        "ntk-vs-nn run channels --registration registrations/x.json"
+    )
