@@ -304,8 +304,7 @@ def write(cfg: ChannelsConfig, store) -> Written:
     atomic_write(os.path.join(out, "claims.csv"), report.claims_frame(ours, all_paper, level).to_csv(index=False))
     title = f"Figure 6 on {bb['dataset']}: C = {bb['C']} channels of a fixed backbone (L = {cfg.student.members})"
     report.plot(df, paper_all, prow_name, os.path.join(out, "plot.png"), title)
-    base = PRESETS[cfg.preset]() if cfg.preset in PRESETS else ChannelsConfig()
-    command = registration.run_command("channels", cfg, base, store.out_dir)
+    command = registration.run_command("channels", cfg, PRESETS, store.out_dir)
     atomic_write(os.path.join(out, "summary.md"), report.summary_md(df, cfg, info, ours, all_paper, command, n_boot))
     verdicts = [f"Figure 6 claim {c['claim']}: {c['verdict']} (d = {c['d']:+.2f} [{c['ci_low']:+.2f}, "
                 f"{c['ci_high']:+.2f}])" for c in ours]  # fmt: skip

@@ -312,8 +312,7 @@ def write(cfg: GaussianConfig, store) -> Written:
     out = store.out_dir
     atomic_write(os.path.join(out, "table.csv"), df.to_csv(index=False))
     atomic_write(os.path.join(out, "table.md"), md)
-    base = PRESETS[cfg.preset]() if cfg.preset in PRESETS else GaussianConfig()
-    command = registration.run_command("gaussian", cfg, base, store.out_dir)
+    command = registration.run_command("gaussian", cfg, PRESETS, store.out_dir)
     atomic_write(os.path.join(out, "summary.md"), report.summary_md(df, cfg, v, command))
     atomic_write(os.path.join(out, "claims.csv"), report.claims_frame(v, cfg).to_csv(index=False))
     missing = f" ({len(cfg.cells()) - len(cells)} cells not recorded yet)" if len(cells) < len(cfg.cells()) else ""

@@ -371,8 +371,7 @@ def write(cfg: MultiViewConfig, store) -> Written:
     trained = {r["unit"]: r for _, recs in runs for r in recs if r["protocol"] != "ensemble"}.values()
     prov = {"train_s": sum(r["seconds"] for r in trained), "units": len(trained),
             "device": main[0].get("device", "?"), "jax": main[0].get("versions", {}).get("jax", "?")}  # fmt: skip
-    base = PRESETS[cfg.preset]() if cfg.preset in PRESETS else MultiViewConfig()
-    cmd = registration.run_command("multiview", cfg, base, store.out_dir)
+    cmd = registration.run_command("multiview", cfg, PRESETS, store.out_dir)
     files["summary.md"] = report.summary_markdown(cfg, lines, sweep, cmd, prov, draw_lines)
     for name, text in files.items():
         atomic_write(os.path.join(store.out_dir, name), text)

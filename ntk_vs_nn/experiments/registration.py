@@ -182,10 +182,11 @@ def stamp(out: str, line: str | None = None) -> list[str]:
     return changed
 
 
-def run_command(experiment: str, cfg, base, out: str) -> str:
+def run_command(experiment: str, cfg, presets: dict, out: str) -> str:
     """The command line that made the run in ``out`` (without ``--out``: the folder holding it, wherever it
     was moved): ``--registration FILE`` for a registered run (made by its file alone), else the preset and
-    one ``--set`` per field of ``cfg`` that differs from ``base`` (the preset's config):
+    one ``--set`` per field of ``cfg`` that differs from its preset's config (``presets[cfg.preset]()``, or the
+    config class's defaults for a preset not in ``presets``):
     ``section.field=value`` inside a section, ``field=value`` for a top-level field."""
     reg = recorded(out)
     if reg is not None:
@@ -194,6 +195,7 @@ def run_command(experiment: str, cfg, base, out: str) -> str:
     def text(v):
         return ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v)
 
+    base = presets[cfg.preset]() if cfg.preset in presets else type(cfg)()
     sets = []
     for f in dataclasses.fields(cfg):
         if f.name == "preset":

@@ -156,23 +156,24 @@ def test_run_command_names_the_registration_or_every_changed_setting(tmp_path):
     import dataclasses
 
     from ntk_vs_nn.experiments.channels import EXPERIMENT as exp
+    from ntk_vs_nn.experiments.channels import PRESETS
 
     sets = ["run.seed=7", "pretrain.stage=1", "channels.variants=original,split_8", "fallback=false"]
     cfg = exp.configure("smoke", sets)
-    cmd = registration.run_command("channels", cfg, exp.configure("smoke", []), str(tmp_path))
+    cmd = registration.run_command("channels", cfg, PRESETS, str(tmp_path))
     got = cmd.split(" --set ")[1:]
     assert cmd.startswith("ntk-vs-nn run channels --preset smoke --set ") and "--out" not in cmd
     assert sorted(got) == sorted(["run.seed=7", "pretrain.stage=1", "channels.variants=original,split_8",
                                   "fallback=False"])  # fmt: skip
     rebuilt = exp.configure("smoke", [s.replace("False", "false") for s in got])
     assert dataclasses.asdict(rebuilt) == dataclasses.asdict(cfg)
-    same = registration.run_command("channels", cfg, cfg, str(tmp_path))
+    same = registration.run_command("channels", exp.configure("smoke", []), PRESETS, str(tmp_path))
     assert same == "ntk-vs-nn run channels --preset smoke"
     (tmp_path / registration.RECORD).write_text(json.dumps({"file": "x.json", "sha256": "0" * 64, "commit": "c",
                                                             "registration": {"name": "x", "experiment": "channels",
                                                                              "preset": "smoke", "overrides": [],
                                                                              "seeds": "", "claims": [],
                                                                              "config_hash": "h"}}))  # fmt: skip
-    assert registration.run_command("channels", cfg, cfg, str(tmp_path)) == (
+    assert registration.run_command("channels", cfg, PRESETS, str(tmp_path)) == (
         "ntk-vs-nn run channels --registration registrations/x.json"
     )
